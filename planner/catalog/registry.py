@@ -1,0 +1,144 @@
+"""The model catalog (``resources/models/*.json``) and ``--model`` resolution.
+
+``--model`` is a catalog id, a ``config.json`` path, or a local model folder. A folder with
+``*.safetensors`` gets exact counts from the tensor headers (no weights are read).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from planner.catalog.arch import Architecture
+from planner.catalog.hf_config import architecture_from_config
+from planner.errors import PlannerError
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One model of the catalog, with where its facts come from."""
+
+    id: str
+    config: dict[str, Any] = field(compare=False)
+    source: str
+    reference_params: int | None = None
+    """Total computed independently from the same config fields (the reference table)."""
+    published_params: int | None = None
+    """Total stated by the publisher or the checkpoint index, where one exists."""
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved ``--model``: its architecture plus what the checkpoint itself says."""
+
+    name: str
+    arch: Architecture
+    source: str
+    checkpoint_params: int | None = None
+    """Exact count from safetensors headers, when a model folder was given."""
+    prequantized: str | None = None
+    assumptions: tuple[str, ...] = ()
+
+    @property
+    def total_params(self) -> int:
+        return self.checkpoint_params or self.arch.total_params
+
+
+@lru_cache(maxsize=1)
+def catalog() -> dict[str, CatalogEntry]:
+    entries: dict[str, CatalogEntry] = {}
+    for path in sorted((RESOURCES / "models").glob("*.json")):
+        for raw in json.loads(path.read_text())["entries"]:
+            entry = CatalogEntry(
+                id=raw["id"],
+                config=raw["config"],
+                source=raw["source"],
+                reference_params=raw.get("reference_params"),
+                published_params=raw.get("published_params"),
+                notes=raw.get("notes", ""),
+            )
+            entries[entry.id] = entry
+    return entries
+
+
+def suggest(name: str, n: int = 3) -> list[str]:
+    """Closest catalog ids, matching on the full id and on the part after the slash."""
+    ids = list(catalog())
+    lowered = {i.lower(): i for i in ids} | {i.split("/")[-1].lower(): i for i in ids}
+    hits = difflib.get_close_matches(name.lower().split("/")[-1], list(lowered), n=n, cutoff=0.4)
+    out: list[str] = []
+    for h in hits:
+        if lowered[h] not in out:
+            out.append(lowered[h])
+    return out
+
+
+def _lookup(name: str) -> CatalogEntry | None:
+    entries = catalog()
+    if name in entries:
+        return entries[name]
+    folded = {k.lower(): v for k, v in entries.items()}
+    short = {k.split("/")[-1].lower(): v for k, v in entries.items()}
+    return folded.get(name.lower()) or short.get(name.lower())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlannerError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlannerError(f"{path} is not valid JSON ({exc}); pass the model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise PlannerError(f"{path} must hold a JSON object (a Hugging Face config.json)")
+    return cfg
+
+
+def _from_folder(folder: Path) -> ModelSpec:
+    from planner.catalog.safetensors_header import CheckpointError, read_checkpoint
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise PlannerError(f"{folder} has no config.json; pass a Hugging Face model folder or a config.json")
+    arch = architecture_from_config(_read_config(config_path))
+    try:
+        ckpt = read_checkpoint(folder)
+    except CheckpointError as exc:
+        raise PlannerError(str(exc)) from None
+    if ckpt is None:
+        return ModelSpec(str(folder), arch, f"{config_path} (no *.safetensors: counted from config)")
+    notes: tuple[str, ...] = ()
+    if ckpt.quantization:
+        notes = (f"checkpoint is pre-quantized ({ckpt.quantization}); parameters counted unpacked",)
+    return ModelSpec(str(folder), arch, f"{folder} (safetensors headers: {len(ckpt.files)} file(s))",
+                     checkpoint_params=ckpt.param_count(), prequantized=ckpt.quantization,
+                     assumptions=notes)
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn ``--model`` into a :class:`ModelSpec`, or raise :class:`PlannerError`."""
+    if not name or not name.strip():
+        raise PlannerError("--model is empty; give a catalog id such as meta-llama/Llama-2-7b-hf")
+    entry = _lookup(name)
+    if entry is not None:
+        arch = architecture_from_config(entry.config)
+        return ModelSpec(entry.id, arch, entry.source, assumptions=arch.assumptions)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _from_folder(path)
+    if path.is_file():
+        arch = architecture_from_config(_read_config(path))
+        return ModelSpec(str(path), arch, str(path), assumptions=arch.assumptions)
+    looks_like_path = name.endswith(".json") or name.startswith((".", "/", "~")) or "\\" in name
+    if looks_like_path:
+        raise PlannerError(f"no such file or folder: {name}")
+    close = suggest(name)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `python -m planner table` for the catalog"
+    raise PlannerError(f"unknown model '{name}'{hint}")
