@@ -22,11 +22,9 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # real headers are a few MB; more means co
 INDEX_NAME = "model.safetensors.index.json"
 
 # Bits per element; sub-byte dtypes are rounded up to whole bytes per tensor.
-_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
-    "F4": 4, "I4": 4, "U4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-}
+_BITS: dict[str, int] = {"BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+                         "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+                         "F4": 4, "I4": 4, "U4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 _INT_DTYPES = frozenset({"I4", "U4", "I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"})
 _LARGE_INT_NUMEL = 1 << 20  # int tensors this big are packed weights, not index buffers
 _BNB4_MARK = ".quant_state.bitsandbytes__"
@@ -133,12 +131,12 @@ def _detect_quantization(tensors: tuple[TensorInfo, ...]) -> str | None:
     return None
 
 
+def _is_uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _error(path: Path, problem: str, fix: str) -> CheckpointError:
     return CheckpointError(f"{path}: {problem}; {fix}.".replace("\r", " ").replace("\n", " "))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_header(path: Path) -> tuple[TensorInfo, ...]:
@@ -175,11 +173,11 @@ def read_header(path: Path) -> tuple[TensorInfo, ...]:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry.get("data_offsets")
         if not isinstance(dtype, str) or _bits(dtype) is None:
             raise _error(path, f"{where} has unsupported dtype {dtype!r}", "convert it to a standard dtype")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
             raise _error(path, f"{where} has invalid shape {shape!r} (need non-negative integers)", redownload)
         if offsets is not None:
-            ok = isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
-            if not ok or not 0 <= offsets[0] <= offsets[1]:
+            ok = isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)
+            if not ok or offsets[0] > offsets[1]:
                 raise _error(path, f"{where} has invalid data_offsets {offsets!r}", redownload)
             if offsets[1] > data_size:
                 raise _error(path, f"{where} ends at byte {offsets[1]} past the data ({data_size} bytes)", redownload)
@@ -217,13 +215,8 @@ def summarize(files: Iterable[str], tensors: Iterable[TensorInfo]) -> Checkpoint
     by_dtype: dict[str, int] = {}
     for t in tensors:
         by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.nbytes
-    return CheckpointSummary(
-        files=tuple(files),
-        tensors=tensors,
-        bytes_by_dtype=MappingProxyType(by_dtype),
-        total_bytes=sum(by_dtype.values()),
-        quantization=_detect_quantization(tensors),
-    )
+    return CheckpointSummary(files=tuple(files), tensors=tensors, bytes_by_dtype=MappingProxyType(by_dtype),
+                             total_bytes=sum(by_dtype.values()), quantization=_detect_quantization(tensors))
 
 
 def read_checkpoint(folder: str | os.PathLike[str]) -> CheckpointSummary | None:

@@ -1,0 +1,141 @@
+"""Activation memory of one training step: what autograd saves, per decoder layer and for the loss.
+
+Every term counts the tensors the real forward of a transformers decoder layer keeps for
+backward (module by module), in bytes for the whole micro-batch.
+
+References:
+    Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"
+    (per-layer saved activations, sbh(34 + 5as/h) for GPT-3 with fp16 and dropout);
+    transformers ``LlamaRMSNorm`` (fp32 upcast), ``ForCausalLMLoss`` (fp32 logits copy);
+    peft ``lora.Linear.forward`` (input cast to the adapter dtype);
+    torch.utils.checkpoint (non-reentrant: each layer keeps its input, recomputes the rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.catalog.arch import Architecture, Block, Linear
+from planner.options import TrainSetup
+
+FP32 = 4
+# Linears that write back to the residual stream (they read an intermediate, not the normed input).
+_OUTPUT_PROJECTIONS = {"o_proj", "down_proj", "dense", "c_proj", "dense_4h_to_h", "fc2", "kv_b_proj", "q_b_proj"}
+
+
+def lora_targeted(linear: Linear, targets: tuple[str, ...]) -> bool:
+    """peft's rule: ``all-linear`` hits every Linear but the LM head; names match as suffixes."""
+    if "all-linear" in targets:
+        return True
+    return any(linear.name == t or linear.name.endswith("." + t) for t in targets)
+
+
+def residual_bytes(setup: TrainSetup) -> int:
+    """Bytes per element of the residual stream.
+
+    Embeddings stored in fp32 (mixed precision, fp32, or QLoRA after
+    ``prepare_model_for_kbit_training``) make every residual add promote to fp32.
+    """
+    fp32_embeddings = setup.weight_bytes == FP32 or (setup.method == "qlora" and setup.kbit_prepare)
+    return FP32 if fp32_embeddings else setup.compute_bytes
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """One decoder layer's activation bytes for the whole micro-batch."""
+
+    saved: int
+    """Everything the layer keeps for backward without checkpointing."""
+    checkpoint: int
+    """What the layer keeps under gradient checkpointing: its input."""
+    backward_transient: int
+    """Largest gradients alive at once inside the layer's backward."""
+
+
+def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> LayerActivations:
+    tokens, s = setup.tokens, setup.seq_len
+    c, rb, h = setup.compute_bytes, residual_bytes(setup), arch.hidden_size
+    full = setup.method == "full"
+    q_w = arch.num_heads * arch.head_dim
+    kv_w = arch.num_kv_heads * arch.head_dim
+    o_w = arch.num_heads * arch.v_head_dim
+    k = max(block.experts_per_token, 1)
+
+    # Norms: the fp32 upcast input (RMSNorm) or the input (LayerNorm), plus the output.
+    norm_input = FP32 if arch.norm_kind == "rms" else rb
+    norms = block.norms * (norm_input + rb) * h
+    # A 16-bit matmul reading an fp32 residual casts its input once per consumer.
+    readers = [l for l in block.linears if l.role not in ("expert",) and l.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
+    input_casts = len(readers) * c * h if rb != c else 0
+    # Attention: q, k, v and the output saved by SDPA/flash, plus the fp32 log-sum-exp per head.
+    if setup.attention == "eager":
+        # repeat_kv expands K/V to every head; scores keep the fp32 softmax and its 16-bit copy.
+        attention = c * (3 * q_w + o_w) + arch.num_heads * s * (FP32 + c)
+    else:
+        attention = c * (q_w + 2 * kv_w + o_w) + FP32 * arch.num_heads
+    # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
+    down_needs_input = full or setup.method == "qlora" or any(
+        lora_targeted(l, setup.lora_targets) for l in block.linears if l.name.endswith(("down_proj", "c_proj", "fc2")))
+    if block.gated:
+        mlp = c * block.ffn_width * (3 + int(down_needs_input))
+    else:
+        mlp = c * block.ffn_width * (1 + int(down_needs_input))
+    # MoE: router softmax (fp32) and the gathered/weighted copies of each routed token.
+    moe = (2 * FP32 * block.experts + 2 * k * c * h) if block.experts else 0
+    # LoRA: the adapter input cast to the adapter dtype (when it differs) and A's output.
+    lora = 0
+    if setup.is_peft:
+        cast = setup.adapter_dtype == "fp32" and c != FP32
+        for lin in block.linears:
+            if not lora_targeted(lin, setup.lora_targets):
+                continue
+            passes = k if lin.role == "expert" else 1
+            lora += passes * (c * setup.lora_r + (c * lin.d_in if cast else 0))
+            if setup.lora_dropout > 0:
+                lora += passes * (FP32 + 1) * lin.d_in  # dropout output and its mask
+    per_token = norms + input_casts + attention + mlp + moe + lora
+    saved = tokens * per_token
+    # Autocast caches a 16-bit copy of each trainable fp32 weight; backward keeps it.
+    if full and setup.weight_bytes == FP32 and c != FP32:
+        saved += c * sum(l.weight_params for l in block.linears)
+
+    backward = tokens * c * (2 * block.ffn_width + 2 * h)
+    if setup.attention == "eager":
+        backward += tokens * arch.num_heads * s * FP32
+    return LayerActivations(saved=saved, checkpoint=tokens * rb * h, backward_transient=backward)
+
+
+@dataclass(frozen=True)
+class ActivationPeak:
+    """Activation bytes alive at the forward/backward peak."""
+
+    saved: int
+    """Saved tensors of all layers (checkpoints only under gradient checkpointing) + the head."""
+    working_set: int
+    """One layer's recomputed activations and backward gradients (the moving part of backward)."""
+    logits: int
+    """Logits and the loss's fp32 buffers at their peak (start of backward)."""
+    lm_head_weight_copy: int
+    """16-bit autocast copy of an fp32 LM head, kept for its backward."""
+
+
+def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
+    tokens, c, rb, h = setup.tokens, setup.compute_bytes, residual_bytes(setup), arch.hidden_size
+    saved = 0
+    working = 0
+    for block in arch.blocks:
+        layer = layer_activations(arch, block, setup)
+        kept = layer.checkpoint if setup.grad_checkpointing else layer.saved
+        saved += block.count * kept
+        recompute = layer.saved if setup.grad_checkpointing else 0
+        working = max(working, recompute + layer.backward_transient)
+    # Final norm (fp32 input + output) and the LM head's 16-bit input.
+    saved += tokens * (FP32 + rb + c) * h
+    # ForCausalLMLoss: logits.float() and log_softmax's output are fp32; at the start of backward
+    # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers.
+    logits = tokens * arch.vocab_size * 3 * FP32
+    head_copy = 0
+    head_fp32 = setup.weight_bytes == FP32 or (setup.method == "qlora" and setup.kbit_prepare)
+    if head_fp32 and c != FP32:
+        head_copy = c * arch.vocab_size * h
+    return ActivationPeak(saved=saved, working_set=working, logits=logits, lm_head_weight_copy=head_copy)

@@ -1,0 +1,21 @@
+"""The few constants physics leaves open, fitted once on ../shared/reference/measurements.csv.
+
+They are global: no per-model or per-row factor exists anywhere. ``scripts/validate_estimator.py``
+prints the error table they produce; refit with ``--fit`` when the stack changes.
+"""
+
+from planner.units import MiB
+
+CUDA_CONTEXT = 1024 * MiB
+"""What nvidia-smi shows beyond torch's reserved pool: driver context, CUDA runtime, kernel
+images, cuBLAS/cuDNN handles. 0.3-0.6 GiB with lazy module loading, ~1 GiB and more without
+(CUDA 11.8 / torch 2.0-2.1, the setup of the published rows); fitted: 1.0 GiB."""
+
+CUBLAS_WORKSPACE = 32 * MiB
+"""cuBLAS/cuBLASLt workspace torch reserves per stream (32 MiB on Hopper, less on older GPUs)."""
+
+ALLOCATOR_SLACK = 0.30
+"""Reserved-but-unallocated memory of torch's caching allocator at the peak, as a fraction of
+the transient (activation, logits, workspace) bytes: block rounding and fragmentation from the
+allocate/free churn of one step. Persistent tensors are allocated once and waste ~nothing.
+Fitted: 0.3 (the fsdp_qlora rows report both: 1.1-2.0 GiB reserved over allocated)."""

@@ -1,0 +1,268 @@
+"""The analytic memory estimator: one training step's peak GPU memory, term by term.
+
+peak_allocated = persistent + max(forward/backward transient, optimizer-step transient)
+    persistent  = weights + quant_state + adapters + gradients + optimizer state
+    fwd/bwd     = saved activations + max(loss buffers, one layer's backward working set) + workspace
+    optimizer   = the foreach AdamW temporaries
+peak_reserved  = peak_allocated + allocator_slack (caching-allocator fragmentation of transients)
+device_used    = peak_reserved + cuda_context (what nvidia-smi shows)
+
+References:
+    Rajbhandari et al. 2020, "ZeRO" (2 + 2 + 12 bytes per parameter under mixed-precision Adam;
+    partitioning of states, gradients and parameters);
+    Dettmers et al. 2023, "QLoRA" (NF4 with 64-weight blocks, double quantization of the block
+    scales with 256-scale blocks: 0.127 bits per parameter);
+    Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization";
+    Hu et al. 2021, "LoRA"; activations: see planner/activations.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from planner.activations import activation_peak, lora_targeted
+from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
+from planner.catalog import Architecture, ModelSpec
+from planner.errors import PlannerError
+from planner.options import TrainSetup
+
+FP32 = 4
+# Bits per weight of each quantized format, and the block-scale overhead in bytes per weight.
+QUANT_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "2bit": 2}
+_NF4_BLOCK = 64
+_DOUBLE_QUANT_BLOCK = 256
+_HQQ_GROUP = 64
+_BNB_OPT_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Bytes per GPU at the peak, by what holds them (the keys of ``estimate --json``)."""
+
+    weights: int
+    quant_state: int
+    adapters: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    workspace: int
+    cuda_context: int
+    allocator_slack: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    setup: TrainSetup
+    params_total: int
+    params_trainable: int
+    breakdown: Breakdown
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int
+    host_bytes: int
+    """Host RAM holding offloaded or paged state (0 when nothing leaves the GPU)."""
+    peak_phase: str
+    """``forward/backward`` or ``optimizer step``: where the peak happens."""
+    assumptions: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "params": {"total": self.params_total, "trainable": self.params_trainable},
+            "bytes": asdict(self.breakdown),
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_used_bytes": self.device_used_bytes,
+            "host_bytes": self.host_bytes,
+            "peak_phase": self.peak_phase,
+            "assumptions": list(self.assumptions),
+        }
+
+
+@dataclass(frozen=True)
+class _Params:
+    """Parameter bytes before sharding."""
+
+    weights: int
+    quant_state: int
+    adapters: int
+    trainable: int
+    trainable_bytes: int
+    """Bytes of the trainable parameters themselves (their dtype sets gradient and Adam sizes)."""
+    matrix_dims: int
+    """Sum of rows + columns over trainable matrices (Adafactor's factored second moment)."""
+
+
+def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
+    """Parameters of the modules trained in full next to the adapters (peft ``modules_to_save``)."""
+    total = 0
+    for name in names:
+        if name in ("embed_tokens", "wte", "word_embeddings", "embed_in"):
+            total += arch.embed_params
+        elif name in ("lm_head", "embed_out", "output"):
+            total += arch.lm_head_params or arch.embed_params  # tied: peft unties a trainable copy
+        else:
+            raise PlannerError(
+                f"--modules-to-save '{name}' is not supported; use embed_tokens and/or lm_head"
+            )
+    return total
+
+
+def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int]:
+    """LoRA parameters and their matrices' rows + columns, over every targeted module."""
+    params = dims = 0
+    matched = False
+    for block in arch.blocks:
+        for lin in block.linears:
+            if lora_targeted(lin, setup.lora_targets):
+                matched = True
+                params += block.count * lin.copies * setup.lora_r * (lin.d_in + lin.d_out)
+                dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out)
+    if not matched:
+        names = ", ".join(sorted(arch.linear_names()))
+        raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}")
+    return params, dims
+
+
+def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
+    wb = setup.weight_bytes
+    if setup.method == "full":
+        dims = sum(b.count * l.copies * (l.d_in + l.d_out) for b in arch.blocks for l in b.linears)
+        return _Params(total * wb, 0, 0, total, total * wb, dims)
+
+    lora, dims = _lora_params(arch, setup)
+    adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
+    if setup.method == "lora":
+        weights, quant_state, other_b = total * wb, 0, wb
+    else:
+        quantized = arch.linear_weight_params
+        # prepare_model_for_kbit_training casts every weight bitsandbytes left alone to fp32.
+        other_b = FP32 if setup.kbit_prepare else wb
+        bits = QUANT_BITS[setup.quant or "nf4"]
+        weights = quantized * bits // 8 + (total - quantized) * other_b
+        quant_state = _quant_state_bytes(arch, setup, quantized)
+    mts = _modules_to_save(arch, setup.modules_to_save)
+    adapters = lora * adapter_b + mts * other_b
+    return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims)
+
+
+def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:
+    if setup.quant in ("nf4", "fp4"):
+        blocks = quantized // _NF4_BLOCK
+        if setup.double_quant:
+            # uint8 absmax per block, re-quantized with one fp32 scale per 256 of them
+            return blocks + FP32 * (blocks // _DOUBLE_QUANT_BLOCK)
+        return FP32 * blocks
+    if setup.quant == "int8":
+        # LLM.int8: one fp32 scale (SCB) per output row
+        return FP32 * sum(b.count * l.copies * l.d_out for b in arch.blocks for l in b.linears)
+    # 2-bit HQQ-style: fp16 scale and zero point per group of 64
+    return 2 * 2 * (quantized // _HQQ_GROUP)
+
+
+def _optimizer_state(setup: TrainSetup, p: _Params) -> tuple[int, int]:
+    """(persistent state bytes, step temporaries) for the trainable parameters."""
+    opt = setup.optimizer
+    if opt in ("adamw_torch", "adamw_torch_fused"):
+        # exp_avg and exp_avg_sq in the parameter dtype; foreach AdamW's sqrt(exp_avg_sq) buffer
+        temp = p.trainable_bytes if opt == "adamw_torch" else 0
+        return 2 * p.trainable_bytes, temp
+    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+        return p.trainable * 2 + 2 * FP32 * (p.trainable // _BNB_OPT_BLOCK), 0
+    if opt == "paged_adamw_32bit":
+        return p.trainable * 2 * FP32, 0
+    if opt == "sgd":
+        return 0, 0  # HF's sgd has no momentum by default
+    return FP32 * p.matrix_dims, p.trainable_bytes  # adafactor: factored second moment + update buffer
+
+
+def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
+    """Predict peak GPU memory (per GPU) for one training step of ``model`` under ``setup``."""
+    arch = model.arch
+    notes: list[str] = list(model.assumptions)
+    total = model.total_params
+    p = _params(arch, setup, total)
+    gradients = p.trainable_bytes
+    optimizer, opt_temp = _optimizer_state(setup, p)
+
+    acts = activation_peak(arch, setup)
+    n, shard = setup.num_gpus, setup.sharding
+    weights, quant_state, adapters = p.weights, p.quant_state, p.adapters
+    gathered = 0
+    host = 0
+    if shard == "ddp":
+        gradients *= 2  # DDP's reducer keeps its own bucket copy of every gradient
+    if shard in ("zero2", "fsdp", "zero3"):
+        gradients, optimizer, opt_temp = gradients // n, optimizer // n, opt_temp // n
+    if shard in ("fsdp", "zero3"):
+        weights, quant_state, adapters = weights // n, quant_state // n, adapters // n
+        # the current and the prefetched layer are gathered whole
+        largest_layer = max(b.params for b in arch.blocks)
+        gathered = 2 * largest_layer * (setup.compute_bytes if setup.method != "qlora" else 1)
+    if setup.offload in ("optimizer", "params"):
+        host += optimizer
+        optimizer, opt_temp = 0, 0
+    if setup.offload == "params":
+        host += weights + gradients
+        weights, gradients = 0, 0
+    if setup.optimizer.startswith("paged_"):
+        notes.append(f"paged optimizer: its {optimizer / 2**30:.2f} GiB of state can spill to host RAM "
+                     "under memory pressure (slower steps, no OOM)")
+
+    persistent = weights + quant_state + adapters + gradients + optimizer
+    dequant = 0
+    if setup.method == "qlora":
+        big = arch.largest_linear()
+        dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
+    workspace_fb = CUBLAS_WORKSPACE + dequant + gathered
+    moving = max(acts.logits, acts.working_set)
+    fwd_bwd = acts.saved + acts.lm_head_weight_copy + moving + workspace_fb
+    step = opt_temp + CUBLAS_WORKSPACE
+    if fwd_bwd >= step:
+        phase = "forward/backward"
+        activations = acts.saved + acts.lm_head_weight_copy + (acts.working_set if moving == acts.working_set else 0)
+        logits = acts.logits if moving == acts.logits else 0
+        workspace = workspace_fb
+    else:
+        phase, activations, logits, workspace = "optimizer step", 0, 0, step
+    peak_allocated = persistent + activations + logits + workspace
+    slack = int(ALLOCATOR_SLACK * (activations + logits + workspace))
+    breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, activations, logits,
+                          workspace, CUDA_CONTEXT, slack)
+    notes += _assumptions(arch, setup)
+    return Estimate(
+        model=model.name,
+        setup=setup,
+        params_total=total,
+        params_trainable=p.trainable,
+        breakdown=breakdown,
+        peak_allocated_bytes=peak_allocated,
+        peak_reserved_bytes=peak_allocated + slack,
+        device_used_bytes=peak_allocated + slack + CUDA_CONTEXT,
+        host_bytes=host,
+        peak_phase=phase,
+        assumptions=tuple(notes),
+    )
+
+
+def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
+    out = [
+        "gradients stay allocated through forward (gradient accumulation, set_to_none after the step)",
+        "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)",
+    ]
+    if setup.method == "qlora":
+        out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.kbit_prepare
+                   else "non-quantized weights kept in the load dtype")
+        if setup.quant == "2bit":
+            out.append("2-bit base (HQQ-style, groups of 64): estimate only, the trainer does not offer it")
+        if arch.is_moe:
+            out.append("MoE experts quantized like other Linears (transformers 4.x layout; transformers 5 "
+                       "keeps fused 3-D expert weights in 16-bit under bitsandbytes)")
+    if arch.is_moe:
+        out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")
+    if arch.max_position_embeddings and setup.seq_len > arch.max_position_embeddings:
+        out.append(f"seq_len {setup.seq_len} exceeds the model's max_position_embeddings "
+                   f"({arch.max_position_embeddings}): it needs RoPE scaling to train well")
+    return out

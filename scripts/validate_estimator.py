@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Run every published measurement through the estimator and print measured vs predicted.
+
+    python scripts/validate_estimator.py [--csv PATH] [--markdown]
+
+Each row is compared on the quantity it measured: ``allocated`` (torch max_memory_allocated),
+``reserved`` (max_memory_reserved), ``device`` (nvidia-smi) or ``weights_only`` (the loaded
+base model). Rows of ``unknown`` kind are compared as ``device``. A bare "G" is read as GB:
+the one source that writes it (the Qwen README) titles its table "memory (GB)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planner.catalog import resolve_model  # noqa: E402
+from planner.memory import estimate  # noqa: E402
+from planner.options import TrainSetup  # noqa: E402
+
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "measurements.csv"
+UNITS = {"GB": 10**9, "GiB": 2**30, "G": 10**9, "MB": 10**6, "MiB": 2**20}
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    kind: str
+    measured: float
+    predicted: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.measured) / self.measured
+
+
+def setup_of(r: dict[str, str]) -> TrainSetup:
+    def opt(key: str, default: str) -> str:
+        return r[key].strip() or default
+
+    method = r["method"]
+    targets = opt("lora_targets", "all-linear")
+    return TrainSetup(
+        method=method,
+        quant=(opt("quant", "nf4") if method == "qlora" else None),
+        double_quant=opt("double_quant", "on") == "on",
+        precision=opt("precision", "bf16"),
+        adapter_dtype=opt("adapter_dtype", "fp32"),
+        optimizer=opt("optimizer", "adamw_torch"),
+        batch_size=int(opt("batch_size", "1")),
+        seq_len=int(opt("seq_len", "2048")),
+        grad_checkpointing=opt("grad_checkpointing", "on") == "on",
+        attention=opt("attention", "sdpa"),
+        lora_r=int(opt("lora_r", "16")),
+        lora_targets=tuple(targets.split(",")),
+        modules_to_save=tuple(m for m in r["modules_to_save"].split(",") if m),
+        num_gpus=int(opt("num_gpus", "1")),
+        sharding=opt("sharding", "none"),
+        offload=opt("offload", "none"),
+        kbit_prepare=r["kind"] != "weights_only",
+    )
+
+
+def evaluate(csv_path: Path) -> list[Row]:
+    lines = [line for line in csv_path.read_text().splitlines() if line and not line.startswith("#")]
+    rows = []
+    for r in csv.DictReader(lines):
+        est = estimate(resolve_model(r["model"]), setup_of(r))
+        b = est.breakdown
+        predicted = {
+            "allocated": est.peak_allocated_bytes,
+            "reserved": est.peak_reserved_bytes,
+            "device": est.device_used_bytes,
+            "unknown": est.device_used_bytes,
+            "weights_only": b.weights + b.quant_state,
+        }[r["kind"]]
+        rows.append(Row(r["id"], r["kind"], float(r["value"]) * UNITS[r["unit"]], predicted))
+    return rows
+
+
+def summary(rows: list[Row]) -> tuple[float, float]:
+    errs = [abs(r.error) for r in rows]
+    return statistics.median(errs), max(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
+    args = ap.parse_args(argv)
+    if not args.csv.is_file():
+        print(f"error: {args.csv} not found; pass --csv PATH to measurements.csv", file=sys.stderr)
+        return 2
+    rows = evaluate(args.csv)
+    gib = 2**30
+    if args.markdown:
+        print("| row | kind | measured GiB | predicted GiB | error |\n|---|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r.id} | {r.kind} | {r.measured / gib:.2f} | {r.predicted / gib:.2f} | {r.error:+.1%} |")
+    else:
+        print(f"{'row':32} {'kind':12} {'measured':>10} {'predicted':>10} {'error':>8}")
+        for r in rows:
+            print(f"{r.id:32} {r.kind:12} {r.measured / gib:9.2f}G {r.predicted / gib:9.2f}G {r.error:+8.1%}")
+    med, worst = summary(rows)
+    print(f"\n{len(rows)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
