@@ -1,0 +1,56 @@
+"""The classic "memory by method and model size" table, computed instead of copied.
+
+Rows and columns are those of the table every fine-tuning guide quotes (LLaMA-Factory's
+README): sizes 7B..8x22B by Full AMP / Full 16 / LoRA 16 / QLoRA 8 / QLoRA 4 / QLoRA 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from planner.catalog import resolve_model
+from planner.memory import Estimate, estimate
+from planner.options import TrainSetup
+
+COLUMNS = (
+    ("7B", "meta-llama/Llama-2-7b-hf"),
+    ("13B", "meta-llama/Llama-2-13b-hf"),
+    ("30B", "huggyllama/llama-30b"),
+    ("70B", "meta-llama/Llama-2-70b-hf"),
+    ("110B", "Qwen/Qwen1.5-110B"),
+    ("8x7B", "mistralai/Mixtral-8x7B-v0.1"),
+    ("8x22B", "mistralai/Mixtral-8x22B-v0.1"),
+)
+
+# (method label, bits label, the fields that define the row)
+ROWS = (
+    ("Full", "AMP", dict(method="full", quant=None, precision="bf16-mixed")),
+    ("Full", "16", dict(method="full", quant=None, precision="bf16")),
+    ("LoRA", "16", dict(method="lora", quant=None, precision="bf16")),
+    ("QLoRA", "8", dict(method="qlora", quant="int8", precision="bf16")),
+    ("QLoRA", "4", dict(method="qlora", quant="nf4", precision="bf16")),
+    ("QLoRA", "2", dict(method="qlora", quant="2bit", precision="bf16")),
+)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    method: str
+    bits: str
+    estimates: tuple[Estimate, ...]
+
+
+def _row_setup(base: TrainSetup, fields: dict) -> TrainSetup:
+    # modules_to_save and adapter settings only mean something for adapter methods
+    extra = {} if fields["method"] != "full" else {"modules_to_save": ()}
+    return replace(base, **fields, **extra)
+
+
+def classic_table(base: TrainSetup) -> tuple[TableRow, ...]:
+    """Every row x column of the classic table, with ``base`` supplying batch, sequence, etc."""
+    models = [resolve_model(model_id) for _, model_id in COLUMNS]
+    rows = []
+    for method, bits, fields in ROWS:
+        setup = _row_setup(base, fields)
+        rows.append(TableRow(method, bits, tuple(estimate(m, setup) for m in models)))
+    return tuple(rows)
