@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -19,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (its default prints the whole usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise PlannerError(f"{message}; see `python -m planner {self.prog.split()[-1]} --help`")
+        raise PlannerError(f"{message}; see `python -m {self.prog} --help`")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -32,13 +34,13 @@ def _alts(values: Sequence[str]) -> str:
 
 def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     d = TrainSetup()
-    if with_model:
+    if with_model:  # `table` has fixed models and rows that set method, quant and precision
         p.add_argument("--model", required=True,
                        help="catalog id (e.g. meta-llama/Llama-2-7b-hf), a config.json, or a model folder")
-    p.add_argument("--method", default=d.method, metavar=_alts(METHODS))
-    p.add_argument("--quant", default=None, metavar="{nf4,fp4,int8}", help="QLoRA base format (nf4)")
+        p.add_argument("--method", default=d.method, metavar=_alts(METHODS))
+        p.add_argument("--quant", default=None, metavar="{nf4,fp4,int8}", help="QLoRA base format (nf4)")
+        p.add_argument("--precision", default=d.precision, metavar=_alts(PRECISIONS))
     p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=d.double_quant)
-    p.add_argument("--precision", default=d.precision, metavar=_alts(PRECISIONS))
     p.add_argument("--adapter-dtype", default=d.adapter_dtype, metavar=_alts(ADAPTER_DTYPES))
     p.add_argument("--optimizer", default=d.optimizer, metavar=_alts(OPTIMIZERS))
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch per GPU (1)")
@@ -61,10 +63,11 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
 def setup_from_args(a: argparse.Namespace) -> TrainSetup:
     if a.dataset_tokens is not None and a.dataset_tokens <= 0:
         raise PlannerError(f"--dataset-tokens must be > 0, got {a.dataset_tokens}")
-    if a.epochs <= 0:
-        raise PlannerError(f"--epochs must be > 0, got {a.epochs}")
+    if not (math.isfinite(a.epochs) and a.epochs > 0):
+        raise PlannerError(f"--epochs must be a finite number > 0, got {a.epochs}")
     return TrainSetup(
-        method=a.method, quant=a.quant, double_quant=a.double_quant, precision=a.precision,
+        method=getattr(a, "method", "lora"), quant=getattr(a, "quant", None), double_quant=a.double_quant,
+        precision=getattr(a, "precision", "bf16"),
         adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
         grad_checkpointing=a.grad_checkpointing, attention=a.attention, lora_r=a.lora_r,
         lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
@@ -200,3 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) went away: stop quietly, and keep the exit-time flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

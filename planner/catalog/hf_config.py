@@ -23,6 +23,15 @@ def _get(cfg: Config, *keys: str, default: Any = None) -> Any:
     return default
 
 
+def _optional_int(cfg: Config, key: str, default: int = 0) -> int:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PlannerError(f"config.json: '{key}' must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def _require_int(cfg: Config, *keys: str, default: int | None = None) -> int:
     value = _get(cfg, *keys, default=default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -113,7 +122,7 @@ def _falcon(cfg: Config, d: _Dims) -> Architecture:
     """Falcon: fused ``query_key_value``; multi-query or grouped KV; parallel attention."""
     bias = bool(cfg.get("bias", False))
     if cfg.get("new_decoder_architecture"):
-        kv, norms = d.kv, int(cfg.get("num_ln_in_parallel_attn") or 2)
+        kv, norms = d.kv, _optional_int(cfg, "num_ln_in_parallel_attn", 2) or 2
     else:
         kv = 1 if cfg.get("multi_query", True) else d.heads
         norms = 1 if cfg.get("parallel_attn", True) else 2
@@ -163,9 +172,12 @@ def _moe(cfg: Config, d: _Dims) -> Architecture:
     qk_norm = mt == "qwen3_moe"
     attn = _attention(d, mt == "qwen2_moe")
     norm_params = 2 * d.h + (2 * d.hd if qk_norm else 0)
-    shared_ff = int(cfg.get("shared_expert_intermediate_size") or 0)
-    step = int(cfg.get("decoder_sparse_step") or 1)
-    dense_idx = set(cfg.get("mlp_only_layers") or [])
+    shared_ff = _optional_int(cfg, "shared_expert_intermediate_size")
+    step = _optional_int(cfg, "decoder_sparse_step", 1) or 1
+    only_dense = cfg.get("mlp_only_layers") or []
+    if not isinstance(only_dense, list) or not all(isinstance(i, int) for i in only_dense):
+        raise PlannerError(f"config.json: 'mlp_only_layers' must be a list of layer indices, got {only_dense!r}")
+    dense_idx = set(only_dense)
     dense_idx |= {i for i in range(d.layers) if (i + 1) % step != 0}
     blocks = [_moe_block(cfg, d, d.layers - len(dense_idx), attn, norm_params, shared_ff, shared_ff > 0)]
     if dense_idx:
@@ -179,7 +191,7 @@ def _deepseek(cfg: Config, d: _Dims) -> Architecture:
     rope = _require_int(cfg, "qk_rope_head_dim")
     v_dim = _require_int(cfg, "v_head_dim")
     kv_rank = _require_int(cfg, "kv_lora_rank")
-    q_rank = cfg.get("q_lora_rank")
+    q_rank = _optional_int(cfg, "q_lora_rank")
     qk = nope + rope
     if q_rank:
         attn = (Linear("q_a_proj", d.h, q_rank), Linear("q_b_proj", q_rank, d.heads * qk))
@@ -191,9 +203,9 @@ def _deepseek(cfg: Config, d: _Dims) -> Architecture:
         Linear("o_proj", d.heads * v_dim, d.h),
     )
     norm_params = 2 * d.h + kv_rank + (q_rank or 0)
-    n_dense = int(cfg.get("first_k_dense_replace") or 0)
+    n_dense = _optional_int(cfg, "first_k_dense_replace")
     moe_ff = _require_int(cfg, "moe_intermediate_size")
-    shared_ff = int(cfg.get("n_shared_experts") or 0) * moe_ff
+    shared_ff = _optional_int(cfg, "n_shared_experts") * moe_ff
     moe = _moe_block(cfg, d, d.layers - n_dense, attn, norm_params, shared_ff)
     blocks = (moe,) if not n_dense else (Block(n_dense, attn + _gated_mlp(d.h, d.ff), norm_params, 2, d.ff), moe)
     arch = _arch(cfg, d, blocks)
@@ -216,6 +228,9 @@ def _generic(cfg: Config, d: _Dims) -> Architecture:
 def _arch(cfg: Config, d: _Dims, blocks: tuple[Block, ...], tie_default: bool = False,
           final_norm: int | None = None, lm_head_bias: bool = False, norm_kind: str = "rms") -> Architecture:
     tie = cfg.get("tie_word_embeddings")
+    max_pos = _get(cfg, "max_position_embeddings", "seq_length", "n_positions")
+    if max_pos is not None:
+        max_pos = _require_int(cfg, "max_position_embeddings", "seq_length", "n_positions")
     return Architecture(
         model_type=str(cfg.get("model_type") or "unknown"),
         hidden_size=d.h,
@@ -229,7 +244,7 @@ def _arch(cfg: Config, d: _Dims, blocks: tuple[Block, ...], tie_default: bool = 
         final_norm_params=d.h if final_norm is None else final_norm,
         lm_head_bias=lm_head_bias,
         norm_kind=norm_kind,
-        max_position_embeddings=_get(cfg, "max_position_embeddings", "seq_length", "n_positions"),
+        max_position_embeddings=max_pos,
     )
 
 

@@ -117,8 +117,12 @@ def _from_folder(folder: Path) -> ModelSpec:
     notes: tuple[str, ...] = ()
     if ckpt.quantization:
         notes = (f"checkpoint is pre-quantized ({ckpt.quantization}); parameters counted unpacked",)
+    counted = ckpt.param_count()
+    if abs(counted - arch.total_params) > 0.01 * arch.total_params:
+        notes += (f"the safetensors hold {counted:,} parameters but config.json describes "
+                  f"{arch.total_params:,}: totals follow the checkpoint, per-module terms the config",)
     return ModelSpec(str(folder), arch, f"{folder} (safetensors headers: {len(ckpt.files)} file(s))",
-                     checkpoint_params=ckpt.param_count(), prequantized=ckpt.quantization,
+                     checkpoint_params=counted, prequantized=ckpt.quantization,
                      assumptions=notes)
 
 

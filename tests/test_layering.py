@@ -1,0 +1,154 @@
+"""DESIGN.md "Layering rules": what planner may import, checked at runtime and statically.
+
+1. Only planner/gui imports PySide6/pyqtgraph.
+2. planner outside simulate.py never imports torch, transformers, peft, bitsandbytes at module level.
+3. trainer.protocol is the only trainer module planner imports.
+Plus the budget that rule 2 buys: `python -m planner table` starts and finishes fast.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANNER = ROOT / "planner"
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
+GUI = ("PySide6", "pyqtgraph")
+
+PROBE = """
+import contextlib, io, json, sys
+import planner, planner.cli, planner.memory, planner.catalog, planner.table, planner.hardware
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    codes = [
+        planner.cli.main(["estimate", "--model", "meta-llama/Llama-2-7b-hf", "--json"]),
+        planner.cli.main(["estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "qlora"]),
+        planner.cli.main(["table"]),
+        planner.cli.main(["table", "--json"]),
+        planner.cli.main(["gpus", "--json"]),
+    ]
+banned = %r
+print(json.dumps({"codes": codes, "loaded": sorted(m for m in banned if m in sys.modules)}))
+"""
+
+
+def test_cli_commands_load_no_heavy_or_gui_module():
+    banned = HEAVY + GUI
+    proc = subprocess.run([sys.executable, "-c", PROBE % (banned,)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["codes"] == [0] * 5
+    assert result["loaded"] == [], f"the CLI imported {result['loaded']}"
+
+
+def _module_level_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    """Modules imported when the file is imported: not inside functions or `if TYPE_CHECKING:`."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for sub in child.orelse:
+                    visit(ast.Module(body=[sub], type_ignores=[]))
+                continue
+            found.extend(_names(child))
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _names(node: ast.AST) -> list[tuple[str, int]]:
+    if isinstance(node, ast.Import):
+        return [(alias.name, node.lineno) for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [(node.module, node.lineno)]
+    return []
+
+
+def _all_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    return [name for node in ast.walk(tree) for name in _names(node)]
+
+
+def _top(module: str) -> str:
+    return module.split(".")[0]
+
+
+SOURCES = sorted(PLANNER.rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_sources_found():
+    names = {_rel(p) for p in SOURCES}
+    assert {"planner/cli.py", "planner/memory.py", "planner/hardware.py", "planner/table.py"} <= names
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_static_imports(path):
+    rel = _rel(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+    everywhere = _all_imports(tree)
+    if not rel.startswith("planner/gui/"):
+        gui = [(m, line) for m, line in everywhere if _top(m) in GUI]
+        assert not gui, f"{rel} imports Qt outside planner/gui: {gui}"
+    if rel != "planner/simulate.py":
+        heavy = [(m, line) for m, line in _module_level_imports(tree) if _top(m) in HEAVY]
+        assert not heavy, f"{rel} imports {heavy} at module level"
+    assert not _trainer_violations(tree), f"{rel} imports from trainer beyond trainer.protocol"
+
+
+def _trainer_violations(tree: ast.Module) -> list[int]:
+    """Lines importing any trainer module but trainer.protocol (`from trainer import protocol` is fine)."""
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bad += [node.lineno for a in node.names if _top(a.name) == "trainer" and a.name != "trainer.protocol"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _top(node.module) == "trainer":
+            if node.module == "trainer":
+                ok = all(a.name == "protocol" for a in node.names)
+            else:
+                ok = node.module == "trainer.protocol"
+            if not ok:
+                bad.append(node.lineno)
+    return bad
+
+
+def test_static_checker_sees_what_it_should():
+    """The walker above must catch the forms it is meant to catch (and spare lazy imports)."""
+    src = (
+        "import os\n"
+        "try:\n    import torch\nexcept ImportError:\n    torch = None\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import transformers\n"
+        "class A:\n    import peft\n"
+        "def f():\n    import bitsandbytes\n"
+    )
+    found = {_top(m) for m, _ in _module_level_imports(ast.parse(src))}
+    assert found & set(HEAVY) == {"torch", "peft"}
+    assert {_top(m) for m, _ in _all_imports(ast.parse(src))} >= set(HEAVY)
+    ok = "import trainer.protocol\nfrom trainer.protocol import Event\nfrom trainer import protocol\n"
+    assert _trainer_violations(ast.parse(ok)) == []
+    bad = "import trainer\nfrom trainer import run\nfrom trainer.config import TrainConfig\nimport trainer.data\n"
+    assert _trainer_violations(ast.parse(bad)) == [1, 2, 3, 4]
+
+
+def test_table_command_is_fast():
+    cmd = [sys.executable, "-m", "planner", "table"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed < 2.0, f"`python -m planner table` took {elapsed:.2f} s (target 0.5 s)"
