@@ -1,0 +1,159 @@
+"""The Plan page's logic without Qt: form values -> four method variants -> stacked GiB bars.
+
+Kept Qt-free so it is tested without widgets; the page only reads widgets into a
+:class:`FormValues` and renders the :class:`Plan` it gets back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from planner.catalog import resolve_model
+from planner.memory import Breakdown, Estimate, estimate
+from planner.options import TrainSetup
+from planner.units import GiB
+
+_D = TrainSetup()
+
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
+DEFAULT_GPU_GIB = 24.0
+
+TERMS: tuple[str, ...] = tuple(f.name for f in fields(Breakdown))
+"""Stack order, bottom to top: the persistent state first, then what the step adds."""
+
+TERM_LABELS: dict[str, str] = {
+    "weights": "weights",
+    "quant_state": "quant state",
+    "adapters": "adapters",
+    "gradients": "gradients",
+    "optimizer": "optimizer states",
+    "activations": "activations",
+    "logits": "logits",
+    "workspace": "workspace",
+    "cuda_context": "CUDA context",
+    "allocator_slack": "allocator slack",
+}
+
+
+@dataclass(frozen=True)
+class FormValues:
+    """What the Plan form holds, in the TrainSetup's own names and units."""
+
+    model: str = DEFAULT_MODEL
+    method: str = _D.method
+    """The user's own method: highlighted; the chart always compares all four variants."""
+    precision: str = _D.precision
+    optimizer: str = _D.optimizer
+    batch_size: int = _D.batch_size
+    seq_len: int = _D.seq_len
+    lora_r: int = _D.lora_r
+    grad_checkpointing: bool = _D.grad_checkpointing
+    attention: str = _D.attention
+    gpu_gib: float = DEFAULT_GPU_GIB
+    """Memory of the user's GPU; only draws the line and decides "fits"."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One bar of the chart: a method (and QLoRA base format), the rest comes from the form."""
+
+    method: str
+    quant: str | None = None
+
+
+# The columns every fine-tuning guide compares (LLaMA-Factory's table), minus the 2-bit base the
+# trainer cannot run.
+VARIANTS: tuple[Variant, ...] = (
+    Variant("full"),
+    Variant("lora"),
+    Variant("qlora", "int8"),
+    Variant("qlora", "nf4"),
+)
+
+
+def variant_label(variant: Variant, precision: str) -> str:
+    """Short bar label. Full's label follows the precision since that alone sets its weight bytes."""
+    if variant.method == "full":
+        if precision.endswith("-mixed"):
+            return "Full AMP"
+        return "Full 32-bit" if precision == "fp32" else "Full 16-bit"
+    if variant.method == "lora":
+        return "LoRA"
+    bits = {"int8": 8, "nf4": 4, "fp4": 4}.get(variant.quant or "nf4", 4)
+    return f"QLoRA {bits}-bit"
+
+
+def build_setups(values: FormValues) -> tuple[TrainSetup, ...]:
+    """One TrainSetup per variant; raises PlannerError if the form holds an invalid value."""
+    return tuple(
+        TrainSetup(
+            method=v.method, quant=v.quant, precision=values.precision, optimizer=values.optimizer,
+            batch_size=values.batch_size, seq_len=values.seq_len, lora_r=values.lora_r,
+            grad_checkpointing=values.grad_checkpointing, attention=values.attention,
+        )
+        for v in VARIANTS
+    )
+
+
+def stack_gib(estimates: tuple[Estimate, ...]) -> dict[str, tuple[float, ...]]:
+    """Per term, its GiB in each bar (the segment heights)."""
+    return {term: tuple(getattr(e.breakdown, term) / GiB for e in estimates) for term in TERMS}
+
+
+def stack_bottoms(stack: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+    """Per term, where its segment starts in each bar: the sum of the terms below it."""
+    running = [0.0] * len(stack[TERMS[0]])
+    bottoms: dict[str, tuple[float, ...]] = {}
+    for term in TERMS:
+        bottoms[term] = tuple(running)
+        running = [r + h for r, h in zip(running, stack[term])]
+    return bottoms
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the chart and summary draw, computed once per form change."""
+
+    model: str
+    params_total: int
+    labels: tuple[str, ...]
+    methods: tuple[str, ...]
+    estimates: tuple[Estimate, ...]
+    heights: dict[str, tuple[float, ...]]
+    bottoms: dict[str, tuple[float, ...]]
+
+    @property
+    def device_used_gib(self) -> tuple[float, ...]:
+        return tuple(e.device_used_bytes / GiB for e in self.estimates)
+
+    def fits(self, gpu_gib: float) -> tuple[bool, ...]:
+        # device_used is what nvidia-smi shows, the number that must stay under the card's total
+        return tuple(e.device_used_bytes <= gpu_gib * GiB for e in self.estimates)
+
+
+def compute_plan(values: FormValues) -> Plan:
+    """Resolve the model and estimate every variant; raises PlannerError on bad input."""
+    spec = resolve_model(values.model.strip())
+    setups = build_setups(values)
+    estimates = tuple(estimate(spec, s) for s in setups)
+    heights = stack_gib(estimates)
+    return Plan(
+        model=spec.name,
+        params_total=estimates[0].params_total,
+        labels=tuple(variant_label(v, values.precision) for v in VARIANTS),
+        methods=tuple(v.method for v in VARIANTS),
+        estimates=estimates,
+        heights=heights,
+        bottoms=stack_bottoms(heights),
+    )
+
+
+def summary_lines(plan: Plan, gpu_gib: float) -> tuple[str, ...]:
+    """One line per bar: "LoRA: device used 18.4 GiB — fits on 24 GiB (5.6 GiB free)"."""
+    lines = []
+    for label, used, fits in zip(plan.labels, plan.device_used_gib, plan.fits(gpu_gib)):
+        margin = abs(gpu_gib - used)
+        verdict = (f"fits on {gpu_gib:g} GiB ({margin:.1f} GiB free)" if fits
+                   else f"does not fit on {gpu_gib:g} GiB ({margin:.1f} GiB over)")
+        lines.append(f"{label}: device used {used:.1f} GiB — {verdict}")
+    return tuple(lines)

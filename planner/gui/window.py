@@ -1,0 +1,66 @@
+"""The main window: one tab per page, in the order of the workflow (GPU -> plan -> train -> runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
+
+from planner.gui.placeholder import PlaceholderPage
+from planner.gui.plan_page import PlanPage
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    key: str
+    """The name ``python -m planner gui --page`` takes."""
+    title: str
+    factory: Callable[[], QWidget]
+
+
+# A new page replaces its placeholder factory here; keys, order and shortcuts stay put.
+PAGES: tuple[PageSpec, ...] = (
+    PageSpec("hardware", "Hardware", partial(PlaceholderPage, "GPU inventory and live memory: coming next")),
+    PageSpec("plan", "Plan", PlanPage),
+    PageSpec("train", "Train", partial(PlaceholderPage, "Training launcher: coming next")),
+    PageSpec("runs", "Runs", partial(PlaceholderPage, "Past runs, measured against the plan: coming next")),
+)
+PAGE_KEYS: tuple[str, ...] = tuple(p.key for p in PAGES)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, page: str = "plan") -> None:
+        super().__init__()
+        self.setWindowTitle("Fine-Tune Planner")
+        self.resize(1200, 800)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.pages: dict[str, QWidget] = {}
+        for spec in PAGES:
+            widget = spec.factory()
+            self.pages[spec.key] = widget
+            self.tabs.addTab(widget, spec.title)
+        self.setCentralWidget(self.tabs)
+        # Ctrl+1..4 as in browsers and IDEs; the tab tooltips advertise them.
+        self.shortcuts: list[QShortcut] = []
+        for index, spec in enumerate(PAGES):
+            keys = QKeySequence(f"Ctrl+{index + 1}")
+            shortcut = QShortcut(keys, self)
+            shortcut.activated.connect(partial(self.tabs.setCurrentIndex, index))
+            self.shortcuts.append(shortcut)
+            self.tabs.setTabToolTip(index, f"{spec.title} ({keys.toString(QKeySequence.SequenceFormat.NativeText)})")
+        self.show_page(page)
+
+    def show_page(self, key: str) -> None:
+        """Switch to a page by its ``--page`` name; KeyError for an unknown one."""
+        if key not in PAGE_KEYS:
+            raise KeyError(f"unknown page {key!r}; choose one of: {', '.join(PAGE_KEYS)}")
+        self.tabs.setCurrentIndex(PAGE_KEYS.index(key))
+
+    @property
+    def current_page(self) -> str:
+        return PAGE_KEYS[self.tabs.currentIndex()]
+

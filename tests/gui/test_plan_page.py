@@ -1,0 +1,167 @@
+"""The desktop app driven through real widgets (pytest-qt, offscreen)."""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtGui import QColor, QPalette  # noqa: E402
+from PySide6.QtWidgets import QLabel  # noqa: E402
+
+from planner.gui.app import run  # noqa: E402
+from planner.gui.plan_page import PlanPage  # noqa: E402
+from planner.gui.window import MainWindow  # noqa: E402
+
+LORA = 1  # bar index: Full, LoRA, QLoRA 8-bit, QLoRA 4-bit
+
+
+@pytest.fixture
+def window(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    return w
+
+
+@pytest.fixture
+def page(window) -> PlanPage:
+    return window.pages["plan"]
+
+
+def _all_heights(page: PlanPage) -> dict[str, tuple[float, ...]]:
+    return {term: page.chart.bar_heights(term) for term in page.chart.bars}
+
+
+def test_window_has_four_pages(window):
+    assert window.windowTitle() == "Fine-Tune Planner"
+    titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    assert titles == ["Hardware", "Plan", "Train", "Runs"]
+    assert window.current_page == "plan"
+    train = window.pages["train"].findChild(QLabel)
+    assert "coming next" in train.text()
+    assert train.alignment() & Qt.AlignmentFlag.AlignHCenter
+
+
+def test_ctrl_number_switches_pages(window, qtbot):
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)  # window shortcuts only fire in the active window
+    qtbot.keyClick(window, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
+    assert window.current_page == "train"
+    qtbot.keyClick(window, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
+    assert window.current_page == "hardware"
+
+
+def test_initial_page_is_selectable(qtbot):
+    w = MainWindow("runs")
+    qtbot.addWidget(w)
+    assert w.current_page == "runs"
+
+
+def test_default_plan_is_drawn_at_once(page):
+    heights = page.chart.bar_heights("weights")
+    assert len(heights) == 4 and all(h > 0 for h in heights)
+    assert page.chart.gpu_line.value() == pytest.approx(24.0)
+    assert "LoRA" in page.summary_label.text() and "fits on 24 GiB" in page.summary_label.text()
+    assert page.error_label.text() == ""
+
+
+def test_batch_size_grows_activation_segments(page, qtbot):
+    before = page.chart.bar_heights("activations")
+    page.batch_spin.setValue(8)
+    qtbot.waitUntil(lambda: page.chart.bar_heights("activations") != before)
+    after = page.chart.bar_heights("activations")
+    assert after[LORA] > before[LORA]
+    assert page.chart.bar_heights("weights") == page.plan.heights["weights"]
+
+
+def test_seq_len_moves_the_stack(page, qtbot):
+    before = _all_heights(page)
+    page.seq_spin.setValue(8192)
+    qtbot.waitUntil(lambda: _all_heights(page) != before)
+    assert page.chart.bar_heights("logits")[LORA] > before["logits"][LORA]
+    # segments above a grown one start higher: the bars really are stacked
+    assert page.chart.bars["allocator_slack"].opts["y0"][LORA] > 0
+
+
+def test_edits_in_a_burst_compute_once(page, qtbot, monkeypatch):
+    calls = []
+    original = page.recompute
+    monkeypatch.setattr(page, "recompute", lambda: (calls.append(1), original()))
+    page._debounce.timeout.disconnect()
+    page._debounce.timeout.connect(page.recompute)
+    for value in (2, 3, 4, 5):
+        page.batch_spin.setValue(value)
+    qtbot.waitUntil(lambda: calls == [1])
+    assert page.plan.estimates[0].setup.batch_size == 5
+
+
+def test_unknown_model_shows_error_and_keeps_bars(page, qtbot):
+    before = _all_heights(page)
+    plan = page.plan
+    page.model_box.setEditText("no-such-org/no-such-model")
+    qtbot.waitUntil(lambda: page.error_label.text() != "")
+    assert "no-such" in page.error_label.text() and "\n" not in page.error_label.text()
+    assert _all_heights(page) == before and page.plan is plan
+    assert page.stale_label.isVisibleTo(page)
+    # fixing the input clears the error and draws the new model
+    page.model_box.setEditText("Qwen/Qwen2.5-0.5B")
+    qtbot.waitUntil(lambda: page.error_label.text() == "")
+    assert page.plan.model == "Qwen/Qwen2.5-0.5B" and not page.stale_label.isVisibleTo(page)
+    assert page.chart.bar_heights("weights")[LORA] < before["weights"][LORA]
+
+
+def test_gpu_memory_moves_line_and_verdict(page, qtbot):
+    page.gpu_spin.setValue(80.0)
+    qtbot.waitUntil(lambda: page.chart.gpu_line.value() == pytest.approx(80.0))
+    assert "on 80 GiB" in page.summary_label.text()
+
+
+def test_own_method_is_outlined(page, qtbot):
+    page.method_box.setCurrentText("full")
+    qtbot.waitUntil(lambda: page.chart.outline.opts["pens"][0].style() != Qt.PenStyle.NoPen)
+    pens = page.chart.outline.opts["pens"]
+    assert [p.style() == Qt.PenStyle.NoPen for p in pens] == [False, True, True, True]
+    assert list(page.chart.outline.opts["height"]) == pytest.approx(page.plan.device_used_gib)
+
+
+def test_model_completer_matches_any_part_any_case(page):
+    completer = page.model_box.completer()
+    completer.setCompletionPrefix("llama-3.1-8")
+    matches = [completer.completionModel().index(i, 0).data() for i in range(completer.completionCount())]
+    assert "meta-llama/Llama-3.1-8B" in matches
+    assert page.model_box.currentText() == "meta-llama/Llama-3.1-8B"
+
+
+def test_every_field_has_a_tooltip(page):
+    for widget in (page.model_box, page.method_box, page.precision_box, page.optimizer_box, page.batch_spin,
+                   page.seq_spin, page.lora_r_spin, page.ckpt_box, page.attention_box, page.gpu_spin):
+        assert widget.toolTip()
+    assert (page.seq_spin.minimum(), page.seq_spin.maximum(), page.seq_spin.singleStep()) == (1, 1_048_576, 256)
+
+
+def test_run_screenshot_writes_png(qapp, tmp_path):
+    out = tmp_path / "x.png"
+    assert run(page="plan", screenshot=str(out)) == 0
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_run_screenshot_unwritable_path(qapp, tmp_path, capsys):
+    assert run(page="plan", screenshot=str(tmp_path / "missing-dir" / "x.png")) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_run_unknown_page(qapp, capsys):
+    assert run(page="bogus") == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "plan" in err and err.count("\n") == 1
+
+
+def test_chart_follows_a_palette_change(page):
+    dark = QPalette(page.chart.palette())
+    dark.setColor(QPalette.ColorRole.WindowText, QColor("#e6e6e6"))
+    dark.setColor(QPalette.ColorRole.Window, QColor("#2b2b2b"))
+    page.chart.setPalette(dark)
+    assert page.chart.getAxis("left").textPen().color() == QColor("#e6e6e6")
+    assert page.chart.gpu_line.pen.color() == QColor("#e6e6e6")
