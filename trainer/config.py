@@ -1,0 +1,204 @@
+"""``TrainConfig``: everything a run needs, validated at construction, JSON/YAML round trip.
+
+Field names follow Hugging Face (``TrainingArguments``, ``LoraConfig``, ``BitsAndBytesConfig``)
+and the planner's options, so that a plan and the run it launches read the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+METHODS = ("full", "lora", "qlora")
+QUANTS = ("nf4", "fp4", "int8")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+              "sgd", "adafactor")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+class ConfigError(ValueError):
+    """A bad config value: one line naming the field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Every field has a default except the model and the dataset."""
+
+    model: str
+    """Local model folder, or a Hugging Face Hub id (used only if cached locally or online)."""
+    dataset: str
+    """Training data file: .jsonl, .json, .csv or .parquet."""
+    output_dir: str = "runs/run"
+    """The run directory: config, metrics.jsonl, checkpoints, the final adapter, run.json."""
+    method: str = "qlora"
+    quant: str = "nf4"
+    """QLoRA base format (bitsandbytes): nf4, fp4, or int8 (LLM.int8)."""
+    double_quant: bool = True
+    precision: str = "auto"
+    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU."""
+    adapter_dtype: str = "fp32"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("all-linear",)
+    modules_to_save: tuple[str, ...] = ()
+    optimizer: str = "adamw_torch"
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 1
+    """Micro-batch per device (``per_device_train_batch_size``)."""
+    gradient_accumulation_steps: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1
+    """> 0 overrides ``epochs`` (as in TrainingArguments)."""
+    max_seq_len: int = 2048
+    grad_checkpointing: bool = True
+    attention: str = "sdpa"
+    data_format: str = "auto"
+    assistant_only_loss: bool = True
+    """Train only on assistant tokens (chat formats); the prompt is masked out of the loss."""
+    packing: bool = False
+    val_split: float = 0.0
+    """Fraction of examples held out for eval loss (0 = no evaluation)."""
+    seed: int = 42
+    logging_steps: int = 1
+    eval_steps: int = 0
+    """0 = evaluate once per epoch when ``val_split`` > 0."""
+    save_steps: int = 0
+    """0 = checkpoint only on request, on stop and at the end."""
+    save_total_limit: int = 2
+    device: str = "auto"
+    trust_remote_code: bool = False
+    """Run code shipped with the model. Off unless you trust its author."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Test hooks and future fields; ignored by the trainer unless documented."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("method", METHODS), ("quant", QUANTS), ("precision", PRECISIONS),
+                              ("optimizer", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS),
+                              ("attention", ATTENTIONS), ("data_format", FORMATS), ("device", DEVICES),
+                              ("adapter_dtype", ("fp32", "bf16"))):
+            value = getattr(self, name)
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"{name}: '{value}' is not one of {', '.join(allowed)}{hint}")
+        if not str(self.model).strip():
+            raise ConfigError("model: empty; give a local model folder or a Hub id")
+        if not str(self.dataset).strip():
+            raise ConfigError("dataset: empty; give a .jsonl, .json, .csv or .parquet file")
+        for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_seq_len",
+                     "logging_steps", "save_total_limit"):
+            _whole(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "eval_steps", "save_steps", "seed"):
+            _whole(name, getattr(self, name), minimum=0)
+        _whole("max_steps", self.max_steps, minimum=-1)
+        if self.max_steps == 0:
+            raise ConfigError("max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count")
+        _number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        _number("epochs", self.epochs, low=0.0, low_open=True)
+        _number("lora_dropout", self.lora_dropout, low=0.0, high=0.9)
+        _number("val_split", self.val_split, low=0.0, high=0.5)
+        _number("weight_decay", self.weight_decay, low=0.0)
+        _number("max_grad_norm", self.max_grad_norm, low=0.0)
+        for name in ("lora_targets", "modules_to_save"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
+            elif not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{name}: expected a list of module names, got {value!r}")
+            else:
+                object.__setattr__(self, name, tuple(value))
+        if not self.lora_targets:
+            raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj")
+        for name in ("double_quant", "grad_checkpointing", "assistant_only_loss", "packing", "trust_remote_code"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+
+    # ---- round trip -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["lora_targets"] = list(self.lora_targets)
+        out["modules_to_save"] = list(self.modules_to_save)
+        if not self.extra:
+            out.pop("extra")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("a run config must be a mapping of field names to values")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"unknown field '{key}'{hint}")
+        for required in ("model", "dataset"):
+            if required not in data:
+                raise ConfigError(f"{required}: missing; every run config names its {required}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a value of the wrong type reached a comparison
+            raise ConfigError(f"a field has the wrong type: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read ({exc})") from None
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: both are syntax errors
+            raise ConfigError(f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
+                              f"({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data)
+
+    def dump(self, path: str | Path) -> None:
+        from trainer.files import atomic_write_text
+
+        p = Path(path)
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            atomic_write_text(p, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        else:
+            atomic_write_text(p, self.to_json())
+
+
+def _whole(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: expected a whole number >= {minimum}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"{name}: expected a number {bound}, got {value!r}")
