@@ -1,0 +1,43 @@
+"""``python -m trainer``: run, export, make-demo (DESIGN.md, "CLI contract")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}; see `python -m {self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="trainer", description="Fine-tune a causal LM (full, LoRA, QLoRA); events on stdout.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="train; JSON-line events on stdout, commands on stdin")
+    run.add_argument("--config", help="run config (.json or .yaml), TrainConfig field names")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    export = sub.add_parser("export", help="write the trained model (adapter, or merged with --merge)")
+    export.add_argument("--run", required=True, metavar="RUN_DIR")
+    export.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    export.add_argument("--out", required=True, metavar="DIR")
+    demo = sub.add_parser("make-demo", help="build an offline tiny model, tokenizer, dataset and run config")
+    demo.add_argument("--out", required=True, metavar="DIR")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        from trainer.run import main as run_main
+
+        return run_main(args.config, args.resume)
+    if args.command == "export":
+        from trainer.export import main as export_main
+
+        return export_main(args.run, args.out, merge=args.merge)
+    from trainer.demo import main as demo_main
+
+    return demo_main(args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

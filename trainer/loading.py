@@ -1,0 +1,156 @@
+"""Load the tokenizer and the model for a run: full, LoRA and QLoRA differ only by parameters.
+
+Safetensors only, ``trust_remote_code`` only when the config says so, and a Hub id is used
+only when it is cached locally or the Hub answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainConfig
+
+
+class ModelError(RuntimeError):
+    """The model or tokenizer cannot be loaded: one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which dtype the run computes."""
+
+    device: str
+    """``cuda`` or ``cpu``."""
+    precision: str
+    """The resolved precision (``auto`` replaced)."""
+
+
+def resolve_runtime(cfg: TrainConfig) -> Runtime:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not has_cuda:
+        raise ModelError("device: cuda was requested but no CUDA GPU is visible; use device auto or cpu")
+    device = "cuda" if has_cuda and cfg.device != "cpu" else "cpu"
+    precision = cfg.precision
+    if precision == "auto":
+        if device == "cpu":
+            precision = "fp32"  # CPU bf16 matmuls are slow and fp32 keeps runs reproducible
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Runtime(device, precision)
+
+
+def weight_dtype(precision: str) -> Any:
+    """The dtype weights are loaded in: 16-bit for pure 16-bit runs, fp32 master weights otherwise."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def compute_dtype(precision: str) -> Any:
+    import torch
+
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("fp16"):
+        return torch.float16
+    return torch.float32
+
+
+def _source(cfg: TrainConfig) -> tuple[str, bool]:
+    """(name to load from, whether it is a local folder)."""
+    path = Path(cfg.model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} has no config.json; point model at a Hugging Face model folder")
+        if not any(path.glob("*.safetensors")):
+            has_bin = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+            why = " (only pickle .bin/.pt weights, which are never loaded)" if has_bin else ""
+            raise ModelError(f"{path} has no *.safetensors weights{why}; convert the checkpoint to safetensors")
+        return str(path), True
+    if path.exists() or cfg.model.startswith((".", "/", "~")):
+        raise ModelError(f"{cfg.model}: not a model folder")
+    return cfg.model, False
+
+
+def _hub_error(name: str, exc: Exception) -> ModelError:
+    return ModelError(f"{name}: not found locally and the Hub is unreachable or has no such model "
+                      f"({type(exc).__name__}); download it first or give a local folder")
+
+
+def load_tokenizer(cfg: TrainConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    name, local = _source(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise (ModelError(f"{name}: cannot load the tokenizer ({exc})") if local else _hub_error(name, exc)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # padding positions are masked out of the loss anyway
+    return tok
+
+
+def quantization_config(cfg: TrainConfig, precision: str) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(precision),
+    )
+
+
+def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
+    """The model ready for Trainer: quantized and prepared (QLoRA), wrapped with LoRA (LoRA, QLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    name, local = _source(cfg)
+    kwargs: dict[str, Any] = dict(
+        dtype=weight_dtype(rt.precision),
+        attn_implementation=cfg.attention,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=True,
+    )
+    if cfg.method == "qlora":
+        kwargs["quantization_config"] = quantization_config(cfg, rt.precision)
+        kwargs["device_map"] = {"": 0} if rt.device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        if not local and isinstance(exc, OSError):
+            raise _hub_error(name, exc) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{name}: cannot load the model: {first}") from None
+    if cfg.method == "full":
+        return model
+    return _with_lora(cfg, model)
+
+
+def _with_lora(cfg: TrainConfig, model: Any) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        # freezes the base, casts the non-quantized weights to fp32, enables input grads
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.grad_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets: str | list[str] = "all-linear" if "all-linear" in cfg.lora_targets else list(cfg.lora_targets)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=list(cfg.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora, autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
+    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+        raise ModelError(f"lora_targets: {str(exc).splitlines()[0]}") from None

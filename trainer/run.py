@@ -1,0 +1,299 @@
+"""One training run, in the boring shape of a torchtune recipe: setup, train, cleanup.
+
+Exit codes: 0 the run ended as asked (completed, stopped or cancelled); 2 bad config, data or
+model; 3 out of memory; 1 anything else (a bug: the traceback goes to stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from trainer.config import ConfigError, TrainConfig
+from trainer.files import atomic_dir, atomic_write_text
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OOM = 0, 1, 2, 3
+_COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose every file was written (marker, or all files and valid state)."""
+    from trainer.callbacks import COMPLETE_MARKER
+
+    def complete(p: Path) -> bool:
+        if (p / COMPLETE_MARKER).is_file():
+            return True
+        if not all((p / f).is_file() for f in _COMPLETE_FILES):
+            return False
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return True
+
+    found = []
+    for p in (run_dir / "checkpoints").glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and step.isdigit() and complete(p):
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+class Run:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
+        from trainer.callbacks import Commands, EventSink
+
+        self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
+        self.t0 = time.monotonic()
+        self.sink = EventSink(run_dir / "metrics.jsonl", out=out, t0=self.t0)
+        self.commands = Commands(stdin)
+        self.trainer: Any = None
+        self.callback: Any = None
+        self.runtime: Any = None
+        self.predicted: int | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from transformers import DataCollatorForSeq2Seq, Trainer
+
+        from trainer.callbacks import EventCallback
+        from trainer.data import prepare_data
+        from trainer.loading import load_model, load_tokenizer, resolve_runtime
+        from trainer.prediction import predict
+
+        cfg = self.cfg
+        self.runtime = resolve_runtime(cfg)
+        tokenizer = load_tokenizer(cfg)
+        data = prepare_data(cfg, tokenizer)
+        model = load_model(cfg, self.runtime)
+        predicted = predict(cfg, self.runtime.precision)
+        self.predicted = predicted[2].peak_allocated_bytes if predicted else None
+        self.callback = EventCallback(self.sink, self.commands, self.runtime.device)
+        callbacks = [self.callback] + _test_hooks(cfg)
+        self.trainer = Trainer(
+            model=model,
+            args=self._training_args(has_eval=data.eval is not None),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            callbacks=callbacks,
+        )
+        params_total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
+        max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+        self.sink.emit(
+            "start", model=cfg.model, method=cfg.method, params_total=params_total,
+            params_trainable=trainable, max_steps=max_steps, run_dir=str(self.run_dir),
+            predicted_peak_bytes=self.predicted, device=self.runtime.device, precision=self.runtime.precision,
+            data_format=data.format, template=data.template, examples=data.n_examples,
+            truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume)
+
+    def _training_args(self, has_eval: bool) -> Any:
+        from transformers import TrainingArguments
+
+        cfg, precision = self.cfg, self.runtime.precision
+        eval_strategy = "no" if not has_eval else ("steps" if cfg.eval_steps else "epoch")
+        return TrainingArguments(
+            output_dir=str(self.run_dir / "checkpoints"),
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler_type,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            optim=cfg.optimizer,
+            bf16=precision.startswith("bf16"),
+            fp16=precision.startswith("fp16"),
+            gradient_checkpointing=cfg.grad_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            logging_steps=cfg.logging_steps,
+            eval_strategy=eval_strategy,
+            eval_steps=cfg.eval_steps or None,
+            save_strategy="steps" if cfg.save_steps else "no",
+            save_steps=cfg.save_steps or 500,
+            save_total_limit=cfg.save_total_limit,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=self.runtime.device == "cpu",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            include_num_input_tokens_seen="non_padding",
+            remove_unused_columns=False,
+        )
+
+    # -- train ------------------------------------------------------------------------------
+    def train(self) -> None:
+        checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
+        self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    # -- cleanup ----------------------------------------------------------------------------
+    def finish(self) -> str:
+        status = self.callback.outcome
+        state = self.trainer.state
+        if status == "completed":
+            final = self.run_dir / ("adapter" if self.cfg.method != "full" else "model")
+            with atomic_dir(final) as tmp:
+                self.trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        losses = [h["loss"] for h in state.log_history if "loss" in h]
+        self.write_summary(status, state.global_step, losses[-1] if losses else None)
+        self.sink.emit("end", status=status, steps=state.global_step, runtime_s=round(self.elapsed(), 2),
+                       output_dir=str(self.run_dir))
+        return status
+
+    def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None) -> None:
+        summary = {
+            "status": status, "steps": steps, "final_loss": final_loss,
+            "peak_measured_bytes": measured_peak(self.runtime.device if self.runtime else "cpu"),
+            "peak_kind": "cuda_max_allocated" if self.runtime and self.runtime.device == "cuda" else "host_rss",
+            "predicted_peak_bytes": self.predicted, "runtime_s": round(self.elapsed(), 2),
+            "model": self.cfg.model, "method": self.cfg.method, "error": error,
+        }
+        atomic_write_text(self.run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def fail(self, kind: str, message: str, hint: str, **extra: Any) -> None:
+        self.sink.emit("error", type=kind, message=message, hint=hint, **extra)
+        steps = self.trainer.state.global_step if self.trainer else 0
+        self.write_summary("failed", steps, None, error=f"{kind}: {message}")
+        self.sink.emit("end", status="failed", steps=steps, runtime_s=round(self.elapsed(), 2),
+                       output_dir=str(self.run_dir))
+
+
+def measured_peak(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def device_budget(device: str) -> int:
+    """Memory the run may use: the GPU's total, or the host RAM available on the CPU."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _test_hooks(cfg: TrainConfig) -> list[Any]:
+    """Callbacks that tests switch on through ``extra`` (never set by the app)."""
+    from transformers import TrainerCallback
+
+    oom_at = cfg.extra.get("test_oom_at_step")
+    if oom_at is None:
+        return []
+
+    class ForceOOM(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= int(oom_at):
+                import torch
+
+                raise torch.OutOfMemoryError("out of memory (test hook)")
+
+    return [ForceOOM()]
+
+
+def _config_for(config_path: str | None, resume_dir: str | None) -> tuple[TrainConfig, Path, bool]:
+    if resume_dir:
+        run_dir = Path(resume_dir)
+        saved = run_dir / "config.json"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.json there; is this a run directory?")
+        cfg = TrainConfig.load(saved)
+        return cfg, run_dir, True
+    if not config_path:
+        raise ConfigError("give --config FILE (or --resume RUN_DIR)")
+    cfg = TrainConfig.load(config_path)
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"output_dir {run_dir} already holds a run; resume it with --resume {run_dir} "
+                          "or choose another output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.dump(run_dir / "config.json")
+    return cfg, run_dir, False
+
+
+def main(config_path: str | None, resume_dir: str | None = None,
+         stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+    from trainer.protocol import encode
+
+    out = out or sys.stdout
+    try:
+        cfg, run_dir, resume = _config_for(config_path, resume_dir)
+    except ConfigError as exc:
+        # no run directory yet: the event goes to stdout only
+        out.write(encode("error", 0.0, type="config", message=str(exc), hint="fix the run config") + "\n")
+        out.flush()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run = Run(cfg, run_dir, resume, stdin, out)
+    try:
+        return _run(run)
+    finally:
+        run.sink.close()
+
+
+def _run(run: Run) -> int:
+    from trainer.data import DataError
+    from trainer.loading import ModelError
+
+    try:
+        run.setup()
+        run.train()
+        run.finish()
+        return EXIT_OK
+    except (ConfigError, DataError, ModelError) as exc:
+        kind = "config" if isinstance(exc, ConfigError) else "data" if isinstance(exc, DataError) else "model"
+        print(f"error: {exc}", file=sys.stderr)
+        run.fail(kind, str(exc), "fix the " + {"config": "run config", "data": "dataset", "model": "model path"}[kind])
+        return EXIT_INPUT
+    except BaseException as exc:  # noqa: BLE001 - classify OOM, report everything else as internal
+        if _is_oom(exc):
+            return _report_oom(run, exc)
+        if isinstance(exc, KeyboardInterrupt):
+            run.fail("internal", "interrupted", "resume the run with --resume")
+            return 130
+        traceback.print_exc(file=sys.stderr)
+        run.fail("internal", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                 "this is a bug; the traceback is in the log")
+        return EXIT_INTERNAL
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and isinstance(exc, torch.OutOfMemoryError))
+
+
+def _report_oom(run: Run, exc: BaseException) -> int:
+    from trainer.prediction import oom_hint
+
+    device = run.runtime.device if run.runtime else "cpu"
+    peak = measured_peak(device)
+    budget = device_budget(device)
+    hint, changes = oom_hint(run.cfg, run.runtime.precision if run.runtime else "fp32", budget)
+    print(f"error: out of memory: {exc}", file=sys.stderr)
+    run.fail("oom", f"out of memory at {peak / 2**30:.2f} GiB measured ({device})", hint,
+             peak_bytes=peak, budget_bytes=budget, fix=json.dumps(changes) if changes else None)
+    return EXIT_OOM
