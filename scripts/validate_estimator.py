@@ -25,6 +25,24 @@ from planner.memory import estimate  # noqa: E402
 from planner.options import TrainSetup  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "measurements.csv"
+
+# What a source's own code did where its row leaves a setting unstated (read from the code at the
+# commit that produced the numbers). Stated row values always win; these only fill the gaps.
+SOURCE_CODE = {
+    # AnswerDotAI/fsdp_qlora train.py @50efa1e: whole model cast to bf16 (adapters included), no
+    # prepare_model_for_kbit_training (embeddings and LM head stay bf16).
+    "fsdp_qlora": {"adapter_dtype": "bf16", "kbit_prepare": False},
+    # modelscope/ms-swift @97e4d198b: no prepare_model_for_kbit_training; memory is
+    # torch.cuda.max_memory_reserved over the whole run (Seq2SeqTrainer.train).
+    "ms-swift": {"kbit_prepare": False, "kind": "reserved"},
+}
+
+
+def _source_code(row: dict[str, str]) -> dict:
+    for key, known in SOURCE_CODE.items():
+        if key in row["source"]:
+            return known
+    return {}
 UNITS = {"GB": 10**9, "GiB": 2**30, "G": 10**9, "MB": 10**6, "MiB": 2**20}
 
 
@@ -41,8 +59,10 @@ class Row:
 
 
 def setup_of(r: dict[str, str]) -> TrainSetup:
+    code = _source_code(r)
+
     def opt(key: str, default: str) -> str:
-        return r[key].strip() or default
+        return r[key].strip() or code.get(key, default)
 
     method = r["method"]
     targets = opt("lora_targets", "all-linear")
@@ -63,7 +83,7 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
         num_gpus=int(opt("num_gpus", "1")),
         sharding=opt("sharding", "none"),
         offload=opt("offload", "none"),
-        kbit_prepare=r["kind"] != "weights_only",
+        kbit_prepare=code.get("kbit_prepare", r["kind"] != "weights_only"),
     )
 
 
@@ -79,7 +99,7 @@ def evaluate(csv_path: Path) -> list[Row]:
             "device": est.device_used_bytes,
             "unknown": est.device_used_bytes,
             "weights_only": b.weights + b.quant_state,
-        }[r["kind"]]
+        }[_source_code(r).get("kind", r["kind"]) if r["kind"] == "unknown" else r["kind"]]
         rows.append(Row(r["id"], r["kind"], float(r["value"]) * UNITS[r["unit"]], predicted))
     return rows
 
