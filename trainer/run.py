@@ -60,10 +60,10 @@ class Run:
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
-        from transformers import DataCollatorForSeq2Seq, Trainer
+        from transformers import Trainer
 
         from trainer.callbacks import EventCallback
-        from trainer.data import prepare_data
+        from trainer.data import collate, prepare_data
         from trainer.loading import load_model, load_tokenizer, resolve_runtime
         from trainer.prediction import predict
 
@@ -81,7 +81,7 @@ class Run:
             args=self._training_args(has_eval=data.eval is not None),
             train_dataset=data.train,
             eval_dataset=data.eval,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            data_collator=collate(tokenizer),
             callbacks=callbacks,
         )
         params_total = sum(p.numel() for p in model.parameters())
@@ -92,7 +92,7 @@ class Run:
             "start", model=cfg.model, method=cfg.method, params_total=params_total,
             params_trainable=trainable, max_steps=max_steps, run_dir=str(self.run_dir),
             predicted_peak_bytes=self.predicted, device=self.runtime.device, precision=self.runtime.precision,
-            data_format=data.format, template=data.template, examples=data.n_examples,
+            data_format=data.format, template=data.template, masking=data.masking, examples=data.n_examples,
             truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume)
 
     def _training_args(self, has_eval: bool) -> Any:
