@@ -76,6 +76,9 @@ class Run:
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
         self.callback = EventCallback(self.sink, self.commands, self.runtime.device)
         callbacks = [self.callback] + _test_hooks(cfg)
+        # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
+        from transformers.trainer_callback import PrinterCallback
+
         self.trainer = Trainer(
             model=model,
             args=self._training_args(has_eval=data.eval is not None),
@@ -84,6 +87,7 @@ class Run:
             data_collator=collate(tokenizer),
             callbacks=callbacks,
         )
+        self.trainer.remove_callback(PrinterCallback)
         params_total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
@@ -115,8 +119,7 @@ class Run:
             optim=cfg.optimizer,
             bf16=precision.startswith("bf16"),
             fp16=precision.startswith("fp16"),
-            gradient_checkpointing=cfg.grad_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            **_checkpointing_args(cfg.grad_checkpointing),
             logging_steps=cfg.logging_steps,
             eval_strategy=eval_strategy,
             eval_steps=cfg.eval_steps or None,
@@ -171,6 +174,17 @@ class Run:
         self.write_summary("failed", steps, None, error=f"{kind}: {message}")
         self.sink.emit("end", status="failed", steps=steps, runtime_s=round(self.elapsed(), 2),
                        output_dir=str(self.run_dir))
+
+
+def _checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: enabled, f"{key}_kwargs": {"use_reentrant": False}}
 
 
 def measured_peak(device: str) -> int:
@@ -247,9 +261,12 @@ def main(config_path: str | None, resume_dir: str | None = None,
         return EXIT_INPUT
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run = Run(cfg, run_dir, resume, stdin, out)
+    # Libraries print to stdout (warnings, progress); only the sink may write events there.
+    real_stdout, sys.stdout = sys.stdout, sys.stderr
     try:
         return _run(run)
     finally:
+        sys.stdout = real_stdout
         run.sink.close()
 
 
