@@ -67,7 +67,11 @@ class Run:
         from trainer.loading import load_model, load_tokenizer, resolve_runtime
         from trainer.prediction import predict
 
+        from transformers import set_seed
+
         cfg = self.cfg
+        # seeded before the model exists: LoRA's A matrices are initialised at random
+        set_seed(cfg.seed)
         self.runtime = resolve_runtime(cfg)
         tokenizer = load_tokenizer(cfg)
         data = prepare_data(cfg, tokenizer)
@@ -75,7 +79,8 @@ class Run:
         predicted = predict(cfg, self.runtime.precision)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
         self.callback = EventCallback(self.sink, self.commands, self.runtime.device)
-        callbacks = [self.callback] + _test_hooks(cfg)
+        # hooks run before the event callback so a command they send acts at this very step
+        callbacks = _test_hooks(cfg, self.commands) + [self.callback]
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
         from transformers.trainer_callback import PrinterCallback
 
@@ -208,22 +213,28 @@ def device_budget(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def _test_hooks(cfg: TrainConfig) -> list[Any]:
-    """Callbacks that tests switch on through ``extra`` (never set by the app)."""
+def _test_hooks(cfg: TrainConfig, commands: Any) -> list[Any]:
+    """Callbacks that tests switch on through ``extra`` (never set by the app).
+
+    ``test_oom_at_step``: raise torch.OutOfMemoryError at that step.
+    ``test_command_at_step``: {"step": N, "command": "stop"|"cancel"|"checkpoint"} sends the
+    command through the same queue stdin feeds, at a deterministic step.
+    """
     from transformers import TrainerCallback
 
     oom_at = cfg.extra.get("test_oom_at_step")
-    if oom_at is None:
-        return []
+    command_at = cfg.extra.get("test_command_at_step")
 
-    class ForceOOM(TrainerCallback):
+    class Hooks(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= int(oom_at):
+            if oom_at is not None and state.global_step >= int(oom_at):
                 import torch
 
                 raise torch.OutOfMemoryError("out of memory (test hook)")
+            if command_at and state.global_step == int(command_at["step"]):
+                commands.put(command_at["command"])
 
-    return [ForceOOM()]
+    return [Hooks()] if (oom_at is not None or command_at) else []
 
 
 def _config_for(config_path: str | None, resume_dir: str | None) -> tuple[TrainConfig, Path, bool]:

@@ -11,8 +11,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.demo import END, make_demo  # noqa: E402
