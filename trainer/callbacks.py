@@ -27,8 +27,12 @@ class EventSink:
         self.t0 = time.monotonic() if t0 is None else t0
         self._out = out or sys.stdout
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        # line-buffered append: a kill can at worst tear the last line, which readers skip
+        # line-buffered append: a kill can at worst tear the last line, which readers skip; a
+        # torn line left by a killed run is closed first so the next event starts a line of its own
+        torn = metrics_path.is_file() and metrics_path.stat().st_size > 0 and not _ends_with_newline(metrics_path)
         self._file = open(metrics_path, "a", encoding="utf-8", buffering=1)
+        if torn:
+            self._file.write("\n")
         self._lock = threading.Lock()
 
     def emit(self, kind: str, **fields: Any) -> None:
@@ -75,6 +79,12 @@ class Commands:
                 out.append(self._q.get_nowait())
             except queue.Empty:
                 return out
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 def rss_bytes() -> int:

@@ -46,7 +46,17 @@ def run_inprocess(config: Path | None, resume: Path | None = None, stdin: str = 
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """Every event of the run's history, as the app reads it: torn lines (a killed run) skipped."""
+    from trainer.protocol import ProtocolError, decode
+
+    events = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            decode(line)
+        except ProtocolError:
+            continue
+        events.append(json.loads(line))
+    return events
 
 
 def steps(events: list[dict]) -> list[dict]:

@@ -1,0 +1,73 @@
+"""Export: the adapter in peft's layout, or merged into a plain transformers model."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_inprocess, write_config
+
+from trainer.export import main as export_main
+
+PROBE = [[5, 17, 42, 99, 7, 3, 250, 11]]
+
+
+@pytest.fixture(scope="module", params=["lora", "qlora"])
+def trained(request, demo_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp(request.param) / "run"
+    code, _ = run_inprocess(write_config(demo_dir, run_dir, method=request.param, max_steps=10, save_steps=0))
+    assert code == 0
+    return request.param, run_dir
+
+
+def _peft_logits(demo_dir, method, adapter, dequantize=False):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": torch.float32}
+    if method == "qlora":
+        kwargs.update(device_map={"": "cpu"}, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32))
+    base = AutoModelForCausalLM.from_pretrained(demo_dir / "model", **kwargs)
+    if dequantize:
+        base = base.dequantize()
+    with torch.no_grad():
+        return PeftModel.from_pretrained(base, adapter).eval()(input_ids=torch.tensor(PROBE)).logits
+
+
+def test_export_adapter(trained, demo_dir, tmp_path):
+    method, run_dir = trained
+    out = tmp_path / "adapter"
+    assert export_main(str(run_dir), str(out)) == 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.bin")) and not list(out.glob("optimizer*"))
+    assert _peft_logits(demo_dir, method, out).isfinite().all()
+
+
+def test_export_merged_matches_adapter(trained, demo_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    method, run_dir = trained
+    out = tmp_path / "merged"
+    assert export_main(str(run_dir), str(out), merge=True) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        got = merged(input_ids=torch.tensor(PROBE)).logits
+    # QLoRA merges onto the dequantized 4-bit base: exactly that base plus the adapter...
+    exact = _peft_logits(demo_dir, method, run_dir / "adapter", dequantize=method == "qlora")
+    assert (got - exact).abs().max() < 1e-4
+    # ...which is the trained 4-bit model up to bitsandbytes' CPU kernel rounding
+    trained_logits = _peft_logits(demo_dir, method, run_dir / "adapter")
+    assert (got - trained_logits).abs().max() < (1e-4 if method == "lora" else 0.05)
+
+
+def test_export_without_weights_fails_cleanly(demo_dir, tmp_path, capsys):
+    run_dir = tmp_path / "empty"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text((demo_dir / "run.json").read_text())
+    assert export_main(str(run_dir), str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "neither a final adapter/ nor a complete checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert export_main(str(tmp_path / "nowhere"), str(tmp_path / "out")) == 2
