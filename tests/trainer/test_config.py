@@ -1,0 +1,85 @@
+"""TrainConfig: validated at construction, JSON and YAML round trips, one-line errors."""
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trainer.config import ConfigError, TrainConfig
+
+BASE = {"model": "demo/model", "dataset": "demo/data.jsonl"}
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])
+def test_round_trip(tmp_path, suffix):
+    cfg = TrainConfig(**BASE, method="lora", lora_targets=("q_proj", "v_proj"), modules_to_save=("lm_head",),
+                      learning_rate=3e-4, val_split=0.1, extra={"note": "kept"})
+    path = tmp_path / f"run{suffix}"
+    cfg.dump(path)
+    assert TrainConfig.load(path) == cfg
+    assert TrainConfig.load(path).extra == {"note": "kept"}
+
+
+def test_defaults_are_safe():
+    cfg = TrainConfig(**BASE)
+    assert cfg.trust_remote_code is False and cfg.method == "qlora" and cfg.precision == "auto"
+
+
+def test_comma_strings_become_tuples():
+    assert TrainConfig(**BASE, lora_targets="q_proj, v_proj").lora_targets == ("q_proj", "v_proj")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("method", "qlroa", "did you mean qlora"),
+    ("quant", "nf5", "quant"),
+    ("optimizer", "adam", "optimizer"),
+    ("batch_size", 0, "batch_size"),
+    ("batch_size", 1.5, "batch_size"),
+    ("batch_size", True, "batch_size"),
+    ("max_steps", 0, "trains nothing"),
+    ("learning_rate", 0, "learning_rate"),
+    ("epochs", math.inf, "epochs"),
+    ("lora_dropout", 0.95, "lora_dropout"),
+    ("val_split", 0.9, "val_split"),
+    ("lora_targets", [], "lora_targets"),
+    ("lora_targets", [3], "lora_targets"),
+    ("packing", "yes", "packing"),
+    ("model", " ", "model"),
+])
+def test_bad_values(field, value, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        TrainConfig.from_dict({**BASE, field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_and_missing_fields():
+    with pytest.raises(ConfigError, match="did you mean batch_size"):
+        TrainConfig.from_dict({**BASE, "batch_szie": 2})
+    with pytest.raises(ConfigError, match="dataset: missing"):
+        TrainConfig.from_dict({"model": "m"})
+    with pytest.raises(ConfigError, match="mapping"):
+        TrainConfig.from_dict(["model"])
+
+
+@pytest.mark.parametrize("text, suffix, message", [
+    ("{", ".json", "not valid JSON"), ("a: [", ".yaml", "not valid YAML"), ("[1, 2]", ".json", "mapping"),
+])
+def test_bad_files(tmp_path, text, suffix, message):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.load(path)
+    with pytest.raises(ConfigError, match="no such config file"):
+        TrainConfig.load(tmp_path / "missing.json")
+
+
+@given(st.dictionaries(st.sampled_from(["batch_size", "lora_r", "epochs", "learning_rate", "method", "seed",
+                                         "max_seq_len", "val_split", "lora_targets"]),
+                       st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5), st.none(),
+                                 st.lists(st.integers(), max_size=2))))
+def test_anything_is_valid_or_a_config_error(fields):
+    try:
+        TrainConfig.from_dict({**BASE, **fields})
+    except ConfigError:
+        pass
