@@ -32,15 +32,16 @@ class Fix:
 
 
 def _candidates(s: TrainSetup) -> Iterator[tuple[TrainSetup, int, str]]:
-    base = s
+    base, also = s, ""
     if not s.grad_checkpointing:
-        base = replace(s, grad_checkpointing=True)
+        base, also = replace(s, grad_checkpointing=True), "gradient checkpointing on and "
         yield base, 1, "turn gradient checkpointing on"
     batch, factor = base.batch_size, 1
     while batch > 1:
         batch, factor = batch // 2, factor * 2
         yield (replace(base, batch_size=batch), factor,
-               f"micro-batch {s.batch_size} -> {batch} with gradient accumulation x{factor} (same global batch)")
+               f"{also}micro-batch {s.batch_size} -> {batch} with gradient accumulation x{factor} "
+               "(same global batch)")
     small = replace(base, batch_size=batch)
     if small.optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
         small = replace(small, optimizer="paged_adamw_8bit")
