@@ -116,14 +116,17 @@ def test_make_demo_twice_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     out = tmp_path / "demo"
     make_demo(out)
-    (out / "stale.txt").write_text("from the previous demo")
+    (out / "model" / "stale.txt").write_text("from the previous demo")
+    (out / "runs" / "old").mkdir(parents=True)
+    (out / "runs" / "old" / "metrics.jsonl").write_text("a run the user made")
     first = (out / "model" / "model.safetensors").read_bytes()
     capsys.readouterr()
     assert main(["make-demo", "--out", str(out)]) == 0  # the CLI path, into the existing folder
     captured = capsys.readouterr()
     assert captured.out == f"{out.resolve() / 'run.json'}\n"  # stdout: only the result
     assert "make-demo:" in captured.err  # progress goes to stderr
-    assert not (out / "stale.txt").exists()
+    assert not (out / "model" / "stale.txt").exists()  # the model folder is replaced whole
+    assert (out / "runs" / "old" / "metrics.jsonl").read_text() == "a run the user made"  # runs are kept
     assert (out / "model" / "model.safetensors").read_bytes() == first  # fixed seed: same weights
     assert TrainConfig.load(out / "run.json").model == str(out.resolve() / "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
