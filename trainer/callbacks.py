@@ -54,8 +54,9 @@ class Commands:
 
     def __init__(self, stdin: TextIO | None = None, install_signal: bool = True):
         self._q: queue.Queue[str] = queue.Queue()
+        self._previous_handler: Any = None
         if install_signal and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self._q.put("stop"))
+            self._previous_handler = signal.signal(signal.SIGTERM, lambda *_: self._q.put("stop"))
         stream = stdin if stdin is not None else sys.stdin
         if stream is not None and not stream.closed:
             threading.Thread(target=self._read, args=(stream,), daemon=True, name="commands").start()
@@ -68,6 +69,12 @@ class Commands:
                     self._q.put(command)
         except (OSError, ValueError):  # stdin closed under us: no more commands
             return
+
+    def close(self) -> None:
+        """Give SIGTERM back to whoever had it (matters when a run is hosted in-process)."""
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
 
     def put(self, command: str) -> None:
         self._q.put(command)

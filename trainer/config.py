@@ -14,13 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-METHODS = ("full", "lora", "qlora")
-QUANTS = ("nf4", "fp4", "int8")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
-              "sgd", "adafactor")
+# The planner plans exactly what the trainer can run: one list of choices for both.
+from planner.options import ATTENTIONS, METHODS, OPTIMIZERS, QUANTS
+from planner.options import PRECISIONS as _PLANNED_PRECISIONS
+
+PRECISIONS = ("auto",) + _PLANNED_PRECISIONS
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text")
 DEVICES = ("auto", "cuda", "cpu")
 

@@ -278,6 +278,7 @@ def main(config_path: str | None, resume_dir: str | None = None,
         return _run(run)
     finally:
         sys.stdout = real_stdout
+        run.commands.close()
         run.sink.close()
 
 
