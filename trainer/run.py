@@ -57,6 +57,7 @@ class Run:
         self.callback: Any = None
         self.runtime: Any = None
         self.predicted: int | None = None
+        self.checkpoint: Path | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -93,6 +94,8 @@ class Run:
             callbacks=callbacks,
         )
         self.trainer.remove_callback(PrinterCallback)
+        # a resumed run killed before its first checkpoint starts over (and says so in `start`)
+        self.checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
         params_total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
@@ -102,7 +105,8 @@ class Run:
             params_trainable=trainable, max_steps=max_steps, run_dir=str(self.run_dir),
             predicted_peak_bytes=self.predicted, device=self.runtime.device, precision=self.runtime.precision,
             data_format=data.format, template=data.template, masking=data.masking, examples=data.n_examples,
-            truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume)
+            truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume,
+            resumed_from=str(self.checkpoint) if self.checkpoint else None)
 
     def _training_args(self, has_eval: bool) -> Any:
         from transformers import TrainingArguments
@@ -143,8 +147,7 @@ class Run:
 
     # -- train ------------------------------------------------------------------------------
     def train(self) -> None:
-        checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
-        self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        self.trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
 
     # -- cleanup ----------------------------------------------------------------------------
     def finish(self) -> str:

@@ -92,6 +92,7 @@ def test_stop_then_resume_matches_uninterrupted(demo_dir, tmp_path):
 
     code, resumed = run_inprocess(None, resume=run_dir)
     assert code == 0 and resumed[0]["resumed"] is True
+    assert resumed[0]["resumed_from"] == checkpoints[0]["path"]
     assert resumed[-1]["status"] == "completed" and resumed[-1]["steps"] == 12
     after = _losses_by_step(resumed)
     assert sorted(after) == list(range(6, 13))  # same step numbering, nothing repeated
