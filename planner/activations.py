@@ -36,7 +36,7 @@ def residual_bytes(setup: TrainSetup) -> int:
     Embeddings stored in fp32 (mixed precision, fp32, or QLoRA after
     ``prepare_model_for_kbit_training``) make every residual add promote to fp32.
     """
-    fp32_embeddings = setup.weight_bytes == FP32 or (setup.method == "qlora" and setup.kbit_prepare)
+    fp32_embeddings = setup.weight_bytes == FP32 or setup.fp32_unquantized
     return FP32 if fp32_embeddings else setup.compute_bytes
 
 
@@ -135,7 +135,7 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers.
     logits = tokens * arch.vocab_size * 3 * FP32
     head_copy = 0
-    head_fp32 = setup.weight_bytes == FP32 or (setup.method == "qlora" and setup.kbit_prepare)
+    head_fp32 = setup.weight_bytes == FP32 or setup.fp32_unquantized
     if head_fp32 and c != FP32:
         head_copy = c * arch.vocab_size * h
     return ActivationPeak(saved=saved, working_set=working, logits=logits, lm_head_weight_copy=head_copy)

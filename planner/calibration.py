@@ -19,3 +19,18 @@ ALLOCATOR_SLACK = 0.40
 the transient (activation, logits, workspace) bytes: block rounding and fragmentation from the
 allocate/free churn of one step. Persistent tensors are allocated once and waste ~nothing.
 Fitted on all rows: 0.4 (the fsdp_qlora LoRA rows report both: 1.1-2.0 GiB reserved over allocated)."""
+
+UTILIZATION: dict[tuple[str, str], float] = {
+    ("consumer", "full"): 0.466,
+    ("consumer", "lora"): 0.593,
+    ("consumer", "qlora"): 0.575,
+    ("datacenter", "full"): 0.617,
+    ("datacenter", "lora"): 0.463,
+    ("datacenter", "qlora"): 0.449,
+    ("workstation", "full"): 0.777,
+    ("workstation", "lora"): 0.964,
+}
+"""Achieved / dense-peak 16-bit FLOP/s by (GPU segment, method): the median over the rows of
+../shared/reference/throughput.csv (``scripts/validate_cost.py --fit``). The rows mix compiled and
+packed torchtune runs with plain HF ones, so these are what tuned stacks reach; a pair with no
+row takes its method's median over the other segments (planner.cost.utilization)."""

@@ -37,7 +37,7 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:  # `table` has fixed models and rows that set method, quant and precision
         p.add_argument("--model", required=True,
                        help="catalog id (e.g. meta-llama/Llama-2-7b-hf), a config.json, or a model folder")
-        p.add_argument("--method", default=d.method, metavar=_alts(METHODS))
+        p.add_argument("--method", default=None, metavar=_alts(METHODS), help=f"({d.method})")
         p.add_argument("--quant", default=None, metavar="{nf4,fp4,int8}", help="QLoRA base format (nf4)")
         p.add_argument("--precision", default=d.precision, metavar=_alts(PRECISIONS))
     p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=d.double_quant)
@@ -66,7 +66,7 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
     if not (math.isfinite(a.epochs) and a.epochs > 0):
         raise PlannerError(f"--epochs must be a finite number > 0, got {a.epochs}")
     return TrainSetup(
-        method=getattr(a, "method", "lora"), quant=getattr(a, "quant", None), double_quant=a.double_quant,
+        method=getattr(a, "method", None) or TrainSetup().method, quant=getattr(a, "quant", None), double_quant=a.double_quant,
         precision=getattr(a, "precision", "bf16"),
         adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
         grad_checkpointing=a.grad_checkpointing, attention=a.attention, lora_r=a.lora_r,
@@ -156,13 +156,165 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(inv.to_json(), indent=2))
         return 0
-    if not inv.gpus:
-        print(f"no GPU: {inv.reason}")
-    for g in inv.gpus:
-        used = f"{g.memory_used / GiB:.1f}" if g.memory_used is not None else "?"
-        print(f"[{g.index}] {g.name:<32} {used} / {g.memory_total / GiB:.1f} GiB used")
-    if inv.host:
-        print(f"host RAM: {inv.host.available / GiB:.1f} GiB available of {inv.host.total / GiB:.1f} GiB")
+
+    def num(value: float | None, fmt: str, scale: float = 1, unit: str = "") -> str:
+        return "n/a" if value is None else f"{value / scale:{fmt}}{unit}"
+
+    def table(rows: list[list[str]], right: set[int], indent: str = "") -> list[str]:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return [indent + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+
+    lines = [] if inv.gpus else [f"no NVIDIA GPU: {inv.reason}"]
+    versions = [f"{label} {v}" for label, v in (("driver", inv.driver_version), ("CUDA", inv.cuda_driver_version)) if v]
+    if versions:
+        lines.append("NVIDIA " + " · ".join(versions))
+    if inv.gpus:
+        rows = [["#", "name", "memory used / total", "util", "temp", "power / limit", "CC", "MIG"]]
+        for g in inv.gpus:
+            rows.append([
+                str(g.index), g.name or "n/a",
+                f"{num(g.memory_used, '.1f', GiB)} / {num(g.memory_total, '.1f', GiB)} GiB",
+                num(g.utilization_gpu, ".0f", unit=" %"), num(g.temperature_c, ".0f", unit=" C"),
+                f"{num(g.power_w, '.0f')} / {num(g.power_limit_w, '.0f')} W",
+                "%d.%d" % g.compute_capability if g.compute_capability else "n/a",
+                "n/a" if g.mig_enabled is None else ("on" if g.mig_enabled else "off"),
+            ])
+        lines += table(rows, right={0, 2, 3, 4, 5})
+        for g in inv.gpus:
+            if not g.processes:
+                lines.append(f"GPU {g.index} processes: {'n/a' if g.processes is None else 'none'}")
+                continue
+            lines.append(f"GPU {g.index} processes:")
+            rows = [["pid", "name", "GPU memory", "type"]]
+            rows += [[str(p.pid), p.name or "n/a",
+                      "n/a" if p.used_memory is None else f"{p.used_memory / GiB:.2f} GiB", p.kind]
+                     for p in g.processes]
+            lines += table(rows, right={0, 2}, indent="  ")
+    h = inv.host
+    if h.ram_total is not None and h.ram_available is not None:
+        lines.append(f"host RAM: {h.ram_available / GiB:.1f} GiB available of {h.ram_total / GiB:.1f} GiB")
+    cpu = [h.cpu_model or "CPU", f"{h.cpu_count} logical cores" if h.cpu_count else "",
+           f"load {h.load_average:.2f} (1 min)" if h.load_average is not None else "",
+           f"{h.cpu_percent:.0f}% busy" if h.cpu_percent is not None else ""]
+    lines.append("host CPU: " + ", ".join(x for x in cpu if x))
+    lines += [f"note: {n}" for n in inv.notes]
+    print("\n".join(lines))
+    return 0
+
+
+def _gpu_target(a: argparse.Namespace, count: int):
+    from planner.catalog.gpus import find_gpu, gpu_catalog, match_nvml
+    from planner.recommend import GpuTarget
+
+    if a.gpu_memory_gib is not None:
+        if not (math.isfinite(a.gpu_memory_gib) and a.gpu_memory_gib > 0):
+            raise PlannerError(f"--gpu-memory-gib must be a number > 0, got {a.gpu_memory_gib}")
+        memory = int(a.gpu_memory_gib * GiB)
+        # speed, power and price come from the catalog GPU nearest in memory
+        proxy = min(gpu_catalog().values(), key=lambda g: (abs(g.memory_bytes - memory), -g.peak_flops))
+        return GpuTarget(f"custom {a.gpu_memory_gib:g} GiB GPU", memory, count, "custom", proxy)
+    if a.gpu == "auto":
+        from planner.hardware import inventory
+
+        inv = inventory()
+        if not inv.gpus:
+            raise PlannerError(f"--gpu auto found no NVIDIA GPU ({inv.reason}); pass --gpu NAME "
+                               "(e.g. --gpu 'RTX 4090') or --gpu-memory-gib X")
+        g = inv.gpus[0]
+        if g.name is None or not g.memory_total:
+            raise PlannerError("--gpu auto: NVML did not report GPU 0's name or memory; pass --gpu NAME "
+                               "or --gpu-memory-gib X")
+        spec = match_nvml(g.name, g.memory_total)
+        if spec is None:
+            spec = min(gpu_catalog().values(), key=lambda c: abs(c.memory_bytes - g.memory_total))
+        return GpuTarget(g.name, g.memory_total, count, "nvml", spec)
+    spec = find_gpu(a.gpu)
+    return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
+
+
+def _recommend_kwargs(a: argparse.Namespace) -> dict:
+    for name in ("price_per_hour", "electricity_price"):
+        value = getattr(a, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise PlannerError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
+    return dict(dataset_tokens=a.dataset_tokens, epochs=a.epochs, max_quality=a.max_quality,
+                usd_per_hour=a.price_per_hour, usd_per_kwh=a.electricity_price)
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    from planner.catalog import resolve_model
+    from planner.recommend import recommend
+
+    if a.gpu is None and a.gpu_memory_gib is None:
+        raise PlannerError("give --gpu NAME|auto|any or --gpu-memory-gib X")
+    base = setup_from_args(a)
+    model = resolve_model(a.model)
+    if a.gpu == "any" and a.gpu_memory_gib is None:
+        return _recommend_any(a, model, base)
+    rec = recommend(model, base, _gpu_target(a, base.num_gpus), **_recommend_kwargs(a))
+    if a.method is not None:  # DESIGN: with --method given, only that method's options
+        keep = [i for i, o in enumerate(rec.options) if o.setup.method == base.method]
+        rec = _only(rec, keep)
+    if a.json:
+        print(json.dumps(rec.to_json(), indent=2))
+        return 0
+    _print_recommendation(rec)
+    return 0
+
+
+def _only(rec, keep: list[int]):
+    from dataclasses import replace
+
+    chosen = keep.index(rec.recommended) if rec.recommended in keep else None
+    return replace(rec, options=tuple(rec.options[i] for i in keep), recommended=chosen)
+
+
+def _print_recommendation(rec) -> None:
+    g = rec.gpu
+    print(f"{g.count} x {g.name} ({g.memory_bytes / GiB:.1f} GiB, {g.source})")
+    print(rec.explanation)
+    fitting = sorted((o for o in rec.options if o.fits), key=lambda o: -o.tokens_per_second)
+    if fitting:
+        print(f"\n{'method':<8}{'quant':<6}{'optimizer':<18}{'ckpt':<6}{'batch':>6}{'GiB':>8}{'free':>7}"
+              f"{'max batch':>10}{'max seq':>9}{'tok/s':>9}{'hours':>8}{'$':>9}")
+        for o in fitting[:12]:
+            s = o.setup
+            hours = f"{o.hours:8.1f}" if o.hours is not None else f"{'-':>8}"
+            cost = f"{o.cost_usd:9.2f}" if o.cost_usd is not None else f"{'-':>9}"
+            mark = "*" if rec.best is o else " "
+            print(f"{mark}{s.method:<7}{(s.quant or '-'):<6}{s.optimizer:<18}{('on' if s.grad_checkpointing else 'off'):<6}"
+                  f"{s.batch_size:>6}{o.device_used_bytes / GiB:8.1f}{o.headroom_bytes / GiB:7.1f}"
+                  f"{o.max_batch_size:>10}{o.max_seq_len:>9}{o.tokens_per_second:9.0f}{hours}{cost}")
+    for alt in rec.alternatives:
+        print(f"  - {alt.text}")
+
+
+def _recommend_any(a: argparse.Namespace, model, base) -> int:
+    from planner.catalog.gpus import gpu_catalog
+    from planner.recommend import GpuTarget, recommend
+
+    kwargs = _recommend_kwargs(a)
+    ranked = []
+    for spec in gpu_catalog().values():
+        rec = recommend(model, base, GpuTarget(spec.name, spec.memory_bytes, base.num_gpus, "catalog", spec),
+                        alternatives=False, **kwargs)
+        if rec.best is not None:
+            ranked.append(rec)
+    # cheapest total cost first; without a price or dataset size, fastest first
+    ranked.sort(key=lambda r: (r.best.cost_usd is None, r.best.cost_usd or 0.0, -r.best.tokens_per_second))
+    if a.json:
+        print(json.dumps({"ranking": [{**r.to_json()["gpu"], "option": r.best.to_json(),
+                                       "explanation": r.explanation} for r in ranked]}, indent=2))
+        return 0
+    if not ranked:
+        print("no catalog GPU fits this configuration on its own; try --num-gpus with --sharding fsdp")
+    for r in ranked:
+        o = r.best
+        cost = f"${o.cost_usd:,.2f}" if o.cost_usd is not None else "no price"
+        hours = f"{o.hours:.1f} h" if o.hours is not None else "-"
+        print(f"{r.gpu.name:<18} {o.setup.method:<6}{(o.setup.quant or ''):<5} {o.device_used_bytes / GiB:6.1f} GiB "
+              f"{o.tokens_per_second:8.0f} tok/s {hours:>9} {cost:>10}")
     return 0
 
 
@@ -185,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="peak GPU memory of one configuration, term by term")
     _add_options(est)
     est.set_defaults(func=cmd_estimate)
+    rec = sub.add_parser("recommend", help="the method, optimizer and batch to use on a GPU, time and cost")
+    _add_options(rec)
+    rec.add_argument("--gpu", default=None, help="catalog name (e.g. 'RTX 4090'), auto (NVML) or any (rank all)")
+    rec.add_argument("--gpu-memory-gib", type=float, default=None, help="a custom GPU's memory instead of --gpu")
+    rec.add_argument("--max-quality", action="store_true", help="prefer full fine-tuning when it fits")
+    rec.add_argument("--price-per-hour", type=float, default=None, help="USD per GPU-hour (default: catalog snapshot)")
+    rec.add_argument("--electricity-price", type=float, default=None, help="USD per kWh, for a local GPU")
+    rec.set_defaults(func=cmd_recommend)
     table = sub.add_parser("table", help="7B..8x22B x Full/LoRA/QLoRA, like the classic table")
     _add_options(table, with_model=False)
     table.set_defaults(func=cmd_table)

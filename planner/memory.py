@@ -139,7 +139,7 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
     else:
         quantized = arch.linear_weight_params
         # prepare_model_for_kbit_training casts every weight bitsandbytes left alone to fp32.
-        other_b = FP32 if setup.kbit_prepare else wb
+        other_b = FP32 if setup.fp32_unquantized else wb
         bits = QUANT_BITS[setup.quant or "nf4"]
         weights = quantized * bits // 8 + (total - quantized) * other_b
         quant_state = _quant_state_bytes(arch, setup, quantized)
@@ -198,9 +198,14 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         gradients, optimizer, opt_temp = gradients // n, optimizer // n, opt_temp // n
     if shard in ("fsdp", "zero3"):
         weights, quant_state, adapters = weights // n, quant_state // n, adapters // n
-        # the current and the prefetched layer are gathered whole
-        largest_layer = max(b.params for b in arch.blocks)
-        gathered = 2 * largest_layer * (setup.compute_bytes if setup.method != "qlora" else 1)
+        # the current and the prefetched layer are gathered whole (quantized weights stay packed)
+        def layer_bytes(block) -> float:
+            linear = sum(l.weight_params for l in block.linears)
+            packed = linear * QUANT_BITS[setup.quant or "nf4"] / 8 if setup.method == "qlora" else linear * wb_compute
+            return packed + (block.params - linear) * wb_compute
+
+        wb_compute = setup.compute_bytes
+        gathered = int(2 * max(layer_bytes(b) for b in arch.blocks))
     if setup.offload in ("optimizer", "params"):
         host += optimizer
         optimizer, opt_temp = 0, 0
@@ -229,6 +234,9 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         phase, activations, logits, workspace = "optimizer step", 0, 0, step
     peak_allocated = persistent + activations + logits + workspace
     slack = int(ALLOCATOR_SLACK * (activations + logits + workspace))
+    # FSDP frees gathered layers on its all-gather stream: the compute stream cannot reuse those
+    # blocks at once, so one more gathered set stays reserved.
+    slack += gathered
     breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, activations, logits,
                           workspace, CUDA_CONTEXT, slack)
     notes += _assumptions(arch, setup)
@@ -253,8 +261,8 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)",
     ]
     if setup.method == "qlora":
-        out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.kbit_prepare
-                   else "non-quantized weights kept in the load dtype")
+        out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.fp32_unquantized
+                   else "non-quantized weights kept in the 16-bit load/storage dtype")
         if setup.quant == "2bit":
             out.append("2-bit base (HQQ-style, groups of 64): estimate only, the trainer does not offer it")
         if arch.is_moe:

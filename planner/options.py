@@ -96,6 +96,13 @@ class TrainSetup:
             raise PlannerError("--offload params needs --sharding fsdp or zero3 (ZeRO-2 keeps whole parameters)")
 
     @property
+    def fp32_unquantized(self) -> bool:
+        """QLoRA weights bitsandbytes left alone end up fp32: prepare_model_for_kbit_training
+        upcasts them, except under FSDP/ZeRO-3, whose flat parameters need one dtype (the
+        FSDP-QLoRA recipe stores everything in the 16-bit quant_storage dtype instead)."""
+        return self.method == "qlora" and self.kbit_prepare and self.sharding not in ("fsdp", "zero3")
+
+    @property
     def is_peft(self) -> bool:
         return self.method in ("lora", "qlora")
 

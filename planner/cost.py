@@ -1,0 +1,147 @@
+"""Time, energy and money of a fine-tuning run: FLOPs per token over achieved FLOP/s.
+
+flops/token = forward + backward to the activations + weight gradients (trainable only)
+              + attention's sequence-dependent term + one more forward under checkpointing
+              + LoRA adapter FLOPs
+step time   = tokens x flops/token / (peak x utilization) + QLoRA dequantization (memory-bound)
+
+References:
+    Kaplan et al. 2020, "Scaling Laws for Neural Language Models" (C = 6N per token; the
+    attention term 2 n_layer n_ctx d_attn per forward token);
+    Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters"
+    (backward = 2x forward; recomputation adds one forward);
+    Hu et al. 2021, "LoRA" (frozen weights need no weight gradients: ~2/3 of full-FT compute);
+    Dettmers et al. 2023, "QLoRA" (4-bit weights dequantized to 16-bit for every matmul).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.activations import lora_targeted
+from planner.calibration import UTILIZATION
+from planner.catalog import Architecture
+from planner.catalog.gpus import GpuSpec
+from planner.options import TrainSetup
+
+# Bytes moved per weight by one dequantization: read the packed 4-bit weight, write 16-bit.
+_DEQUANT_BYTES = {"nf4": 0.5 + 2, "fp4": 0.5 + 2, "int8": 1 + 2, "2bit": 0.25 + 2}
+# Multi-GPU runs lose time to communication: the fraction of linear scaling kept per GPU count.
+_SCALING = {"ddp": 0.92, "fsdp": 0.85, "zero2": 0.88, "zero3": 0.82, "none": 1.0}
+
+
+@dataclass(frozen=True)
+class FlopsPerToken:
+    """Training FLOPs per token, by where they go."""
+
+    forward: float
+    backward_activations: float
+    weight_gradients: float
+    attention: float
+    recompute: float
+    adapters: float
+
+    @property
+    def total(self) -> float:
+        return (self.forward + self.backward_activations + self.weight_gradients + self.attention
+                + self.recompute + self.adapters)
+
+
+@dataclass(frozen=True)
+class RunCost:
+    tokens_per_second: float
+    """Across all GPUs of the run."""
+    seconds: float | None
+    """For dataset_tokens x epochs; None without a dataset size."""
+    energy_kwh: float | None
+    cost_usd: float | None
+    utilization: float
+    """Achieved / peak FLOP/s assumed for this GPU class and method."""
+    flops_per_token: FlopsPerToken
+    dequant_seconds_per_step: float
+
+    @property
+    def hours(self) -> float | None:
+        return None if self.seconds is None else self.seconds / 3600
+
+
+def active_matmul_params(arch: Architecture) -> tuple[float, float]:
+    """(parameters each token multiplies through, the part in routed experts): embeddings are a
+    lookup, not a matmul; the LM head is a matmul; a token visits top_k of the routed experts."""
+    dense = routed = 0.0
+    for block in arch.blocks:
+        for lin in block.linears:
+            if lin.role == "expert":
+                routed += block.count * lin.d_in * lin.d_out * block.experts_per_token
+            else:
+                dense += block.count * lin.weight_params
+    return dense + routed + arch.vocab_size * arch.hidden_size, routed
+
+
+def flops_per_token(arch: Architecture, setup: TrainSetup) -> FlopsPerToken:
+    n_active, _ = active_matmul_params(arch)
+    forward = 2 * n_active
+    backward_activations = 2 * n_active
+    trainable_fraction = 1.0 if setup.method == "full" else 0.0
+    weight_gradients = 2 * n_active * trainable_fraction
+    # causal attention: QK^T and AV, each 2*s*d per token, halved by the mask; backward is 2x
+    attention_fwd = 2 * arch.num_layers * setup.seq_len * arch.num_heads * (arch.head_dim + arch.v_head_dim) / 2
+    attention = 3 * attention_fwd
+    adapters = 0.0
+    if setup.is_peft:
+        for block in arch.blocks:
+            for lin in block.linears:
+                if lora_targeted(lin, setup.lora_targets):
+                    passes = block.experts_per_token if lin.role == "expert" else 1
+                    # forward, input gradient and weight gradient of A and B
+                    adapters += 6 * block.count * passes * setup.lora_r * (lin.d_in + lin.d_out)
+    recompute = (forward + attention_fwd + adapters / 3) if setup.grad_checkpointing else 0.0
+    return FlopsPerToken(forward, backward_activations, weight_gradients, attention, recompute, adapters)
+
+
+def utilization(gpu: GpuSpec, method: str) -> float:
+    """Achieved fraction of peak, calibrated per GPU segment and method (planner/calibration.py)."""
+    if (gpu.segment, method) in UTILIZATION:
+        return UTILIZATION[(gpu.segment, method)]
+    same_method = sorted(v for (_, m), v in UTILIZATION.items() if m == method)
+    return same_method[len(same_method) // 2] if same_method else 0.4
+
+
+def _power_watts(gpu: GpuSpec, util: float) -> float:
+    # A training GPU draws close to its limit once compute-bound; idle-ish at low utilization.
+    return gpu.tdp_watts * min(1.0, 0.4 + util)
+
+
+def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens: int | None = None,
+             epochs: float = 1.0, usd_per_hour: float | None = None,
+             usd_per_kwh: float | None = None) -> RunCost:
+    """Throughput, duration, energy and cost of training ``arch`` under ``setup`` on ``gpu`` x num_gpus.
+
+    Cost is the cloud price per GPU-hour when given (or the catalog's snapshot), else local
+    electricity at ``usd_per_kwh``; None when neither is known.
+    """
+    fpt = flops_per_token(arch, setup)
+    util = min(utilization(gpu, setup.method), 1.0)  # never above the hardware peak
+    achieved = gpu.peak_flops * util
+    tokens_per_step = setup.batch_size * setup.seq_len
+    compute_s = tokens_per_step * fpt.total / achieved
+    dequant_s = 0.0
+    if setup.method == "qlora":
+        passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
+        dequant_s = passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"] / gpu.bandwidth_bytes_per_s
+    per_gpu_tps = tokens_per_step / (compute_s + dequant_s)
+    n = setup.num_gpus
+    tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)
+
+    seconds = energy = cost = None
+    if dataset_tokens:
+        seconds = dataset_tokens * epochs / tps
+        energy = _power_watts(gpu, util) * n * seconds / 3.6e6
+        price = usd_per_hour
+        if price is None and gpu.price() is not None:
+            price = gpu.price().usd_per_hour
+        if price is not None:
+            cost = price * n * seconds / 3600
+        elif usd_per_kwh is not None:
+            cost = energy * usd_per_kwh
+    return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s)

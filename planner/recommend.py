@@ -1,0 +1,218 @@
+"""Which method, optimizer and micro-batch to use on a GPU, and what to change when nothing fits.
+
+The advice users already know, made precise with the estimator:
+LoRA in 16-bit when it fits with at least 10% headroom (fast, accurate); otherwise QLoRA, 8-bit
+then 4-bit; full fine-tuning only when it fits and the user asked for maximum quality. Within a
+method the fastest fitting option wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from itertools import product
+
+from planner.catalog import ModelSpec
+from planner.catalog.gpus import GpuSpec
+from planner.cost import run_cost
+from planner.memory import estimate
+from planner.options import TrainSetup
+from planner.units import GiB
+
+METHODS = (("full", None), ("lora", None), ("qlora", "int8"), ("qlora", "nf4"))
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
+BATCHES = (1, 2, 4, 8, 16)
+HEADROOM = 0.10
+_MAX_BATCH, _MAX_SEQ = 4096, 1 << 20
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    name: str
+    memory_bytes: int
+    count: int
+    source: str
+    """``nvml`` (detected), ``catalog`` or ``custom`` (memory typed in)."""
+    spec: GpuSpec
+    """Speed, power and price; for a custom GPU, the catalog GPU nearest in memory (said so)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    setup: TrainSetup
+    peak_allocated_bytes: int
+    device_used_bytes: int
+    fits: bool
+    headroom_bytes: int
+    max_batch_size: int
+    max_seq_len: int
+    tokens_per_second: float
+    hours: float | None
+    energy_kwh: float | None
+    cost_usd: float | None
+
+    def to_json(self) -> dict:
+        s = self.setup
+        return {
+            "method": s.method, "quant": s.quant, "optimizer": s.optimizer, "batch_size": s.batch_size,
+            "seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
+            "peak_allocated_bytes": self.peak_allocated_bytes, "device_used_bytes": self.device_used_bytes,
+            "fits": self.fits, "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
+            "max_seq_len": self.max_seq_len, "tokens_per_second": round(self.tokens_per_second, 1),
+            "hours": self.hours, "energy_kwh": self.energy_kwh, "cost_usd": self.cost_usd,
+        }
+
+
+@dataclass(frozen=True)
+class Alternative:
+    text: str
+    device_used_bytes: int
+    """The alternative's own estimate (per GPU)."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    gpu: GpuTarget
+    options: tuple[Option, ...]
+    recommended: int | None
+    explanation: str
+    alternatives: tuple[Alternative, ...]
+
+    @property
+    def best(self) -> Option | None:
+        return None if self.recommended is None else self.options[self.recommended]
+
+    def to_json(self) -> dict:
+        g = self.gpu
+        return {
+            "gpu": {"name": g.name, "memory_bytes": g.memory_bytes, "count": g.count, "source": g.source},
+            "options": [o.to_json() for o in self.options],
+            "recommended": self.recommended,
+            "explanation": self.explanation,
+            "alternatives": [a.text for a in self.alternatives],
+        }
+
+
+def _fits(model: ModelSpec, setup: TrainSetup, budget: int) -> bool:
+    return estimate(model, setup).device_used_bytes <= budget
+
+
+def _largest(model: ModelSpec, setup: TrainSetup, field: str, budget: int, limit: int) -> int:
+    """Largest value of ``field`` that fits (0 if even 1 does not): memory grows with it."""
+    if not _fits(model, replace(setup, **{field: 1}), budget):
+        return 0
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _fits(model, replace(setup, **{field: mid}), budget):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _option(model: ModelSpec, setup: TrainSetup, gpu: GpuTarget, max_batch: int, dataset_tokens: int | None,
+            epochs: float, usd_per_hour: float | None, usd_per_kwh: float | None) -> Option:
+    est = estimate(model, setup)
+    seq_limit = min(model.arch.max_position_embeddings or _MAX_SEQ, _MAX_SEQ)
+    cost = run_cost(model.arch, setup, gpu.spec, dataset_tokens, epochs, usd_per_hour, usd_per_kwh)
+    return Option(
+        setup=setup, peak_allocated_bytes=est.peak_allocated_bytes, device_used_bytes=est.device_used_bytes,
+        fits=est.device_used_bytes <= gpu.memory_bytes, headroom_bytes=gpu.memory_bytes - est.device_used_bytes,
+        max_batch_size=max_batch, max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit),
+        tokens_per_second=cost.tokens_per_second, hours=cost.hours, energy_kwh=cost.energy_kwh,
+        cost_usd=cost.cost_usd)
+
+
+def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
+           epochs: float = 1.0, usd_per_hour: float | None = None, usd_per_kwh: float | None = None,
+           methods: tuple = METHODS) -> tuple[Option, ...]:
+    """Every method x checkpointing x optimizer x micro-batch option, per GPU of ``gpu``."""
+    sharding = base.sharding if gpu.count > 1 else "none"
+    options = []
+    batches = sorted(set(BATCHES) | {base.batch_size})
+    for (method, quant), ckpt, opt in product(methods, (True, False), OPTIMIZERS):
+        combo = replace(base, method=method, quant=quant, grad_checkpointing=ckpt, optimizer=opt,
+                        num_gpus=gpu.count, sharding=sharding,
+                        modules_to_save=base.modules_to_save if method != "full" else ())
+        max_batch = _largest(model, combo, "batch_size", gpu.memory_bytes, _MAX_BATCH)
+        for batch in batches:
+            options.append(_option(model, replace(combo, batch_size=batch), gpu, max_batch, dataset_tokens,
+                                   epochs, usd_per_hour, usd_per_kwh))
+    return tuple(options)
+
+
+def _label(s: TrainSetup) -> str:
+    method = {"full": "full fine-tuning", "lora": "LoRA (16-bit base)"}.get(
+        s.method, f"QLoRA ({'8-bit' if s.quant == 'int8' else '4-bit NF4'} base)")
+    return (f"{method}, {s.optimizer}, micro-batch {s.batch_size} x {s.seq_len} tokens, "
+            f"checkpointing {'on' if s.grad_checkpointing else 'off'}")
+
+
+def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: int,
+          headroom: float) -> int | None:
+    """Fastest option of this method fitting with ``headroom`` (a fraction of GPU memory) to spare."""
+    best = None
+    for i, o in enumerate(options):
+        if o.setup.method == method and o.setup.quant == quant and o.headroom_bytes >= headroom * memory:
+            if best is None or o.tokens_per_second > options[best].tokens_per_second:
+                best = i
+    return best
+
+
+def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
+              epochs: float = 1.0, max_quality: bool = False, usd_per_hour: float | None = None,
+              usd_per_kwh: float | None = None, alternatives: bool = True) -> Recommendation:
+    options = search(model, base, gpu, dataset_tokens, epochs, usd_per_hour, usd_per_kwh)
+    memory = gpu.memory_bytes
+    order = ([("full", None, 0.0)] if max_quality else []) + [
+        ("lora", None, HEADROOM), ("qlora", "int8", HEADROOM), ("qlora", "nf4", HEADROOM),
+        ("qlora", "int8", 0.0), ("qlora", "nf4", 0.0)]
+    chosen = None
+    for method, quant, room in order:
+        chosen = _pick(options, method, quant, memory, room)
+        if chosen is not None:
+            break
+    explanation = _explain(model, gpu, options, chosen, max_quality)
+    alts: tuple[Alternative, ...] = ()
+    if chosen is None and alternatives:
+        from planner.alternatives import what_would_fit
+
+        alts = what_would_fit(model, base, gpu)
+    return Recommendation(gpu, options, chosen, explanation, alts)
+
+
+def _smallest(options: tuple[Option, ...], method: str, quant: str | None) -> Option:
+    return min((o for o in options if o.setup.method == method and o.setup.quant == quant),
+               key=lambda o: o.device_used_bytes)
+
+
+def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chosen: int | None,
+             max_quality: bool) -> str:
+    mem = gpu.memory_bytes / GiB
+    where = f"{gpu.count} x {gpu.name}" if gpu.count > 1 else gpu.name
+    lora = _smallest(options, "lora", None)
+    full = _smallest(options, "full", None)
+    if chosen is None:
+        q4 = _smallest(options, "qlora", "nf4")
+        return (f"Nothing fits on {where} ({mem:.1f} GiB per GPU): even QLoRA 4-bit at micro-batch 1 with "
+                f"checkpointing needs {q4.device_used_bytes / GiB:.1f} GiB per GPU.")
+    o = options[chosen]
+    s = o.setup
+    text = (f"{_label(s)}. On {where} it needs {o.device_used_bytes / GiB:.1f} of {mem:.1f} GiB per GPU "
+            f"({o.headroom_bytes / GiB:.1f} GiB, {o.headroom_bytes / gpu.memory_bytes:.0%} free), "
+            f"~{o.tokens_per_second:,.0f} tokens/s")
+    if o.hours is not None:
+        text += f", {o.hours:.1f} h"
+        if o.cost_usd is not None:
+            text += f", ${o.cost_usd:,.2f}"
+    text += "."
+    if s.method == "full":
+        text += " Full fine-tuning fits and maximum quality was asked for."
+    elif s.method == "lora":
+        text += f" Full fine-tuning would need {full.device_used_bytes / GiB:.1f} GiB at the least."
+        if not max_quality and full.fits:
+            text += " It fits too: ask for maximum quality to get it."
+    else:
+        text += (f" LoRA on a 16-bit base would need {lora.device_used_bytes / GiB:.1f} GiB at the least "
+                 f"(no 10% headroom on {mem:.1f} GiB), so the base is quantized.")
+    return text

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Predicted vs published training throughput (tokens/s), row by row.
+
+    python scripts/validate_cost.py [--csv PATH] [--fit] [--markdown]
+
+Settings (batch, sequence, checkpointing, rank, GPUs, FSDP) are read from each row's own text;
+"same" repeats the row above. ``--fit`` prints the per-(GPU segment, method) utilization that
+the rows imply, for planner/calibration.py. Besides the in-sample error, each row is also
+predicted with utilization fitted on the *other* rows only (leave-one-out), which is the
+honest measure for a table this small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planner import calibration  # noqa: E402
+from planner.catalog import resolve_model  # noqa: E402
+from planner.catalog.gpus import GpuSpec, find_gpu  # noqa: E402
+from planner.cost import run_cost  # noqa: E402
+from planner.options import TrainSetup  # noqa: E402
+
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "throughput.csv"
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    gpu: GpuSpec
+    setup: TrainSetup
+    measured: float
+    setting: str
+
+
+def _setup(method: str, setting: str, gpus: int, source: str) -> TrainSetup:
+    batch = int(m.group(1)) if (m := re.search(r"\bbs(\d+)", setting)) else 1
+    numbers = [int(x) for x in re.findall(r"(?<![a-zA-Z])(\d{3,5})\b", setting)]
+    seq = numbers[-1] if numbers else 2048
+    rank = int(m.group(1)) if (m := re.search(r"\br(\d+)\b", setting)) else 8
+    # torchtune's table names checkpointing where it was on; LLaMA-Factory and Qwen's scripts
+    # turn it on by default
+    if "no checkpointing" in setting:
+        ckpt = False
+    else:
+        ckpt = "checkpointing" in setting or "torchtune" not in source
+    sharding = "fsdp" if "FSDP" in setting else ("ddp" if gpus > 1 else "none")
+    return TrainSetup(method=method, quant="nf4" if method == "qlora" else None, batch_size=batch,
+                      seq_len=seq, grad_checkpointing=ckpt, lora_r=rank, num_gpus=gpus, sharding=sharding)
+
+
+def load_rows(path: Path) -> list[Row]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rows, previous = [], ""
+    for r in csv.DictReader(lines):
+        setting = previous if r["setting"].strip().startswith("same") else r["setting"]
+        extra = r["setting"].strip()[4:] if r["setting"].strip().startswith("same") else ""
+        previous = setting
+        count, name = r["gpus"].split("x ", 1)
+        gpu = find_gpu(name.strip())
+        setup = _setup(r["method"], f"{setting} {extra}", int(count), r["source"])
+        rows.append(Row(r["model"], gpu, setup, float(r["tokens_per_s"]), f"{setting} {extra}".strip()))
+    return rows
+
+
+def predict(row: Row, util_table: dict) -> float:
+    saved, table = dict(calibration.UTILIZATION), dict(util_table)
+    calibration.UTILIZATION.clear()
+    calibration.UTILIZATION.update(table)
+    try:
+        return run_cost(resolve_model(row.model).arch, row.setup, row.gpu).tokens_per_second
+    finally:
+        calibration.UTILIZATION.clear()
+        calibration.UTILIZATION.update(saved)
+
+
+def implied_utilization(row: Row) -> float:
+    """The utilization at which the model reproduces this row exactly (bisection: tps rises with it)."""
+    key = (row.gpu.segment, row.setup.method)
+    lo, hi = 1e-4, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if predict(row, {**calibration.UTILIZATION, key: mid}) < row.measured:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def fit(rows: list[Row]) -> dict[tuple[str, str], float]:
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row.gpu.segment, row.setup.method), []).append(implied_utilization(row))
+    return {k: round(statistics.median(v), 3) for k, v in sorted(groups.items())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.csv.is_file():
+        print(f"error: {args.csv} not found; pass --csv PATH to throughput.csv", file=sys.stderr)
+        return 2
+    rows = load_rows(args.csv)
+    if args.fit:
+        for key, value in fit(rows).items():
+            print(f"    {key!r}: {value},")
+        return 0
+    errors, loo_errors = [], []
+    if args.markdown:
+        print("| model | method | GPU | setting | published tok/s | predicted | error | leave-one-out |")
+        print("|---|---|---|---|---:|---:|---:|---:|")
+    for i, row in enumerate(rows):
+        got = predict(row, calibration.UTILIZATION)
+        others = fit(rows[:i] + rows[i + 1:])
+        loo_table = {**calibration.UTILIZATION, **others}
+        key = (row.gpu.segment, row.setup.method)
+        if key not in others:  # no other row of this kind: fall back to the method's other segments
+            same_method = [v for (seg, m), v in others.items() if m == row.setup.method]
+            loo_table[key] = statistics.median(same_method) if same_method else calibration.UTILIZATION[key]
+        loo = predict(row, loo_table)
+        err, loo_err = got / row.measured - 1, loo / row.measured - 1
+        errors.append(abs(err))
+        loo_errors.append(abs(loo_err))
+        gpus = f"{row.setup.num_gpus}x {row.gpu.name}"
+        if args.markdown:
+            print(f"| {row.model} | {row.setup.method} | {gpus} | {row.setting} | {row.measured:.0f} | {got:.0f} | "
+                  f"{err:+.1%} | {loo_err:+.1%} |")
+        else:
+            print(f"{row.model:34} {row.setup.method:5} {gpus:16} {row.measured:7.0f} {got:7.0f} {err:+7.1%} "
+                  f"(leave-one-out {loo_err:+.1%})")
+    print(f"\n{len(rows)} rows: median |error| {statistics.median(errors):.1%} (max {max(errors):.1%}); "
+          f"leave-one-out median {statistics.median(loo_errors):.1%} (max {max(loo_errors):.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
