@@ -24,25 +24,30 @@ def _lean(base: TrainSetup, method: str, quant: str | None) -> TrainSetup:
     return replace(base, method=method, quant=quant, num_gpus=1, sharding="none", **_LEANEST)
 
 
+def _fewest(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, method: str, quant: str | None,
+            offload: str) -> Alternative | None:
+    for n in _GPU_COUNTS:
+        setup = replace(_lean(base, method, quant), num_gpus=n, sharding="fsdp", offload=offload)
+        est = estimate(model, setup)
+        if est.device_used_bytes <= gpu.memory_bytes:
+            how = " and CPU offload" if offload != "none" else ""
+            host = f", {est.host_bytes / GiB:.0f} GiB in host RAM" if offload != "none" else ""
+            return Alternative(f"{n} x {gpu.name} with FSDP{how} + {_METHOD_WORDS[(method, quant)]}: "
+                               f"{est.device_used_bytes / GiB:.1f} GiB per GPU{host}", est.device_used_bytes)
+    return None
+
+
 def _more_gpus(model: ModelSpec, base: TrainSetup, gpu: GpuTarget) -> list[Alternative]:
-    """The fewest GPUs of this kind per method, first without CPU offload, then with it."""
-    out = []
+    """Per method, the fewest GPUs of this kind with FSDP, and with CPU offload when that needs fewer."""
+    out: list[Alternative] = []
     for method, quant in (("qlora", "nf4"), ("lora", None), ("full", None)):
-        found = False
-        for n in _GPU_COUNTS:
-            for offload in ("none", "params"):
-                setup = replace(_lean(base, method, quant), num_gpus=n, sharding="fsdp", offload=offload)
-                est = estimate(model, setup)
-                if est.device_used_bytes <= gpu.memory_bytes:
-                    host = f", {est.host_bytes / GiB:.0f} GiB in host RAM" if offload != "none" else ""
-                    how = " and CPU offload" if offload != "none" else ""
-                    out.append(Alternative(f"{n} x {gpu.name} with FSDP{how} + {_METHOD_WORDS[(method, quant)]}: "
-                                           f"{est.device_used_bytes / GiB:.1f} GiB per GPU{host}",
-                                           est.device_used_bytes))
-                    found = True
-                    break
-            if found:
-                break
+        plain = _fewest(model, base, gpu, method, quant, "none")
+        offloaded = _fewest(model, base, gpu, method, quant, "params")
+        gpus = lambda alt: int(alt.text.split(" x ")[0])  # noqa: E731
+        if plain:
+            out.append(plain)
+        if offloaded and (plain is None or gpus(offloaded) < gpus(plain)):
+            out.append(offloaded)
     return out
 
 

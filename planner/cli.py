@@ -203,6 +203,10 @@ def cmd_gpus(a: argparse.Namespace) -> int:
     return 0
 
 
+PER_TOKENS = 1_000_000
+"""Data set size assumed when --dataset-tokens is not given (the figures are then rates)."""
+
+
 def _gpu_target(a: argparse.Namespace, count: int):
     from planner.catalog.gpus import find_gpu, gpu_catalog, match_nvml
     from planner.recommend import GpuTarget
@@ -238,36 +242,35 @@ def _recommend_kwargs(a: argparse.Namespace) -> dict:
         value = getattr(a, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise PlannerError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
-    return dict(dataset_tokens=a.dataset_tokens, epochs=a.epochs, max_quality=a.max_quality,
+    # Without a data set size, hours, energy and cost are given per million tokens: still numbers
+    return dict(dataset_tokens=a.dataset_tokens or PER_TOKENS, epochs=a.epochs, max_quality=a.max_quality,
                 usd_per_hour=a.price_per_hour, usd_per_kwh=a.electricity_price)
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
     from planner.catalog import resolve_model
-    from planner.recommend import recommend
+    from planner.recommend import METHODS, recommend
 
-    if a.gpu is None and a.gpu_memory_gib is None:
-        raise PlannerError("give --gpu NAME|auto|any or --gpu-memory-gib X")
+    if (a.gpu is None) == (a.gpu_memory_gib is None):
+        raise PlannerError("give one of --gpu NAME|auto|any or --gpu-memory-gib X")
     base = setup_from_args(a)
     model = resolve_model(a.model)
-    if a.gpu == "any" and a.gpu_memory_gib is None:
+    if a.gpu == "any":
         return _recommend_any(a, model, base)
-    rec = recommend(model, base, _gpu_target(a, base.num_gpus), **_recommend_kwargs(a))
+    methods = METHODS
     if a.method is not None:  # DESIGN: with --method given, only that method's options
-        keep = [i for i, o in enumerate(rec.options) if o.setup.method == base.method]
-        rec = _only(rec, keep)
+        methods = tuple((m, q) for m, q in METHODS if m == a.method and (a.quant is None or q == a.quant))
+    rec = recommend(model, base, _gpu_target(a, base.num_gpus), methods=methods, **_recommend_kwargs(a))
+    if a.dataset_tokens is None:
+        from dataclasses import replace
+
+        rec = replace(rec, explanation=rec.explanation + f" Hours, kWh and $ are per {PER_TOKENS:,} tokens "
+                      "(give --dataset-tokens for your data set).")
     if a.json:
         print(json.dumps(rec.to_json(), indent=2))
         return 0
     _print_recommendation(rec)
     return 0
-
-
-def _only(rec, keep: list[int]):
-    from dataclasses import replace
-
-    chosen = keep.index(rec.recommended) if rec.recommended in keep else None
-    return replace(rec, options=tuple(rec.options[i] for i in keep), recommended=chosen)
 
 
 def _print_recommendation(rec) -> None:

@@ -159,19 +159,28 @@ def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: i
     return best
 
 
+def preference(max_quality: bool) -> list[tuple[str, str | None, float]]:
+    """(method, quant, headroom) in the order they are tried: a comfortable fit (10% headroom) of
+    any method beats a tight fit of a better one, and LoRA > QLoRA 8-bit > QLoRA 4-bit within
+    each. More memory can therefore only move the choice up this list."""
+    adapters = [("lora", None), ("qlora", "int8"), ("qlora", "nf4")]
+    order = [("full", None, 0.0)] if max_quality else []
+    return order + [(m, q, HEADROOM) for m, q in adapters] + [(m, q, 0.0) for m, q in adapters]
+
+
 def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
               epochs: float = 1.0, max_quality: bool = False, usd_per_hour: float | None = None,
-              usd_per_kwh: float | None = None, alternatives: bool = True) -> Recommendation:
-    options = search(model, base, gpu, dataset_tokens, epochs, usd_per_hour, usd_per_kwh)
+              usd_per_kwh: float | None = None, alternatives: bool = True,
+              methods: tuple = METHODS) -> Recommendation:
+    """The recommendation among ``methods`` (all four unless the user fixed one)."""
+    options = search(model, base, gpu, dataset_tokens, epochs, usd_per_hour, usd_per_kwh, methods)
     memory = gpu.memory_bytes
-    order = ([("full", None, 0.0)] if max_quality else []) + [
-        ("lora", None, HEADROOM), ("qlora", "int8", HEADROOM), ("qlora", "nf4", HEADROOM),
-        ("qlora", "int8", 0.0), ("qlora", "nf4", 0.0)]
     chosen = None
-    for method, quant, room in order:
-        chosen = _pick(options, method, quant, memory, room)
-        if chosen is not None:
-            break
+    for method, quant, room in preference(max_quality or methods == (("full", None),)):
+        if (method, quant) in methods:
+            chosen = _pick(options, method, quant, memory, room)
+            if chosen is not None:
+                break
     explanation = _explain(model, gpu, options, chosen, max_quality)
     alts: tuple[Alternative, ...] = ()
     if chosen is None and alternatives:
@@ -181,9 +190,9 @@ def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens
     return Recommendation(gpu, options, chosen, explanation, alts)
 
 
-def _smallest(options: tuple[Option, ...], method: str, quant: str | None) -> Option:
+def _smallest(options: tuple[Option, ...], method: str, quant: str | None) -> Option | None:
     return min((o for o in options if o.setup.method == method and o.setup.quant == quant),
-               key=lambda o: o.device_used_bytes)
+               key=lambda o: o.device_used_bytes, default=None)
 
 
 def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chosen: int | None,
@@ -193,9 +202,9 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
     lora = _smallest(options, "lora", None)
     full = _smallest(options, "full", None)
     if chosen is None:
-        q4 = _smallest(options, "qlora", "nf4")
-        return (f"Nothing fits on {where} ({mem:.1f} GiB per GPU): even QLoRA 4-bit at micro-batch 1 with "
-                f"checkpointing needs {q4.device_used_bytes / GiB:.1f} GiB per GPU.")
+        leanest = min(options, key=lambda o: o.device_used_bytes)
+        return (f"Nothing fits on {where} ({mem:.1f} GiB per GPU): even the leanest option, "
+                f"{_label(leanest.setup)}, needs {leanest.device_used_bytes / GiB:.1f} GiB per GPU.")
     o = options[chosen]
     s = o.setup
     text = (f"{_label(s)}. On {where} it needs {o.device_used_bytes / GiB:.1f} of {mem:.1f} GiB per GPU "
@@ -206,13 +215,16 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
         if o.cost_usd is not None:
             text += f", ${o.cost_usd:,.2f}"
     text += "."
+    if o.headroom_bytes < HEADROOM * gpu.memory_bytes:
+        text += " Less than 10% headroom: a longer sample or a memory spike can run out of memory."
     if s.method == "full":
         text += " Full fine-tuning fits and maximum quality was asked for."
-    elif s.method == "lora":
+    elif s.method == "lora" and full is not None:
         text += f" Full fine-tuning would need {full.device_used_bytes / GiB:.1f} GiB at the least."
         if not max_quality and full.fits:
             text += " It fits too: ask for maximum quality to get it."
-    else:
-        text += (f" LoRA on a 16-bit base would need {lora.device_used_bytes / GiB:.1f} GiB at the least "
-                 f"(no 10% headroom on {mem:.1f} GiB), so the base is quantized.")
+    elif s.method == "qlora" and lora is not None:
+        room = "does not fit" if not lora.fits else "fits without 10% headroom"
+        text += (f" LoRA on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
+                 f"on {mem:.1f} GiB), so the base is quantized.")
     return text

@@ -1,0 +1,240 @@
+"""`python -m planner recommend` (DESIGN.md, "CLI contract" and the `recommend --json` schema).
+
+In-process through ``planner.cli.main`` with capsys: exit code, stdout, and exactly one
+``error:`` line on stderr for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.cli import main
+from planner.options import METHODS, OPTIMIZERS
+from planner.units import GiB
+
+MODEL = "meta-llama/Llama-3.1-8B"
+
+GPU_KEYS = {"name": str, "memory_bytes": int, "count": int, "source": str}
+OPTION_KEYS = {
+    "method": str, "quant": (str, type(None)), "optimizer": str, "batch_size": int, "seq_len": int,
+    "grad_checkpointing": bool, "peak_allocated_bytes": int, "device_used_bytes": int, "fits": bool,
+    "headroom_bytes": int, "max_batch_size": int, "max_seq_len": int, "tokens_per_second": float,
+    "hours": float, "energy_kwh": float, "cost_usd": (float, type(None)),
+}
+TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
+
+
+def run_ok(capsys, *argv: str) -> str:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert err == ""
+    return out
+
+
+def run_json(capsys, *argv: str) -> dict:
+    return json.loads(run_ok(capsys, *argv, "--json"))
+
+
+def run_error(capsys, *argv: str) -> str:
+    """A command that must fail: exit 2, nothing on stdout, one 'error:' line on stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 2, (code, out, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _is(value, types) -> bool:
+    """isinstance, except that a bool is not an int and an int is not a float (JSON keeps them apart)."""
+    types = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int):
+        return int in types
+    return isinstance(value, types)
+
+
+def check_schema(doc: dict, source: str) -> None:
+    assert set(doc) == TOP_KEYS
+    gpu = doc["gpu"]
+    assert set(gpu) == set(GPU_KEYS)
+    for key, typ in GPU_KEYS.items():
+        assert _is(gpu[key], typ), (key, gpu[key])
+    assert gpu["source"] == source
+    assert gpu["memory_bytes"] > 0 and gpu["count"] >= 1
+    assert isinstance(doc["options"], list) and doc["options"]
+    for o in doc["options"]:
+        assert set(o) == set(OPTION_KEYS), set(o) ^ set(OPTION_KEYS)
+        for key, typ in OPTION_KEYS.items():
+            assert _is(o[key], typ), (key, o[key])
+        assert o["method"] in METHODS and o["optimizer"] in OPTIMIZERS
+        assert (o["quant"] is None) == (o["method"] != "qlora")
+        assert o["fits"] == (o["device_used_bytes"] <= gpu["memory_bytes"])
+        assert o["headroom_bytes"] == gpu["memory_bytes"] - o["device_used_bytes"]
+    rec = doc["recommended"]
+    assert rec is None or (_is(rec, int) and 0 <= rec < len(doc["options"]))
+    if rec is not None:
+        assert doc["options"][rec]["fits"]
+    assert isinstance(doc["explanation"], str) and doc["explanation"]
+    assert isinstance(doc["alternatives"], list) and all(isinstance(a, str) for a in doc["alternatives"])
+
+
+# ------------------------------------------------------------------ --json schema
+
+
+def test_json_matches_the_design_schema(capsys):
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", "--dataset-tokens", "10000000")
+    check_schema(doc, "catalog")
+    assert doc["gpu"] == {"name": "RTX 4090", "memory_bytes": 24 * GiB, "count": 1, "source": "catalog"}
+    assert {o["method"] for o in doc["options"]} == set(METHODS)
+    best = doc["options"][doc["recommended"]]
+    assert best["method"] == "lora" and best["grad_checkpointing"] is True
+    assert best["cost_usd"] is not None  # the catalog has an RTX 4090 price
+    assert doc["alternatives"] == []
+
+
+def test_json_schema_without_dataset_tokens(capsys):
+    """Without a data set size the figures are rates per million tokens, still numbers."""
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090")
+    check_schema(doc, "catalog")
+    assert "per 1,000,000 tokens" in doc["explanation"]
+
+
+def test_json_when_nothing_fits(capsys):
+    doc = run_json(capsys, "recommend", "--model", "meta-llama/Llama-2-70b-hf", "--gpu", "RTX 4090",
+                   "--dataset-tokens", "1000000")
+    check_schema(doc, "catalog")
+    assert doc["recommended"] is None
+    assert not any(o["fits"] for o in doc["options"])
+    assert any("x RTX 4090 with FSDP" in a for a in doc["alternatives"]), doc["alternatives"]
+
+
+def test_method_qlora_keeps_only_qlora_options(capsys):
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", "--method", "qlora",
+                   "--dataset-tokens", "1000000")
+    check_schema(doc, "catalog")
+    assert {o["method"] for o in doc["options"]} == {"qlora"}
+    assert {o["quant"] for o in doc["options"]} == {"nf4", "int8"}
+    rec = doc["recommended"]
+    assert rec is None or doc["options"][rec]["method"] == "qlora"
+
+
+def test_method_qlora_recommends_a_fitting_qlora_option(capsys):
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", "--method", "qlora",
+                   "--dataset-tokens", "1000000")
+    assert any(o["fits"] for o in doc["options"])
+    assert doc["recommended"] is not None
+    assert "QLoRA" in doc["explanation"]
+
+
+def test_custom_memory_gives_source_custom(capsys):
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu-memory-gib", "24", "--dataset-tokens", "1000000")
+    check_schema(doc, "custom")
+    assert doc["gpu"]["memory_bytes"] == 24 * GiB
+    assert "24" in doc["gpu"]["name"]
+
+
+def test_num_gpus_is_reported(capsys):
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", "--num-gpus", "2",
+                   "--sharding", "fsdp", "--dataset-tokens", "1000000")
+    check_schema(doc, "catalog")
+    assert doc["gpu"]["count"] == 2
+
+
+def test_gpu_any_returns_a_ranking(capsys):
+    doc = run_json(capsys, "recommend", "--model", "meta-llama/Llama-2-7b-hf", "--gpu", "any",
+                   "--dataset-tokens", "10000000")
+    assert set(doc) == {"ranking"}
+    ranking = doc["ranking"]
+    assert len(ranking) >= 3
+    names = [r["name"] for r in ranking]
+    assert len(names) == len(set(names))
+    assert "RTX 4090" in names and "H100 SXM" in names
+    for r in ranking:
+        assert set(r) == set(GPU_KEYS) | {"option", "explanation"}
+        assert r["source"] == "catalog"
+        assert set(r["option"]) == set(OPTION_KEYS)
+        assert r["option"]["fits"] is True
+        assert isinstance(r["explanation"], str) and r["explanation"]
+    # cheapest first among the priced ones, unpriced ones after them
+    costs = [r["option"]["cost_usd"] for r in ranking]
+    priced = [c for c in costs if c is not None]
+    assert costs[:len(priced)] == priced == sorted(priced)
+
+
+# ------------------------------------------------------------------ human output
+
+
+def test_human_output_has_explanation_and_table(capsys):
+    argv = ["recommend", "--model", MODEL, "--gpu", "RTX 4090", "--dataset-tokens", "1000000"]
+    doc = run_json(capsys, *argv)
+    out = run_ok(capsys, *argv)
+    assert doc["explanation"] in out
+    header = next(line for line in out.splitlines() if line.startswith("method"))
+    for column in ("quant", "optimizer", "ckpt", "batch", "GiB", "max batch", "max seq", "tok/s", "hours"):
+        assert column in header
+    assert "RTX 4090" in out.splitlines()[0]
+    assert any(line.startswith("*lora") for line in out.splitlines())  # the recommended row is marked
+
+
+def test_human_output_lists_alternatives_when_nothing_fits(capsys):
+    out = run_ok(capsys, "recommend", "--model", "meta-llama/Llama-2-70b-hf", "--gpu", "RTX 4090")
+    assert "Nothing fits" in out
+    assert "x RTX 4090 with FSDP" in out
+
+
+# ------------------------------------------------------------------ errors: exit 2, one line
+
+
+def _has_nvidia_gpu() -> bool:
+    from planner.hardware import inventory
+
+    return bool(inventory().gpus)
+
+
+def test_gpu_auto_without_nvidia_gpu(capsys):
+    if _has_nvidia_gpu():
+        pytest.skip("this machine has an NVIDIA GPU")
+    line = run_error(capsys, "recommend", "--model", MODEL, "--gpu", "auto")
+    assert "--gpu" in line
+
+
+def test_unknown_gpu_suggests_close_names(capsys):
+    line = run_error(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4099")
+    assert "RTX 4099" in line
+    assert "RTX 4090" in line
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf"])
+def test_bad_gpu_memory(capsys, value):
+    line = run_error(capsys, "recommend", "--model", MODEL, "--gpu-memory-gib", value)
+    assert "--gpu-memory-gib" in line
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_bad_dataset_tokens(capsys, value):
+    line = run_error(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", "--dataset-tokens", value)
+    assert "--dataset-tokens" in line
+
+
+def test_no_gpu_given(capsys):
+    line = run_error(capsys, "recommend", "--model", MODEL)
+    assert "--gpu" in line and "--gpu-memory-gib" in line
+
+
+def test_unknown_model(capsys):
+    line = run_error(capsys, "recommend", "--model", "meta-llama/Llama-3.1-8X", "--gpu", "RTX 4090")
+    assert "Llama-3.1-8B" in line
+
+
+@pytest.mark.parametrize("flag", ["--price-per-hour", "--electricity-price"])
+def test_negative_prices(capsys, flag):
+    line = run_error(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", flag, "-1")
+    assert flag in line

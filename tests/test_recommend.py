@@ -1,0 +1,349 @@
+"""planner/recommend.py (and planner/alternatives.py): which method, optimizer and micro-batch on a GPU.
+
+Representative cases first (what a user on a 24 GiB or an 80 GiB card is told), then the search's
+own invariants (max batch / max sequence are the real limits, the option grid is complete), then
+properties over memory sizes, then speed.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import replace
+from functools import lru_cache
+from itertools import product
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from planner.catalog import resolve_model
+from planner.catalog.gpus import find_gpu, gpu_catalog
+from planner.memory import estimate
+from planner.options import OPTIMIZERS as ALL_OPTIMIZERS
+from planner.options import TrainSetup
+from planner.recommend import BATCHES, HEADROOM, METHODS, OPTIMIZERS, GpuTarget, recommend, search
+from planner.units import GiB
+
+
+@lru_cache(maxsize=None)
+def model(name: str):
+    return resolve_model(name)
+
+
+def target(gpu_name: str, count: int = 1) -> GpuTarget:
+    spec = find_gpu(gpu_name)
+    return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
+
+
+def custom(gib: float, speed_of: str = "A100 80GB SXM") -> GpuTarget:
+    """A GPU of any memory size, with a catalog GPU's speed (the search only reads its memory)."""
+    return GpuTarget(f"custom {gib:g} GiB", int(gib * GiB), 1, "custom", find_gpu(speed_of))
+
+
+def used(model_id: str, setup: TrainSetup) -> int:
+    return estimate(model(model_id), setup).device_used_bytes
+
+
+# ------------------------------------------------------------------ checking an alternative
+
+
+_FSDP = re.compile(r"^(\d+) x (.+) with FSDP( and CPU offload)? \+ (QLoRA 4-bit|LoRA|full fine-tuning): "
+                   r"([\d.]+) GiB per GPU(, \d+ GiB in host RAM)?$")
+_SINGLE = re.compile(r"^a single (.+) \((\d+) GiB\) fits QLoRA 4-bit at micro-batch 1: ([\d.]+) GiB$")
+_SHORTER = re.compile(r"^QLoRA 4-bit on this (.+) fits sequences up to ([\d,]+) tokens at micro-batch 1 "
+                      r"\(you asked ([\d,]+)\): ([\d.]+) GiB$")
+_SMALLER = re.compile(r"^a smaller model of the same family, (\S+), fits with (QLoRA 4-bit|LoRA): ([\d.]+) GiB$")
+_WORDS = {"QLoRA 4-bit": ("qlora", "nf4"), "LoRA": ("lora", None), "full fine-tuning": ("full", None)}
+
+
+def _lean_estimates(model_id: str, base: TrainSetup, **changes) -> set[int]:
+    """device_used_bytes of the leanest configurations an alternative may describe: micro-batch 1,
+    checkpointing on, no modules_to_save, any optimizer."""
+    out = set()
+    for opt in ALL_OPTIMIZERS:
+        setup = replace(base, grad_checkpointing=True, batch_size=1, optimizer=opt, modules_to_save=(), **changes)
+        out.add(used(model_id, setup))
+    return out
+
+
+def check_alternative(model_id: str, base: TrainSetup, gpu: GpuTarget, alt) -> str:
+    """Re-derive the alternative's estimate and check it fits where it says; returns its kind."""
+    text, dev = alt.text, alt.device_used_bytes
+    figure = float(re.findall(r"([\d.]+) GiB(?: per GPU)?(?:, \d+ GiB in host RAM)?$", text)[0])
+    assert figure == pytest.approx(dev / GiB, abs=0.051), text
+    if m := _FSDP.match(text):
+        n, name, offload, words = int(m[1]), m[2], m[3], m[4]
+        method, quant = _WORDS[words]
+        assert n >= 2 and name == gpu.name, text
+        assert dev <= gpu.memory_bytes, text
+        assert dev in _lean_estimates(model_id, base, method=method, quant=quant, num_gpus=n, sharding="fsdp",
+                                      offload="params" if offload else "none"), text
+        return "fsdp"
+    if m := _SINGLE.match(text):
+        spec = find_gpu(m[1])
+        assert spec.name == m[1]
+        assert dev <= spec.memory_bytes, text
+        assert spec.memory_bytes > gpu.memory_bytes, text  # bigger than the one that did not fit
+        assert dev in _lean_estimates(model_id, base, method="qlora", quant="nf4", num_gpus=1, sharding="none",
+                                      offload="none"), text
+        # the smallest catalog GPU that holds it
+        assert all(g.memory_bytes < dev for g in gpu_catalog().values() if g.memory_bytes < spec.memory_bytes)
+        return "bigger"
+    if m := _SHORTER.match(text):
+        seq = int(m[2].replace(",", ""))
+        assert m[1] == gpu.name and seq < int(m[3].replace(",", "")) == base.seq_len, text
+        assert dev <= gpu.memory_bytes, text
+        assert dev in _lean_estimates(model_id, base, method="qlora", quant="nf4", num_gpus=1, sharding="none",
+                                      offload="none", seq_len=seq), text
+        return "shorter"
+    if m := _SMALLER.match(text):
+        other, (method, quant) = m[1], _WORDS[m[2]]
+        assert model(other).total_params < model(model_id).total_params, text
+        assert dev <= gpu.memory_bytes, text
+        assert dev in _lean_estimates(other, base, method=method, quant=quant, num_gpus=1, sharding="none",
+                                      offload="none"), text
+        return "smaller"
+    raise AssertionError(f"unrecognised alternative: {text!r}")
+
+
+# ------------------------------------------------------------------ representative cases
+
+
+@pytest.mark.parametrize("model_id", ["meta-llama/Llama-3.1-8B", "meta-llama/Llama-2-7b-hf"])
+def test_8b_on_24gb_gets_lora_with_checkpointing_and_headroom(model_id):
+    gpu = target("RTX 4090")
+    assert gpu.memory_bytes == 24 * GiB
+    rec = recommend(model(model_id), TrainSetup(), gpu)
+    best = rec.best
+    assert best is not None, rec.explanation
+    assert (best.setup.method, best.setup.quant) == ("lora", None)
+    assert best.setup.grad_checkpointing
+    assert best.fits
+    assert best.headroom_bytes >= HEADROOM * gpu.memory_bytes
+    assert rec.alternatives == ()  # something fits: nothing to change
+    # the explanation gives the deciding numbers in GiB
+    assert "GiB" in rec.explanation and "GB " not in rec.explanation
+    assert f"{best.device_used_bytes / GiB:.1f}" in rec.explanation
+    assert f"{gpu.memory_bytes / GiB:.1f} GiB" in rec.explanation
+    assert "LoRA" in rec.explanation
+
+
+def test_70b_on_4090_fits_nowhere_and_suggests_fsdp_and_a_bigger_gpu():
+    model_id = "meta-llama/Llama-2-70b-hf"
+    base = TrainSetup()
+    gpu = target("RTX 4090")
+    rec = recommend(model(model_id), base, gpu)
+    assert rec.recommended is None and rec.best is None
+    assert not any(o.fits for o in rec.options)
+    assert "Nothing fits" in rec.explanation and "GiB" in rec.explanation
+    texts = [a.text for a in rec.alternatives]
+    assert any("x RTX 4090 with FSDP" in t and "QLoRA" in t for t in texts), texts
+    assert any(t.startswith("a single ") for t in texts), texts
+    kinds = [check_alternative(model_id, base, gpu, a) for a in rec.alternatives]
+    assert "fsdp" in kinds and "bigger" in kinds
+
+
+@pytest.mark.parametrize("gpu_name", ["A100 80GB SXM", "H100 SXM"])
+def test_mixtral_8x22b_on_80gb(gpu_name):
+    model_id = "mistralai/Mixtral-8x22B-v0.1"
+    base = TrainSetup()
+    gpu = target(gpu_name)
+    assert gpu.memory_bytes == 80 * GiB
+    rec = recommend(model(model_id), base, gpu)
+    if rec.best is not None:
+        assert (rec.best.setup.method, rec.best.setup.quant) == ("qlora", "nf4"), rec.explanation
+        assert rec.best.fits
+    else:
+        fsdp = [a for a in rec.alternatives if re.match(rf"\d+ x {re.escape(gpu.name)} with FSDP", a.text)]
+        assert fsdp, [a.text for a in rec.alternatives]
+        for a in rec.alternatives:
+            check_alternative(model_id, base, gpu, a)
+
+
+def test_max_quality_picks_full_for_a_small_model():
+    gpu = target("H100 SXM")
+    spec = model("Qwen/Qwen2.5-0.5B")
+    best = recommend(spec, TrainSetup(), gpu, max_quality=True).best
+    assert best is not None and best.setup.method == "full" and best.fits
+    rec = recommend(spec, TrainSetup(), gpu)
+    assert rec.best is not None and rec.best.setup.method == "lora"
+    assert "maximum quality" in rec.explanation  # full fits too: say how to get it
+
+
+@pytest.mark.parametrize("model_id, gpu_name", [
+    ("meta-llama/Llama-3.1-8B", "RTX 4090"),
+    ("meta-llama/Llama-2-7b-hf", "RTX 3060 12GB"),
+    ("mistralai/Mixtral-8x7B-v0.1", "A100 80GB SXM"),
+])
+def test_recommended_is_the_fastest_of_its_method_with_headroom(model_id, gpu_name):
+    gpu = target(gpu_name)
+    rec = recommend(model(model_id), TrainSetup(), gpu, alternatives=False)
+    best = rec.best
+    assert best is not None and best.fits
+    same = [o for o in rec.options if (o.setup.method, o.setup.quant) == (best.setup.method, best.setup.quant)
+            and o.headroom_bytes >= HEADROOM * gpu.memory_bytes]
+    if best.headroom_bytes >= HEADROOM * gpu.memory_bytes:
+        assert best.tokens_per_second == max(o.tokens_per_second for o in same)
+
+
+# ------------------------------------------------------------------ the search grid
+
+GRID_CASES = [
+    ("meta-llama/Llama-3.1-8B", "RTX 4090", 1, TrainSetup()),
+    ("Qwen/Qwen2.5-0.5B", "H100 SXM", 1, TrainSetup()),
+    ("mistralai/Mixtral-8x7B-v0.1", "A100 80GB SXM", 1, TrainSetup(seq_len=1024)),
+    ("meta-llama/Llama-2-13b-hf", "RTX 3060 12GB", 1, TrainSetup(batch_size=3)),
+    ("meta-llama/Llama-2-70b-hf", "A100 80GB SXM", 2, TrainSetup(sharding="fsdp")),
+]
+
+
+@lru_cache(maxsize=None)
+def grid(i: int):
+    model_id, gpu_name, count, base = GRID_CASES[i]
+    return model_id, target(gpu_name, count), base, search(model(model_id), base, target(gpu_name, count))
+
+
+@pytest.mark.parametrize("i", range(len(GRID_CASES)), ids=[f"{m}-{g}-x{c}" for m, g, c, _ in GRID_CASES])
+def test_options_are_the_full_product(i):
+    _, gpu, base, options = grid(i)
+    batches = sorted(set(BATCHES) | {base.batch_size})
+    want = {(m, q, ck, opt, b) for (m, q), ck, opt, b in product(METHODS, (True, False), OPTIMIZERS, batches)}
+    got = [(o.setup.method, o.setup.quant, o.setup.grad_checkpointing, o.setup.optimizer, o.setup.batch_size)
+           for o in options]
+    assert len(got) == len(want) == len(METHODS) * 2 * len(OPTIMIZERS) * len(batches)
+    assert set(got) == want
+    for o in options:
+        assert o.setup.num_gpus == gpu.count
+        assert o.setup.seq_len == base.seq_len
+        assert o.fits == (o.device_used_bytes <= gpu.memory_bytes)
+        assert o.headroom_bytes == gpu.memory_bytes - o.device_used_bytes
+        assert o.peak_allocated_bytes <= o.device_used_bytes
+
+
+@pytest.mark.parametrize("i", range(len(GRID_CASES)), ids=[f"{m}-{g}-x{c}" for m, g, c, _ in GRID_CASES])
+def test_max_batch_size_is_the_real_limit(i):
+    model_id, gpu, _, options = grid(i)
+    mem = gpu.memory_bytes
+    for o in options:
+        mb = o.max_batch_size
+        if mb == 0:
+            assert used(model_id, replace(o.setup, batch_size=1)) > mem
+        else:
+            assert used(model_id, replace(o.setup, batch_size=mb)) <= mem
+            assert used(model_id, replace(o.setup, batch_size=mb + 1)) > mem
+        assert o.fits == (o.setup.batch_size <= mb)
+
+
+@pytest.mark.parametrize("i", range(len(GRID_CASES)), ids=[f"{m}-{g}-x{c}" for m, g, c, _ in GRID_CASES])
+def test_max_seq_len_is_the_real_limit(i):
+    model_id, gpu, _, options = grid(i)
+    mem = gpu.memory_bytes
+    limit = model(model_id).arch.max_position_embeddings
+    below_limit = 0
+    for o in options:
+        ms = o.max_seq_len
+        assert ms <= limit
+        if ms == 0:
+            assert used(model_id, replace(o.setup, seq_len=1)) > mem
+            continue
+        assert used(model_id, replace(o.setup, seq_len=ms)) <= mem
+        if ms < limit:
+            below_limit += 1
+            assert used(model_id, replace(o.setup, seq_len=ms + 1)) > mem
+        if o.setup.seq_len <= limit:
+            assert o.fits == (o.setup.seq_len <= ms)
+    assert below_limit > 0  # the +1 check ran
+
+
+# ------------------------------------------------------------------ properties over memory
+
+PROPERTY_MODELS = ["Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-1.5B", "meta-llama/Llama-2-7b-hf",
+                   "mistralai/Mistral-7B-v0.1", "meta-llama/Llama-3.1-8B"]
+_RANK = {None: 0, ("qlora", "nf4"): 1, ("qlora", "int8"): 2, ("lora", None): 3, ("full", None): 4}
+_FAMILY = {None: 0, ("qlora", "nf4"): 1, ("qlora", "int8"): 1, ("lora", None): 2, ("full", None): 3}
+
+
+def _choice(model_id: str, gib: float, max_quality: bool):
+    rec = recommend(model(model_id), TrainSetup(), custom(gib), max_quality=max_quality, alternatives=False)
+    best = rec.best
+    key = None if best is None else (best.setup.method, best.setup.quant)
+    if not max_quality:
+        assert key != ("full", None)
+    return key
+
+
+memories = st.floats(min_value=8, max_value=200, allow_nan=False)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(PROPERTY_MODELS), memories, memories, st.booleans())
+def test_more_memory_never_loses_the_method_family(model_id, a, b, max_quality):
+    """none < QLoRA (either base) < LoRA < full: more memory never moves down this order."""
+    lo, hi = sorted((a, b))
+    small, big = _choice(model_id, lo, max_quality), _choice(model_id, hi, max_quality)
+    assert _FAMILY[big] >= _FAMILY[small], (lo, small, hi, big)
+
+
+def _standing(model_id: str, gib: float, max_quality: bool) -> int:
+    """Position of the pick in recommend's documented preference (higher is better): a
+    comfortable fit (10% headroom) of any adapter method beats a tight fit of a better one."""
+    from planner.recommend import HEADROOM, preference
+
+    gpu = custom(gib)
+    rec = recommend(model(model_id), TrainSetup(), gpu, max_quality=max_quality, alternatives=False)
+    if rec.best is None:
+        return -1
+    order = preference(max_quality)
+    s = rec.best.setup
+    comfortable = rec.best.headroom_bytes >= HEADROOM * gpu.memory_bytes
+    for position, (method, quant, room) in enumerate(order):
+        if (s.method, s.quant) == (method, quant) and (comfortable or room == 0.0):
+            return len(order) - position
+    raise AssertionError(f"pick {s.method}/{s.quant} is not in the preference order")
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(PROPERTY_MODELS), memories, memories, st.booleans())
+@example("Qwen/Qwen2.5-1.5B", 9.4, 9.8, False)
+def test_more_memory_never_makes_the_recommendation_worse(model_id, a, b, max_quality):
+    """Along recommend's preference: full (max_quality) > comfortable LoRA > comfortable QLoRA
+    8-bit > comfortable QLoRA 4-bit > tight LoRA > tight 8-bit > tight 4-bit > nothing."""
+    lo, hi = sorted((a, b))
+    assert _standing(model_id, hi, max_quality) >= _standing(model_id, lo, max_quality), (lo, hi)
+
+
+def test_something_is_recommended_whenever_an_option_fits():
+    rec = recommend(model("Qwen/Qwen2.5-0.5B"), TrainSetup(), custom(7.1), alternatives=False)
+    fitting = [o for o in rec.options if o.fits]
+    assert fitting and {o.setup.method for o in fitting} == {"lora"}
+    assert rec.recommended is not None, rec.explanation
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(PROPERTY_MODELS), memories, st.booleans())
+def test_recommended_option_always_fits(model_id, gib, max_quality):
+    gpu = custom(gib)
+    rec = recommend(model(model_id), TrainSetup(), gpu, max_quality=max_quality, alternatives=False)
+    if rec.best is not None:
+        assert rec.best.fits and rec.best.device_used_bytes <= gpu.memory_bytes
+        assert rec.options[rec.recommended] is rec.best
+
+
+# ------------------------------------------------------------------ speed
+
+
+def test_recommend_is_fast():
+    spec, gpu = model("meta-llama/Llama-3.1-8B"), target("RTX 4090")
+    recommend(spec, TrainSetup(), gpu, alternatives=False)  # warm caches
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        rec = recommend(spec, TrainSetup(), gpu, alternatives=False)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    print(f"\nrecommend(Llama-3.1-8B, RTX 4090): {len(rec.options)} options, median {median * 1000:.0f} ms "
+          f"(target < 200 ms)")
+    assert len(rec.options) == len(METHODS) * 2 * len(OPTIMIZERS) * len(BATCHES)
+    assert median < 0.6
