@@ -210,6 +210,7 @@ PER_TOKENS = 1_000_000
 def _gpu_target(a: argparse.Namespace, count: int):
     from planner.catalog.gpus import find_gpu, gpu_catalog, match_nvml
     from planner.recommend import GpuTarget
+    from planner.settings import load_prices, with_user_price
 
     if a.gpu_memory_gib is not None:
         if not (math.isfinite(a.gpu_memory_gib) and a.gpu_memory_gib > 0):
@@ -232,8 +233,8 @@ def _gpu_target(a: argparse.Namespace, count: int):
         spec = match_nvml(g.name, g.memory_total)
         if spec is None:
             spec = min(gpu_catalog().values(), key=lambda c: abs(c.memory_bytes - g.memory_total))
-        return GpuTarget(g.name, g.memory_total, count, "nvml", spec)
-    spec = find_gpu(a.gpu)
+        return GpuTarget(g.name, g.memory_total, count, "nvml", with_user_price(spec, load_prices()))
+    spec = with_user_price(find_gpu(a.gpu), load_prices())
     return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
 
 
@@ -242,9 +243,12 @@ def _recommend_kwargs(a: argparse.Namespace) -> dict:
         value = getattr(a, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise PlannerError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
+    from planner.settings import load_prices
+
+    electricity = a.electricity_price if a.electricity_price is not None else load_prices().electricity_usd_per_kwh
     # Without a data set size, hours, energy and cost are given per million tokens: still numbers
     return dict(dataset_tokens=a.dataset_tokens or PER_TOKENS, epochs=a.epochs, max_quality=a.max_quality,
-                usd_per_hour=a.price_per_hour, usd_per_kwh=a.electricity_price)
+                usd_per_hour=a.price_per_hour, usd_per_kwh=electricity)
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
@@ -261,7 +265,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     if a.method is not None:  # DESIGN: with --method given, only that method's options
         methods = tuple((m, q) for m, q in METHODS if m == a.method and (a.quant is None or q == a.quant))
     rec = recommend(model, base, _gpu_target(a, base.num_gpus), methods=methods, **_recommend_kwargs(a))
-    if a.dataset_tokens is None:
+    if a.dataset_tokens is None and rec.best is not None:
         from dataclasses import replace
 
         rec = replace(rec, explanation=rec.explanation + f" Hours, kWh and $ are per {PER_TOKENS:,} tokens "
@@ -297,9 +301,12 @@ def _recommend_any(a: argparse.Namespace, model, base) -> int:
     from planner.catalog.gpus import gpu_catalog
     from planner.recommend import GpuTarget, recommend
 
+    from planner.settings import load_prices, with_user_price
+
     kwargs = _recommend_kwargs(a)
+    prices = load_prices()
     ranked = []
-    for spec in gpu_catalog().values():
+    for spec in (with_user_price(s, prices) for s in gpu_catalog().values()):
         rec = recommend(model, base, GpuTarget(spec.name, spec.memory_bytes, base.num_gpus, "catalog", spec),
                         alternatives=False, **kwargs)
         if rec.best is not None:
