@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from planner.cli import main
+from clitools import run_error, run_json, run_ok  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -26,31 +27,6 @@ ALLOCATED_TERMS = ("weights", "quant_state", "adapters", "gradients", "optimizer
                    "workspace")
 TABLE_SIZES = ["7B", "13B", "30B", "70B", "110B", "8x7B", "8x22B"]
 TABLE_ROWS = [("Full", "AMP"), ("Full", "16"), ("LoRA", "16"), ("QLoRA", "8"), ("QLoRA", "4"), ("QLoRA", "2")]
-
-
-def run_ok(capsys, *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert err == ""
-    return out
-
-
-def run_json(capsys, *argv: str) -> dict:
-    return json.loads(run_ok(capsys, *argv, "--json"))
-
-
-def run_error(capsys, *argv: str) -> str:
-    """Run a command that must fail: exit 2, nothing on stdout, one 'error:' line on stderr."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (code, out, err)
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def catalog_config(model_id: str = MODEL) -> dict:

@@ -13,6 +13,7 @@ import pytest
 from planner.cli import main
 from planner.options import METHODS, OPTIMIZERS
 from planner.units import GiB
+from clitools import run_error, run_json, run_ok  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B"
 
@@ -24,31 +25,6 @@ OPTION_KEYS = {
     "hours": float, "energy_kwh": float, "cost_usd": (float, type(None)),
 }
 TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
-
-
-def run_ok(capsys, *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert err == ""
-    return out
-
-
-def run_json(capsys, *argv: str) -> dict:
-    return json.loads(run_ok(capsys, *argv, "--json"))
-
-
-def run_error(capsys, *argv: str) -> str:
-    """A command that must fail: exit 2, nothing on stdout, one 'error:' line on stderr."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (code, out, err)
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _is(value, types) -> bool:
