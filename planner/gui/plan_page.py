@@ -18,6 +18,7 @@ from planner.catalog import catalog
 from planner.errors import PlannerError
 from planner.gui.plan_chart import PlanChart
 from planner.gui.plan_model import FormValues, Plan, compute_plan, summary_lines
+from planner.gui.state import AppState
 from planner.options import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS
 from planner.units import fmt_count
 
@@ -45,8 +46,9 @@ def _spin(low: int, high: int, value: int, tip: str, step: int = 1) -> QSpinBox:
 class PlanPage(QWidget):
     """Will it fit? Full, LoRA and QLoRA side by side for the setup in the form."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, state: AppState | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.state = state
         d = FormValues()
         self.plan: Plan | None = None
         """The last valid result; kept on screen while the form holds an error."""

@@ -9,8 +9,11 @@ from typing import Callable
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
-from planner.gui.placeholder import PlaceholderPage
+from planner.gui.hardware_page import HardwarePage
 from planner.gui.plan_page import PlanPage
+from planner.gui.runs_page import RunsPage
+from planner.gui.state import AppState
+from planner.gui.train_page import TrainPage
 
 
 @dataclass(frozen=True)
@@ -18,29 +21,30 @@ class PageSpec:
     key: str
     """The name ``python -m planner gui --page`` takes."""
     title: str
-    factory: Callable[[], QWidget]
+    factory: Callable[[AppState], QWidget]
+    """Builds the page around the shared state."""
 
 
-# A new page replaces its placeholder factory here; keys, order and shortcuts stay put.
 PAGES: tuple[PageSpec, ...] = (
-    PageSpec("hardware", "Hardware", partial(PlaceholderPage, "GPU inventory and live memory: coming next")),
+    PageSpec("hardware", "Hardware", HardwarePage),
     PageSpec("plan", "Plan", PlanPage),
-    PageSpec("train", "Train", partial(PlaceholderPage, "Training launcher: coming next")),
-    PageSpec("runs", "Runs", partial(PlaceholderPage, "Past runs, measured against the plan: coming next")),
+    PageSpec("train", "Train", TrainPage),
+    PageSpec("runs", "Runs", RunsPage),
 )
 PAGE_KEYS: tuple[str, ...] = tuple(p.key for p in PAGES)
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, page: str = "plan") -> None:
+    def __init__(self, page: str = "plan", state: AppState | None = None) -> None:
         super().__init__()
+        self.state = state or AppState(parent=self)
         self.setWindowTitle("Fine-Tune Planner")
         self.resize(1200, 800)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.pages: dict[str, QWidget] = {}
         for spec in PAGES:
-            widget = spec.factory()
+            widget = spec.factory(self.state)
             self.pages[spec.key] = widget
             self.tabs.addTab(widget, spec.title)
         self.setCentralWidget(self.tabs)
@@ -52,6 +56,7 @@ class MainWindow(QMainWindow):
             shortcut.activated.connect(partial(self.tabs.setCurrentIndex, index))
             self.shortcuts.append(shortcut)
             self.tabs.setTabToolTip(index, f"{spec.title} ({keys.toString(QKeySequence.SequenceFormat.NativeText)})")
+        self.state.page_requested.connect(self.show_page)
         self.show_page(page)
 
     def show_page(self, key: str) -> None:
