@@ -19,6 +19,8 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir, atomic_write_text
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OOM = 0, 1, 2, 3
+PID_FILE = "trainer.pid"
+"""Present while a trainer process works in the run directory; holds its PID."""
 _COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
@@ -275,6 +277,9 @@ def main(config_path: str | None, resume_dir: str | None = None,
         return EXIT_INPUT
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run = Run(cfg, run_dir, resume, stdin, out)
+    # who is training this directory: lets the app re-attach after a restart, or call it orphaned
+    pid_file = run_dir / PID_FILE
+    atomic_write_text(pid_file, f"{os.getpid()}\n")
     # Libraries print to stdout (warnings, progress); only the sink may write events there.
     real_stdout, sys.stdout = sys.stdout, sys.stderr
     try:
@@ -283,6 +288,7 @@ def main(config_path: str | None, resume_dir: str | None = None,
         sys.stdout = real_stdout
         run.commands.close()
         run.sink.close()
+        pid_file.unlink(missing_ok=True)
 
 
 def _run(run: Run) -> int:

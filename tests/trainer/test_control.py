@@ -66,10 +66,12 @@ def test_stop_on_stdin_saves_within_one_step_and_resumes(demo_dir, tmp_path):
     run_dir = tmp_path / "run"
     t = Trainer("run", "--config", str(_config(demo_dir, run_dir)))
     seen = t.wait_for(lambda e: e["event"] == "step")["step"]
+    assert (run_dir / "trainer.pid").read_text().strip() == str(t.proc.pid)
     t.send("stop")
     assert t.finish() == 0
     end = t.events[-1]
     assert end["event"] == "end" and end["status"] == "stopped"
+    assert not (run_dir / "trainer.pid").exists()
     assert end["steps"] <= seen + 2  # the step in flight when the command arrived, then the next
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None and checkpoint.name == f"checkpoint-{end['steps']}"
