@@ -51,6 +51,19 @@ class FormValues:
     attention: str = _D.attention
     gpu_gib: float = DEFAULT_GPU_GIB
     """Memory of the user's GPU; only draws the line and decides "fits"."""
+    quant: str = "nf4"
+    """The user's QLoRA base (the chart shows both 8-bit and 4-bit)."""
+    double_quant: bool = _D.double_quant
+    adapter_dtype: str = _D.adapter_dtype
+    lora_alpha: int = _D.lora_alpha
+    lora_targets: str = "all-linear"
+    modules_to_save: str = ""
+    num_gpus: int = _D.num_gpus
+    sharding: str = _D.sharding
+    offload: str = _D.offload
+    dataset_tokens: int = 10_000_000
+    epochs: float = 1.0
+    max_quality: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,16 +96,42 @@ def variant_label(variant: Variant, precision: str) -> str:
     return f"QLoRA {bits}-bit"
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
+    """The form's setup with this method; raises PlannerError for an invalid value."""
+    return TrainSetup(
+        method=method, quant=quant, double_quant=values.double_quant, precision=values.precision,
+        adapter_dtype=values.adapter_dtype, optimizer=values.optimizer, batch_size=values.batch_size,
+        seq_len=values.seq_len, grad_checkpointing=values.grad_checkpointing, attention=values.attention,
+        lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
+        modules_to_save=_names(values.modules_to_save) if method != "full" else (),
+        num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload,
+    )
+
+
+def my_setup(values: FormValues) -> TrainSetup:
+    """The user's own configuration (their method and QLoRA base)."""
+    return setup_for(values, values.method, values.quant if values.method == "qlora" else None)
+
+
 def build_setups(values: FormValues) -> tuple[TrainSetup, ...]:
     """One TrainSetup per variant; raises PlannerError if the form holds an invalid value."""
-    return tuple(
-        TrainSetup(
-            method=v.method, quant=v.quant, precision=values.precision, optimizer=values.optimizer,
-            batch_size=values.batch_size, seq_len=values.seq_len, lora_r=values.lora_r,
-            grad_checkpointing=values.grad_checkpointing, attention=values.attention,
-        )
-        for v in VARIANTS
-    )
+    return tuple(setup_for(values, v.method, v.quant) for v in VARIANTS)
+
+
+def train_config_fields(values: FormValues, model: str) -> dict:
+    """"Use this plan": the TrainConfig fields the Train page starts from (it adds the data)."""
+    s = my_setup(values)
+    return {
+        "model": model, "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
+        "precision": s.precision, "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer,
+        "batch_size": s.batch_size, "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
+        "attention": s.attention, "lora_r": s.lora_r, "lora_alpha": s.lora_alpha,
+        "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "epochs": values.epochs,
+    }
 
 
 def stack_gib(estimates: tuple[Estimate, ...]) -> dict[str, tuple[float, ...]]:

@@ -30,7 +30,9 @@ class AppState(QObject):
 
     def __init__(self, settings: QSettings | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.settings = settings or QSettings("finetune-planner", "Fine-Tune Planner")
+        # an explicit ini file (the same on every OS): tests redirect it with QSettings.setPath
+        self.settings = settings or QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                                              "finetune-planner", "Fine-Tune Planner")
         self._gpu: GpuTarget | None = None
 
     @property

@@ -1,0 +1,81 @@
+"""The Plan page's side panels without Qt: the model-size table, time and cost per GPU.
+
+Pure functions over the form values, so they are tested without widgets and cost microseconds
+per estimate (the page recomputes all of it on every edit, well under its 50 ms budget).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from planner.catalog import ModelSpec
+from planner.catalog.gpus import GpuSpec, gpu_catalog
+from planner.cost import run_cost
+from planner.gui.plan_model import FormValues, my_setup
+from planner.memory import estimate
+from planner.table import COLUMNS, classic_table
+from planner.units import GiB
+
+
+@dataclass(frozen=True)
+class SizeCell:
+    device_used_gib: float
+    fits: bool
+
+
+@dataclass(frozen=True)
+class SizesTable:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[SizeCell, ...]], ...]
+    """(row label such as "QLoRA 4", cells per column)."""
+
+
+def sizes_table(values: FormValues, gpu_bytes: int) -> SizesTable:
+    """The classic 7B..8x22B table for this form's batch, sequence and options, by fit on the GPU."""
+    base = replace(my_setup(values), method="lora", quant=None, modules_to_save=())
+    rows = []
+    for row in classic_table(base):
+        cells = tuple(SizeCell(e.device_used_bytes / GiB, e.device_used_bytes <= gpu_bytes) for e in row.estimates)
+        rows.append((f"{row.method} {row.bits}", cells))
+    return SizesTable(tuple(size for size, _ in COLUMNS), tuple(rows))
+
+
+@dataclass(frozen=True)
+class CostRow:
+    gpu: str
+    count: int
+    fits: bool
+    device_used_gib: float
+    tokens_per_second: float
+    hours: float
+    energy_kwh: float
+    cost_usd: float | None
+    price_note: str
+
+
+def cost_rows(values: FormValues, model: ModelSpec, this_gpu: GpuSpec | None, this_memory: int,
+              usd_per_kwh: float | None = None) -> tuple[CostRow, ...]:
+    """Hours, kWh and $ of the user's setup on their GPU, then on every catalog GPU with a price."""
+    setup = my_setup(values)
+    used = estimate(model, setup).device_used_bytes
+    rows = []
+    candidates: list[tuple[GpuSpec, int, bool]] = []
+    if this_gpu is not None:
+        candidates.append((this_gpu, this_memory, True))
+    candidates += [(g, g.memory_bytes, False) for g in gpu_catalog().values() if g.prices and g is not this_gpu]
+    for spec, memory, local in candidates:
+        # your own card costs electricity; a catalog card costs its rental price
+        own_power = local and usd_per_kwh is not None
+        cost = run_cost(model.arch, setup, replace(spec, prices=()) if own_power else spec,
+                        values.dataset_tokens, values.epochs, usd_per_kwh=usd_per_kwh if own_power else None)
+        price = spec.price()
+        note = (f"your GPU: electricity at {usd_per_kwh:.2f} $/kWh" if own_power else
+                f"{price.usd_per_hour:.2f} $/h, {price.source}, {price.date}" if price else "no price")
+        if local and usd_per_kwh is None and price is None:
+            note = "your GPU: set an electricity price for its cost"
+        rows.append(CostRow(("this GPU: " if local else "") + spec.name, setup.num_gpus, used <= memory,
+                            used / GiB, cost.tokens_per_second, cost.hours or 0.0, cost.energy_kwh or 0.0,
+                            cost.cost_usd, note))
+    local_rows, cloud = rows[:1] if this_gpu else [], rows[1:] if this_gpu else rows
+    cloud.sort(key=lambda r: (not r.fits, r.cost_usd if r.cost_usd is not None else float("inf")))
+    return tuple(local_rows + cloud)
