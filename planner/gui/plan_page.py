@@ -91,7 +91,7 @@ class PlanPage(QWidget):
 
         self.recommender = LatestOnly(self)
         self.recommender.done.connect(self.recommendation.show_recommendation)
-        self.recommender.failed.connect(lambda exc: self.recommendation.text.setText(html.escape(str(exc))))
+        self.recommender.failed.connect(lambda exc: self.recommendation.text.setHtml(html.escape(str(exc))))
         self.recommendation.use_button.clicked.connect(self.use_plan)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)

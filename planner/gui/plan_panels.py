@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHeaderView, QPushButton, QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget
 
 from planner.gui.plan_extras import CostRow, SizesTable
 from planner.recommend import Recommendation
@@ -27,21 +27,21 @@ def _item(text: str, tip: str = "") -> QTableWidgetItem:
 class RecommendationPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.text = QLabel("Computing the recommendation...")
-        self.text.setWordWrap(True)
+        self.text = QTextBrowser()  # long explanations and alternatives scroll instead of clipping
+        self.text.setOpenExternalLinks(False)
+        self.text.setHtml("Computing the recommendation...")
         self.use_button = QPushButton("Use this plan")
         self.use_button.setToolTip("Fill the Train page with this configuration (Ctrl+3 to go there).")
         layout = QVBoxLayout(self)
-        layout.addWidget(self.text)
+        layout.addWidget(self.text, 1)
         layout.addWidget(self.use_button)
-        layout.addStretch(1)
 
     def show_recommendation(self, rec: Recommendation) -> None:
         parts = [f"<p>{html.escape(rec.explanation)}</p>"]
         if rec.alternatives:
             items = "".join(f"<li>{html.escape(a.text)}</li>" for a in rec.alternatives)
             parts.append(f"<p>What would fit:</p><ul>{items}</ul>")
-        self.text.setText("".join(parts))
+        self.text.setHtml("".join(parts))
 
 
 class SizesPanel(QTableWidget):
