@@ -57,7 +57,37 @@ class MainWindow(QMainWindow):
             self.shortcuts.append(shortcut)
             self.tabs.setTabToolTip(index, f"{spec.title} ({keys.toString(QKeySequence.SequenceFormat.NativeText)})")
         self.state.page_requested.connect(self.show_page)
+        geometry = self.state.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
         self.show_page(page)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Closing while a run trains asks: stop & save, keep it running, or cancel it."""
+        train = self.pages.get("train")
+        if train is not None and getattr(train, "is_running", lambda: False)():
+            choice = self.close_decision()
+            if choice == "stay":
+                event.ignore()
+                return
+            {"stop": train.stop_and_save, "background": train.detach, "cancel": train.cancel_run}[choice]()
+        self.state.settings.setValue("window/geometry", self.saveGeometry())
+        event.accept()
+
+    def close_decision(self) -> str:
+        """stop | background | cancel | stay. Tests replace this to answer without a dialog."""
+        from PySide6.QtWidgets import QMessageBox
+
+        box = QMessageBox(QMessageBox.Icon.Question, "A run is training",
+                          "A training run is still going. What should happen to it?", parent=self)
+        buttons = {
+            box.addButton("Stop && save", QMessageBox.ButtonRole.AcceptRole): "stop",
+            box.addButton("Keep running in background", QMessageBox.ButtonRole.ActionRole): "background",
+            box.addButton("Cancel run", QMessageBox.ButtonRole.DestructiveRole): "cancel",
+            box.addButton("Don't close", QMessageBox.ButtonRole.RejectRole): "stay",
+        }
+        box.exec()
+        return buttons.get(box.clickedButton(), "stay")
 
     def show_page(self, key: str) -> None:
         """Switch to a page by its ``--page`` name; KeyError for an unknown one."""
