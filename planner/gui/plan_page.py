@@ -29,6 +29,7 @@ from planner.recommend import GpuTarget, recommend
 from planner.units import GiB, fmt_count
 
 DEBOUNCE_MS = 30
+RECOMMEND_AFTER_MS = 250
 
 
 class PlanPage(QWidget):
@@ -97,6 +98,11 @@ class PlanPage(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.recompute)
+        self._pending = None
+        self._recommend_timer = QTimer(self)
+        self._recommend_timer.setSingleShot(True)
+        self._recommend_timer.setInterval(RECOMMEND_AFTER_MS)
+        self._recommend_timer.timeout.connect(lambda: self._pending and self.recommender.submit(self._pending))
         if state is not None:
             self.form.restore(state.settings)
             state.gpu_changed.connect(self.set_gpu)
@@ -155,8 +161,11 @@ class PlanPage(QWidget):
         self.sizes.show_table(table, values.gpu_gib)
         self.costs.show_rows(rows)
         gpu = self.gpu_target()
-        self.recommender.submit(lambda: recommend(
-            spec, mine, gpu, values.dataset_tokens, values.epochs, values.max_quality))
+        # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it
+        # would compete with the GUI thread for the GIL.
+        self._pending = lambda: recommend(spec, mine, gpu, values.dataset_tokens, values.epochs,
+                                          values.max_quality)
+        self._recommend_timer.start()
         if self.state is not None:
             self.form.save(self.state.settings)
 
