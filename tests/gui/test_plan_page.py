@@ -37,9 +37,6 @@ def test_window_has_four_pages(window):
     titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
     assert titles == ["Hardware", "Plan", "Train", "Runs"]
     assert window.current_page == "plan"
-    train = window.pages["train"].findChild(QLabel)
-    assert "coming next" in train.text()
-    assert train.alignment() & Qt.AlignmentFlag.AlignHCenter
 
 
 def test_ctrl_number_switches_pages(window, qtbot):

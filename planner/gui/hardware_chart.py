@@ -1,0 +1,133 @@
+"""The Hardware page's live chart: GiB used per GPU and host RAM over a rolling window.
+
+Curves are created once per set of GPUs and only fed with ``setData`` (DESIGN.md); the data
+comes from a ``History`` ring, so a chart left open for days holds at most one window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from planner.gui.hardware_model import History
+from planner.units import GiB
+
+# Tableau 10, as the Plan page: distinguishable on light and dark backgrounds.
+SERIES_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+                  "#9c755f")
+_NICE = (1, 1.5, 2, 3, 4, 5, 6, 8)
+"""Y-axis tops: 1-2-5 style steps, dense enough that a 77 GiB peak gets 80, not 100 or 128."""
+
+
+class MemoryChart(pg.PlotWidget):
+    """One solid curve per GPU and a dashed one for host RAM, x in minutes before the newest sample."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent=parent, background=None)  # transparent: the window's palette shows
+        item = self.getPlotItem()
+        item.setMenuEnabled(False)
+        item.hideButtons()
+        item.setMouseEnabled(x=False, y=False)  # a live view: panning would fight the updates
+        item.setLabel("left", "used (GiB)")
+        item.setLabel("bottom", "minutes ago")
+        item.showGrid(x=True, y=True, alpha=0.2)
+        item.getViewBox().disableAutoRange()  # ranges are set explicitly: no per-frame autorange pass
+        self.legend = pg.LegendItem(frame=False)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        item.layout.addItem(self.legend, 2, 3, alignment=Qt.AlignmentFlag.AlignVCenter)
+        self.curves: list[pg.PlotDataItem] = []
+        self.markers: list[pg.ScatterPlotItem] = []
+        """A dot on each curve's newest value: the first second already shows something, and the
+        current value stands out at the right edge."""
+        self.host_curve: pg.PlotDataItem | None = None
+        self._top = 0.0
+        self._ready = True
+        self._apply_palette()
+
+    def set_series(self, gpu_names: Sequence[str], host: bool = True) -> None:
+        """(Re)create the curves: at page creation and after a rescan found other GPUs, never per sample."""
+        item = self.getPlotItem()
+        for old in [*self.curves, *self.markers]:
+            item.removeItem(old)
+        self.legend.clear()
+        self.curves, self.markers = [], []
+        for i, name in enumerate(gpu_names):
+            colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+            self.legend.addItem(self._curve(pg.mkPen(colour, width=2), colour), name)
+        self.host_curve = None
+        if host:
+            fg = self.palette().color(QPalette.ColorRole.WindowText)
+            self.host_curve = self._curve(self._host_pen(), fg)
+            self.legend.addItem(self.host_curve, "host RAM")
+        for sample, _label in self.legend.items:
+            # a click would hide a curve with no way to tell it is hidden rather than at zero
+            sample.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+        self._apply_palette()
+
+    def _curve(self, pen: object, colour: object) -> pg.PlotDataItem:
+        # "finite": a NaN (value not reported that second) leaves a gap instead of a drop to 0.
+        curve = pg.PlotDataItem(pen=pen, connect="finite")
+        curve.setClipToView(True)
+        curve.setDownsampling(auto=True, method="peak")  # 3600 points on a 60-minute window
+        marker = pg.ScatterPlotItem(size=7, pen=None, brush=pg.mkBrush(colour))
+        for it in (curve, marker):
+            self.getPlotItem().addItem(it)
+        self.curves.append(curve)
+        self.markers.append(marker)
+        return curve
+
+    def set_window(self, seconds: float) -> None:
+        # A sliver right of "now" so the newest-value dots are not cut in half by the frame.
+        self.setXRange(-seconds / 60, seconds / 60 * 0.012, padding=0)
+
+    def show_history(self, history: History) -> None:
+        """Feed every curve from the ring."""
+        t = history.times()
+        x = (t - t[-1]) / 60 if len(t) else np.empty(0)
+        top = 0.0
+        for i, (curve, marker) in enumerate(zip(self.curves, self.markers)):
+            y = history.values(i) / GiB  # a new array: the ring is rewritten in place next second
+            curve.setData(x, y)
+            last = y[-1:] if len(y) and np.isfinite(y[-1]) else y[:0]
+            marker.setData(x[-len(last):] if len(last) else x[:0], last)
+            if len(y) and not np.isnan(y).all():
+                top = max(top, float(np.nanmax(y)))
+        self._set_top(top)
+
+    def _set_top(self, top: float) -> None:
+        """Y from 0 (a flat line must not look like a swing) to a round value above the data;
+        changed only when the data crosses one, so most seconds do not re-layout the axis."""
+        nice = next((m * 10**k for k in range(6) for m in _NICE if m * 10**k >= top * 1.05), top * 1.05)
+        if nice != self._top:
+            self._top = nice
+            self.setYRange(0, nice, padding=0)
+
+    def _host_pen(self) -> object:
+        return pg.mkPen(self.palette().color(QPalette.ColorRole.WindowText), width=1.5,
+                        style=Qt.PenStyle.DashLine)
+
+    def _apply_palette(self) -> None:
+        """Axes, legend and the host curve in the palette's text colour; GPU colours are fixed."""
+        fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
+        item = self.getPlotItem()
+        for name in ("left", "bottom"):
+            axis = item.getAxis(name)
+            axis.setPen(fg)
+            axis.setTextPen(fg)
+        self.legend.setLabelTextColor(fg)
+        for _sample, label in self.legend.items:
+            label.setText(label.text)  # setAttr alone does not re-render the label
+        if self.host_curve is not None:
+            self.host_curve.setPen(self._host_pen())
+            self.markers[self.curves.index(self.host_curve)].setBrush(pg.mkBrush(fg))
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
+        # Follow a live light/dark switch; Qt also sends one from the base constructor, before our items.
+        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
+            self._apply_palette()
+        super().changeEvent(event)
