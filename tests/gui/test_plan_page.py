@@ -7,7 +7,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QColor, QPalette  # noqa: E402
-from PySide6.QtWidgets import QLabel  # noqa: E402
 
 from planner.gui.app import run  # noqa: E402
 from planner.gui.plan_page import PlanPage  # noqa: E402
