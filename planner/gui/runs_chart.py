@@ -1,0 +1,166 @@
+"""The Runs page's replay: loss and memory (measured against predicted) of one run, by step.
+
+``Replay`` turns events into series (no Qt) and grows as a live run writes more; ``ReplayChart``
+creates its curves once and only calls ``setData`` (DESIGN.md), with peak downsampling and
+clip-to-view so a 100k-step history draws as fast as a short one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
+
+from planner.units import GiB
+from trainer.protocol import Event
+
+LOSS, EVAL, MEASURED, RESERVED = "#4e79a7", "#f28e2b", "#e15759", "#76b7b2"  # Tableau 10, as elsewhere
+
+
+class Replay:
+    """Step series of one run. A resumed run repeats the steps after its checkpoint: the later
+    session's events replace the earlier ones from that step on, so the curve never runs backwards."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.loss: list[float] = []
+        self.alloc: list[float] = []
+        self.reserved: list[float] = []
+        self.rss: list[float] = []
+        self.eval_steps: list[int] = []
+        self.eval_loss: list[float] = []
+        self.predicted: int | None = None
+
+    def add(self, events: Iterable[Event]) -> None:
+        for e in events:
+            if e.kind == "start" and isinstance(e.get("predicted_peak_bytes"), int):
+                self.predicted = int(e["predicted_peak_bytes"])  # type: ignore[arg-type]
+            elif e.kind == "step" and isinstance(e.get("step"), (int, float)):
+                step = int(e["step"])  # type: ignore[arg-type]
+                if self.steps and step <= self.steps[-1]:
+                    keep = int(np.searchsorted(self.steps, step))
+                    for series in (self.steps, self.loss, self.alloc, self.reserved, self.rss):
+                        del series[keep:]
+                    cut = next((i for i, s in enumerate(self.eval_steps) if s >= step), len(self.eval_steps))
+                    del self.eval_steps[cut:], self.eval_loss[cut:]
+                self.steps.append(step)
+                self.loss.append(_num(e.get("loss")))
+                self.alloc.append(_num(e.get("peak_alloc_bytes")))
+                self.reserved.append(_num(e.get("peak_reserved_bytes")))
+                self.rss.append(_num(e.get("rss_bytes")))
+            elif e.kind == "eval" and isinstance(e.get("step"), (int, float)):
+                self.eval_steps.append(int(e["step"]))  # type: ignore[arg-type]
+                self.eval_loss.append(_num(e.get("eval_loss")))
+
+    @property
+    def on_gpu(self) -> bool:
+        """The trainer reports CUDA peaks; on the CPU they are 0 and the host RSS is what we have."""
+        return any(a > 0 for a in self.alloc)
+
+
+def _num(v: object) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
+class ReplayChart(QWidget):
+    """Loss beside memory, x (step) linked; the prediction is a dashed line."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.loss_plot = self._plot("loss")
+        self.memory_plot = self._plot("memory (GiB)")
+        for plot in (self.loss_plot, self.memory_plot):
+            plot.setLabel("bottom", "step")
+        self.memory_plot.setXLink(self.loss_plot)
+        self.loss_legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.memory_legend = self.memory_plot.addLegend(offset=(-10, -10), labelTextSize="8pt")
+        # created once; every update is setData
+        self.loss_curve = self._curve(self.loss_plot, LOSS, "train loss")
+        self.eval_curve = self.loss_plot.plot([], [], pen=None, symbol="o", symbolSize=6,
+                                              symbolBrush=EVAL, symbolPen=None, name="eval loss")
+        # the legend draws the scatter's own brush, which setData leaves at the default while empty
+        self.eval_curve.scatter.setBrush(pg.mkBrush(EVAL))
+        self.eval_curve.scatter.setPen(pg.mkPen(None))
+        self.measured_curve = self._curve(self.memory_plot, MEASURED, "measured")
+        self.reserved_curve = self._curve(self.memory_plot, RESERVED, "reserved")
+        # the prediction's number lives in the legend (an item that is never plotted, only listed):
+        # a label on the line itself would sit on the measured curves it is compared with
+        self.predicted_line = pg.InfiniteLine(angle=0, movable=False)
+        self.memory_plot.addItem(self.predicted_line)
+        self.predicted_key = pg.PlotDataItem()
+        self.memory_legend.addItem(self.predicted_key, "predicted")
+        self.predicted_line.hide()
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.loss_plot, 1)
+        layout.addWidget(self.memory_plot, 1)
+        self._apply_palette()
+        self._ready = True
+
+    def _plot(self, label: str) -> pg.PlotWidget:
+        plot = pg.PlotWidget(background=None)
+        plot.setMenuEnabled(False)
+        plot.hideButtons()
+        plot.setLabel("left", label)
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        plot.setMinimumHeight(120)
+        return plot
+
+    @staticmethod
+    def _curve(plot: pg.PlotWidget, colour: str, name: str) -> pg.PlotDataItem:
+        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), name=name, connect="finite")
+        curve.setClipToView(True)
+        curve.setDownsampling(auto=True, method="peak")
+        return curve
+
+    def show_replay(self, replay: Replay) -> None:
+        x = np.asarray(replay.steps, dtype=float)
+        self.loss_curve.setData(x, np.asarray(replay.loss, dtype=float))
+        self.eval_curve.setData(np.asarray(replay.eval_steps, dtype=float), np.asarray(replay.eval_loss, dtype=float))
+        measured = replay.alloc if replay.on_gpu else replay.rss
+        self.measured_curve.setData(x, np.asarray(measured, dtype=float) / GiB)
+        self.reserved_curve.setData(x, np.asarray(replay.reserved, dtype=float) / GiB if replay.on_gpu else [])
+        self._rename(self.memory_legend, self.measured_curve, "peak allocated" if replay.on_gpu else "host RSS")
+        self.reserved_curve.setVisible(replay.on_gpu)
+        top = float(np.nanmax(measured)) / GiB if measured and not np.isnan(measured).all() else 0.0
+        if replay.predicted:
+            self.predicted_line.setValue(replay.predicted / GiB)
+            top = max(top, replay.predicted / GiB)
+        self.predicted_line.setVisible(bool(replay.predicted))
+        self._rename(self.memory_legend, self.predicted_key,
+                     f"predicted {replay.predicted / GiB:.2f} GiB" if replay.predicted else "no prediction")
+        self.memory_plot.setYRange(0, max(top, 0.1) * 1.1, padding=0)
+
+    def clear(self) -> None:
+        self.show_replay(Replay())
+
+    @staticmethod
+    def _rename(legend: pg.LegendItem, curve: pg.PlotDataItem, name: str) -> None:
+        for sample, label in legend.items:
+            if sample.item is curve and label.text != name:
+                label.setText(name)
+
+    def _apply_palette(self) -> None:
+        """Axes, legends and the prediction line in the palette's text colour (light or dark)."""
+        fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
+        for plot, legend in ((self.loss_plot, self.loss_legend), (self.memory_plot, self.memory_legend)):
+            for name in ("left", "bottom"):
+                axis = plot.getPlotItem().getAxis(name)
+                axis.setPen(fg)
+                axis.setTextPen(fg)
+            legend.setLabelTextColor(fg)
+            for _sample, label in legend.items:
+                label.setText(label.text)  # setAttr alone does not re-render the label
+        dashed = pg.mkPen(fg, width=1.5, style=Qt.PenStyle.DashLine)
+        self.predicted_line.setPen(dashed)
+        self.predicted_key.setPen(dashed)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
+            self._apply_palette()
+        super().changeEvent(event)

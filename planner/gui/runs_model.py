@@ -1,0 +1,176 @@
+"""The Runs page's table: one row per ``RunSummary``; this module only formats.
+
+The sort role carries raw values (bytes, seconds, epoch time) so a proxy sorts numbers as
+numbers; the display role is what a person reads (GiB, "12 min 05 s", local time).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QColor
+
+from planner.runs import RunSummary
+from planner.units import GiB
+
+SORT_ROLE = Qt.ItemDataRole.UserRole
+# Mid-tone colours: legible as text on light and on dark bases.
+STATUS_COLOURS: dict[str, str] = {
+    "completed": "#2e9e44", "running": "#2f7fd1", "stopped": "#c28a00", "orphaned": "#e8710a",
+    "failed": "#d83b3b", "cancelled": "#8a8a8a", "unknown": "#8a8a8a",
+}
+OVER_PREDICTION = QColor("#d83b3b")
+"""The ratio cell when the run needed more memory than predicted: the estimate was optimistic."""
+
+_Index = QModelIndex | QPersistentModelIndex
+
+
+def status_text(s: RunSummary, resumable: bool = True) -> str:
+    """What the status says: the PID of a live trainer, the gone one of an orphan; the table
+    leaves out "resumable" (the widest cell; the details and the Resume button say it)."""
+    text = s.status
+    if s.status == "running" and s.pid is not None:
+        text = f"running (PID {s.pid})"
+    elif s.status == "orphaned" and s.pid is not None:
+        text = f"orphaned (PID {s.pid} gone)"
+    return text + (", resumable" if s.resumable and resumable else "")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def fmt_gib(n: int | None) -> str:
+    return "" if n is None else f"{n / GiB:.2f} GiB"
+
+
+def _steps(s: RunSummary) -> str:
+    if s.steps is None:
+        return ""
+    return f"{s.steps} / {s.max_steps}" if s.max_steps else str(s.steps)
+
+
+def _measured(s: RunSummary) -> str:
+    text = fmt_gib(s.peak_measured_bytes)
+    return f"{text} (RSS)" if text and s.peak_kind == "host_rss" else text
+
+
+def _ratio(s: RunSummary) -> str:
+    # A CPU run measures the process RSS; the prediction is GPU memory: a quotient would mislead.
+    if s.ratio is None or s.peak_kind == "host_rss":
+        return ""
+    return f"{s.ratio:.2f}\u00d7"
+
+
+def _started(s: RunSummary) -> str:
+    if not s.started:
+        return ""
+    when = time.localtime(s.started)
+    # this year's runs need no year: the column stays narrow enough for the table to fit
+    return time.strftime("%b %d, %H:%M" if when.tm_year == time.localtime().tm_year else "%Y-%m-%d", when)
+
+
+Column = tuple[str, Callable[[RunSummary], str], Callable[[RunSummary], Any]]
+COLUMNS: tuple[Column, ...] = (
+    ("Run", lambda s: s.name, lambda s: s.name),
+    ("Status", lambda s: status_text(s, resumable=False), lambda s: s.status),
+    ("Model", lambda s: s.model or "", lambda s: s.model or ""),
+    ("Method", lambda s: s.method or "", lambda s: s.method or ""),
+    ("Steps", _steps, lambda s: s.steps if s.steps is not None else -1),
+    ("Loss", lambda s: "" if s.final_loss is None else f"{s.final_loss:.4f}",
+     lambda s: s.final_loss if s.final_loss is not None else float("inf")),
+    ("Peak", _measured, lambda s: s.peak_measured_bytes or 0),
+    ("Predicted", lambda s: fmt_gib(s.predicted_peak_bytes), lambda s: s.predicted_peak_bytes or 0),
+    ("Ratio", _ratio, lambda s: s.ratio or 0.0),
+    ("Duration", lambda s: fmt_duration(s.runtime_s), lambda s: s.runtime_s or 0.0),
+    ("Started", _started, lambda s: s.started),
+)
+COLUMN = {name: i for i, (name, _, _) in enumerate(COLUMNS)}
+HEADER_TIPS = {
+    "Steps": "optimizer steps done / planned",
+    "Loss": "the last training loss",
+    "Peak": "peak memory measured: CUDA max allocated on a GPU, the process RSS (marked) on the CPU",
+    "Predicted": "the planner's predicted peak allocated GPU memory for this run",
+    "Ratio": "measured / predicted peak; above 1 (red) the run needed more than predicted",
+    "Duration": "training time so far (the last session's, for a resumed run)",
+}
+
+
+def tooltip(s: RunSummary) -> str:
+    lines = [str(s.path), status_text(s)]
+    if s.started:
+        lines.append("started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started)))
+    if s.checkpoint is not None:
+        lines.append(f"latest complete checkpoint: {s.checkpoint.name}")
+    if s.peak_kind == "host_rss":
+        lines.append("measured on the CPU: host RSS, not comparable with the GPU prediction")
+    if s.error:
+        lines.append(f"error: {s.error}")
+    return "\n".join(lines)
+
+
+class RunsTableModel(QAbstractTableModel):
+    """Rows in the order given (newest first); ``set_runs`` updates rows in place when it can."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.runs: list[RunSummary] = []
+
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt's name
+        return 0 if parent.isValid() else len(self.runs)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section][0]
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS.get(COLUMNS[section][0])
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        s, column = self.runs[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[column][1](s)
+        if role == SORT_ROLE:
+            return COLUMNS[column][2](s)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if column == COLUMN["Status"]:
+                return QColor(STATUS_COLOURS.get(s.status, STATUS_COLOURS["unknown"]))
+            if column == COLUMN["Ratio"] and _ratio(s) and (s.ratio or 0) > 1.0:
+                return OVER_PREDICTION
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return tooltip(s)
+        if role == Qt.ItemDataRole.TextAlignmentRole and column >= COLUMN["Steps"] and column != COLUMN["Started"]:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def set_runs(self, runs: list[RunSummary]) -> None:
+        """Same directories in the same order: repaint changed rows only (selection and scroll
+        stay put). Otherwise a reset, after which the page reselects by path."""
+        if [r.path for r in runs] == [r.path for r in self.runs]:
+            old, self.runs = self.runs, list(runs)
+            for row, (before, after) in enumerate(zip(old, runs)):
+                if before != after:
+                    self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+            return
+        self.beginResetModel()
+        self.runs = list(runs)
+        self.endResetModel()
+
+    def row_of(self, path: Path) -> int | None:
+        return next((i for i, r in enumerate(self.runs) if r.path == path), None)

@@ -1,0 +1,374 @@
+"""Run directories as the Runs page sees them: what happened, from the files a run leaves behind.
+
+Qt-free (stdlib, psutil and ``trainer.protocol`` only) so the status logic is tested without a
+display. Listing must stay fast with hundreds of runs and 100 MB histories: a summary reads
+``run.json`` and ``config.json`` (small) and only the head and tail of ``metrics.jsonl``; the full
+history is read only for the one run being replayed (:func:`load_events`, :class:`EventReader`).
+
+Status, most trustworthy evidence first:
+
+1. ``trainer.pid`` names a live process whose command line mentions "trainer" -> running (a
+   resumed run is running even though the previous session's ``run.json`` is still there).
+2. The history goes on after its last ``end`` event (or has none), and ``trainer.pid`` is stale
+   or the run has events -> orphaned: the trainer was killed before it could say goodbye.
+3. ``run.json`` (written at the end of every clean finish), else the last ``end`` event.
+4. Anything else, including garbage -> unknown. Nothing here raises on a malformed directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from trainer.protocol import END_STATUSES, Event, ProtocolError, decode
+
+# Names the trainer writes (trainer/run.py, trainer/callbacks.py); copied, because the planner may
+# import nothing from trainer but its protocol.
+CONFIG, METRICS, SUMMARY, PID_FILE = "config.json", "metrics.jsonl", "run.json", "trainer.pid"
+COMPLETE_MARKER = ".complete"
+_COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+STATUSES = END_STATUSES + ("running", "orphaned", "unknown")
+RESUMABLE = ("stopped", "orphaned")
+"""Statuses a complete checkpoint can continue from (plus a failed run whose failure was OOM)."""
+TAIL_BYTES = 64 * 1024
+"""How much of the end of metrics.jsonl a summary reads: the last step, error and end events."""
+
+
+class RunError(ValueError):
+    """A run directory operation the user asked for cannot be done (e.g. deleting a running run)."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run directory, summarised for a table row. Bytes and seconds; None where unknown."""
+
+    path: Path
+    name: str
+    status: str
+    """One of :data:`STATUSES`."""
+    model: str | None = None
+    method: str | None = None
+    steps: int | None = None
+    max_steps: int | None = None
+    final_loss: float | None = None
+    peak_measured_bytes: int | None = None
+    peak_kind: str | None = None
+    """cuda_max_allocated | host_rss: which number ``peak_measured_bytes`` is."""
+    predicted_peak_bytes: int | None = None
+    runtime_s: float | None = None
+    started: float = 0.0
+    """Epoch seconds: config.json's mtime (written at launch), else estimated from the history."""
+    pid: int | None = None
+    """The trainer's PID: live when running, the dead one when orphaned, else None."""
+    resumable: bool = False
+    checkpoint: Path | None = None
+    """The newest complete checkpoint, where a resume continues from."""
+    error: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """Measured / predicted peak: > 1 means the estimate was optimistic."""
+        if self.peak_measured_bytes and self.predicted_peak_bytes:
+            return self.peak_measured_bytes / self.predicted_peak_bytes
+        return None
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file() or (path / METRICS).is_file()
+
+
+def scan_runs(root: Path | str) -> list[RunSummary]:
+    """Every run directory directly under ``root``, newest first; [] when root does not exist."""
+    return RunScanner().scan(root)
+
+
+def read_run(path: Path | str) -> RunSummary:
+    """Summarise one run directory; status "unknown" rather than an exception for a broken one."""
+    path = Path(path)
+    try:
+        return _read(path)
+    except Exception as exc:  # noqa: BLE001 - a listing must survive any one bad directory
+        return RunSummary(path, path.name, "unknown", started=_mtime(path), error=f"unreadable: {exc}")
+
+
+def load_events(path: Path | str) -> list[Event]:
+    """Every decodable event of a run's history (torn and junk lines skipped)."""
+    return EventReader(Path(path)).read_new(final=True)
+
+
+def delete_run(path: Path | str) -> None:
+    """Remove a run directory; refuses a running run and anything that is not a run directory."""
+    path = Path(path)
+    if not path.is_dir() or not is_run_dir(path):
+        raise RunError(f"{path} is not a run directory (no {CONFIG} or {METRICS}); not deleting it")
+    summary = read_run(path)
+    if summary.status == "running":
+        raise RunError(f"{path.name} is still training (PID {summary.pid}); stop it before deleting")
+    shutil.rmtree(path)
+
+
+class EventReader:
+    """Reads a run's history incrementally: each call returns only the complete lines added since.
+
+    A half-written last line stays unread until its newline arrives, so a live run never yields a
+    torn event; a file that shrank (replaced) is read again from the start.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / METRICS
+        self.offset = 0
+
+    def read_new(self, final: bool = False) -> list[Event]:
+        """``final``: the history is over, so an unterminated last line counts (if it decodes)."""
+        events: list[Event] = []
+        try:
+            with open(self.path, "rb") as fh:
+                if fh.seek(0, os.SEEK_END) < self.offset:
+                    self.offset = 0
+                fh.seek(self.offset)
+                for raw in fh:  # streamed: a 100 MB history is never held twice
+                    if not raw.endswith(b"\n") and not final:
+                        break
+                    self.offset += len(raw)
+                    events.extend(_decode_lines([raw]))
+        except OSError:
+            pass
+        return events
+
+
+@dataclass
+class RunScanner:
+    """:func:`scan_runs` with a cache: a directory is re-read only when its files changed.
+
+    The Runs page calls this every couple of seconds; with hundreds of runs that costs one stat per
+    file. Running runs are always re-read: a SIGKILLed trainer changes no file at all.
+    """
+
+    _cache: dict[Path, tuple[tuple[Any, ...], RunSummary]] = field(default_factory=dict)
+
+    def scan(self, root: Path | str, force: frozenset[Path] = frozenset()) -> list[RunSummary]:
+        try:
+            dirs = [Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            dirs = []
+        found: dict[Path, tuple[tuple[Any, ...], RunSummary]] = {}
+        for path in dirs:
+            if not is_run_dir(path):
+                continue
+            signature = _signature(path)
+            cached = self._cache.get(path)
+            if cached and cached[0] == signature and cached[1].status != "running" and path not in force:
+                found[path] = cached
+            else:
+                found[path] = (signature, read_run(path))
+        self._cache = found
+        return sorted((s for _, s in found.values()), key=lambda s: (s.started, s.name), reverse=True)
+
+
+# -- reading one directory ---------------------------------------------------------------------
+def _read(path: Path) -> RunSummary:
+    summary = _json(path / SUMMARY)
+    config = _json(path / CONFIG)
+    head, tail = _head_and_tail(path / METRICS)
+    start = head[0] if head and head[0].kind == "start" else None
+    last_step = next((e for e in reversed(tail) if e.kind == "step"), None)
+    last_end = max((i for i, e in enumerate(tail) if e.kind == "end"), default=None)
+    ended = last_end is not None and last_end == len(tail) - 1
+    pid, pid_file = _pid(path)
+    alive = pid is not None and _trainer_alive(pid)
+
+    if alive:
+        status = "running"
+    elif (pid_file or head or tail) and not ended:
+        status = "orphaned"
+    elif summary.get("status") in END_STATUSES:
+        status = str(summary["status"])
+    elif ended:
+        status = str(tail[-1]["status"])
+    else:
+        status = "unknown"
+
+    errors = [e for e in tail if e.kind == "error"]
+    error = _str(summary.get("error")) if status in END_STATUSES else None
+    if error is None and errors and status in ("failed", "orphaned"):
+        error = f"{errors[-1]['type']}: {errors[-1]['message']}"
+    oom = status == "failed" and (error or "").startswith("oom")
+    checkpoint = _latest_checkpoint(path)
+    use_summary = status in END_STATUSES and bool(summary)
+
+    def pick(key: str, *fallbacks: Any) -> Any:
+        if use_summary and summary.get(key) is not None:
+            return summary[key]
+        return next((v for v in fallbacks if v is not None), None)
+
+    measured_from_steps, kind_from_steps = _peak_from_steps(last_step)
+    last_t = (tail or head)[-1].t if (tail or head) else None
+    return RunSummary(
+        path=path,
+        name=path.name,
+        status=status,
+        model=_str(pick("model", _get(start, "model"), config.get("model"))),
+        method=_str(pick("method", _get(start, "method"), config.get("method"))),
+        steps=_int(pick("steps", _get(tail[-1] if ended else None, "steps"), _get(last_step, "step"))),
+        max_steps=_int(_get(last_step, "max_steps") or _get(start, "max_steps")),
+        final_loss=_float(pick("final_loss", _get(last_step, "loss"))),
+        peak_measured_bytes=_int(pick("peak_measured_bytes", measured_from_steps)),
+        peak_kind=_str(pick("peak_kind", kind_from_steps)),
+        predicted_peak_bytes=_int(pick("predicted_peak_bytes", _get(start, "predicted_peak_bytes"))),
+        runtime_s=_float(pick("runtime_s", _get(tail[-1] if ended else None, "runtime_s"), last_t)),
+        started=_started(path, last_t),
+        pid=pid if status in ("running", "orphaned") else None,
+        resumable=checkpoint is not None and (status in RESUMABLE or oom),
+        checkpoint=checkpoint,
+        error=error,
+    )
+
+
+def _head_and_tail(metrics: Path) -> tuple[list[Event], list[Event]]:
+    """The first event, and the last events from the last ``step`` on (or all of the last 64 KiB).
+
+    Only a handful of lines are decoded however long the history: listing 200 runs stays fast.
+    """
+    try:
+        with open(metrics, "rb") as fh:
+            first = fh.readline(TAIL_BYTES)
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            lines = fh.read().split(b"\n")
+    except OSError:
+        return [], []
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # the first piece is cut short
+    tail: list[Event] = []
+    for raw in reversed(lines):
+        tail[:0] = _decode_lines([raw])
+        if tail and tail[0].kind == "step":
+            break
+    return _decode_lines([first]), tail
+
+
+def _decode_lines(lines: list[bytes]) -> list[Event]:
+    events = []
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            events.append(decode(raw.decode("utf-8", errors="replace")))
+        except ProtocolError:
+            continue  # a torn last line of a killed run, or junk: the rest of the history stands
+    return events
+
+
+def _peak_from_steps(last_step: Event | None) -> tuple[int | None, str | None]:
+    """Without run.json: the CUDA peak when the trainer reported one (it is cumulative), else RSS."""
+    alloc, rss = _int(_get(last_step, "peak_alloc_bytes")), _int(_get(last_step, "rss_bytes"))
+    if alloc:
+        return alloc, "cuda_max_allocated"
+    return (rss, "host_rss") if rss else (None, None)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    """As trainer.run.latest_checkpoint: the newest checkpoint the trainer finished writing."""
+    found = []
+    try:
+        candidates = list((run_dir / "checkpoints").glob("checkpoint-*"))
+    except OSError:
+        return None
+    for p in candidates:
+        step = p.name.rsplit("-", 1)[-1]
+        if not (p.is_dir() and step.isdigit()):
+            continue
+        if (p / COMPLETE_MARKER).is_file() or (
+                all((p / f).is_file() for f in _COMPLETE_FILES) and _json(p / "trainer_state.json")):
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def _pid(run_dir: Path) -> tuple[int | None, bool]:
+    """(PID in trainer.pid or None, whether the file exists)."""
+    try:
+        text = (run_dir / PID_FILE).read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None, False
+    except OSError:
+        return None, True
+    return (int(text) if text.isdigit() else None), True
+
+
+def _trainer_alive(pid: int) -> bool:
+    """The PID is a live trainer (not a zombie, nor an unrelated process that reused the PID)."""
+    try:
+        if pid <= 0 or not psutil.pid_exists(pid):
+            return False
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "trainer" in " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:  # includes ZombieProcess
+        return False
+    except psutil.AccessDenied:
+        return True  # someone else's live process: assume the worst, so it is never deleted
+    except (psutil.Error, OSError, ValueError):
+        return False
+
+
+def _signature(path: Path) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for name in (METRICS, SUMMARY, PID_FILE, CONFIG, "checkpoints"):
+        try:
+            st = os.stat(path / name)
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _started(path: Path, last_t: float | None) -> float:
+    config_mtime = _mtime(path / CONFIG)
+    if config_mtime:
+        return config_mtime
+    metrics_mtime = _mtime(path / METRICS)
+    if metrics_mtime:
+        return metrics_mtime - (last_t or 0.0)
+    return _mtime(path)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _get(event: Event | None, key: str) -> Any:
+    return None if event is None else event.get(key)
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _float(v: Any) -> float | None:
+    """A finite number from JSON, else None (bools, strings, NaN: a hand-edited file is no crash)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _int(v: Any) -> int | None:
+    f = _float(v)
+    return None if f is None else int(f)
