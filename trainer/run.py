@@ -197,6 +197,15 @@ def _checkpointing_args(enabled: bool) -> dict[str, Any]:
     return {key: enabled, f"{key}_kwargs": {"use_reentrant": False}}
 
 
+def _say(text: str) -> None:
+    """A human line on stderr; a run the app left in the background has no reader, and that must
+    not turn a reported error into a BrokenPipeError."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
 def measured_peak(device: str) -> int:
     if device == "cuda":
         import torch
@@ -273,7 +282,7 @@ def main(config_path: str | None, resume_dir: str | None = None,
         # no run directory yet: the event goes to stdout only
         out.write(encode("error", 0.0, type="config", message=str(exc), hint="fix the run config") + "\n")
         out.flush()
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return EXIT_INPUT
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run = Run(cfg, run_dir, resume, stdin, out)
@@ -302,7 +311,7 @@ def _run(run: Run) -> int:
         return EXIT_OK
     except (ConfigError, DataError, ModelError) as exc:
         kind = "config" if isinstance(exc, ConfigError) else "data" if isinstance(exc, DataError) else "model"
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         run.fail(kind, str(exc), "fix the " + {"config": "run config", "data": "dataset", "model": "model path"}[kind])
         return EXIT_INPUT
     except BaseException as exc:  # noqa: BLE001 - classify OOM, report everything else as internal
@@ -311,7 +320,7 @@ def _run(run: Run) -> int:
         if isinstance(exc, KeyboardInterrupt):
             run.fail("internal", "interrupted", "resume the run with --resume")
             return 130
-        traceback.print_exc(file=sys.stderr)
+        _say(traceback.format_exc().rstrip())
         run.fail("internal", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                  "this is a bug; the traceback is in the log")
         return EXIT_INTERNAL
@@ -331,7 +340,7 @@ def _report_oom(run: Run, exc: BaseException) -> int:
     peak = measured_peak(device)
     budget = device_budget(device)
     hint, changes = oom_hint(run.cfg, run.runtime.precision if run.runtime else "fp32", budget)
-    print(f"error: out of memory: {exc}", file=sys.stderr)
+    _say(f"error: out of memory: {exc}")
     run.fail("oom", f"out of memory at {peak / 2**30:.2f} GiB measured ({device})", hint,
              peak_bytes=peak, budget_bytes=budget, fix=json.dumps(changes) if changes else None)
     return EXIT_OOM

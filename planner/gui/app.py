@@ -30,6 +30,7 @@ def run(page: str = "plan", screenshot: str | Path | None = None) -> int:
         return 2
     app = _application()
     window = MainWindow(page)
+    window.persist_geometry = screenshot is None
     window.show()
     if screenshot is None:
         return app.exec()

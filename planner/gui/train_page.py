@@ -7,41 +7,32 @@ never imports torch: ``python -c "import planner.gui.train_page"`` loads none of
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QProcess, QProcessEnvironment, Qt, QTimer
-from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSplitter, QTabWidget,
-    QVBoxLayout, QWidget,
-)
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QHBoxLayout, QPlainTextEdit, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
-from planner.gui.run_model import RunModel, fmt_duration, replay
-from planner.gui.run_process import PROJECT_ROOT, RunProcess
+from planner.gui.run_model import RunModel
+from planner.gui.run_process import RunProcess
 from planner.gui.state import AppState
 from planner.gui.train_charts import TrainCharts
+from planner.gui.train_demo import DemoBuilder
 from planner.gui.train_dialogs import OomDialog
 from planner.gui.train_fields import (
     FieldError, config_path_for, config_text, new_run_dir, resolve_paths, validate, write_config,
 )
+from planner.gui.train_follow import RunFollower, open_history, read_config
 from planner.gui.train_form import TrainForm
-from planner.units import fmt_count
+from planner.gui.train_panel import RunPanel
 from trainer.protocol import Event
 
 FRAME_MS = 100
 """Chart refresh period (10 Hz): smooth enough, and a redraw happens only after new data."""
 LOG_BLOCKS = 5000
 """Log pane lines kept: a chatty run can't grow the GUI's memory without bound."""
-CRASH_TAIL = 8
-"""stderr lines quoted in a crash report."""
-BANNER = {"ok": "", "error": "background: rgba(211, 47, 47, 0.12); border-left: 4px solid #d32f2f; padding: 6px;",
-          "done": "background: rgba(89, 161, 79, 0.12); border-left: 4px solid #59a14f; padding: 6px;",
-          "info": "background: rgba(78, 121, 167, 0.12); border-left: 4px solid #4e79a7; padding: 6px;"}
 
 
 class TrainPage(QWidget):
@@ -63,12 +54,16 @@ class TrainPage(QWidget):
         self._valid = False
         self._drawn = -1
         self._ticks = 0
-        self._demo: QProcess | None = None
+        self.demo = DemoBuilder(self)
+        self.follower: RunFollower | None = None
+        """Set while an opened run trains in the background (not our child): its file is followed."""
         self._build()
         self.form.changed.connect(self._form_changed)
         self.form.output_edited.connect(lambda: setattr(self, "_output_auto", False))
         self.form.output_new.clicked.connect(self.new_output_dir)
         self.form.demo_button.clicked.connect(self.make_demo)
+        self.demo.ready.connect(self._demo_ready)
+        self.demo.failed.connect(self._demo_failed)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop_and_save)
         self.cancel_button.clicked.connect(self.cancel_run)
@@ -93,33 +88,11 @@ class TrainPage(QWidget):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setFixedWidth(460)
 
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextFormat(Qt.TextFormat.PlainText)  # trainer messages may hold < and &
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m steps")
-        self.progress_label = QLabel()
-        self.info_label = QLabel()
-        self.info_label.setWordWrap(True)
-        self.info_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.start_button = QPushButton("Start")
-        self.start_button.setDefault(True)
-        self.stop_button = QPushButton("Stop && Save")
-        self.stop_button.setToolTip("Save a resumable checkpoint, then end (within one step).")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("End now without saving.")
-        self.checkpoint_button = QPushButton("Save checkpoint now")
-        self.resume_button = QPushButton("Resume")
-        self.resume_button.setToolTip("Continue this run from its last complete checkpoint (--resume).")
-        buttons = QHBoxLayout()
-        for b in (self.start_button, self.stop_button, self.cancel_button, self.checkpoint_button,
-                  self.resume_button):
-            buttons.addWidget(b)
-        buttons.addStretch(1)
-        progress_row = QHBoxLayout()
-        progress_row.addWidget(self.progress, 1)
-        progress_row.addWidget(self.progress_label)
+        self.panel = RunPanel()
+        # the widgets tests and the window reach for, by short names
+        for name in ("status_label", "progress", "progress_label", "info_label", "start_button", "stop_button",
+                     "cancel_button", "checkpoint_button", "resume_button"):
+            setattr(self, name, getattr(self.panel, name))
 
         self.charts = TrainCharts()
         self.config_preview = QPlainTextEdit()
@@ -140,10 +113,7 @@ class TrainPage(QWidget):
         split.setSizes([520, 200])  # the JSON preview readable without dragging the handle
 
         right = QVBoxLayout()
-        right.addWidget(self.status_label)
-        right.addLayout(progress_row)
-        right.addLayout(buttons)
-        right.addWidget(self.info_label)
+        right.addWidget(self.panel)
         right.addWidget(split, 1)
         layout = QHBoxLayout(self)
         layout.addWidget(scroll)
@@ -188,6 +158,7 @@ class TrainPage(QWidget):
         """Write the config next to the run dir and launch the trainer; False if invalid or busy."""
         if self.is_running():
             return False
+        self._stop_following()  # its charts make way for the new run; it keeps training
         fields = self.fields()
         error = validate(fields)
         if error is not None:
@@ -230,7 +201,11 @@ class TrainPage(QWidget):
 
     def stop_and_save(self) -> None:
         """Ask for a resumable checkpoint and an end. The trainer finishes this even if the app closes."""
-        if self.is_running():
+        if self.follower is not None and self.follower.stop():
+            self._stopping = True
+            self._set_banner(f"Stopping the background run (SIGTERM to pid {self.follower.pid})...", "info")
+            self._update_buttons()
+        elif self.is_running():
             self._command("stop")
             self._stopping = True
             self.process.release()
@@ -243,6 +218,7 @@ class TrainPage(QWidget):
             self._command("cancel")
             self._stopping = True
             self.process.release()
+            self._set_banner("Cancelling: the run ends after this step, without saving...", "info")
             self._update_buttons()
 
     def detach(self) -> None:
@@ -303,77 +279,79 @@ class TrainPage(QWidget):
 
     # -- opening a finished (or background) run ------------------------------------------------------
     def open_run(self, run_dir: str) -> None:
-        """Load a run's config into the form and replay its metrics.jsonl into the charts."""
+        """Load a run's config into the form and replay its metrics.jsonl into the charts. A run still
+        training in the background (an earlier session detached it) is then followed live."""
         if self.is_running():
             self._set_banner("A run is training here: stop it or let it finish before opening another.", "error")
             return
+        self._stop_following()
         path = Path(run_dir)
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            config = {}
-        if isinstance(config, dict) and config:
+        config = read_config(path)
+        if config:
             self.form.set_fields({k: v for k, v in config.items() if k != "output_dir"})
             self.new_output_dir()
-        try:
-            lines = (path / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            lines = []
-        self.model = replay(lines)
-        self.model.run_dir = str(path)
-        pid = _live_pid(path / "trainer.pid")
-        if pid is not None and self.model.status == "incomplete":
-            self.model.status, self.model.background_pid = "background", pid
+        self.model, self.follower = open_history(path)
+        if self.follower is not None:
+            self.timer.start()
         self.log_view.clear()
-        self.log_view.appendPlainText(f"replayed {path / 'metrics.jsonl'} ({len(lines)} lines, "
-                                      f"{self.model.torn_lines} torn or foreign skipped)")
+        self.log_view.appendPlainText(f"replayed {path / 'metrics.jsonl'} "
+                                      f"({self.model.torn_lines} torn or foreign lines skipped)")
+        self._redraw()
+
+    def _follow(self) -> None:
+        """Fold what the background trainer appended; stop when it ended or died."""
+        assert self.follower is not None
+        for event in self.follower.poll():
+            self.model.fold(event)
+        # liveness reads the run's files and the process table: every 2 s is plenty
+        if self.model.end is not None or (self._ticks % 20 == 0 and not self.follower.alive()):
+            run_dir = str(self.follower.run_dir)
+            self._stop_following()
+            self.state.run_changed.emit(run_dir)
+
+    def _stop_following(self) -> None:
+        if self.follower is None:
+            return
+        self.follower = None
+        self.timer.stop()
+        self._stopping = False
+        self.model.background_pid = None
+        if self.model.end is None:
+            self.model.status = "incomplete"  # died without an end: resumable from its checkpoint
+        self.model.revision += 1
         self._redraw()
 
     # -- demo ----------------------------------------------------------------------------------------
     def make_demo(self) -> None:
-        """``python -m trainer make-demo --out <runs root>/demo`` in a QProcess (torch stays out of the GUI)."""
-        if self._demo is not None:
-            return
+        """Build the offline demo under ``<runs root>/demo`` in a subprocess, then fill the form from it."""
         out = self.state.runs_root / "demo"
-        proc = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONUNBUFFERED", "1")
-        env.insert("HF_HUB_OFFLINE", "1")
-        proc.setProcessEnvironment(env)
-        proc.setWorkingDirectory(str(PROJECT_ROOT))
-        proc.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
-        proc.finished.connect(partial(self._demo_finished, proc, out))
-        self._demo = proc
+        self.demo.start(out)
         self.form.demo_button.setEnabled(False)
         self.form.demo_button.setText("Building demo...")
         self._set_banner(f"Building the demo model in {out} (a few seconds)...", "info")
         self._update_buttons()
-        proc.start(sys.executable, ["-m", "trainer", "make-demo", "--out", str(out)])
 
-    def _demo_finished(self, proc: QProcess, out: Path, code: int, _status: QProcess.ExitStatus) -> None:
-        output = bytes(proc.readAll().data()).decode("utf-8", errors="replace")
-        self.log_view.appendPlainText(output.rstrip())
-        self._demo = None
-        proc.deleteLater()
-        self.form.demo_button.setEnabled(True)
-        self.form.demo_button.setText("Make demo model")
-        try:
-            config = json.loads((out / "run.json").read_text(encoding="utf-8")) if code == 0 else None
-        except (OSError, ValueError):
-            config = None
-        if not isinstance(config, dict):
-            tail = "\n".join(output.strip().splitlines()[-CRASH_TAIL:])
-            self._set_banner(f"make-demo failed (exit code {code}):\n{tail}", "error")
-            self._update_buttons()
-            return
+    def _demo_ready(self, config: dict, output: str) -> None:
+        self.log_view.appendPlainText(output)
+        self._demo_done()
         self.form.set_fields({k: v for k, v in config.items() if k != "output_dir"})
         self.new_output_dir()
-        self._set_banner(f"Demo ready in {out}: a tiny Llama, 2000 chat examples, QLoRA settings. Press Start.",
-                         "done")
+        self._set_banner("Demo ready: a tiny Llama, 2000 chat examples and QLoRA settings. Press Start.", "done")
+
+    def _demo_failed(self, message: str) -> None:
+        self._demo_done()
+        self._set_banner(message, "error")
+
+    def _demo_done(self) -> None:
+        self.form.demo_button.setEnabled(True)
+        self.form.demo_button.setText("Make demo model")
+        self._update_buttons()
 
     # -- drawing -------------------------------------------------------------------------------------
     def _tick(self) -> None:
         self._ticks += 1
+        if self.follower is not None:
+            self._follow()
         pid = self.process.pid
         if self.device_memory_sampler and pid and self.is_running() and self._ticks % 10 == 0:
             used = self.device_memory_sampler(pid)  # 1 Hz: NVML is cheap but not free
@@ -383,62 +361,20 @@ class TrainPage(QWidget):
             self._redraw()
 
     def _redraw(self) -> None:
-        m = self.model
-        self._drawn = m.revision
-        self.charts.show_model(m)
-        p = m.progress()
-        self.progress.setFormat("%v / %m steps" if m.status != "idle" else "no run yet")
-        if m.status == "starting" and not p.total:
-            self.progress.setRange(0, 0)  # busy: the trainer is loading
-        else:
-            self.progress.setRange(0, max(p.total or 0, p.step, 1))
-            self.progress.setValue(p.step)
-        self.progress_label.setText(f"elapsed {fmt_duration(p.elapsed_s)} · ETA {fmt_duration(p.eta_s)}")
-        self.info_label.setText(_run_info(m))
-        text = m.status_text()
-        kind = {"failed": "error", "crashed": "error", "completed": "done", "idle": "ok"}.get(m.status, "info")
-        if m.status == "failed" and m.error and m.error.get("hint"):
-            text += f"\nHint: {m.error['hint']}"
-        if m.status == "crashed" and self.process.tail:
-            text += "\nLast log lines:\n" + "\n".join(list(self.process.tail)[-CRASH_TAIL:])
-        if not (self._stopping and m.is_live):
-            self._set_banner(text, kind)
+        self._drawn = self.model.revision
+        self.charts.show_model(self.model)
+        self.panel.show_model(self.model, self.process.tail, keep_banner=self._stopping and self.model.end is None)
         self._update_buttons()
 
     def _set_banner(self, text: str, kind: str) -> None:
-        self.status_label.setText(text)
-        self.status_label.setStyleSheet(BANNER[kind])
+        self.panel.set_banner(text, kind)
 
     def _update_buttons(self) -> None:
         live = self.is_running()
-        self.start_button.setEnabled(not live and self._valid and self._demo is None)
-        self.stop_button.setEnabled(live and not self._stopping)
+        self.start_button.setEnabled(not live and self._valid and not self.demo.is_running())
+        # a background run (not our child) has no stdin: SIGTERM, which means stop, is all it takes
+        self.stop_button.setEnabled((live or self.follower is not None) and not self._stopping)
         self.cancel_button.setEnabled(live)
         self.checkpoint_button.setEnabled(live and not self._stopping and self.model.status == "running")
         self.resume_button.setEnabled(not live and self.model.resumable)
 
-
-def _run_info(m: RunModel) -> str:
-    s = m.start
-    if not s:
-        return ""
-    parts = [f"{s.get('model')}", f"{s.get('method')}",
-             f"{fmt_count(int(s.get('params_trainable') or 0))} of {fmt_count(int(s.get('params_total') or 0))} "
-             "params trained"]
-    if s.get("device"):
-        parts.append(f"{s.get('device')} {s.get('precision') or ''}".strip())
-    if s.get("data_format"):
-        parts.append(f"{s.get('data_format')} data, {s.get('examples')} examples")
-    if s.get("resumed_from"):
-        parts.append(f"resumed from {Path(str(s['resumed_from'])).name}")
-    return " · ".join(parts)
-
-
-def _live_pid(pid_file: Path) -> int | None:
-    """The pid in a run's trainer.pid if that process still exists (a run training in the background)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid

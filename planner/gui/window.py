@@ -38,6 +38,8 @@ class MainWindow(QMainWindow):
     def __init__(self, page: str = "plan", state: AppState | None = None) -> None:
         super().__init__()
         self.state = state or AppState(parent=self)
+        self.persist_geometry = True
+        """Off for --screenshot: a rendered picture must not change the user's window size."""
         self.setWindowTitle("Fine-Tune Planner")
         self.resize(1200, 800)
         self.tabs = QTabWidget()
@@ -71,7 +73,8 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
             {"stop": train.stop_and_save, "background": train.detach, "cancel": train.cancel_run}[choice]()
-        self.state.settings.setValue("window/geometry", self.saveGeometry())
+        if self.persist_geometry:
+            self.state.settings.setValue("window/geometry", self.saveGeometry())
         event.accept()
 
     def close_decision(self) -> str:

@@ -1,0 +1,296 @@
+"""A training run as the Train page sees it: protocol events folded into chart series, progress and status.
+
+Qt-free, so it is tested in plain Python. A live run and a replayed ``metrics.jsonl`` go through
+the same :meth:`RunModel.fold`, so what the charts show after a restart is what they showed live.
+Values stay in base units (bytes, seconds); the widgets convert to GiB and clock time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.protocol import Event, ProtocolError, decode
+
+EMA_WEIGHT = 0.9
+"""Smoothing of the loss curve (TensorBoard's slider, debiased): ~10 steps of memory."""
+
+RESUMABLE = ("stopped", "crashed", "incomplete")
+"""Ends after which ``--resume`` continues from the last complete checkpoint."""
+
+
+@dataclass
+class Series:
+    """One chart curve: x (step) and y, appended as events arrive."""
+
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+
+    def append(self, x: float, y: float) -> None:
+        self.x.append(x)
+        self.y.append(y)
+
+    def rewind(self, x0: float) -> None:
+        """Drop the points at or after ``x0`` (a resumed run redoes the steps after its checkpoint)."""
+        keep = next((i for i, x in enumerate(self.x) if x >= x0), len(self.x))
+        del self.x[keep:], self.y[keep:]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def ema(values: Sequence[float], weight: float = EMA_WEIGHT) -> list[float]:
+    """Debiased exponential moving average: the first point equals the first value (no ramp from 0)."""
+    out, biased = [], 0.0
+    for n, value in enumerate(values, start=1):
+        biased = weight * biased + (1 - weight) * value
+        out.append(biased / (1 - weight**n))
+    return out
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int | None
+    """max_steps from the trainer; None until it said."""
+    elapsed_s: float
+    """Trainer time summed over every process of the run (a resume adds to it)."""
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        return min(self.step / self.total, 1.0) if self.total else None
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``1:02:03`` / ``2:03``; an em dash when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    s = max(int(round(seconds)), 0)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def describe_exit(code: int) -> str:
+    """``exit code 3`` or, for a negative code (killed by a signal), ``exit code -9 (SIGKILL)``."""
+    if code < 0:
+        try:
+            return f"exit code {code} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return f"exit code {code} (killed by signal {-code})"
+    return f"exit code {code}"
+
+
+class RunModel:
+    """Every series, the progress and the status of one run directory's history."""
+
+    def __init__(self, ema_weight: float = EMA_WEIGHT) -> None:
+        self.ema_weight = ema_weight
+        self.loss, self.loss_ema, self.eval_loss = Series(), Series(), Series()
+        self.lr, self.tokens_per_s = Series(), Series()
+        self.peak_alloc, self.peak_reserved, self.rss = Series(), Series(), Series()
+        self.device_used = Series()
+        """NVML per-process memory (see :func:`gpu_process_bytes`); empty on the CPU."""
+        self.predicted_peak_bytes: int | None = None
+        self.status = "idle"
+        self.run_dir: str | None = None
+        self.start: dict[str, Any] | None = None
+        """The newest ``start`` event's fields (model, params, device...)."""
+        self.end: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.checkpoints: list[tuple[int, str]] = []
+        self.exit_code: int | None = None
+        self.step = 0
+        self.max_steps: int | None = None
+        self.eta_s: float | None = None
+        self.torn_lines = 0
+        self.background_pid: int | None = None
+        """Set by the page when an opened run's trainer.pid names a live process (status "background")."""
+        self.revision = 0
+        """Bumped by every change: the page redraws only when it moved since the last frame."""
+        self._t = 0.0
+        self._t_before = 0.0  # trainer time of earlier processes of this run (before a resume)
+        self._ema_biased, self._ema_n = 0.0, 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def begin(self, run_dir: str) -> None:
+        """A trainer process is being launched for ``run_dir`` (fresh or resumed)."""
+        self.run_dir = run_dir
+        self.status = "starting"
+        self.end, self.error, self.exit_code = None, None, None
+        self.revision += 1
+
+    def finish(self, exit_code: int) -> None:
+        """The process exited. Without an ``end`` event it crashed (or failed before it could say)."""
+        self.exit_code = exit_code
+        if self.end is None:
+            self.status = "failed" if self.error is not None else "crashed"
+        self.eta_s = None
+        self.revision += 1
+
+    # -- folding ---------------------------------------------------------------------------------
+    def fold(self, event: Event) -> None:
+        f = event.fields
+        if event.kind == "start":
+            # a resumed process restarts its clock at 0: keep the run's total time growing
+            self._t_before += self._t
+            self._t = 0.0
+            self.start = dict(f)
+            self.run_dir = str(f["run_dir"])
+            self.max_steps = _int(f["max_steps"])
+            self.predicted_peak_bytes = _int(f["predicted_peak_bytes"])
+            self.status = "running"
+            self.end = self.error = None
+        elif event.kind == "step":
+            self._fold_step(f)
+        elif event.kind == "eval":
+            if (value := _num(f["eval_loss"])) is not None:
+                self.eval_loss.append(float(f["step"]), value)  # type: ignore[arg-type]
+        elif event.kind == "checkpoint":
+            self.checkpoints.append((int(f["step"]), str(f["path"])))  # type: ignore[arg-type]
+        elif event.kind == "error":
+            self.error = dict(f)
+            self.status = "failed"  # the end event follows; say it now, prominently
+        elif event.kind == "end":
+            self.end = dict(f)
+            self.status = str(f["status"])
+            self.step = max(self.step, int(f["steps"]))  # type: ignore[call-overload]
+            self.eta_s = None
+        self._t = max(self._t, event.t)
+        self.revision += 1
+
+    def _fold_step(self, f: Any) -> None:
+        step = int(f["step"])
+        if self.loss and step <= self.loss.x[-1]:
+            # a resume redoes the steps after its checkpoint: the old tail is superseded
+            for series in self._step_series():
+                series.rewind(step)
+            self._recompute_ema()
+        self.step = step
+        if (total := _int(f.get("max_steps"))) is not None and total > 0:
+            self.max_steps = total
+        self.eta_s = _num(f.get("eta_s"))
+        self.status = "running"
+        x = float(step)
+        loss = _num(f["loss"])
+        if loss is not None:  # a diverged (NaN) loss arrives as null: a gap, not a point
+            self.loss.append(x, loss)
+            self._ema_n += 1
+            self._ema_biased = self.ema_weight * self._ema_biased + (1 - self.ema_weight) * loss
+            self.loss_ema.append(x, self._ema_biased / (1 - self.ema_weight**self._ema_n))
+        for series, key in ((self.lr, "lr"), (self.tokens_per_s, "tokens_per_s"),
+                            (self.peak_alloc, "peak_alloc_bytes"), (self.peak_reserved, "peak_reserved_bytes"),
+                            (self.rss, "rss_bytes")):
+            if (value := _num(f.get(key))) is not None:
+                series.append(x, value)
+
+    def _step_series(self) -> tuple[Series, ...]:
+        return (self.loss, self.loss_ema, self.eval_loss, self.lr, self.tokens_per_s, self.peak_alloc,
+                self.peak_reserved, self.rss, self.device_used)
+
+    def _recompute_ema(self) -> None:
+        self.loss_ema = Series(list(self.loss.x), ema(self.loss.y, self.ema_weight))
+        self._ema_n = len(self.loss)
+        self._ema_biased = self.loss_ema.y[-1] * (1 - self.ema_weight**self._ema_n) if self.loss else 0.0
+
+    def fold_line(self, line: str) -> bool:
+        """Fold one JSON line; False (and counted) for a torn or foreign line, which is skipped."""
+        try:
+            event = decode(line)
+        except ProtocolError:
+            self.torn_lines += 1
+            return False
+        self.fold(event)
+        return True
+
+    def fold_device_memory(self, used_bytes: int) -> None:
+        """Hook for NVML: the trainer process's GPU memory now, charted at the current step."""
+        self.device_used.append(float(self.step), float(used_bytes))
+        self.revision += 1
+
+    # -- derived ---------------------------------------------------------------------------------
+    def progress(self) -> Progress:
+        return Progress(self.step, self.max_steps, self._t_before + self._t, self.eta_s)
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in RESUMABLE and self.run_dir is not None
+
+    def oom_fix(self) -> dict[str, Any] | None:
+        """The trainer's computed fix after an OOM: TrainConfig field changes, or None."""
+        return parse_fix(self.error.get("fix")) if self.error and self.error.get("type") == "oom" else None
+
+    def status_text(self) -> str:
+        """One line for the status banner."""
+        s, end, err = self.status, self.end or {}, self.error or {}
+        if s == "idle":
+            return "Ready: choose a model and a dataset (or Make demo model), then Start."
+        if s == "starting":
+            return "Starting the trainer (loading libraries, the model and the data)..."
+        if s == "running":
+            where = f" in the background (pid {self.background_pid})" if self.background_pid else ""
+            return f"Training{where}: step {self.step} of {self.max_steps or '?'}."
+        if s == "completed":
+            return f"Completed: {end.get('steps')} steps in {fmt_duration(_num(end.get('runtime_s')))}."
+        if s == "stopped":
+            return f"Stopped at step {end.get('steps')}; a resumable checkpoint was saved."
+        if s == "cancelled":
+            return f"Cancelled at step {end.get('steps')} (nothing saved)."
+        if s == "failed":
+            code = f" ({describe_exit(self.exit_code)})" if self.exit_code is not None else ""
+            return f"Failed{code}: {err.get('type', '?')} error: {err.get('message', 'no message')}"
+        if s == "crashed":
+            code = describe_exit(self.exit_code) if self.exit_code is not None else "no exit code"
+            return f"The trainer crashed ({code}) at step {self.step}; resume continues from the last checkpoint."
+        if s == "background":
+            return (f"Training in the background (pid {self.background_pid}): following its metrics.jsonl; "
+                    "Stop & Save sends it SIGTERM.")
+        if s == "incomplete":
+            return (f"This run has no end: it was killed at step {self.step}, or is still running elsewhere. "
+                    "Resume continues from its last checkpoint.")
+        return s
+
+
+def replay(lines: Iterable[str], model: RunModel | None = None) -> RunModel:
+    """Fold a ``metrics.jsonl`` history (torn lines skipped); a history without an end is incomplete."""
+    model = model or RunModel()
+    for line in lines:
+        if line.strip():
+            model.fold_line(line)
+    if model.end is None and model.start is not None:
+        model.status = "incomplete"
+    model.eta_s = None
+    return model
+
+
+def parse_fix(fix: Any) -> dict[str, Any] | None:
+    """The OOM event's ``fix`` (a JSON string of TrainConfig changes) as a dict; None if absent or bad."""
+    if not isinstance(fix, str) or not fix:
+        return None
+    try:
+        changes = json.loads(fix)
+    except ValueError:
+        return None
+    return changes if isinstance(changes, dict) and changes else None
+
+
+def gpu_process_bytes(gpus: Iterable[Any], pid: int) -> int | None:
+    """GPU memory NVML charges to ``pid``, summed over GPUs (``planner.hardware.sample().gpus``);
+    None when the process holds none or the driver does not say (WDDM, WSL, no permission)."""
+    used = [p.used_memory for g in gpus for p in (g.processes or ()) if p.pid == pid and p.used_memory is not None]
+    return sum(used) if used else None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

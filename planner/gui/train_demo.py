@@ -1,0 +1,63 @@
+""""Make demo model": ``python -m trainer make-demo --out DIR`` in a QProcess, then its run.json.
+
+The demo needs torch to build, so it never runs in the GUI process, and never on the GUI thread:
+QProcess reports through the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
+
+from planner.gui.run_process import PROJECT_ROOT
+
+TAIL_LINES = 8
+
+
+class DemoBuilder(QObject):
+    ready = Signal(dict, str)
+    """(the demo's run config as TrainConfig fields, make-demo's output)."""
+    failed = Signal(str)
+    """What went wrong, with the last lines of make-demo's output."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._proc: QProcess | None = None
+
+    def is_running(self) -> bool:
+        return self._proc is not None
+
+    def start(self, out: Path) -> None:
+        if self._proc is not None:
+            return
+        proc = QProcess(self)
+        env = QProcessEnvironment.systemEnvironment()
+        env.insert("PYTHONUNBUFFERED", "1")
+        env.insert("HF_HUB_OFFLINE", "1")  # the demo is built from code: nothing to download
+        proc.setProcessEnvironment(env)
+        proc.setWorkingDirectory(str(PROJECT_ROOT))
+        proc.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
+        proc.finished.connect(lambda code, _status: self._done(proc, out, code))
+        proc.errorOccurred.connect(lambda err: self._done(proc, out, -1)
+                                   if err == QProcess.ProcessError.FailedToStart else None)
+        self._proc = proc
+        proc.start(sys.executable, ["-m", "trainer", "make-demo", "--out", str(out)])
+
+    def _done(self, proc: QProcess, out: Path, code: int) -> None:
+        if self._proc is not proc:
+            return  # FailedToStart and finished can both arrive
+        self._proc = None
+        output = bytes(proc.readAll().data()).decode("utf-8", errors="replace").strip()
+        proc.deleteLater()
+        try:
+            config = json.loads((out / "run.json").read_text(encoding="utf-8")) if code == 0 else None
+        except (OSError, ValueError):
+            config = None
+        if isinstance(config, dict):
+            self.ready.emit(config, output)
+        else:
+            tail = "\n".join(output.splitlines()[-TAIL_LINES:]) or proc.errorString()
+            self.failed.emit(f"make-demo failed (exit code {code}):\n{tail}")

@@ -1,0 +1,270 @@
+"""The Train page's form as data: validation, the run directory's name, the config file, a dataset peek.
+
+Qt-free. DESIGN.md's layering rule 3 keeps ``trainer.config`` out of the planner, so the checks
+below mirror ``TrainConfig.__post_init__`` for the fields the form edits, with the same one-line
+"field: problem" messages; the trainer validates again at start and its ``config`` error event
+is shown too. Choices come from ``planner.options``, the lists TrainConfig itself uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from planner.options import METHODS, QUANTS
+
+FORMAT_FIELDS = {"alpaca": "instruction, input, output", "sharegpt": "conversations: from/value",
+                 "messages": "messages: role/content", "text": "text"}
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+PEEK_BYTES = 256 * 1024
+"""The dataset preview reads at most this much: a 50 GB file previews as fast as a small one."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    """The TrainConfig field at fault (picks the label beside the widget); "" for the whole config."""
+    message: str
+
+
+def _whole(name: str, value: Any, minimum: int) -> FieldError | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return FieldError(name, f"{name}: expected a whole number >= {minimum}, got {value!r}")
+    return None
+
+
+def _positive_number(name: str, value: Any) -> FieldError | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return None if ok else FieldError(name, f"{name}: expected a number > 0.0, got {value!r}")
+
+
+def validate(fields: Mapping[str, Any]) -> FieldError | None:
+    """The first problem with the fields the form edits, in TrainConfig's words; None when fine."""
+    for name in ("model", "dataset", "output_dir"):
+        if not str(fields.get(name, "")).strip():
+            what = {"model": "give a local model folder or a Hub id",
+                    "dataset": "give a .jsonl, .json, .csv or .parquet file",
+                    "output_dir": "give a directory for the run"}[name]
+            return FieldError(name, f"{name}: empty; {what}")
+    for name, allowed in (("method", METHODS), ("quant", QUANTS)):
+        if name in fields and fields[name] not in allowed:
+            return FieldError(name, f"{name}: '{fields[name]}' is not one of {', '.join(allowed)}")
+    dataset = Path(str(fields["dataset"])).expanduser()
+    if dataset.suffix.lower() not in DATA_SUFFIXES:
+        return FieldError("dataset", f"dataset: unsupported file type '{dataset.suffix}'; "
+                                     "use .jsonl, .json, .csv or .parquet")
+    if not dataset.is_file():
+        return FieldError("dataset", f"dataset: {dataset} does not exist")
+    model = str(fields["model"]).strip()
+    if _looks_local(model) and not Path(model).expanduser().exists():
+        return FieldError("model", f"model: no folder {model}")
+    run_dir = Path(str(fields["output_dir"])).expanduser()
+    if (run_dir / "metrics.jsonl").exists():
+        return FieldError("output_dir", f"output_dir: {run_dir} already holds a run; choose another "
+                                        "(New) or open it from the Runs page to resume")
+    for name, minimum in (("lora_r", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
+                          ("max_seq_len", 1), ("max_steps", -1)):
+        if name in fields and (err := _whole(name, fields[name], minimum)):
+            return err
+    if fields.get("max_steps") == 0:
+        return FieldError("max_steps", "max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count")
+    for name in ("learning_rate", "epochs"):
+        if name in fields and (err := _positive_number(name, fields[name])):
+            return err
+    if "grad_checkpointing" in fields and not isinstance(fields["grad_checkpointing"], bool):
+        return FieldError("grad_checkpointing", f"grad_checkpointing: expected true or false, "
+                                                f"got {fields['grad_checkpointing']!r}")
+    return None
+
+
+def _looks_local(model: str) -> bool:
+    # A Hub id is "org/name" or "name"; a leading /, ~ or ., a backslash, a drive letter or a
+    # second slash can only be a folder the user meant.
+    return (model.startswith(("/", "~", ".")) or "\\" in model or model.count("/") > 1
+            or bool(re.match(r"^[A-Za-z]:", model)))
+
+
+def resolve_paths(fields: Mapping[str, Any], runs_root: Path) -> dict[str, Any]:
+    """Absolute paths: the trainer runs in the project root, not where the app was started.
+    A relative run directory lives under the runs root."""
+    out = dict(fields)
+    output = str(out.get("output_dir", "")).strip()
+    if output:
+        path = Path(output).expanduser()
+        out["output_dir"] = str(path if path.is_absolute() else runs_root.expanduser() / path)
+    dataset = str(out.get("dataset", "")).strip()
+    if dataset:
+        out["dataset"] = str(Path(dataset).expanduser().absolute())
+    model = str(out.get("model", "")).strip()
+    if model and (_looks_local(model) or Path(model).expanduser().exists()):
+        out["model"] = str(Path(model).expanduser().absolute())
+    return out
+
+
+def parse_number(text: str) -> float | str:
+    """A number typed into a line edit; the raw text when it is not one (validation names it)."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
+def config_text(fields: Mapping[str, Any]) -> str:
+    """The exact JSON the trainer reads (TrainConfig.to_json's layout): what the preview shows."""
+    return json.dumps(dict(fields), indent=2) + "\n"
+
+
+def write_config(path: Path, text: str) -> None:
+    """Write atomically (temporary sibling, fsync, rename): a crash never leaves half a config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_path_for(run_dir: Path) -> Path:
+    """The launch config sits next to the run directory (the trainer copies it inside as config.json)."""
+    return run_dir.parent / f"{run_dir.name}.json"
+
+
+def model_slug(model: str) -> str:
+    """``meta-llama/Llama-2-7b-hf`` -> ``Llama-2-7b-hf``; a folder -> its name; safe for a path."""
+    name = Path(model.strip().rstrip("/\\")).name or "model"
+    if name == "model" and Path(model).parent.name:  # make-demo's DIR/model: name it after DIR
+        name = Path(model.strip().rstrip("/\\")).parent.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def new_run_dir(root: Path, model: str, method: str, now: datetime | None = None) -> Path:
+    """``<root>/<model>-<method>-<YYYYmmdd-HHMMSS>``, with -2, -3... if that name is taken."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    base = f"{model_slug(model)}-{method}-{stamp}"
+    candidate, n = root / base, 1
+    while candidate.exists() or config_path_for(candidate).exists():
+        n += 1
+        candidate = root / f"{base}-{n}"
+    return candidate
+
+
+# ---- dataset peek ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DatasetPeek:
+    format: str | None
+    """alpaca | sharegpt | messages | text, or None when it cannot be told from the first rows."""
+    examples: tuple[str, ...]
+    """The first rows, each shortened to a few readable lines."""
+    note: str = ""
+    """Why there is no format or preview (the trainer has the last word when it loads the file)."""
+
+
+def detect_format(row: Mapping[str, Any]) -> str | None:
+    """The trainer's rules (trainer.formats.detect_format), on the first row only."""
+    for col in ("messages", "conversations"):
+        if col in row:
+            turns = row[col]
+            if isinstance(turns, list) and turns and isinstance(turns[0], Mapping):
+                if "role" in turns[0] or "content" in turns[0]:
+                    return "messages"
+                if "from" in turns[0] or "value" in turns[0]:
+                    return "sharegpt"
+            return "messages" if col == "messages" else "sharegpt"
+    if "instruction" in row:
+        return "alpaca"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def _short(text: Any, limit: int = 160) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def render_example(row: Mapping[str, Any], fmt: str | None) -> str:
+    if fmt in ("messages", "sharegpt"):
+        turns = row.get("messages" if fmt == "messages" else "conversations") or []
+        role, content = ("role", "content") if fmt == "messages" else ("from", "value")
+        return "\n".join(f"{t.get(role, '?')}: {_short(t.get(content, ''))}" for t in turns[:4]
+                         if isinstance(t, Mapping))
+    if fmt == "alpaca":
+        parts = [f"{k}: {_short(row[k])}" for k in ("system", "instruction", "input", "output") if row.get(k)]
+        return "\n".join(parts)
+    if fmt == "text":
+        return _short(row.get("text", ""), 320)
+    return _short(json.dumps(row, ensure_ascii=False), 320)
+
+
+def _rows(path: Path, n: int) -> list[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        head = fh.read(PEEK_BYTES).decode("utf-8", errors="replace")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return [dict(r) for _, r in zip(range(n), csv.DictReader(io.StringIO(head)))]
+    stripped = head.lstrip()
+    if suffix == ".json" and stripped.startswith("["):
+        rows, decoder, pos = [], json.JSONDecoder(), 1
+        while len(rows) < n:
+            while pos < len(stripped) and stripped[pos] in " \t\r\n,":
+                pos += 1
+            if pos >= len(stripped) or stripped[pos] == "]":
+                break
+            item, pos = decoder.raw_decode(stripped, pos)
+            rows.append(item)
+        return rows
+    rows = []
+    for number, line in enumerate(head.splitlines(), start=1):
+        if len(rows) == n:
+            break
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise ValueError(f"line {number}: malformed JSON") from None
+    return rows
+
+
+def peek_dataset(path: str | Path, n: int = 3) -> DatasetPeek:
+    """Format and first ``n`` examples from the first few rows only (cheap); never raises."""
+    p = Path(path).expanduser()
+    if not str(path).strip():
+        return DatasetPeek(None, (), "no dataset chosen")
+    if not p.is_file():
+        return DatasetPeek(None, (), "no such file")
+    if p.suffix.lower() == ".parquet":
+        return DatasetPeek(None, (), "Parquet: the trainer detects the format when it loads the file")
+    try:
+        rows = _rows(p, n)
+    except (OSError, ValueError) as exc:
+        return DatasetPeek(None, (), f"cannot preview: {exc}")
+    rows = [r for r in rows if isinstance(r, dict)]
+    if not rows:
+        return DatasetPeek(None, (), "no rows in the first part of the file")
+    fmt = detect_format(rows[0])
+    note = "" if fmt else ("unknown format; supported: "
+                           + "; ".join(f"{k} ({v})" for k, v in FORMAT_FIELDS.items()))
+    return DatasetPeek(fmt, tuple(render_example(r, fmt) for r in rows), note)
+
+
+def apply_changes(fields: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields with a fix applied (the OOM dialog's "Apply and restart")."""
+    out = dict(fields)
+    out.update(changes)
+    return out

@@ -1,0 +1,204 @@
+"""The Train page without a trainer: form, validation beside the fields, JSON preview, hand-offs, replay."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from planner.gui.run_process import PROJECT_ROOT, _take_lines  # noqa: E402
+from planner.gui.state import AppState  # noqa: E402
+from planner.gui.train_page import TrainPage  # noqa: E402
+from trainer.protocol import encode  # noqa: E402
+
+
+@pytest.fixture
+def page(qtbot, tmp_path):
+    state = AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    state.set_runs_root(tmp_path / "runs")
+    p = TrainPage(state)
+    qtbot.addWidget(p)
+    return p
+
+
+@pytest.fixture
+def sources(tmp_path):
+    model = tmp_path / "demo" / "model"
+    model.mkdir(parents=True)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"reverse: a b {i}"},
+                                                    {"role": "assistant", "content": f"{i} b a"}]}) + "\n"
+                            for i in range(5)))
+    return model, data
+
+
+def fill(page: TrainPage, model: Path, data: Path) -> None:
+    page.form.model_edit.setText(str(model))
+    page.form.dataset_edit.setText(str(data))
+
+
+def test_page_builds_and_waits_for_a_model(page):
+    assert page.form.shown_error().startswith("model: empty")
+    assert not page.start_button.isEnabled()
+    assert not page.stop_button.isEnabled() and not page.cancel_button.isEnabled()
+    assert not page.resume_button.isEnabled() and not page.is_running()
+    assert page.form.output_edit.text().startswith(str(page.state.runs_root))
+
+
+def test_bad_value_shows_beside_the_field_and_disables_start(page, sources):
+    fill(page, *sources)
+    assert page.form.shown_error() == "" and page.start_button.isEnabled()
+    page.form.lr_edit.setText("abc")
+    label = page.form.errors["learning_rate"]
+    assert not label.isHidden() and label.text() == "learning_rate: expected a number > 0.0, got 'abc'"
+    assert not page.start_button.isEnabled()
+    page.form.lr_edit.setText("0")
+    assert "got 0.0" in label.text() and not page.start_button.isEnabled()
+    page.form.lr_edit.setText("1e-4")
+    assert label.isHidden() and page.start_button.isEnabled()
+    page.form.dataset_edit.setText(str(sources[1].with_name("missing.jsonl")))
+    assert "does not exist" in page.form.errors["dataset"].text() and not page.start_button.isEnabled()
+
+
+def test_preview_is_the_exact_json_and_follows_the_form(page, sources):
+    fill(page, *sources)
+    page.form.batch_spin.setValue(6)
+    page.form.steps_spin.setValue(42)
+    text = page.config_preview.toPlainText()
+    config = json.loads(text)
+    assert config == page.fields() and text == json.dumps(page.fields(), indent=2) + "\n"
+    assert list(config)[:3] == ["model", "dataset", "output_dir"]
+    assert config["batch_size"] == 6 and config["max_steps"] == 42 and config["model"] == str(sources[0])
+
+
+def test_dataset_preview_shows_format_and_three_examples(page, sources):
+    fill(page, *sources)
+    assert page.form.format_label.text() == "messages"
+    preview = page.form.preview.toPlainText()
+    assert "#1  user: reverse: a b 0" in preview and "#3" in preview and "#4" not in preview
+
+
+def test_run_dir_follows_model_and_method_until_typed(page, sources):
+    fill(page, *sources)
+    auto = page.form.output_edit.text()
+    assert Path(auto).name.startswith("demo-qlora-")
+    page.form.method_box.setCurrentText("lora")
+    assert Path(page.form.output_edit.text()).name.startswith("demo-lora-")
+    page.form.output_edit.setText("mine")
+    page.form.output_edit.textEdited.emit("mine")  # what typing emits
+    page.form.method_box.setCurrentText("full")
+    assert page.form.output_edit.text() == "mine"
+    assert page.fields()["output_dir"] == str(page.state.runs_root / "mine")
+    page.form.output_new.click()
+    assert Path(page.form.output_edit.text()).name.startswith("demo-full-")
+
+
+def test_plan_to_train_fills_the_form(page, sources):
+    fill(page, *sources)
+    page.state.plan_to_train.emit({"model": "meta-llama/Llama-2-7b-hf", "method": "lora", "batch_size": 4,
+                                   "max_seq_len": 1024, "lora_r": 64, "grad_checkpointing": False,
+                                   "optimizer": "paged_adamw_8bit", "epochs": 2.0})
+    f = page.fields()
+    assert (f["model"], f["method"], f["batch_size"], f["max_seq_len"], f["lora_r"]) == (
+        "meta-llama/Llama-2-7b-hf", "lora", 4, 1024, 64)
+    assert f["grad_checkpointing"] is False and f["optimizer"] == "paged_adamw_8bit" and f["epochs"] == 2.0
+    assert f["dataset"] == str(sources[1])  # the plan has no data: the chosen file stays
+    assert json.loads(page.config_preview.toPlainText())["optimizer"] == "paged_adamw_8bit"
+    assert page.start_button.isEnabled()
+
+
+def test_open_run_replays_metrics_and_loads_the_config(page, sources, tmp_path):
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": str(sources[0]), "dataset": str(sources[1]),
+                                                 "output_dir": str(run), "method": "lora", "batch_size": 3}))
+    start = dict(model="m", method="lora", params_total=100, params_trainable=10, max_steps=10, run_dir=str(run),
+                 predicted_peak_bytes=2**30)
+    step = dict(epoch=0.1, loss=2.0, lr=1e-4, grad_norm=1.0, tokens_per_s=50.0, peak_alloc_bytes=0,
+                peak_reserved_bytes=0, rss_bytes=2**30, max_steps=10, eta_s=9.0)
+    lines = [encode("start", 0.1, **start)] + [encode("step", float(i), step=i, **step) for i in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"v":1,"event":"st')  # killed mid-write
+    page.state.open_run.emit(str(run))
+    assert page.model.torn_lines == 1 and page.model.status == "incomplete"
+    assert len(page.charts.loss_raw.xData) == 3 and len(page.charts.rss.yData) == 3
+    assert page.charts.predicted.isVisible() and page.charts.predicted.value() == pytest.approx(1.0)
+    assert page.progress.value() == 3 and page.progress.maximum() == 10
+    assert page.resume_button.isEnabled() and "no end" in page.status_label.text()
+    f = page.fields()
+    assert f["method"] == "lora" and f["batch_size"] == 3 and f["output_dir"] != str(run)
+
+
+FAKE_TRAINER = """
+import signal, sys
+metrics, end = sys.argv[1], sys.argv[2]
+def stop(*_):
+    with open(metrics, "a") as fh:
+        fh.write(end + "\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def fake_trainer(tmp_path):
+    """A live process whose command line names the trainer and that, on SIGTERM (= stop), writes an end."""
+    run = tmp_path / "runs" / "bg"
+    run.mkdir(parents=True)
+    end = encode("end", 9.0, status="stopped", steps=2, runtime_s=9.0, output_dir=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, str(run / "metrics.jsonl"), end, "fake-trainer"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    (run / "trainer.pid").write_text(f"{proc.pid}\n")
+    yield run, proc
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_a_run_training_in_the_background_is_followed_and_stopped(qtbot, page, fake_trainer):
+    run, proc = fake_trainer
+    start = dict(model="m", method="lora", params_total=100, params_trainable=10, max_steps=10, run_dir=str(run),
+                 predicted_peak_bytes=None)
+    step = dict(epoch=0.1, loss=2.0, lr=1e-4, grad_norm=1.0, tokens_per_s=50.0, peak_alloc_bytes=0,
+                peak_reserved_bytes=0, rss_bytes=2**30, max_steps=10, eta_s=9.0)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(encode("start", 0.1, **start) + "\n" + encode("step", 1.0, step=1, **step)[:20])
+    page.open_run(str(run))
+    assert page.model.status == "background" and not page.resume_button.isEnabled()
+    assert f"pid {proc.pid}" in page.status_label.text() and page.model.step == 0
+    assert page.stop_button.isEnabled() and not page.cancel_button.isEnabled() and not page.is_running()
+    with open(metrics, "a") as fh:  # the trainer finishes its line and writes the next step
+        fh.write(encode("step", 1.0, step=1, **step)[20:] + "\n" + encode("step", 2.0, step=2, **step) + "\n")
+    qtbot.waitUntil(lambda: page.model.step == 2, timeout=5000)
+    assert page.model.loss.x == [1.0, 2.0] and "in the background" in page.status_label.text()
+    changed: list[str] = []
+    page.state.run_changed.connect(changed.append)
+    page.stop_button.click()  # SIGTERM: the fake writes its end event, as the trainer would
+    qtbot.waitUntil(lambda: page.model.status == "stopped" and page.follower is None, timeout=5000)
+    assert page.resume_button.isEnabled() and changed == [str(run)]
+    assert proc.wait(timeout=10) == 0
+
+
+def test_partial_lines_wait_for_their_newline():
+    buf = bytearray(b'{"a":1}\n{"b":')
+    assert _take_lines(buf) == ['{"a":1}'] and buf == bytearray(b'{"b":')
+    assert _take_lines(buf) == []
+    buf += b'2}\r\n'
+    assert _take_lines(buf) == ['{"b":2}'] and not buf
+
+
+def test_importing_the_page_loads_no_torch():
+    code = ("import planner.gui.train_page, sys; heavy = [m for m in ('torch', 'transformers', 'peft', "
+            "'bitsandbytes', 'datasets') if m in sys.modules]; assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0, done.stderr
