@@ -1,29 +1,76 @@
 #!/usr/bin/env python3
-"""Render the README's pictures of the app: `python scripts/screenshots.py`.
+"""Render the README's picture of every page: `python scripts/screenshots.py`.
 
-Each page is drawn offscreen by the app's own `gui --screenshot`, so the picture is the real window.
+The real window, offscreen: Hardware as this machine sees it, Plan with its defaults, and Train
+and Runs on a real demo run trained here first (tiny model, ~30 steps on the CPU). Nothing is
+written to the user's settings or runs folder.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "resources" / "screenshots"
-PAGES = ("plan",)  # the pages that show something real so far
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def train_demo(runs_root: Path) -> Path:
+    """A finished demo run, trained by the real trainer in a subprocess (the app never imports torch)."""
+    import json
+    import subprocess
+
+    demo = runs_root / "demo"
+    subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(demo)], cwd=ROOT, check=True,
+                   capture_output=True)
+    config = json.loads((demo / "run.json").read_text())
+    run_dir = runs_root / "demo-qlora"
+    config.update(output_dir=str(run_dir), max_steps=40, save_steps=20, val_split=0.05, eval_steps=10)
+    path = runs_root / "demo-qlora.json"
+    path.write_text(json.dumps(config))
+    subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(path)], cwd=ROOT, check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL)
+    return run_dir
 
 
 def main() -> int:
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
     OUT.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
-    for page in PAGES:
-        target = OUT / f"{page}.png"
-        subprocess.run([sys.executable, "-m", "planner", "gui", "--page", page, "--screenshot", str(target)],
-                       cwd=ROOT, env=env, check=True)
-        print(target.relative_to(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        run_dir = train_demo(tmp_path / "runs")
+        app = QApplication.instance() or QApplication([])
+        from planner.gui.state import AppState
+        from planner.gui.window import MainWindow
+
+        state = AppState(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+        state.set_runs_root(tmp_path / "runs")
+        window = MainWindow("plan", state=state)
+        window.persist_geometry = False
+        window.resize(1280, 860)
+        window.show()
+        state.open_run.emit(str(run_dir))
+        for page in ("hardware", "plan", "train", "runs"):
+            window.show_page(page)
+            for _ in range(20):  # layout, async recommendation, chart paints
+                app.processEvents()
+            plan = window.pages["plan"]
+            if page == "plan":
+                plan.recommender.wait()
+                app.processEvents()
+            target = OUT / f"{page}.png"
+            if not window.grab().save(str(target), "PNG"):
+                print(f"error: cannot write {target}", file=sys.stderr)
+                return 2
+            print(target.relative_to(ROOT))
+        window.close()
     return 0
 
 

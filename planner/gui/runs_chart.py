@@ -106,6 +106,7 @@ class ReplayChart(QWidget):
         plot.setMenuEnabled(False)
         plot.hideButtons()
         plot.setLabel("left", label)
+        plot.getAxis("left").enableAutoSIPrefix(False)  # GiB stay GiB, not "(x0.001)"
         plot.showGrid(x=True, y=True, alpha=0.2)
         plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         plot.setMinimumHeight(120)
@@ -127,6 +128,11 @@ class ReplayChart(QWidget):
         self.reserved_curve.setData(x, np.asarray(replay.reserved, dtype=float) / GiB if replay.on_gpu else [])
         self._rename(self.memory_legend, self.measured_curve, "peak allocated" if replay.on_gpu else "host RSS")
         self.reserved_curve.setVisible(replay.on_gpu)
+        listed = any(sample.item is self.reserved_curve for sample, _ in self.memory_legend.items)
+        if replay.on_gpu and not listed:
+            self.memory_legend.addItem(self.reserved_curve, "reserved")
+        elif not replay.on_gpu and listed:  # a CPU run has no reserved pool: no empty legend key
+            self.memory_legend.removeItem(self.reserved_curve)
         top = float(np.nanmax(measured)) / GiB if measured and not np.isnan(measured).all() else 0.0
         if replay.predicted:
             self.predicted_line.setValue(replay.predicted / GiB)
