@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from planner.atomic import atomic_write_text
 from planner.errors import PlannerError
 
 
@@ -60,11 +61,8 @@ def save_prices(prices: Prices, path: Path | None = None) -> None:
             raise PlannerError(f"price for {name} must be a number >= 0, got {value!r}")
     if prices.electricity_usd_per_kwh is not None and not _valid_price(prices.electricity_usd_per_kwh):
         raise PlannerError(f"electricity price must be a number >= 0, got {prices.electricity_usd_per_kwh!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"gpu_usd_per_hour": prices.gpu_usd_per_hour,
-                               "electricity_usd_per_kwh": prices.electricity_usd_per_kwh}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"gpu_usd_per_hour": prices.gpu_usd_per_hour,
+                                        "electricity_usd_per_kwh": prices.electricity_usd_per_kwh}, indent=2) + "\n")
 
 
 def with_user_price(spec, prices: Prices):

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.dataformats import FORMAT_FIELDS, format_of
+
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-FORMAT_FIELDS = {"alpaca": "instruction, input, output", "sharegpt": "conversations: from/value",
-                 "messages": "messages: role/content", "text": "text"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
 ROLES = ("user", "assistant", "system")
@@ -86,19 +86,9 @@ def detect_format(columns: Iterable[str], first_row: Mapping, *, path: str | Pat
     (``role``/``content``: messages, ``from``/``value``: sharegpt), else by the column name.
     """
     cols = list(columns)
-    for col in ("messages", "conversations"):
-        if col in cols:
-            turns = first_row.get(col) if isinstance(first_row, Mapping) else None
-            if isinstance(turns, list) and turns and isinstance(turns[0], Mapping):
-                if "role" in turns[0] or "content" in turns[0]:
-                    return "messages"
-                if "from" in turns[0] or "value" in turns[0]:
-                    return "sharegpt"
-            return "messages" if col == "messages" else "sharegpt"
-    if "instruction" in cols:
-        return "alpaca"
-    if "text" in cols:
-        return "text"
+    found = format_of(cols, first_row)
+    if found is not None:
+        return found
     supported = "; ".join(f"{name} ({fields})" for name, fields in FORMAT_FIELDS.items())
     raise DataError(path, f"unknown format: columns {cols} name nothing known; supported: {supported}")
 

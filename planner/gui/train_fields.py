@@ -12,19 +12,17 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from planner.atomic import atomic_write_text
+from planner.dataformats import FORMAT_FIELDS, format_of
 from planner.options import METHODS, QUANTS
 
-FORMAT_FIELDS = {"alpaca": "instruction, input, output", "sharegpt": "conversations: from/value",
-                 "messages": "messages: role/content", "text": "text"}
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 PEEK_BYTES = 256 * 1024
 """The dataset preview reads at most this much: a 50 GB file previews as fast as a small one."""
@@ -125,18 +123,8 @@ def config_text(fields: Mapping[str, Any]) -> str:
 
 
 def write_config(path: Path, text: str) -> None:
-    """Write atomically (temporary sibling, fsync, rename): a crash never leaves half a config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Written under a temporary name, then renamed: a crash never leaves half a config."""
+    atomic_write_text(path, text)
 
 
 def config_path_for(run_dir: Path) -> Path:
@@ -177,20 +165,7 @@ class DatasetPeek:
 
 def detect_format(row: Mapping[str, Any]) -> str | None:
     """The trainer's rules (trainer.formats.detect_format), on the first row only."""
-    for col in ("messages", "conversations"):
-        if col in row:
-            turns = row[col]
-            if isinstance(turns, list) and turns and isinstance(turns[0], Mapping):
-                if "role" in turns[0] or "content" in turns[0]:
-                    return "messages"
-                if "from" in turns[0] or "value" in turns[0]:
-                    return "sharegpt"
-            return "messages" if col == "messages" else "sharegpt"
-    if "instruction" in row:
-        return "alpaca"
-    if "text" in row:
-        return "text"
-    return None
+    return format_of(list(row), row)
 
 
 def _short(text: Any, limit: int = 160) -> str:
