@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QCompleter, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-    QLineEdit, QPushButton, QSpinBox, QWidget,
+    QLineEdit, QMenu, QPushButton, QSpinBox, QWidget,
 )
 
 from planner.catalog import catalog
@@ -58,7 +58,10 @@ class PlanForm(QWidget):
         self.open_button = QPushButton("Open...")
         self.open_button.setToolTip("Plan a local model: its config.json, or a folder (exact counts from "
                                     "*.safetensors headers, no weights loaded).")
-        self.open_button.clicked.connect(self._open_model)
+        menu = QMenu(self.open_button)
+        menu.addAction("Model folder...", self._open_folder)
+        menu.addAction("config.json...", self._open_config)
+        self.open_button.setMenu(menu)
         self.method_box = _combo(METHODS, d.method, "Your method: outlined in the chart and bold in the summary. "
                                  "The chart always compares all four.")
         self.quant_box = _combo(QUANTS, d.quant, "QLoRA base format (bitsandbytes): NF4/FP4 4-bit or LLM.int8.")
@@ -165,8 +168,13 @@ class PlanForm(QWidget):
         for edit in (self.targets_edit, self.save_edit):
             edit.textChanged.connect(self.changed)
 
-    def _open_model(self) -> None:
+    def _open_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder (config.json, *.safetensors)")
+        if path:
+            self.model_box.setCurrentText(path)
+
+    def _open_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "A model's config.json", "", "config (*.json);;All files (*)")
         if path:
             self.model_box.setCurrentText(path)
 
