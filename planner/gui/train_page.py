@@ -44,9 +44,9 @@ class TrainPage(QWidget):
         self.model = RunModel()
         self.process = RunProcess(self)
         self.oom_dialog: OomDialog | None = None
-        self.device_memory_sampler: Callable[[int], int | None] | None = None
-        """NVML hook: trainer pid -> its GPU bytes, sampled at 1 Hz while a run lives. None on the CPU.
-        With a GPU: ``lambda pid: gpu_process_bytes(planner.hardware.sample().gpus, pid)``."""
+        self.device_memory_sampler: Callable[[int], int | None] | None = nvml_sampler()
+        """Trainer pid -> the GPU bytes NVML charges it, sampled at 1 Hz while a run lives; None
+        when NVML sees no GPU (then the chart shows torch's peaks and RSS only)."""
         self._output_auto = True  # the run dir follows model and method until the user types one
         self._auto_key: tuple[str, str] | None = None
         self._stopping = False
@@ -378,3 +378,12 @@ class TrainPage(QWidget):
         self.checkpoint_button.setEnabled(live and not self._stopping and self.model.status == "running")
         self.resume_button.setEnabled(not live and self.model.resumable)
 
+
+def nvml_sampler() -> Callable[[int], int | None] | None:
+    """The per-process GPU memory reader for the memory chart, or None without a GPU."""
+    from planner import hardware
+    from planner.gui.run_model import gpu_process_bytes
+
+    if not hardware.sample().gpus:
+        return None
+    return lambda pid: gpu_process_bytes(hardware.sample().gpus, pid)

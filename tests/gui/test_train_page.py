@@ -202,3 +202,19 @@ def test_importing_the_page_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert done.returncode == 0, done.stderr
+
+
+def test_nvml_sampler_follows_the_hardware(monkeypatch):
+    """No GPU (this machine): no sampler. With one, the trainer's pid maps to its NVML bytes."""
+    from types import SimpleNamespace
+
+    import planner.hardware as hardware
+    from planner.gui.train_page import nvml_sampler
+
+    monkeypatch.setattr(hardware, "sample", lambda: SimpleNamespace(gpus=()))
+    assert nvml_sampler() is None
+    proc = SimpleNamespace(pid=4242, used_memory=3 * 2**30)
+    gpus = (SimpleNamespace(processes=(proc,)), SimpleNamespace(processes=None))
+    monkeypatch.setattr(hardware, "sample", lambda: SimpleNamespace(gpus=gpus))
+    sampler = nvml_sampler()
+    assert sampler(4242) == 3 * 2**30 and sampler(1) is None
