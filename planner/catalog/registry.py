@@ -45,6 +45,8 @@ class ModelSpec:
     """Exact count from safetensors headers, when a model folder was given."""
     prequantized: str | None = None
     assumptions: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The Hugging Face config it came from (precise mode builds the real model from it)."""
 
     @property
     def total_params(self) -> int:
@@ -107,13 +109,14 @@ def _from_folder(folder: Path) -> ModelSpec:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise PlannerError(f"{folder} has no config.json; pass a Hugging Face model folder or a config.json")
-    arch = architecture_from_config(_read_config(config_path))
+    raw = _read_config(config_path)
+    arch = architecture_from_config(raw)
     try:
         ckpt = read_checkpoint(folder)
     except CheckpointError as exc:
         raise PlannerError(str(exc)) from None
     if ckpt is None:
-        return ModelSpec(str(folder), arch, f"{config_path} (no *.safetensors: counted from config)")
+        return ModelSpec(str(folder), arch, f"{config_path} (no *.safetensors: counted from config)", config=raw)
     notes: tuple[str, ...] = ()
     if ckpt.quantization:
         notes = (f"checkpoint is pre-quantized ({ckpt.quantization}); parameters counted unpacked",)
@@ -123,7 +126,7 @@ def _from_folder(folder: Path) -> ModelSpec:
                   f"{arch.total_params:,}: totals follow the checkpoint, per-module terms the config",)
     return ModelSpec(str(folder), arch, f"{folder} (safetensors headers: {len(ckpt.files)} file(s))",
                      checkpoint_params=counted, prequantized=ckpt.quantization,
-                     assumptions=notes)
+                     assumptions=notes, config=raw)
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -133,13 +136,14 @@ def resolve_model(name: str) -> ModelSpec:
     entry = _lookup(name)
     if entry is not None:
         arch = architecture_from_config(entry.config)
-        return ModelSpec(entry.id, arch, entry.source, assumptions=arch.assumptions)
+        return ModelSpec(entry.id, arch, entry.source, assumptions=arch.assumptions, config=entry.config)
     path = Path(name).expanduser()
     if path.is_dir():
         return _from_folder(path)
     if path.is_file():
-        arch = architecture_from_config(_read_config(path))
-        return ModelSpec(str(path), arch, str(path), assumptions=arch.assumptions)
+        raw = _read_config(path)
+        arch = architecture_from_config(raw)
+        return ModelSpec(str(path), arch, str(path), assumptions=arch.assumptions, config=raw)
     looks_like_path = name.endswith(".json") or name.startswith((".", "/", "~")) or "\\" in name
     if looks_like_path:
         raise PlannerError(f"no such file or folder: {name}")
