@@ -127,6 +127,23 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str) 
     return model
 
 
+def _fused_sdpa(original: Any) -> Any:
+    """On meta tensors SDPA decomposes into the math path (an s x s score matrix); GPUs and the
+    CPU run a fused kernel that keeps O(s). Route meta calls to the fused CPU kernel, whose meta
+    registration allocates exactly what the real kernel does."""
+    import torch
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if query.device.type != "meta" or attn_mask is not None:
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa)
+        # the fused kernel takes grouped K/V as they are (no repeated copies), like the real one
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, scale=scale)[0]
+
+    return sdpa
+
+
 def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str = "meta") -> dict[str, int]:
     """Peak live bytes per phase of one step of a ``layers``-layer copy of the model.
 
@@ -141,7 +158,9 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     peaks: dict[str, int] = {}
     # transformers looks for packed sequences by reading position ids (data the meta device does
     # not have); the simulated batch is unpacked, which is what that check would find.
-    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter:
+    sdpa = _fused_sdpa(torch.nn.functional.scaled_dot_product_attention)
+    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), \
+            mock.patch("torch.nn.functional.scaled_dot_product_attention", sdpa), counter:
         model = _build(config, layers, setup, device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=setup.optimizer == "adamw_torch",

@@ -1,0 +1,51 @@
+"""Precise mode: the meta-device step allocates exactly what the same step on real tensors does."""
+
+import pytest
+
+from planner.catalog import resolve_model
+from planner.errors import PlannerError
+from planner.memory import estimate
+from planner.options import TrainSetup
+from planner.simulate import PHASES, run_step, simulate
+
+TINY = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512, "tie_word_embeddings": False}
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("checkpointing", [True, False])
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_meta_step_matches_real_tensors(method, checkpointing, kv_heads):
+    config = {**TINY, "num_key_value_heads": kv_heads}
+    setup = TrainSetup(method=method, precision="fp32", batch_size=2, seq_len=128, grad_checkpointing=checkpointing)
+    meta = run_step(config, 2, setup, "meta")
+    real = run_step(config, 2, setup, "cpu")
+    for phase in PHASES:
+        assert meta[phase] == pytest.approx(real[phase], rel=0.01), phase
+
+
+def test_two_layers_extrapolate_exactly():
+    setup = TrainSetup(method="lora", precision="fp32", batch_size=1, seq_len=64)
+    one, two, four = (run_step(TINY, n, setup) for n in (1, 2, 4))
+    for phase in PHASES:
+        assert one[phase] + 3 * (two[phase] - one[phase]) == four[phase]
+
+
+def test_simulation_agrees_with_the_analytic_estimate():
+    model = resolve_model("meta-llama/Llama-3.1-8B")
+    for setup in (TrainSetup(method="lora"), TrainSetup(method="full")):
+        sim, est = simulate(model, setup), estimate(model, setup)
+        assert est.peak_allocated_bytes == pytest.approx(sim.peak_allocated_bytes, rel=0.10)
+        assert sim.device_used_bytes > sim.peak_reserved_bytes >= sim.peak_allocated_bytes
+
+
+@pytest.mark.parametrize("model, setup, message", [
+    ("meta-llama/Llama-3.1-8B", TrainSetup(method="qlora"), "QLoRA"),
+    ("mistralai/Mixtral-8x7B-v0.1", TrainSetup(method="lora"), "MoE"),
+    ("meta-llama/Llama-3.1-8B", TrainSetup(precision="bf16-mixed"), "mixed"),
+    ("meta-llama/Llama-3.1-8B", TrainSetup(optimizer="adamw_8bit"), "AdamW"),
+])
+def test_what_is_not_simulated_says_so(model, setup, message):
+    with pytest.raises(PlannerError, match=message) as err:
+        simulate(resolve_model(model), setup)
+    assert "\n" not in str(err.value)
