@@ -193,6 +193,12 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
                            "use `python -m planner estimate` for it")
     if setup.num_gpus > 1:
         raise PlannerError("precise mode simulates one GPU; use `estimate` for --num-gpus > 1")
+    window = model.config.get("sliding_window")
+    if isinstance(window, int) and setup.seq_len > window and setup.attention != "eager":
+        # an explicit band mask makes GPUs pick the memory-efficient kernel, which the meta device
+        # lacks: the meta step would materialise the full score matrix instead
+        raise PlannerError(f"cannot simulate sliding-window attention beyond its window ({window} tokens) yet; "
+                           "use `python -m planner estimate` for it")
     if setup.optimizer not in ("adamw_torch", "adamw_torch_fused"):
         raise PlannerError(f"precise mode simulates torch AdamW only; use `estimate` for {setup.optimizer}")
     if setup.mixed:

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Analytic estimator vs precise mode (simulated step) on a sweep; prints the divergence table.
+
+    python scripts/compare_estimators.py [--markdown]
+
+7 models (dense, GQA, large vocabulary, MoE) x full/LoRA/QLoRA x 512/2048/8192 tokens x
+checkpointing on/off. Points precise mode cannot simulate yet (QLoRA, MoE) are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planner.catalog import resolve_model  # noqa: E402
+from planner.errors import PlannerError  # noqa: E402
+from planner.memory import estimate  # noqa: E402
+from planner.options import TrainSetup  # noqa: E402
+from planner.simulate import simulate  # noqa: E402
+
+MODELS = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "google/gemma-2-9b",
+          "mistralai/Mistral-7B-v0.1", "Qwen/Qwen2.5-0.5B", "mistralai/Mixtral-8x7B-v0.1")
+METHODS = ("full", "lora", "qlora")
+SEQS = (512, 2048, 8192)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    gib = 2**30
+    errors, skipped = [], 0
+    if args.markdown:
+        print("| model | method | seq | ckpt | simulated GiB | analytic GiB | analytic vs simulated |")
+        print("|---|---|---:|---|---:|---:|---:|")
+    for model_id in MODELS:
+        model = resolve_model(model_id)
+        for method in METHODS:
+            for seq in SEQS:
+                for ckpt in (True, False):
+                    setup = TrainSetup(method=method, seq_len=seq, grad_checkpointing=ckpt)
+                    est = estimate(model, setup).peak_allocated_bytes
+                    try:
+                        sim = simulate(model, setup).peak_allocated_bytes
+                    except PlannerError as exc:
+                        skipped += 1
+                        cell = f"not simulated: {str(exc).split(';')[0]}"
+                        line = (f"| {model_id} | {method} | {seq} | {'on' if ckpt else 'off'} | - | {est / gib:.2f} | {cell} |"
+                                if args.markdown else f"{model_id:30} {method:5} {seq:5} {'on ' if ckpt else 'off'} "
+                                f"{'-':>8} {est / gib:8.2f}  {cell}")
+                        print(line)
+                        continue
+                    err = est / sim - 1
+                    errors.append(abs(err))
+                    print(f"| {model_id} | {method} | {seq} | {'on' if ckpt else 'off'} | {sim / gib:.2f} | {est / gib:.2f} | {err:+.1%} |"
+                          if args.markdown else f"{model_id:30} {method:5} {seq:5} {'on ' if ckpt else 'off'} "
+                          f"{sim / gib:8.2f} {est / gib:8.2f}  {err:+.1%}")
+    if errors:
+        over = sum(e > 0.10 for e in errors)
+        print(f"\n{len(errors)} points simulated ({skipped} not yet): median |divergence| "
+              f"{statistics.median(errors):.1%}, max {max(errors):.1%}, {over} over 10%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
