@@ -23,6 +23,7 @@ from planner.gui.plan_extras import cost_rows, sizes_table
 from planner.gui.plan_form import PlanForm
 from planner.gui.plan_model import Plan, compute_plan, my_setup, summary_lines, train_config_fields
 from planner.gui.plan_panels import CostPanel, RecommendationPanel, SizesPanel
+from planner.gui.precise import PrecisePanel
 from planner.gui.state import AppState
 from planner.gui.worker import LatestOnly
 from planner.recommend import GpuTarget, recommend
@@ -80,6 +81,8 @@ class PlanPage(QWidget):
         self.panels.addTab(self.recommendation, "Recommendation")
         self.panels.addTab(self.sizes, "7B..8x22B")
         self.panels.addTab(self.costs, "Time and cost")
+        self.precise = PrecisePanel()
+        self.panels.addTab(self.precise, "Precise check")
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
         split.addWidget(self.panels)
@@ -159,6 +162,8 @@ class PlanPage(QWidget):
         self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
         self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
         self.sizes.show_table(table, values.gpu_gib)
+        mine_index = next((i for i, m in enumerate(plan.methods) if m == values.method), 1)
+        self.precise.set_plan(values, plan.estimates[mine_index].peak_allocated_bytes)
         self.costs.show_rows(rows)
         gpu = self.gpu_target()
         # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it
