@@ -18,155 +18,25 @@ import pytest
 import planner.hardware as hw
 import planner.nvml as nvml
 
-GiB = 1024**3
-MiB = 1024**2
-GONE_PID = 2**22 + 12345  # above Linux's largest pid_max: psutil can't see it
-
-
-# --- the fake pynvml -----------------------------------------------------------------------------
-
-class FakeNVMLError(Exception):
-    """Stands in for pynvml.NVMLError: str() is NVML's message."""
-
-
-def _error_class(name: str, message: str) -> type[FakeNVMLError]:
-    return type(name, (FakeNVMLError,), {"__init__": lambda self: FakeNVMLError.__init__(self, message)})
-
-
-NotSupported = _error_class("NVMLError_NotSupported", "Not Supported")
-NoPermission = _error_class("NVMLError_NoPermission", "Insufficient Permissions")
-GpuIsLost = _error_class("NVMLError_GpuIsLost", "GPU is lost")
-FunctionNotFound = _error_class("NVMLError_FunctionNotFound", "Function Not Found")
-
-
-class NVMLLibraryMismatchError(Exception):
-    """What nvidia-ml-py raises for an unversioned call whose newest version the driver lacks."""
-
-
-def proc(pid, used):
-    return SimpleNamespace(pid=pid, usedGpuMemory=used, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
-
-
-A100 = dict(name=b"NVIDIA A100-SXM4-80GB", uuid=b"GPU-aaaa", total=80 * GiB, used=1 * GiB, free=79 * GiB,
-            util=(37, 12), temp=45, power=250_500, limit=400_000, cc=(8, 0), mig=[0, 0],
-            compute=[], graphics=[])
-RTX4090 = dict(name="NVIDIA GeForce RTX 4090", uuid="GPU-bbbb", total=24 * GiB, used=3 * GiB, free=21 * GiB,
-               util=(99, 80), temp=71, power=420_000, limit=450_000, cc=(8, 9), mig=NotSupported(),
-               compute=[], graphics=[])
-
-
-def gpu(base=A100, **changes):
-    return dict(base, **changes)
-
-
-def make_pynvml(gpus=(), init_error=None, fail=None, calls=None, driver=b"550.54.15", cuda=12040,
-                process_names=None, extra=None):
-    """A fake pynvml. ``gpus``: dicts like A100; any value may be an exception, which the query raises.
-
-    ``fail`` names a function that raises "GPU is lost"; ``calls`` (a Counter) counts every call;
-    ``process_names``: pid -> what nvmlSystemGetProcessName returns (or raises); ``extra``: more functions.
-    """
-    calls = collections.Counter() if calls is None else calls
-    mod = types.ModuleType("pynvml")
-    mod.NVMLError = FakeNVMLError
-    for cls in (NotSupported, NoPermission, GpuIsLost, FunctionNotFound):
-        setattr(mod, cls.__name__, cls)
-    mod.NVMLLibraryMismatchError = NVMLLibraryMismatchError
-    mod.NVML_TEMPERATURE_GPU = 0
-    mod.NVML_DEVICE_MIG_ENABLE = 1
-    mod.NVML_DEVICE_MIG_DISABLE = 0
-
-    def value(v):
-        if isinstance(v, Exception):
-            raise v.with_traceback(None)
-        return v
-
-    def field(handle, key):
-        return value(gpus[handle[1]][key])
-
-    def nvmlInit():
-        if init_error is not None:
-            raise init_error
-
-    def nvmlShutdown():
-        pass
-
-    def nvmlDeviceGetCount():
-        return len(gpus)
-
-    def nvmlDeviceGetHandleByIndex(i):
-        value(gpus[i].get("handle"))
-        return ("handle", i)
-
-    def nvmlDeviceGetMemoryInfo(handle):
-        g = gpus[handle[1]]
-        value(g.get("memory"))
-        return SimpleNamespace(total=g["total"], used=g["used"], free=g["free"])
-
-    def nvmlDeviceGetUtilizationRates(handle):
-        gpu_pct, mem_pct = field(handle, "util")
-        return SimpleNamespace(gpu=gpu_pct, memory=mem_pct)
-
-    def nvmlDeviceGetTemperature(handle, sensor):
-        assert sensor == mod.NVML_TEMPERATURE_GPU
-        return field(handle, "temp")
-
-    def nvmlDeviceGetEnforcedPowerLimit(handle):
-        return field(handle, "limit")
-
-    def nvmlDeviceGetPowerManagementLimit(handle):
-        return value(gpus[handle[1]].get("management_limit", NotSupported()))
-
-    def nvmlSystemGetProcessName(pid):
-        names = process_names or {}
-        return value(names.get(pid, NotSupported()))
-
-    functions = dict(
-        nvmlInit=nvmlInit, nvmlShutdown=nvmlShutdown, nvmlDeviceGetCount=nvmlDeviceGetCount,
-        nvmlDeviceGetHandleByIndex=nvmlDeviceGetHandleByIndex, nvmlDeviceGetMemoryInfo=nvmlDeviceGetMemoryInfo,
-        nvmlDeviceGetName=lambda h: field(h, "name"), nvmlDeviceGetUUID=lambda h: field(h, "uuid"),
-        nvmlDeviceGetUtilizationRates=nvmlDeviceGetUtilizationRates, nvmlDeviceGetTemperature=nvmlDeviceGetTemperature,
-        nvmlDeviceGetPowerUsage=lambda h: field(h, "power"), nvmlDeviceGetEnforcedPowerLimit=nvmlDeviceGetEnforcedPowerLimit,
-        nvmlDeviceGetPowerManagementLimit=nvmlDeviceGetPowerManagementLimit,
-        nvmlDeviceGetCudaComputeCapability=lambda h: field(h, "cc"), nvmlDeviceGetMigMode=lambda h: field(h, "mig"),
-        nvmlDeviceGetComputeRunningProcesses=lambda h: list(field(h, "compute")),
-        nvmlDeviceGetGraphicsRunningProcesses=lambda h: list(field(h, "graphics")),
-        nvmlSystemGetDriverVersion=lambda: value(driver),
-        nvmlSystemGetCudaDriverVersion_v2=lambda: value(cuda), nvmlSystemGetCudaDriverVersion=lambda: value(cuda),
-        nvmlSystemGetProcessName=nvmlSystemGetProcessName,
-    )
-    functions.update(extra or {})
-    if fail is not None:
-        def broken(*args):
-            raise GpuIsLost()
-        functions[fail] = broken
-
-    def counted(name, fn):
-        def wrapper(*args):
-            calls[name] += 1
-            return fn(*args)
-        return wrapper
-
-    for name, fn in functions.items():
-        if fn is not None:
-            setattr(mod, name, counted(name, fn))
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def fresh_nvml(monkeypatch):
-    """Every test starts with NVML not started and keeps its shutdown hook out of atexit."""
-    monkeypatch.setattr(nvml, "_session", None)
-    monkeypatch.setattr(nvml, "_failure", None)
-    monkeypatch.setattr(nvml, "_atexit_registered", False)
-    registered = []
-    monkeypatch.setattr(nvml.atexit, "register", registered.append)
-    return registered
-
-
-def install(monkeypatch, module):
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    return module
+from fake_nvml import (  # noqa: E402
+    fresh_nvml,
+    install,
+    A100,
+    FakeNVMLError,
+    FunctionNotFound,
+    GONE_PID,
+    GiB,
+    GpuIsLost,
+    MiB,
+    NVMLLibraryMismatchError,
+    NoPermission,
+    NotSupported,
+    RTX4090,
+    _error_class,
+    gpu,
+    make_pynvml,
+    proc,
+)
 
 
 # --- GPUs: 0, 1, 4 -------------------------------------------------------------------------------
@@ -448,80 +318,6 @@ def test_malformed_answers_are_none(monkeypatch):
     g = inv.gpus[0]
     assert (g.compute_capability, g.temperature_c, g.power_w) == (None, None, None)
     assert inv.cuda_driver_version is None
-
-
-# --- processes -------------------------------------------------------------------------------------
-
-def test_wddm_process_memory_not_available(monkeypatch):
-    """Windows WDDM and WSL: NVML lists the processes but not their memory."""
-    g = gpu(compute=[proc(GONE_PID, None), proc(GONE_PID + 1, nvml.NOT_AVAILABLE)])
-    install(monkeypatch, make_pynvml(gpus=[g]))
-    inv = hw.inventory()
-    gp = inv.gpus[0]
-    assert [(p.pid, p.used_memory) for p in gp.processes] == [(GONE_PID, None), (GONE_PID + 1, None)]
-    assert gp.process_memory_available is False
-    assert inv.notes == ("GPU 0: the driver does not report per-process memory (Windows WDDM or WSL)",)
-    assert json.loads(json.dumps(inv.to_json()))["gpus"][0]["processes"][0]["used_memory"] is None
-
-
-def test_no_processes_memory_availability_unknown(monkeypatch):
-    install(monkeypatch, make_pynvml(gpus=[A100]))
-    gp = hw.inventory().gpus[0]
-    assert gp.processes == () and gp.process_memory_available is None
-
-
-def test_process_not_visible_anywhere(monkeypatch):
-    """A pid from another PID namespace (containers): no name from psutil nor NVML."""
-    install(monkeypatch, make_pynvml(gpus=[gpu(compute=[proc(GONE_PID, GiB)])],
-                                     process_names={GONE_PID: NoPermission()}))
-    (p,) = hw.inventory().gpus[0].processes
-    assert (p.pid, p.name, p.used_memory) == (GONE_PID, None, GiB)
-
-
-def test_process_name_without_psutil(monkeypatch):
-    install(monkeypatch, make_pynvml(gpus=[gpu(compute=[proc(GONE_PID, GiB)])],
-                                     process_names={GONE_PID: "C:\\Python\\python.exe" if os.sep == "\\"
-                                                    else "/opt/conda/bin/python"}))
-    monkeypatch.setitem(sys.modules, "psutil", None)
-    (p,) = hw.inventory().gpus[0].processes
-    assert p.name in ("python", "python.exe")
-
-
-def test_process_names_cached_while_on_gpu(monkeypatch):
-    calls = collections.Counter()
-    g = gpu(compute=[proc(GONE_PID, GiB)])
-    install(monkeypatch, make_pynvml(gpus=[g], calls=calls, process_names={GONE_PID: "train"}))
-    for _ in range(5):
-        assert hw.sample().gpus[0].processes[0].name == "train"
-    assert calls["nvmlSystemGetProcessName"] == 1
-    g["compute"] = []
-    hw.sample()  # the process ended: its pid may be reused by another program
-    g["compute"] = [proc(GONE_PID, GiB)]
-    hw.sample()
-    assert calls["nvmlSystemGetProcessName"] == 2
-
-
-def test_old_driver_falls_back_to_v2_process_query(monkeypatch):
-    """nvidia-ml-py calls ..._v3, which drivers before R510 lack; then _v2 is used, and remembered."""
-    def mismatch(handle):
-        raise NVMLLibraryMismatchError("Unversioned function called and the pyNVML version does not match")
-
-    calls = collections.Counter()
-    install(monkeypatch, make_pynvml(
-        gpus=[A100], calls=calls,
-        extra={"nvmlDeviceGetComputeRunningProcesses": mismatch,
-               "nvmlDeviceGetComputeRunningProcesses_v2": lambda h: [proc(GONE_PID, GiB)]}))
-    for _ in range(3):
-        assert [p.pid for p in hw.sample().gpus[0].processes] == [GONE_PID]
-    assert calls["nvmlDeviceGetComputeRunningProcesses"] == 1
-    assert calls["nvmlDeviceGetComputeRunningProcesses_v2"] == 3
-
-
-def test_cuda_version_from_older_binding(monkeypatch):
-    mod = make_pynvml(gpus=[A100], cuda=11080)
-    del mod.nvmlSystemGetCudaDriverVersion_v2
-    install(monkeypatch, mod)
-    assert hw.inventory().cuda_driver_version == "11.8"
 
 
 # --- names as bytes or str -------------------------------------------------------------------------
