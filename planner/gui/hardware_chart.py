@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from planner.gui.hardware_model import History
 from planner.units import GiB
+from planner.gui.chart_style import style_legend, style_plot
 
 # Tableau 10, as the Plan page: distinguishable on light and dark backgrounds.
 SERIES_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
@@ -114,14 +115,8 @@ class MemoryChart(pg.PlotWidget):
     def _apply_palette(self) -> None:
         """Axes, legend and the host curve in the palette's text colour; GPU colours are fixed."""
         fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
-        item = self.getPlotItem()
-        for name in ("left", "bottom"):
-            axis = item.getAxis(name)
-            axis.setPen(fg)
-            axis.setTextPen(fg)
-        self.legend.setLabelTextColor(fg)
-        for _sample, label in self.legend.items:
-            label.setText(label.text)  # setAttr alone does not re-render the label
+        style_plot(self.getPlotItem(), fg)
+        style_legend(self.legend, fg)
         if self.host_curve is not None:
             self.host_curve.setPen(self._host_pen())
             self.markers[self.curves.index(self.host_curve)].setBrush(pg.mkBrush(fg))

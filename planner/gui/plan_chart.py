@@ -12,6 +12,7 @@ from PySide6.QtGui import QColor, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from planner.gui.plan_model import DEFAULT_GPU_GIB, TERM_LABELS, TERMS, VARIANTS, Plan
+from planner.gui.chart_style import style_legend, style_plot
 
 # Tableau 10: a qualitative palette that stays distinguishable on light and dark backgrounds.
 # Blue-greens for the model (weights, quant state, adapters), orange-red for training state,
@@ -118,16 +119,8 @@ class PlanChart(pg.PlotWidget):
         """Axes, labels and line in the system palette's text colour; only the segments are fixed."""
         pal = self.palette()
         fg: QColor = pal.color(QPalette.ColorRole.WindowText)
-        item = self.getPlotItem()
-        for name in ("left", "bottom"):
-            axis = item.getAxis(name)
-            axis.setPen(fg)
-            axis.setTextPen(fg)
-        item.titleLabel.setAttr("color", fg)
-        item.setTitle(item.titleLabel.text)
-        self.legend.setLabelTextColor(fg)
-        for _sample, label in self.legend.items:
-            label.setText(label.text)  # setAttr alone does not re-render the label
+        style_plot(self.getPlotItem(), fg)
+        style_legend(self.legend, fg)
         self.gpu_line.setPen(pg.mkPen(fg, width=2, style=Qt.PenStyle.DashLine))
         self.gpu_line.label.setColor(fg)
         # The label often sits over a bar taller than the card: give it the window's background.

@@ -16,6 +16,7 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
 
 from planner.units import GiB
+from planner.gui.chart_style import style_legend, style_plot
 from trainer.protocol import Event
 
 LOSS, EVAL, MEASURED, RESERVED = "#4e79a7", "#f28e2b", "#e15759", "#76b7b2"  # Tableau 10, as elsewhere
@@ -155,13 +156,8 @@ class ReplayChart(QWidget):
         """Axes, legends and the prediction line in the palette's text colour (light or dark)."""
         fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
         for plot, legend in ((self.loss_plot, self.loss_legend), (self.memory_plot, self.memory_legend)):
-            for name in ("left", "bottom"):
-                axis = plot.getPlotItem().getAxis(name)
-                axis.setPen(fg)
-                axis.setTextPen(fg)
-            legend.setLabelTextColor(fg)
-            for _sample, label in legend.items:
-                label.setText(label.text)  # setAttr alone does not re-render the label
+            style_plot(plot.getPlotItem(), fg)
+            style_legend(legend, fg)
         dashed = pg.mkPen(fg, width=1.5, style=Qt.PenStyle.DashLine)
         self.predicted_line.setPen(dashed)
         self.predicted_key.setPen(dashed)

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from planner.gui.run_model import RunModel, Series
 from planner.units import GiB
+from planner.gui.chart_style import style_legend, style_plot
 
 # Tableau 10, as the other pages: distinguishable on light and dark backgrounds.
 BLUE, ORANGE, GREEN, RED, TEAL, PURPLE, GREY = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
@@ -149,19 +150,12 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         pal = self.palette()
         fg: QColor = pal.color(QPalette.ColorRole.WindowText)
         for plot in self.plots.values():
-            for name in ("left", "bottom"):
-                axis = plot.getAxis(name)
-                axis.setPen(fg)
-                axis.setTextPen(fg)
-            plot.titleLabel.setAttr("color", fg)
-            plot.setTitle(plot.titleLabel.text)
+            style_plot(plot, fg)
         backdrop = QColor(pal.color(QPalette.ColorRole.Window))
         backdrop.setAlpha(200)  # legends sit inside the plots: keep the curves under them legible
         for legend in self.legends:
             legend.setBrush(pg.mkBrush(backdrop))
-            legend.setLabelTextColor(fg)
-            for _sample, label in legend.items:
-                label.setText(label.text)  # setAttr alone does not re-render the label
+            style_legend(legend, fg)
         self.predicted.setPen(pg.mkPen(fg, width=1.5, style=Qt.PenStyle.DashLine))
         self.predicted.label.setColor(fg)
 

@@ -14,3 +14,19 @@ def isolated_settings(tmp_path, monkeypatch):
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
     monkeypatch.setenv("FINETUNE_PLANNER_SETTINGS", str(tmp_path / "planner-settings.json"))
     yield
+
+
+@pytest.fixture
+def train_page(qtbot, tmp_path):
+    """A Train page over a private runs folder; a trainer still running at the end is killed."""
+    from planner.gui.state import AppState
+    from planner.gui.train_page import TrainPage
+
+    state = AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    state.set_runs_root(tmp_path / "runs")
+    page = TrainPage(state)
+    qtbot.addWidget(page)
+    yield page
+    if page.is_running():  # a failed test must not leave a trainer behind
+        with qtbot.waitSignal(page.process.finished, timeout=10_000):
+            page.process.kill()

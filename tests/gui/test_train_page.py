@@ -12,21 +12,15 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from PySide6.QtCore import QSettings  # noqa: E402
 
 from planner.gui.run_process import PROJECT_ROOT, _take_lines  # noqa: E402
-from planner.gui.state import AppState  # noqa: E402
 from planner.gui.train_page import TrainPage  # noqa: E402
 from trainer.protocol import encode  # noqa: E402
 
 
 @pytest.fixture
-def page(qtbot, tmp_path):
-    state = AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
-    state.set_runs_root(tmp_path / "runs")
-    p = TrainPage(state)
-    qtbot.addWidget(p)
-    return p
+def page(train_page):
+    return train_page
 
 
 @pytest.fixture

@@ -38,15 +38,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def page(qtbot, tmp_path):
-    state = AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
-    state.set_runs_root(tmp_path / "runs")
-    p = TrainPage(state)
-    qtbot.addWidget(p)
-    yield p
-    if p.is_running():  # a failed test must not leave a trainer behind
-        with qtbot.waitSignal(p.process.finished, timeout=10_000):
-            p.process.kill()
+def page(train_page):
+    return train_page
 
 
 def fill(page: TrainPage, demo: Path, **overrides: Any) -> None:
