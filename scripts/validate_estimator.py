@@ -43,6 +43,12 @@ def _source_code(row: dict[str, str]) -> dict:
         if key in row["source"]:
             return known
     return {}
+
+
+def _family(row: dict[str, str]) -> str:
+    """The source a row comes from, however its citation is abbreviated."""
+    return next((key for key in SOURCE_CODE if key in row["source"]), row["source"].split()[0])
+
 UNITS = {"GB": 10**9, "GiB": 2**30, "G": 10**9, "MB": 10**6, "MiB": 2**20}
 
 
@@ -87,10 +93,50 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
     )
 
 
-def evaluate(csv_path: Path) -> list[Row]:
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
     lines = [line for line in csv_path.read_text().splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+@dataclass(frozen=True)
+class Slope:
+    """Memory one source's own rows add per extra token, beside the estimator's for that setup."""
+
+    key: str
+    source: str
+    seq_from: int
+    seq_to: int
+    measured: float  # bytes per token
+    predicted: float
+
+
+def cross_source_slopes(raw: list[dict[str, str]]) -> list[Slope]:
+    """Where two sources measured the same model and method at the same lengths, compare the
+    memory each adds per token. Only measured values enter ``measured``, so a disagreement here
+    is between the sources themselves, and no single estimator can fit both."""
+    groups: dict[tuple, dict[str, dict[int, dict[str, str]]]] = {}
+    for r in raw:
+        if r["seq_len"] and r["batch_size"] == "1" and r["num_gpus"] == "1":
+            key = (r["model"], r["method"], r["grad_checkpointing"], r["attention"])
+            groups.setdefault(key, {}).setdefault(_family(r), {})[int(r["seq_len"])] = r
+    slopes = []
+    for key, by_source in groups.items():
+        for source, by_seq in by_source.items():
+            elsewhere = {seq for other, seqs in by_source.items() if other != source for seq in seqs}
+            shared = sorted(set(by_seq) & elsewhere)
+            for lo, hi in zip(shared, shared[1:]):
+                a, b = by_seq[lo], by_seq[hi]
+                measured = [float(x["value"]) * UNITS[x["unit"]] for x in (a, b)]
+                predicted = [estimate(resolve_model(x["model"]), setup_of(x)).peak_allocated_bytes for x in (a, b)]
+                slopes.append(Slope(f"{key[0]} {key[1]}", source, lo, hi,
+                                    (measured[1] - measured[0]) / (hi - lo),
+                                    (predicted[1] - predicted[0]) / (hi - lo)))
+    return sorted(slopes, key=lambda s: (s.key, s.seq_from, s.source))
+
+
+def evaluate(csv_path: Path) -> list[Row]:
     rows = []
-    for r in csv.DictReader(lines):
+    for r in read_rows(csv_path):
         est = estimate(resolve_model(r["model"]), setup_of(r))
         b = est.breakdown
         predicted = {
@@ -129,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.id:32} {r.kind:12} {r.measured / gib:9.2f}G {r.predicted / gib:9.2f}G {r.error:+8.1%}")
     med, worst = summary(rows)
     print(f"\n{len(rows)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
+    slopes = cross_source_slopes(read_rows(args.csv))
+    if slopes:
+        print("\nSame model and method measured by two sources: memory added per token (MB/token)")
+        print(f"{'model, method':24} {'tokens':>11}  {'source':12} {'measured':>9} {'estimator':>9}")
+        for s in slopes:
+            print(f"{s.key:24} {s.seq_from:>5}-{s.seq_to:<5}  {s.source:12} "
+                  f"{s.measured / 1e6:9.2f} {s.predicted / 1e6:9.2f}")
     return 0
 
 

@@ -1,0 +1,57 @@
+"""scripts/validate_estimator.py on a small CSV written here, so the test needs no shared data."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "validate_estimator.py"
+HEADER = ("id,source,framework,model,method,quant,double_quant,precision,adapter_dtype,optimizer,"
+          "batch_size,seq_len,grad_checkpointing,attention,lora_r,lora_targets,modules_to_save,"
+          "num_gpus,sharding,offload,kind,value,unit,gpu,notes")
+
+
+def _row(id_: str, source: str, seq: int, gib: float) -> str:
+    return (f"{id_},{source},hf+peft,meta-llama/Llama-2-7b-hf,lora,,,bf16,fp32,adamw_torch,1,{seq},on,"
+            f"sdpa,8,all-linear,,1,none,none,allocated,{gib},GiB,A100,")
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("validate_estimator", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cross_source_slopes_compare_what_each_source_measured(script, tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("\n".join([
+        "# comment", HEADER,
+        _row("a1", "Alpha paper", 1024, 14.0), _row("a2", "Alpha paper", 2048, 16.0),
+        _row("b1", "ms-swift Benchmark.md", 1024, 15.0), _row("b2", "ms-swift Benchmark.md", 2048, 21.0),
+        _row("c1", "Gamma blog", 4096, 30.0),  # one source only at this length: no pair
+    ]) + "\n")
+    slopes = {s.source: s for s in script.cross_source_slopes(script.read_rows(csv))}
+    assert set(slopes) == {"Alpha", "ms-swift"}
+    assert slopes["Alpha"].measured == pytest.approx(2 * 2**30 / 1024)
+    assert slopes["ms-swift"].measured == pytest.approx(6 * 2**30 / 1024)
+    # Both sources ran the same setup, so the estimator predicts one slope for both.
+    assert slopes["Alpha"].predicted == slopes["ms-swift"].predicted > 0
+
+
+def test_main_prints_the_error_table_and_the_slopes(script, tmp_path, capsys):
+    csv = tmp_path / "m.csv"
+    csv.write_text("\n".join([HEADER, _row("a1", "Alpha", 1024, 14.0), _row("a2", "Alpha", 2048, 16.0),
+                              _row("b1", "Beta", 1024, 15.0), _row("b2", "Beta", 2048, 21.0)]) + "\n")
+    assert script.main(["--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "4 rows: median |error|" in out
+    assert "MB/token" in out and "Beta" in out
+
+
+def test_missing_csv_is_one_line_and_exit_2(script, tmp_path, capsys):
+    assert script.main(["--csv", str(tmp_path / "nope.csv")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
