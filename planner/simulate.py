@@ -14,6 +14,7 @@ Not simulated yet (a clear error, never a crash): QLoRA (bitsandbytes' packed la
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +92,7 @@ def _dtype(precision: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str) -> Any:
+def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, recompute: Any = None) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -120,55 +121,135 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str) 
                                                  modules_to_save=list(setup.modules_to_save) or None),
                                autocast_adapter_dtype=setup.adapter_dtype == "fp32")
     if setup.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs: dict[str, Any] = {"use_reentrant": False}
+        if recompute is not None:
+            # the autograd engine recomputes meta layers on its own thread, where a torch-function
+            # mode entered on this one is not active
+            kwargs["context_fn"] = lambda: (contextlib.nullcontext(), recompute)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if setup.method == "lora":
             model.enable_input_require_grads()
     model.train()
     return model
 
 
-def _fused_sdpa(original: Any) -> Any:
-    """On meta tensors SDPA decomposes into the math path (an s x s score matrix); GPUs and the
-    CPU run a fused kernel that keeps O(s). Route meta calls to the fused CPU kernel, whose meta
-    registration allocates exactly what the real kernel does."""
+def _semantics_class() -> type:
     import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_leaves, tree_map_only
 
-    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if query.device.type != "meta" or attn_mask is not None:
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, enable_gqa=enable_gqa)
+    from planner.autocast_policy import FP32, FP32_DTYPE, LOWER, PROMOTE
+
+    def fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         # the fused kernel takes grouped K/V as they are (no repeated copies), like the real one
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, scale=scale)[0]
 
-    return sdpa
+    class MetaSemantics(TorchFunctionMode):
+        """What a GPU step does that a meta-device step would not.
+
+        - CUDA autocast's casts, per ``policy`` (None: no autocast), with its cache of 16-bit copies
+          of fp32 weights, kept until the forward ends.
+        - The fused SDPA kernel: on meta tensors SDPA decomposes into the math path (an s x s
+          score matrix); GPUs and the CPU run a fused kernel that keeps O(s). The fused CPU
+          kernel's meta registration allocates exactly what the real kernel does.
+        """
+
+        def __init__(self, policy: Any, dtype: Any) -> None:
+            super().__init__()
+            self.policy, self.dtype = policy, dtype
+            self.cache: dict[int, tuple[Any, Any]] = {}
+            self.caching = True
+
+        def end_forward(self) -> None:
+            # autocast clears its cache when the forward's context exits; checkpointed layers
+            # recomputed during backward cast again, and their copies die with the layer
+            self.cache.clear()
+            self.caching = False
+
+        def _cast(self, t: Any, to: Any) -> Any:
+            if not t.is_floating_point() or t.dtype in (to, torch.float64):
+                return t
+            cacheable = (self.caching and to == self.dtype and t.dtype == torch.float32 and t.is_leaf
+                         and t.requires_grad and not t._is_view())
+            if not cacheable:
+                return t.to(to)
+            hit = self.cache.get(id(t))
+            if hit is None or hit[0]() is not t:
+                hit = self.cache[id(t)] = (weakref.ref(t), t.to(to))
+            return hit[1]
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            name = getattr(func, "__name__", "")
+            rule = self.policy.rule(name) if self.policy else None
+            if rule in (LOWER, FP32, PROMOTE):
+                to = torch.float32 if rule == FP32 else self.dtype
+                if rule == PROMOTE and any(isinstance(t, torch.Tensor) and t.dtype == torch.float32
+                                           for t in tree_leaves((args, kwargs))):
+                    to = torch.float32
+                args, kwargs = tree_map_only(torch.Tensor, lambda t: self._cast(t, to), (args, kwargs))
+            elif rule == FP32_DTYPE:
+                first = args[0] if args else None
+                if (isinstance(first, torch.Tensor) and first.is_floating_point() and kwargs.get("dtype") is None
+                        and not any(isinstance(a, torch.dtype) for a in args)):
+                    kwargs["dtype"] = torch.float32
+            if (name == "scaled_dot_product_attention" and args[0].device.type == "meta"
+                    and kwargs.get("attn_mask", args[3] if len(args) > 3 else None) is None):
+                return fused_sdpa(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return MetaSemantics
 
 
-def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str = "meta") -> dict[str, int]:
-    """Peak live bytes per phase of one step of a ``layers``-layer copy of the model.
-
-    ``device="cpu"`` runs the same step on real tensors: the ground truth the meta run is
-    checked against in the tests.
-    """
+def _autocast_dtype(setup: TrainSetup) -> Any:
+    """HF Trainer autocasts whenever bf16/fp16 is set, also over a model already stored in 16 bits."""
     import torch
 
+    if setup.precision == "fp32":
+        return None
+    return torch.float16 if setup.precision.startswith("fp16") else torch.bfloat16
+
+
+def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str = "meta",
+             policy: Any = None) -> dict[str, int]:
+    """Peak live bytes per phase of one step of a ``layers``-layer copy of the model.
+
+    On ``meta`` the autocast casts follow ``policy`` (CUDA's by default). ``device="cpu"`` runs
+    the same step on real tensors under torch's own CPU autocast: the ground truth the meta run
+    is checked against in the tests.
+    """
     from unittest import mock
 
+    import torch
+
+    from planner.autocast_policy import CUDA
+
+    cast_dtype = _autocast_dtype(setup)
     counter = _counter_class()()
     peaks: dict[str, int] = {}
+    if device == "meta":
+        semantics = _semantics_class()(policy or CUDA if cast_dtype else None, cast_dtype)
+        forward_ctx = semantics
+    else:  # checkpoint replays torch's own autocast state when it recomputes
+        semantics = None
+        forward_ctx = torch.autocast("cpu", dtype=cast_dtype) if cast_dtype else contextlib.nullcontext()
     # transformers looks for packed sequences by reading position ids (data the meta device does
     # not have); the simulated batch is unpacked, which is what that check would find.
-    sdpa = _fused_sdpa(torch.nn.functional.scaled_dot_product_attention)
-    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), \
-            mock.patch("torch.nn.functional.scaled_dot_product_attention", sdpa), counter:
-        model = _build(config, layers, setup, device)
+    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter:
+        model = _build(config, layers, setup, device, semantics)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=setup.optimizer == "adamw_torch",
                                       fused=False)
         ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
         for step in range(2):  # the second step has optimizer state and gradients from the first
             counter.reset_peak()
-            loss = model(input_ids=ids, labels=ids).loss
+            if semantics:
+                semantics.caching = True
+            with forward_ctx:
+                loss = model(input_ids=ids, labels=ids).loss
+            if semantics:
+                semantics.end_forward()
             peaks["forward"] = counter.peak
             counter.reset_peak()
             loss.backward()
@@ -201,8 +282,6 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
                            "use `python -m planner estimate` for it")
     if setup.optimizer not in ("adamw_torch", "adamw_torch_fused"):
         raise PlannerError(f"precise mode simulates torch AdamW only; use `estimate` for {setup.optimizer}")
-    if setup.mixed:
-        raise PlannerError("precise mode simulates pure bf16/fp16/fp32 runs; use `estimate` for *-mixed")
     try:
         one = run_step(model.config, 1, setup)
         two = run_step(model.config, 2, setup)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from planner.autocast_policy import FP32, LOWER, CastPolicy
 from planner.catalog import resolve_model
 from planner.errors import PlannerError
 from planner.memory import estimate
@@ -42,10 +43,28 @@ def test_simulation_agrees_with_the_analytic_estimate():
 @pytest.mark.parametrize("model, setup, message", [
     ("meta-llama/Llama-3.1-8B", TrainSetup(method="qlora"), "QLoRA"),
     ("mistralai/Mixtral-8x7B-v0.1", TrainSetup(method="lora"), "MoE"),
-    ("meta-llama/Llama-3.1-8B", TrainSetup(precision="bf16-mixed"), "mixed"),
     ("meta-llama/Llama-3.1-8B", TrainSetup(optimizer="adamw_8bit"), "AdamW"),
 ])
 def test_what_is_not_simulated_says_so(model, setup, message):
     with pytest.raises(PlannerError, match=message) as err:
         simulate(resolve_model(model), setup)
     assert "\n" not in str(err.value)
+
+
+# torch's CPU autocast lists (torch/testing/_internal/autocast_test_lists.py, AutocastCPUTestLists):
+# the meta step replays them, and the same step on real CPU tensors runs under torch.autocast("cpu").
+CPU_AUTOCAST = CastPolicy({**{op: LOWER for op in "conv1d conv2d conv3d bmm mm matmul baddbmm addmm addbmm "
+                                                  "conv_tbc prelu linear scaled_dot_product_attention".split()},
+                           **{op: FP32 for op in "nll_loss nll_loss2d mse_loss l1_loss smooth_l1_loss "
+                                                 "binary_cross_entropy_with_logits".split()}})
+
+
+@pytest.mark.parametrize("method, precision", [("lora", "bf16"), ("lora", "bf16-mixed"), ("full", "bf16-mixed")])
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_autocast_replay_matches_torch_autocast(method, precision, checkpointing):
+    setup = TrainSetup(method=method, precision=precision, adapter_dtype="fp32", batch_size=2, seq_len=64,
+                       grad_checkpointing=checkpointing)
+    meta = run_step(TINY, 2, setup, "meta", policy=CPU_AUTOCAST)
+    real = run_step(TINY, 2, setup, "cpu")
+    for phase in PHASES:
+        assert meta[phase] == pytest.approx(real[phase], rel=0.01), phase
