@@ -61,12 +61,20 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     o_w = arch.num_heads * arch.v_head_dim
     k = max(block.experts_per_token, 1)
 
-    # Norms: the fp32 upcast input (RMSNorm) or the input (LayerNorm), plus the output.
-    norm_input = FP32 if arch.norm_kind == "rms" else rb
-    norms = block.norms * (norm_input + rb) * h
-    # A 16-bit matmul reading an fp32 residual casts its input once per consumer.
+    # A matmul saves its input for backward only when it needs it (trainable weight, or LoRA).
+    # Whether that input is the layer's own tensor or a fresh copy decides what stays alive:
+    # peft casts a LoRA input to an fp32 adapter's dtype, and autocast casts an fp32 residual to
+    # 16 bits for every matmul that reads it (one copy per consumer).
+    adapter_cast = setup.is_peft and setup.adapter_dtype == "fp32" and c != FP32
+    residual_cast = rb != c
     readers = [l for l in block.linears if l.role not in ("expert",) and l.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
-    input_casts = len(readers) * c * h if rb != c else 0
+    # Norms: the fp32 upcast input (RMSNorm) or the input (LayerNorm), plus the normalised output
+    # when something keeps that very tensor (a frozen norm weight's mul needs only the weight).
+    norm_input = FP32 if arch.norm_kind == "rms" else rb
+    norm_output_kept = full or (setup.is_peft and not adapter_cast and not residual_cast)
+    norms = block.norms * (norm_input + rb * int(norm_output_kept)) * h
+    # Full fine-tuning: each 16-bit matmul reading an fp32 residual keeps its own cast copy.
+    input_casts = len(readers) * c * h if full and residual_cast else 0
     # Attention: q, k, v and the output saved by SDPA/flash, plus the fp32 log-sum-exp per head.
     if setup.attention == "eager":
         # repeat_kv expands K/V to every head; scores keep the fp32 softmax and its 16-bit copy.
@@ -74,8 +82,8 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     else:
         attention = c * (q_w + 2 * kv_w + o_w) + FP32 * arch.num_heads
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
-    down_needs_input = full or setup.method == "qlora" or any(
-        lora_targeted(l, setup.lora_targets) for l in block.linears if l.name.endswith(("down_proj", "c_proj", "fc2")))
+    down_needs_input = full or (setup.is_peft and not adapter_cast and any(
+        lora_targeted(l, setup.lora_targets) for l in block.linears if l.name.endswith(("down_proj", "c_proj", "fc2"))))
     if block.gated:
         mlp = c * block.ffn_width * (3 + int(down_needs_input))
     else:
@@ -85,18 +93,19 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # LoRA: the adapter input cast to the adapter dtype (when it differs) and A's output.
     lora = 0
     if setup.is_peft:
-        cast = setup.adapter_dtype == "fp32" and c != FP32
         for lin in block.linears:
             if not lora_targeted(lin, setup.lora_targets):
                 continue
             passes = k if lin.role == "expert" else 1
-            lora += passes * (c * setup.lora_r + (c * lin.d_in if cast else 0))
+            copied = adapter_cast or (residual_cast and lin in readers)
+            lora += passes * (c * setup.lora_r + (c * lin.d_in if copied else 0))
             if setup.lora_dropout > 0:
                 lora += passes * (FP32 + 1) * lin.d_in  # dropout output and its mask
     per_token = norms + input_casts + attention + mlp + moe + lora
     saved = tokens * per_token
-    # Autocast caches a 16-bit copy of each trainable fp32 weight; backward keeps it.
-    if full and setup.weight_bytes == FP32 and c != FP32:
+    # Under mixed precision autocast casts each fp32 weight to 16 bits per matmul, and the matmul
+    # keeps that copy to compute its input's gradient: trainable or frozen alike.
+    if setup.weight_bytes == FP32 and c != FP32 and setup.method != "qlora":
         saved += c * sum(l.weight_params for l in block.linears)
 
     backward = tokens * c * (2 * block.ffn_width + 2 * h)
