@@ -84,10 +84,13 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
     down_needs_input = full or (setup.is_peft and not adapter_cast and any(
         lora_targeted(l, setup.lora_targets) for l in block.linears if l.name.endswith(("down_proj", "c_proj", "fc2"))))
+    # bitsandbytes' Linear4bit returns its input's dtype: after prepare_model_for_kbit_training
+    # the fp32 residual makes gate/up outputs, and everything the MLP computes from them, fp32.
+    mlp_bytes = rb if setup.method == "qlora" else c
     if block.gated:
-        mlp = c * block.ffn_width * (3 + int(down_needs_input))
+        mlp = mlp_bytes * block.ffn_width * (3 + int(down_needs_input))
     else:
-        mlp = c * block.ffn_width * (1 + int(down_needs_input))
+        mlp = mlp_bytes * block.ffn_width * (1 + int(down_needs_input))
     # MoE: router softmax (fp32) and the gathered/weighted copies of each routed token.
     moe = (2 * FP32 * block.experts + 2 * k * c * h) if block.experts else 0
     # LoRA: the adapter input cast to the adapter dtype (when it differs) and A's output.

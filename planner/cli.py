@@ -142,6 +142,9 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     print(_describe(setup))
     for phase, value in sim.phase_peaks.items():
         print(f"  {phase + ' peak':<17}{_gib(value)}")
+    print("at the peak:")
+    for category, value in sim.categories.items():
+        print(f"  {category.replace('_', ' '):<17}{_gib(value)}")
     print("  " + "-" * 29)
     print(f"  {'peak allocated':<17}{_gib(sim.peak_allocated_bytes)}   (analytic estimate {_gib(est.peak_allocated_bytes).strip()})")
     print(f"  {'peak reserved':<17}{_gib(sim.peak_reserved_bytes)}")

@@ -8,8 +8,9 @@ the rest extrapolated: the layers are identical, so memory is affine in their nu
 
 The only planner module that imports torch (lazily): the estimator stays torch-free.
 
-Not simulated yet (a clear error, never a crash): QLoRA (bitsandbytes' packed layout) and MoE
-(data-dependent routing); use the analytic estimate for those.
+QLoRA runs bitsandbytes' own ``Linear4bit`` and 8-bit optimizers through their fake kernels.
+Not simulated (a clear error with the analytic figure, never a crash): MoE, whose routing is
+data-dependent; int8 bases; sliding windows shorter than the sequence.
 """
 
 from __future__ import annotations
@@ -25,6 +26,21 @@ from planner.errors import PlannerError
 from planner.options import TrainSetup
 
 PHASES = ("forward", "backward", "optimizer")
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
+"""At a phase's peak: weights (quantization state and adapters included), gradients, optimizer
+state, what the forward left alive for backward (saved tensors, checkpointed inputs, the loss's
+buffers), and everything else (recomputed layers, gradients in flight, kernel workspaces)."""
+
+
+@dataclass(frozen=True)
+class StepPeaks:
+    phases: dict[str, int]
+    """Peak live bytes per phase."""
+    categories: dict[str, dict[str, int]]
+    """Per phase, its peak split by category (they add up to the phase's peak)."""
+
+    def __getitem__(self, phase: str) -> int:
+        return self.phases[phase]
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,8 @@ class Simulation:
     layers_simulated: tuple[int, ...]
     phase_peaks: dict[str, int]
     """Peak live bytes during each phase of the step, extrapolated to every layer."""
+    categories: dict[str, int]
+    """The overall peak split by category (``CATEGORIES``), extrapolated the same way."""
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     device_used_bytes: int
@@ -41,7 +59,8 @@ class Simulation:
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model, "mode": "simulated", "layers_simulated": list(self.layers_simulated),
-            "phase_peaks": dict(self.phase_peaks), "peak_allocated_bytes": self.peak_allocated_bytes,
+            "phase_peaks": dict(self.phase_peaks), "categories": dict(self.categories),
+            "peak_allocated_bytes": self.peak_allocated_bytes,
             "peak_reserved_bytes": self.peak_reserved_bytes, "device_used_bytes": self.device_used_bytes,
             "assumptions": list(self.assumptions),
         }
@@ -55,11 +74,31 @@ def _counter_class() -> type:
     class LiveBytes(TorchDispatchMode):
         """Adds up the storages that exist, as the caching allocator would see them allocated."""
 
-        def __init__(self) -> None:
+        def __init__(self, gpu_kernels: bool = True) -> None:
             super().__init__()
             self.live: dict[int, int] = {}
             self.current = 0
             self.peak = 0
+            self.gpu_kernels = gpu_kernels
+            self.saved: set[int] = set()
+            """Storages the forward left alive for backward (those still alive)."""
+            self.peak_live: dict[int, int] = {}
+            self.peak_saved = 0
+            """The live storages at the peak, and the saved bytes among them: what precise mode
+            breaks down by category. Keys are storage addresses, reused once freed, so the
+            split is taken at the moment itself."""
+
+        def _raise_peak(self, value: int) -> None:
+            if value > self.peak:
+                self.peak = value
+                self._snapshot()
+
+        def _snapshot(self) -> None:
+            self.peak_live = dict(self.live)
+            self.peak_saved = sum(self.live[k] for k in self.saved)
+
+        def mark_saved(self, persistent: set[int]) -> None:
+            self.saved = set(self.live) - persistent
 
         def track(self, t: Any) -> None:
             storage = t.untyped_storage()
@@ -69,17 +108,24 @@ def _counter_class() -> type:
             size = storage.nbytes()
             self.live[key] = size
             self.current += size
-            self.peak = max(self.peak, self.current)
+            self._raise_peak(self.current)
             weakref.finalize(storage, self._release, key)
 
         def _release(self, key: int) -> None:
             self.current -= self.live.pop(key, 0)
+            self.saved.discard(key)
 
         def reset_peak(self) -> None:
             self.peak = self.current
+            self._snapshot()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if self.gpu_kernels and func.__name__.startswith("gemm_4bit") and args[0].numel() // args[0].shape[-1] > 512:
+                # bitsandbytes' CUDA gemm_4bit dequantizes the whole weight, then calls F.linear,
+                # for more than 512 rows: a 16-bit (N, K) transient beside the output
+                n, k = args[2]
+                self._raise_peak(self.current + out.nbytes + n * k * out.element_size())
             tree_map_only(torch.Tensor, self.track, out)
             return out
 
@@ -112,7 +158,14 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, 
             model = AutoModelForCausalLM.from_config(hf_config)
     finally:
         torch.set_default_dtype(previous)
-    if setup.method == "lora":
+    if setup.method == "qlora":
+        _quantize(model, setup)
+        if setup.kbit_prepare:
+            from peft import prepare_model_for_kbit_training
+
+            # checkpointing is enabled below, as for LoRA
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if setup.is_peft:
         from peft import LoraConfig, get_peft_model
 
         targets = "all-linear" if "all-linear" in setup.lora_targets else list(setup.lora_targets)
@@ -127,10 +180,75 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, 
             # mode entered on this one is not active
             kwargs["context_fn"] = lambda: (contextlib.nullcontext(), recompute)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if setup.method == "lora":
+        if setup.is_peft:
             model.enable_input_require_grads()
     model.train()
     return model
+
+
+def _bitsandbytes() -> Any:
+    import logging
+
+    # its import warns that an optional CPU kernel package is missing: noise for a simulation
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import bitsandbytes
+
+    return bitsandbytes
+
+
+def _quantize(model: Any, setup: TrainSetup) -> None:
+    """Swap every Linear but the LM head for bitsandbytes' ``Linear4bit``, quantized by
+    bitsandbytes itself: the packed uint8 weight, the absmax per 64 weights, and under double
+    quantization the 8-bit absmax with its fp32 second level, at their real sizes."""
+    import torch
+
+    bnb = _bitsandbytes()
+    from bitsandbytes.functional import quantize_4bit
+
+    if setup.quant == "int8":
+        raise PlannerError("cannot simulate int8 (LLM.int8) bases yet; use `python -m planner estimate` for it")
+    # bitsandbytes caches its 8-bit code table on the first device it quantizes on; a meta copy
+    # cannot be moved to real tensors later
+    qmaps = bnb.functional.name2qmap
+    if "dynamic" in qmaps and qmaps["dynamic"].device.type == "meta":
+        qmaps["dynamic"] = bnb.functional.create_dynamic_map()
+    head = model.get_output_embeddings()
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, torch.nn.Linear) and child is not head]
+    for parent, name, linear in swaps:
+        q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                              compute_dtype=_autocast_dtype(setup) or torch.float32, quant_type=setup.quant,
+                              compress_statistics=setup.double_quant, device=linear.weight.device)
+        packed, state = quantize_4bit(linear.weight.data, blocksize=64, compress_statistics=setup.double_quant,
+                                      quant_type=setup.quant)
+        q.weight = bnb.nn.Params4bit(data=packed, requires_grad=False, quant_state=state, quant_type=setup.quant,
+                                     blocksize=64, compress_statistics=setup.double_quant, bnb_quantized=True,
+                                     module=q)
+        q.bias = linear.bias
+        setattr(parent, name, q)
+
+
+def _optimizer(name: str, params: list[Any]) -> Any:
+    """The optimizer HF Trainer builds for ``optim=name``, states at their real sizes.
+
+    Paged bitsandbytes optimizers keep the same states in CUDA managed memory, which the meta
+    device cannot allocate: they are simulated unpaged, as device memory (their worst case)."""
+    import torch
+
+    if name in ("adamw_torch", "adamw_torch_fused"):
+        # the fused kernel has no meta registration; its states are the foreach ones, less the
+        # sqrt(exp_avg_sq) temporary
+        return torch.optim.AdamW(params, lr=1e-4, foreach=name == "adamw_torch", fused=False)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-4)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=1e-4, scale_parameter=False, relative_step=False)
+    bnb = _bitsandbytes()
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        return bnb.optim.AdamW8bit(params, lr=1e-4)
+    return bnb.optim.AdamW32bit(params, lr=1e-4)  # paged_adamw_32bit
 
 
 def _semantics_class() -> type:
@@ -212,7 +330,7 @@ def _autocast_dtype(setup: TrainSetup) -> Any:
 
 
 def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str = "meta",
-             policy: Any = None) -> dict[str, int]:
+             policy: Any = None) -> StepPeaks:
     """Peak live bytes per phase of one step of a ``layers``-layer copy of the model.
 
     On ``meta`` the autocast casts follow ``policy`` (CUDA's by default). ``device="cpu"`` runs
@@ -226,8 +344,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     from planner.autocast_policy import CUDA
 
     cast_dtype = _autocast_dtype(setup)
-    counter = _counter_class()()
-    peaks: dict[str, int] = {}
+    counter = _counter_class()(gpu_kernels=device == "meta")
     if device == "meta":
         semantics = _semantics_class()(policy or CUDA if cast_dtype else None, cast_dtype)
         forward_ctx = semantics
@@ -239,10 +356,11 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter:
         model = _build(config, layers, setup, device, semantics)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=setup.optimizer == "adamw_torch",
-                                      fused=False)
+        optimizer = _optimizer(setup.optimizer, trainable)
         ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
         for step in range(2):  # the second step has optimizer state and gradients from the first
+            owners = _persistent_storages(model, optimizer)
+            persistent = set().union(*owners.values())
             counter.reset_peak()
             if semantics:
                 semantics.caching = True
@@ -250,28 +368,61 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
                 loss = model(input_ids=ids, labels=ids).loss
             if semantics:
                 semantics.end_forward()
-            peaks["forward"] = counter.peak
+            at_peak = {"forward": (counter.peak, counter.peak_live, None)}
+            counter.mark_saved(persistent)
             counter.reset_peak()
             loss.backward()
             del loss
-            peaks["backward"] = counter.peak
+            at_peak["backward"] = (counter.peak, counter.peak_live, counter.peak_saved)
             counter.reset_peak()
             optimizer.step()
-            peaks["optimizer"] = counter.peak
+            at_peak["optimizer"] = (counter.peak, counter.peak_live, counter.peak_saved)
             if step == 0:
                 optimizer.zero_grad(set_to_none=False)  # gradient accumulation keeps them allocated
-    return peaks
+    categories = {phase: _categorize(*at, owners) for phase, at in at_peak.items()}
+    return StepPeaks({phase: peak for phase, (peak, _, _) in at_peak.items()}, categories)
+
+
+def _persistent_storages(model: Any, optimizer: Any) -> dict[str, set[int]]:
+    import torch
+
+    def keys(tensors: Any) -> set[int]:
+        return {t.untyped_storage()._cdata for t in tensors if isinstance(t, torch.Tensor)}
+
+    weights = [*model.parameters(), *model.buffers()]
+    for param in model.parameters():  # bitsandbytes keeps absmax and code tables beside the packed weight
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            weights += list(vars(state).values())
+            state = getattr(state, "state2", None)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    states = [t for per_param in optimizer.state.values() for t in per_param.values()]
+    return {"parameters": keys(weights), "gradients": keys(grads), "optimizer_state": keys(states)}
+
+
+def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict[str, set[int]]) -> dict[str, int]:
+    """``saved``: bytes at the peak that the forward left for backward; None for the forward's own
+    peak, where everything not persistent counts as activations (the layers' saved tensors are
+    most of it, and the rest cannot be told apart until the forward ends)."""
+    split = dict.fromkeys(CATEGORIES, 0)
+    for key, size in live.items():
+        owner = next((name for name, keys in owners.items() if key in keys), None)
+        split[owner or "temporaries"] += size
+    split["temporaries"] += peak - sum(live.values())  # kernel transients that are never tensors
+    moved = split["temporaries"] if saved is None else saved
+    split["activations"], split["temporaries"] = moved, split["temporaries"] - moved
+    return split
 
 
 def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
-    if setup.method == "qlora":
-        raise PlannerError("cannot simulate QLoRA yet (bitsandbytes' packed layout is not modelled); "
-                           "use `python -m planner estimate` for it")
     if model.arch.is_moe:
-        raise PlannerError("cannot simulate MoE yet (routing shapes depend on the data); "
-                           "use `python -m planner estimate` for it")
+        from planner.memory import estimate
+
+        analytic = estimate(model, setup).peak_allocated_bytes
+        raise PlannerError("cannot simulate MoE: which expert gets how many tokens depends on the data "
+                           f"(the analytic estimate, with uniform routing, is {analytic / 2**30:.2f} GiB allocated)")
     if setup.num_gpus > 1:
         raise PlannerError("precise mode simulates one GPU; use `estimate` for --num-gpus > 1")
     window = model.config.get("sliding_window")
@@ -280,8 +431,6 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
         # lacks: the meta step would materialise the full score matrix instead
         raise PlannerError(f"cannot simulate sliding-window attention beyond its window ({window} tokens) yet; "
                            "use `python -m planner estimate` for it")
-    if setup.optimizer not in ("adamw_torch", "adamw_torch_fused"):
-        raise PlannerError(f"precise mode simulates torch AdamW only; use `estimate` for {setup.optimizer}")
     try:
         one = run_step(model.config, 1, setup)
         two = run_step(model.config, 2, setup)
@@ -291,11 +440,19 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PlannerError(f"cannot simulate this model: {first[:200]}") from None
     layers = model.arch.num_layers
-    phases = {p: one[p] + (layers - 1) * (two[p] - one[p]) for p in PHASES}
-    peak = max(phases.values())
+
+    def extrapolate(a: int, b: int) -> int:
+        return a + (layers - 1) * (b - a)
+
+    phases = {p: extrapolate(one[p], two[p]) for p in PHASES}
+    peak_phase = max(PHASES, key=phases.__getitem__)
+    peak = phases[peak_phase]
+    categories = {c: extrapolate(one.categories[peak_phase][c], two.categories[peak_phase][c]) for c in CATEGORIES}
     # the estimator's allocator model: slack over what the step adds on top of the weights
     transient = max(peak - min(phases.values()), 0)
     reserved = peak + int(ALLOCATOR_SLACK * transient)
-    notes = (f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
-             "torch AdamW; CUDA context and allocator slack as in the analytic estimate")
-    return Simulation(model.name, (1, 2), phases, peak, reserved, reserved + CUDA_CONTEXT, notes)
+    notes = [f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
+             "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the analytic estimate"]
+    if setup.optimizer.startswith("paged_"):
+        notes.append("paged optimizer simulated unpaged: its state counted as device memory (it can spill to host)")
+    return Simulation(model.name, (1, 2), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes))

@@ -7,7 +7,7 @@ from planner.catalog import resolve_model
 from planner.errors import PlannerError
 from planner.memory import estimate
 from planner.options import TrainSetup
-from planner.simulate import PHASES, run_step, simulate
+from planner.simulate import CATEGORIES, PHASES, run_step, simulate
 
 TINY = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512, "tie_word_embeddings": False}
@@ -34,16 +34,16 @@ def test_two_layers_extrapolate_exactly():
 
 def test_simulation_agrees_with_the_analytic_estimate():
     model = resolve_model("meta-llama/Llama-3.1-8B")
-    for setup in (TrainSetup(method="lora"), TrainSetup(method="full")):
+    for setup in (TrainSetup(method="lora"), TrainSetup(method="full"), TrainSetup(method="qlora"),
+                  TrainSetup(method="full", optimizer="adamw_8bit"), TrainSetup(method="lora", precision="bf16-mixed")):
         sim, est = simulate(model, setup), estimate(model, setup)
         assert est.peak_allocated_bytes == pytest.approx(sim.peak_allocated_bytes, rel=0.10)
         assert sim.device_used_bytes > sim.peak_reserved_bytes >= sim.peak_allocated_bytes
 
 
 @pytest.mark.parametrize("model, setup, message", [
-    ("meta-llama/Llama-3.1-8B", TrainSetup(method="qlora"), "QLoRA"),
+    ("meta-llama/Llama-3.1-8B", TrainSetup(method="qlora", quant="int8"), "int8"),
     ("mistralai/Mixtral-8x7B-v0.1", TrainSetup(method="lora"), "MoE"),
-    ("meta-llama/Llama-3.1-8B", TrainSetup(optimizer="adamw_8bit"), "AdamW"),
 ])
 def test_what_is_not_simulated_says_so(model, setup, message):
     with pytest.raises(PlannerError, match=message) as err:
@@ -59,12 +59,39 @@ CPU_AUTOCAST = CastPolicy({**{op: LOWER for op in "conv1d conv2d conv3d bmm mm m
                                                  "binary_cross_entropy_with_logits".split()}})
 
 
-@pytest.mark.parametrize("method, precision", [("lora", "bf16"), ("lora", "bf16-mixed"), ("full", "bf16-mixed")])
+@pytest.mark.parametrize("method, precision, kbit_prepare", [
+    ("lora", "bf16", True), ("lora", "bf16-mixed", True), ("full", "bf16-mixed", True),
+    ("qlora", "bf16", True), ("qlora", "bf16", False)])
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_autocast_replay_matches_torch_autocast(method, precision, checkpointing):
+def test_autocast_replay_matches_torch_autocast(method, precision, kbit_prepare, checkpointing):
+    """QLoRA included: bitsandbytes quantizes and multiplies on the meta device through its own
+    fake kernels, and on the CPU for real."""
     setup = TrainSetup(method=method, precision=precision, adapter_dtype="fp32", batch_size=2, seq_len=64,
-                       grad_checkpointing=checkpointing)
+                       grad_checkpointing=checkpointing, kbit_prepare=kbit_prepare)
     meta = run_step(TINY, 2, setup, "meta", policy=CPU_AUTOCAST)
     real = run_step(TINY, 2, setup, "cpu")
     for phase in PHASES:
         assert meta[phase] == pytest.approx(real[phase], rel=0.01), phase
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_categories_add_up_and_name_the_persistent_bytes(method):
+    setup = TrainSetup(method=method, precision="bf16", adapter_dtype="fp32", batch_size=2, seq_len=64)
+    step = run_step(TINY, 2, setup)
+    for phase in PHASES:
+        split = step.categories[phase]
+        assert set(split) == set(CATEGORIES) and sum(split.values()) == step[phase], phase
+        assert min(split.values()) >= 0, (phase, split)
+    optimizer = step.categories["optimizer"]
+    # AdamW keeps two moments the size of the gradients (plus a 4-byte step count per tensor)
+    assert optimizer["gradients"] > 0
+    assert optimizer["optimizer_state"] == pytest.approx(2 * optimizer["gradients"], rel=1e-3)
+    assert step.categories["backward"]["activations"] > 0
+
+
+def test_the_cli_prints_the_split_and_moe_gets_the_analytic_figure(capsys):
+    from planner.cli import main
+
+    assert main(["simulate", "--model", "mistralai/Mixtral-8x7B-v0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot simulate MoE" in err and "GiB" in err
