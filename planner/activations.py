@@ -73,6 +73,10 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     norm_input = FP32 if arch.norm_kind == "rms" else rb
     norm_output_kept = full or (setup.is_peft and not adapter_cast and not residual_cast)
     norms = block.norms * (norm_input + rb * int(norm_output_kept)) * h
+    if full and not residual_cast:
+        # a trainable norm weight's mul keeps the normalised input; the matmuls after it keep
+        # its output, a second 16-bit tensor
+        norms += block.norms * c * h
     # Full fine-tuning: each 16-bit matmul reading an fp32 residual keeps its own cast copy.
     input_casts = len(readers) * c * h if full and residual_cast else 0
     # Attention: q, k, v and the output saved by SDPA/flash, plus the fp32 log-sum-exp per head.
@@ -81,6 +85,10 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         attention = c * (3 * q_w + o_w) + arch.num_heads * s * (FP32 + c)
     else:
         attention = c * (q_w + 2 * kv_w + o_w) + FP32 * arch.num_heads
+    if full and setup.attention == "eager":
+        # eager attention hands o_proj a contiguous copy of its (b, h, s, d) output, which o_proj
+        # keeps; fused kernels already write (b, s, h, d)
+        attention += c * o_w
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
     down_needs_input = full or (setup.is_peft and not adapter_cast and any(
         lora_targeted(l, setup.lora_targets) for l in block.linears if l.name.endswith(("down_proj", "c_proj", "fc2"))))
@@ -146,6 +154,8 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     # ForCausalLMLoss: logits.float() and log_softmax's output are fp32; at the start of backward
     # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers.
     logits = tokens * arch.vocab_size * 3 * FP32
+    if arch.logit_softcap:
+        logits += tokens * arch.vocab_size * c  # tanh's output, kept for its backward
     head_copy = 0
     head_fp32 = setup.weight_bytes == FP32 or setup.fp32_unquantized
     if head_fp32 and c != FP32:

@@ -93,6 +93,8 @@ class _Params:
     """Bytes of the trainable parameters themselves (their dtype sets gradient and Adam sizes)."""
     matrix_dims: int
     """Sum of rows + columns over trainable matrices (Adafactor's factored second moment)."""
+    largest: int
+    """Elements of the largest trainable tensor (Adafactor updates one tensor at a time)."""
 
 
 def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
@@ -128,9 +130,11 @@ def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int]:
 
 def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
     wb = setup.weight_bytes
+    embed = arch.vocab_size * arch.hidden_size
     if setup.method == "full":
         dims = sum(b.count * l.copies * (l.d_in + l.d_out) for b in arch.blocks for l in b.linears)
-        return _Params(total * wb, 0, 0, total, total * wb, dims)
+        largest = max([embed] + [l.d_in * l.d_out for b in arch.blocks for l in b.linears])
+        return _Params(total * wb, 0, 0, total, total * wb, dims, largest)
 
     lora, dims = _lora_params(arch, setup)
     adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
@@ -145,7 +149,9 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
         quant_state = _quant_state_bytes(arch, setup, quantized)
     mts = _modules_to_save(arch, setup.modules_to_save)
     adapters = lora * adapter_b + mts * other_b
-    return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims)
+    largest = embed if mts else setup.lora_r * max(max(l.d_in, l.d_out) for b in arch.blocks for l in b.linears
+                                                   if lora_targeted(l, setup.lora_targets))
+    return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest)
 
 
 def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:
@@ -175,7 +181,10 @@ def _optimizer_state(setup: TrainSetup, p: _Params) -> tuple[int, int]:
         return p.trainable * 2 * FP32, 0
     if opt == "sgd":
         return 0, 0  # HF's sgd has no momentum by default
-    return FP32 * p.matrix_dims, p.trainable_bytes  # adafactor: factored second moment + update buffer
+    # transformers' Adafactor: factored second moment; its step works one tensor at a time in
+    # fp32 (16-bit parameters and gradients upcast, the squared gradient, the update).
+    copies = 2 if setup.weight_bytes == FP32 else 4
+    return FP32 * p.matrix_dims, copies * FP32 * p.largest
 
 
 def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:

@@ -150,7 +150,8 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, 
         hf_config = AutoConfig.for_model(model_type, **{k: v for k, v in fields.items() if k != "architectures"})
     except (ValueError, KeyError) as exc:
         raise PlannerError(f"cannot simulate: transformers does not know model_type '{model_type}' ({exc})") from None
-    hf_config._attn_implementation = "eager" if setup.attention == "eager" else "sdpa"
+    hf_config._attn_implementation = ({"eager": "eager", "sdpa": "sdpa"}.get(setup.attention)
+                                      or _flash_attention(_autocast_dtype(setup)))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(_dtype(setup.precision))
     try:
@@ -194,6 +195,28 @@ def _bitsandbytes() -> Any:
     import bitsandbytes
 
     return bitsandbytes
+
+
+def _flash_attention(half: Any) -> str:
+    """Register flash-attn's memory behaviour with transformers; returns its name.
+
+    The flash-attn package needs CUDA. What it allocates is what the fused CPU kernel's meta
+    registration allocates: the output, already laid out (b, s, h, d), and an fp32 log-sum-exp
+    per head and token, with grouped K/V used as they are. Its sliding window and logit softcap
+    change no sizes, so models that need them (Mistral beyond its window, Gemma 2) run too.
+    Like transformers' flash path, fp32 inputs (QLoRA's fp32 projections) are cast to ``half``."""
+    import torch
+    from transformers import AttentionInterface
+
+    def flash(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+        if half is not None and query.dtype == torch.float32:
+            query, key, value = (t.to(half) for t in (query, key, value))
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout, True, scale=scaling)[0]
+        return out.transpose(1, 2), None
+
+    AttentionInterface.register("planner_fused", flash)
+    return "planner_fused"
 
 
 def _quantize(model: Any, setup: TrainSetup) -> None:
@@ -426,11 +449,11 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     if setup.num_gpus > 1:
         raise PlannerError("precise mode simulates one GPU; use `estimate` for --num-gpus > 1")
     window = model.config.get("sliding_window")
-    if isinstance(window, int) and setup.seq_len > window and setup.attention != "eager":
+    if isinstance(window, int) and setup.seq_len > window and setup.attention == "sdpa":
         # an explicit band mask makes GPUs pick the memory-efficient kernel, which the meta device
         # lacks: the meta step would materialise the full score matrix instead
-        raise PlannerError(f"cannot simulate sliding-window attention beyond its window ({window} tokens) yet; "
-                           "use `python -m planner estimate` for it")
+        raise PlannerError(f"cannot simulate sdpa's sliding-window mask beyond the window ({window} tokens); "
+                           "use --attention flash_attention_2, or `python -m planner estimate`")
     try:
         one = run_step(model.config, 1, setup)
         two = run_step(model.config, 2, setup)

@@ -77,6 +77,8 @@ class Architecture:
     norm_kind: str = "rms"
     """``rms`` (computed in fp32 by transformers) or ``layer`` (nn.LayerNorm)."""
     max_position_embeddings: int | None = None
+    logit_softcap: bool = False
+    """Final logits pass through ``cap * tanh(logits / cap)`` (Gemma 2): tanh keeps its output."""
     assumptions: tuple[str, ...] = field(default=(), compare=False)
 
     @property

@@ -245,6 +245,8 @@ def _arch(cfg: Config, d: _Dims, blocks: tuple[Block, ...], tie_default: bool = 
         lm_head_bias=lm_head_bias,
         norm_kind=norm_kind,
         max_position_embeddings=max_pos,
+        # transformers' Gemma2Config defaults it to 30.0 when config.json leaves it out
+        logit_softcap=bool(cfg.get("final_logit_softcapping", 30.0 if cfg.get("model_type") == "gemma2" else None)),
     )
 
 
