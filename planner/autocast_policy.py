@@ -54,3 +54,15 @@ CUDA = CastPolicy(_rules(**{
     "addcdiv addcmul atan2 bilinear cross dot vdot grid_sampler index_put tensordot scatter_add "
     "cat stack": PROMOTE,
 }))
+
+# torch's CPU autocast (AutocastCPUTestLists in the same file): no GPU here, so the replay is
+# checked against torch's real CPU autocast on real tensors with this table.
+CPU = CastPolicy(_rules(**{
+    "conv1d conv2d conv3d bmm mm matmul baddbmm addmm addbmm conv_tbc conv_transpose1d conv_transpose2d "
+    "conv_transpose3d prelu linear scaled_dot_product_attention _native_multi_head_attention": LOWER,
+    "avg_pool3d binary_cross_entropy reflection_pad1d nll_loss nll_loss2d l1_loss smooth_l1_loss mse_loss "
+    "multilabel_margin_loss soft_margin_loss multi_margin_loss huber_loss poisson_nll_loss "
+    "cosine_embedding_loss hinge_embedding_loss margin_ranking_loss triplet_margin_loss "
+    "binary_cross_entropy_with_logits": FP32,
+    "cat stack": PROMOTE,
+}))

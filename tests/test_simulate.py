@@ -2,7 +2,7 @@
 
 import pytest
 
-from planner.autocast_policy import FP32, LOWER, CastPolicy
+from planner.autocast_policy import CPU
 from planner.catalog import resolve_model
 from planner.errors import PlannerError
 from planner.memory import estimate
@@ -51,14 +51,6 @@ def test_what_is_not_simulated_says_so(model, setup, message):
     assert "\n" not in str(err.value)
 
 
-# torch's CPU autocast lists (torch/testing/_internal/autocast_test_lists.py, AutocastCPUTestLists):
-# the meta step replays them, and the same step on real CPU tensors runs under torch.autocast("cpu").
-CPU_AUTOCAST = CastPolicy({**{op: LOWER for op in "conv1d conv2d conv3d bmm mm matmul baddbmm addmm addbmm "
-                                                  "conv_tbc prelu linear scaled_dot_product_attention".split()},
-                           **{op: FP32 for op in "nll_loss nll_loss2d mse_loss l1_loss smooth_l1_loss "
-                                                 "binary_cross_entropy_with_logits".split()}})
-
-
 @pytest.mark.parametrize("method, precision, kbit_prepare", [
     ("lora", "bf16", True), ("lora", "bf16-mixed", True), ("full", "bf16-mixed", True),
     ("qlora", "bf16", True), ("qlora", "bf16", False)])
@@ -68,7 +60,7 @@ def test_autocast_replay_matches_torch_autocast(method, precision, kbit_prepare,
     fake kernels, and on the CPU for real."""
     setup = TrainSetup(method=method, precision=precision, adapter_dtype="fp32", batch_size=2, seq_len=64,
                        grad_checkpointing=checkpointing, kbit_prepare=kbit_prepare)
-    meta = run_step(TINY, 2, setup, "meta", policy=CPU_AUTOCAST)
+    meta = run_step(TINY, 2, setup, "meta", policy=CPU)
     real = run_step(TINY, 2, setup, "cpu")
     for phase in PHASES:
         assert meta[phase] == pytest.approx(real[phase], rel=0.01), phase

@@ -130,3 +130,20 @@ def test_make_demo_twice_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (out / "model" / "model.safetensors").read_bytes() == first  # fixed seed: same weights
     assert TrainConfig.load(out / "run.json").model == str(out.resolve() / "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_precise_mode_on_the_demo_model_matches_its_real_step(demo: Path, method: str) -> None:
+    """The model the trainer trains here, all four layers: the meta-device step allocates what
+    the same step on real CPU tensors does (torch's CPU autocast replayed on the meta side)."""
+    from planner.autocast_policy import CPU
+    from planner.options import TrainSetup
+    from planner.simulate import PHASES, run_step
+
+    config = json.loads((demo / "model" / "config.json").read_text())
+    setup = TrainSetup(method=method, precision="bf16", batch_size=4, seq_len=64)
+    layers = config["num_hidden_layers"]
+    meta = run_step(config, layers, setup, "meta", policy=CPU)
+    real = run_step(config, layers, setup, "cpu")
+    for phase in PHASES:
+        assert meta[phase] == pytest.approx(real[phase], rel=0.01), phase
