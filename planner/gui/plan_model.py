@@ -196,3 +196,64 @@ def summary_lines(plan: Plan, gpu_gib: float) -> tuple[str, ...]:
                    else f"does not fit on {gpu_gib:g} GiB ({margin:.1f} GiB over)")
         lines.append(f"{label}: device used {used:.1f} GiB — {verdict}")
     return tuple(lines)
+
+
+CATEGORY_LABELS: dict[str, str] = {
+    "parameters": "parameters",
+    "gradients": "gradients",
+    "optimizer_state": "optimizer state",
+    "working": "activations and temporaries",
+}
+"""Precise mode's split of the peak, in row order. Its activations and temporaries are one row:
+the two sides draw the line between them differently (the loss buffers are saved tensors to
+the simulation, a term of their own to the estimate), so only their sum compares."""
+
+
+def analytic_categories(b: Breakdown) -> dict[str, int]:
+    """The analytic terms regrouped into precise mode's categories; they add up to peak allocated.
+
+    CUDA context and allocator slack are left out: they lie beyond peak allocated in both.
+    """
+    return {
+        "parameters": b.weights + b.quant_state + b.adapters,
+        "gradients": b.gradients,
+        "optimizer_state": b.optimizer,
+        "working": b.activations + b.logits + b.workspace,
+    }
+
+
+@dataclass(frozen=True)
+class CategoryRow:
+    """One line of the Precise check's comparison table."""
+
+    label: str
+    simulated_bytes: int
+    """Precise mode's bytes in this category at its peak."""
+    analytic_bytes: int
+    """The analytic estimate's terms mapped onto this category (:func:`analytic_categories`)."""
+
+    @property
+    def difference_bytes(self) -> int:
+        """Analytic minus simulated: positive when the estimate is higher."""
+        return self.analytic_bytes - self.simulated_bytes
+
+    @property
+    def difference_fraction(self) -> float | None:
+        """The difference relative to the simulation; None when the simulation has none of it."""
+        return self.difference_bytes / self.simulated_bytes if self.simulated_bytes else None
+
+
+def compare_categories(simulated: dict[str, int], simulated_peak: int, analytic: Estimate) -> tuple[CategoryRow, ...]:
+    """One row per category, then the "peak allocated" total (simulated ``categories`` sum to its peak)."""
+    mapped = analytic_categories(analytic.breakdown)
+    simulated = {**simulated, "working": simulated.get("activations", 0) + simulated.get("temporaries", 0)}
+    rows = tuple(CategoryRow(label, simulated.get(key, 0), mapped[key]) for key, label in CATEGORY_LABELS.items())
+    return rows + (CategoryRow("peak allocated", simulated_peak, analytic.peak_allocated_bytes),)
+
+
+def largest_difference(rows: tuple[CategoryRow, ...]) -> str:
+    """The sentence under the table: "Largest difference: gradients, the analytic estimate is 0.22 GiB higher"."""
+    row = max(rows[:-1], key=lambda r: abs(r.difference_bytes))  # the total is not a category
+    side = "higher" if row.difference_bytes > 0 else "lower"
+    return (f"Largest difference: {row.label}, the analytic estimate is "
+            f"{abs(row.difference_bytes) / GiB:.2f} GiB {side}.")

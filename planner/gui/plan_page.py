@@ -163,7 +163,7 @@ class PlanPage(QWidget):
         self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
         self.sizes.show_table(table, values.gpu_gib)
         mine_index = next((i for i, m in enumerate(plan.methods) if m == values.method), 1)
-        self.precise.set_plan(values, plan.estimates[mine_index].peak_allocated_bytes)
+        self.precise.set_plan(values, plan.estimates[mine_index])
         self.costs.show_rows(rows)
         gpu = self.gpu_target()
         # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it
