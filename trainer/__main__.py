@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="train; JSON-line events on stdout, commands on stdin")
     run.add_argument("--config", help="run config (.json or .yaml), TrainConfig field names")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last complete checkpoint")
+    run.add_argument("--worker", metavar="RUN_DIR", help=argparse.SUPPRESS)  # set by the launcher for torchrun
     export = sub.add_parser("export", help="write the trained model (adapter, or merged with --merge)")
     export.add_argument("--run", required=True, metavar="RUN_DIR")
     export.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from trainer.run import main as run_main
 
-        return run_main(args.config, args.resume)
+        return run_main(args.config, args.resume, worker=args.worker)
     if args.command == "export":
         from trainer.export import main as export_main
 

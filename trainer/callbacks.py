@@ -88,6 +88,16 @@ class Commands:
                 return out
 
 
+class SilentSink:
+    """The sink of ranks other than 0: one voice per run."""
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as fh:
         fh.seek(-1, os.SEEK_END)
@@ -118,7 +128,9 @@ class EventCallback(TrainerCallback):
 
     # -- commands ---------------------------------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
-        for command in self.commands.drain():
+        from trainer.distributed import agree
+
+        for command in agree(self.commands.drain()):
             if command == "checkpoint":
                 control.should_save = True
             elif command == "stop" and self.outcome == "completed":
@@ -151,20 +163,31 @@ class EventCallback(TrainerCallback):
         elapsed = now - self._train_start
         done = max(state.global_step, 1)
         eta = elapsed / done * max(state.max_steps - state.global_step, 0) if state.max_steps else None
-        alloc, reserved = self._memory()
+        from trainer.distributed import gather
+
+        ranks = gather((*self._memory(), rss_bytes()))
+        # each rank's figures as flat fields; the unsuffixed ones are the largest, the GPU to watch
+        per_rank = {f"{name}_rank{i}": value for i, figures in enumerate(ranks) if len(ranks) > 1
+                    for name, value in zip(("peak_alloc_bytes", "peak_reserved_bytes", "rss_bytes"), figures)}
+        alloc, reserved, rss = (max(column) for column in zip(*ranks))
         self.sink.emit(
             "step", step=state.global_step, epoch=float(state.epoch or 0.0), loss=float(logs["loss"]),
             lr=float(logs.get("learning_rate", 0.0)), grad_norm=_float(logs.get("grad_norm")),
             tokens_per_s=round(tokens_per_s, 2), peak_alloc_bytes=alloc, peak_reserved_bytes=reserved,
-            rss_bytes=rss_bytes(), max_steps=state.max_steps, eta_s=None if eta is None else round(eta, 1))
+            rss_bytes=rss, max_steps=state.max_steps, eta_s=None if eta is None else round(eta, 1),
+            **per_rank)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_loss" in metrics:
             self.sink.emit("eval", step=state.global_step, eval_loss=float(metrics["eval_loss"]))
 
     def on_save(self, args, state, control, **kwargs):
+        from trainer.distributed import barrier, rank
+
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        mark_complete(path)
+        barrier()  # every rank's files (its RNG state, its shards) are written before the marker
+        if rank() == 0:
+            mark_complete(path)
         self.sink.emit("checkpoint", step=state.global_step, path=str(path))
 
 

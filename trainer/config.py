@@ -22,6 +22,7 @@ PRECISIONS = ("auto",) + _PLANNED_PRECISIONS
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text")
 DEVICES = ("auto", "cuda", "cpu")
+SHARDINGS = ("ddp", "fsdp")
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,11 @@ class TrainConfig:
     """0 = checkpoint only on request, on stop and at the end."""
     save_total_limit: int = 2
     device: str = "auto"
+    num_processes: int = 1
+    """Processes to train with, one per GPU: torchrun starts them (gloo on the CPU, NCCL on GPUs)."""
+    sharding: str = "ddp"
+    """With several processes: ``ddp`` keeps a whole replica per process; ``fsdp`` shards
+    parameters, gradients and optimizer state across them."""
     trust_remote_code: bool = False
     """Run code shipped with the model. Off unless you trust its author."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -88,7 +94,7 @@ class TrainConfig:
         for name, allowed in (("method", METHODS), ("quant", QUANTS), ("precision", PRECISIONS),
                               ("optimizer", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS),
                               ("attention", ATTENTIONS), ("data_format", FORMATS), ("device", DEVICES),
-                              ("adapter_dtype", ("fp32", "bf16"))):
+                              ("adapter_dtype", ("fp32", "bf16")), ("sharding", SHARDINGS)):
             value = getattr(self, name)
             if value not in allowed:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -99,7 +105,7 @@ class TrainConfig:
         if not str(self.dataset).strip():
             raise ConfigError("dataset: empty; give a .jsonl, .json, .csv or .parquet file")
         for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_seq_len",
-                     "logging_steps", "save_total_limit"):
+                     "logging_steps", "save_total_limit", "num_processes"):
             _whole(name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "eval_steps", "save_steps", "seed"):
             _whole(name, getattr(self, name), minimum=0)

@@ -33,6 +33,8 @@ def planner_setup(cfg: TrainConfig, precision: str) -> TrainSetup:
         lora_dropout=min(cfg.lora_dropout, 0.99),
         lora_targets=cfg.lora_targets,
         modules_to_save=cfg.modules_to_save,
+        num_gpus=cfg.num_processes,
+        sharding="none" if cfg.num_processes == 1 else cfg.sharding,
     )
 
 

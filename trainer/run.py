@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -49,12 +50,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
-        from trainer.callbacks import Commands, EventSink
+        from trainer.callbacks import Commands, EventSink, SilentSink
+        from trainer.distributed import COMMANDS_FILE, follow, rank, world_size
 
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
         self.t0 = time.monotonic()
-        self.sink = EventSink(run_dir / "metrics.jsonl", out=out, t0=self.t0)
+        self.lead = rank() == 0
+        """Rank 0 (or the only process): the one that speaks and writes the run's files."""
+        self.sink = EventSink(run_dir / "metrics.jsonl", out=out, t0=self.t0) if self.lead else SilentSink()
         self.commands = Commands(stdin)
+        self._following = threading.Event()
+        if world_size() > 1 and self.lead:
+            threading.Thread(target=follow, args=(run_dir / COMMANDS_FILE, self.commands.put, self._following),
+                             daemon=True, name="commands-file").start()
         self.trainer: Any = None
         self.callback: Any = None
         self.runtime: Any = None
@@ -96,6 +104,8 @@ class Run:
             callbacks=callbacks,
         )
         self.trainer.remove_callback(PrinterCallback)
+        if cfg.num_processes > 1 and cfg.sharding == "fsdp" and not self.trainer.is_fsdp_enabled:
+            _fsdp_on_cpu(self.trainer)
         # a resumed run killed before its first checkpoint starts over (and says so in `start`)
         self.checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
         params_total = sum(p.numel() for p in model.parameters())
@@ -130,7 +140,7 @@ class Run:
             optim=cfg.optimizer,
             bf16=precision.startswith("bf16"),
             fp16=precision.startswith("fp16"),
-            **_checkpointing_args(cfg.grad_checkpointing),
+            **_parallel_args(cfg, self.runtime.device),
             logging_steps=cfg.logging_steps,
             eval_strategy=eval_strategy,
             eval_steps=cfg.eval_steps or None,
@@ -156,9 +166,12 @@ class Run:
         status = self.callback.outcome
         state = self.trainer.state
         if status == "completed":
-            final = self.run_dir / ("adapter" if self.cfg.method != "full" else "model")
-            with atomic_dir(final) as tmp:
-                self.trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+            weights = _full_weights(self.trainer.model) if self.trainer.is_fsdp_enabled else None
+            if self.lead:
+                final = self.run_dir / ("adapter" if self.cfg.method != "full" else "model")
+                with atomic_dir(final) as tmp:
+                    self.trainer.accelerator.unwrap_model(self.trainer.model).save_pretrained(
+                        str(tmp), safe_serialization=True, state_dict=weights)
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         self.write_summary(status, state.global_step, losses[-1] if losses else None)
         self.sink.emit("end", status=status, steps=state.global_step, runtime_s=round(self.elapsed(), 2),
@@ -166,6 +179,8 @@ class Run:
         return status
 
     def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None) -> None:
+        if not self.lead:
+            return
         summary = {
             "status": status, "steps": steps, "final_loss": final_loss,
             "peak_measured_bytes": measured_peak(self.runtime.device if self.runtime else "cpu"),
@@ -184,6 +199,42 @@ class Run:
         self.write_summary("failed", steps, None, error=f"{kind}: {message}")
         self.sink.emit("end", status="failed", steps=steps, runtime_s=round(self.elapsed(), 2),
                        output_dir=str(self.run_dir))
+
+
+def _parallel_args(cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """Checkpointing, and how several processes share the work (none with one process)."""
+    if cfg.num_processes == 1:
+        return _checkpointing_args(cfg.grad_checkpointing)
+    common: dict[str, Any] = {"ddp_backend": "gloo" if device == "cpu" else "nccl"}
+    if cfg.sharding == "ddp":
+        # every parameter takes part in every step (LoRA's frozen base has no gradient at all)
+        return {**_checkpointing_args(cfg.grad_checkpointing), **common, "ddp_find_unused_parameters": False}
+    # FSDP2 shards parameters, gradients and optimizer state per decoder layer; it checkpoints
+    # those layers itself (the training argument would all-gather them a second time), and saves
+    # sharded checkpoints: each rank writes its own part, and resume needs the same world size.
+    return {**_checkpointing_args(False), **common, "fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"version": 2, "activation_checkpointing": cfg.grad_checkpointing,
+                            "state_dict_type": "SHARDED_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
+
+
+def _full_weights(model: Any) -> dict[str, Any]:
+    """The whole state dict of a sharded model, on rank 0's CPU (a collective every rank joins;
+    the others get an empty dict). Checkpoints stay sharded; the final model is whole."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _fsdp_on_cpu(trainer: Any) -> None:
+    """torch's FSDP2 shards over gloo on the CPU too, but accelerate enables its FSDP plugin on
+    GPU-like devices only (a CPU run would silently replicate instead). Switch it on: the CPU
+    then runs the very FSDP path GPUs run, which is how the tests check it without a GPU."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state.distributed_type = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
 
 
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:
@@ -272,10 +323,14 @@ def _config_for(config_path: str | None, resume_dir: str | None) -> tuple[TrainC
 
 
 def main(config_path: str | None, resume_dir: str | None = None,
-         stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+         stdin: TextIO | None = None, out: TextIO | None = None, worker: str | None = None) -> int:
+    """``worker``: the run directory a torchrun worker trains in (``resume_dir`` then only says
+    whether to resume); the launcher prepared it."""
     from trainer.protocol import encode
 
     out = out or sys.stdout
+    if worker:
+        return _work(Path(worker), resume=bool(resume_dir), out=out)
     try:
         cfg, run_dir, resume = _config_for(config_path, resume_dir)
     except ConfigError as exc:
@@ -285,19 +340,32 @@ def main(config_path: str | None, resume_dir: str | None = None,
         _say(f"error: {exc}")
         return EXIT_INPUT
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run = Run(cfg, run_dir, resume, stdin, out)
     # who is training this directory: lets the app re-attach after a restart, or call it orphaned
     pid_file = run_dir / PID_FILE
     atomic_write_text(pid_file, f"{os.getpid()}\n")
+    try:
+        if cfg.num_processes > 1:
+            from trainer.distributed import launch
+
+            return launch(run_dir, cfg.num_processes, resume, stdin, out)
+        return _work(run_dir, resume, out, cfg=cfg, stdin=stdin)
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+def _work(run_dir: Path, resume: bool, out: TextIO, cfg: TrainConfig | None = None,
+          stdin: TextIO | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run = Run(cfg or TrainConfig.load(run_dir / "config.json"), run_dir, resume, stdin, out)
     # Libraries print to stdout (warnings, progress); only the sink may write events there.
     real_stdout, sys.stdout = sys.stdout, sys.stderr
     try:
         return _run(run)
     finally:
         sys.stdout = real_stdout
+        run._following.set()
         run.commands.close()
         run.sink.close()
-        pid_file.unlink(missing_ok=True)
 
 
 def _run(run: Run) -> int:

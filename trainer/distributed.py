@@ -1,0 +1,160 @@
+"""Several processes on PyTorch's own stack: torchrun starts one trainer per GPU (or CPU process).
+
+The process the app starts is the launcher: it writes the run directory, starts
+``python -m torch.distributed.run``, and hands it nothing but the run directory. Every worker
+runs the same ``Run``; rank 0 alone speaks (events on the inherited stdout, ``metrics.jsonl``,
+the summary and the final save). Commands reach the ranks through ``<run_dir>/commands``, where
+the launcher appends what stdin and SIGTERM send. Every rank acts on a command at the same step
+(an all-reduce of its code): a rank that stopped alone would leave the others waiting in a
+collective forever.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+COMMANDS_FILE = "commands"
+_CODES = {"checkpoint": 1, "stop": 2, "cancel": 3}
+"""All-reduced with MAX: when commands collide the more final one wins."""
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def agree(commands: list[str]) -> list[str]:
+    """The command every rank acts on at this step (one rank's commands, all ranks' decision)."""
+    if world_size() == 1:
+        return commands
+    import torch
+    import torch.distributed as dist
+
+    code = max((_CODES.get(c, 0) for c in commands), default=0)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([code], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    decided = int(flag.item())
+    return [name for name, c in _CODES.items() if c == decided]
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (a collective: all ranks must call it)."""
+    if world_size() == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def follow(path: Path, put: Any, stop: threading.Event) -> None:
+    """Feed each line appended to ``path`` to ``put`` until ``stop`` is set (rank 0's ears)."""
+    from trainer.protocol import parse_command
+
+    offset = 0
+    while not stop.wait(0.2):
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except OSError:
+            continue
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            command = parse_command(line)
+            if command:
+                put(command)
+
+
+def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None, out: TextIO) -> int:
+    """Start the workers and relay their events; returns the run's exit code."""
+    from trainer.callbacks import Commands
+    from trainer.files import atomic_write_text
+
+    commands_file = run_dir / COMMANDS_FILE
+    atomic_write_text(commands_file, "")
+    metrics = run_dir / "metrics.jsonl"
+    before = metrics.stat().st_size if metrics.is_file() else 0  # a resumed run appends
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
+            "-m", "trainer", "run", "--worker", str(run_dir)] + (["--resume", str(run_dir)] if resume else [])
+    commands = Commands(stdin)
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, bufsize=1)
+    done = threading.Event()
+
+    def forward() -> None:
+        while not done.wait(0.1):
+            pending = commands.drain()
+            if pending:
+                with open(commands_file, "a", encoding="utf-8") as fh:
+                    fh.write("".join(c + "\n" for c in pending))
+
+    forwarder = threading.Thread(target=forward, daemon=True, name="commands-forward")
+    forwarder.start()
+    try:
+        for line in child.stdout:
+            try:
+                out.write(line)
+                out.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+        code = child.wait()
+    finally:
+        done.set()
+        forwarder.join()
+        commands.close()
+    ended, error = _outcome(metrics, before)
+    if not ended:  # the workers died before rank 0 could say so: the protocol still ends
+        from trainer.callbacks import EventSink
+
+        sink = EventSink(metrics, out=out)
+        sink.emit("error", type="internal", message=f"the training processes exited with code {code}",
+                  hint="this is a bug; the traceback is in the log")
+        sink.emit("end", status="failed", steps=0, runtime_s=0.0, output_dir=str(run_dir))
+        sink.close()
+        error = "internal"
+    return _EXIT_CODES.get(error, 1)
+
+
+def _outcome(metrics: Path, offset: int) -> tuple[bool, str | None]:
+    """Whether this session's events (those past ``offset``) ended, and the error they reported:
+    the workers' verdict, since torchrun folds every failure into exit code 1."""
+    import json
+
+    ended, error = False, None
+    try:
+        with open(metrics, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "error":
+            error = event.get("type")
+        elif event.get("event") == "end":
+            ended = True
+    return ended, error
+
+
+_EXIT_CODES = {None: 0, "oom": 3, "config": 2, "data": 2, "model": 2, "internal": 1}
