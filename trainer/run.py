@@ -209,12 +209,13 @@ def _parallel_args(cfg: TrainConfig, device: str) -> dict[str, Any]:
     if cfg.sharding == "ddp":
         # every parameter takes part in every step (LoRA's frozen base has no gradient at all)
         return {**_checkpointing_args(cfg.grad_checkpointing), **common, "ddp_find_unused_parameters": False}
-    # FSDP2 shards parameters, gradients and optimizer state per decoder layer; it checkpoints
-    # those layers itself (the training argument would all-gather them a second time), and saves
-    # sharded checkpoints: each rank writes its own part, and resume needs the same world size.
-    return {**_checkpointing_args(False), **common, "fsdp": "full_shard auto_wrap",
-            "fsdp_config": {"version": 2, "activation_checkpointing": cfg.grad_checkpointing,
-                            "state_dict_type": "SHARDED_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
+    # FSDP2 shards parameters, gradients and optimizer state per decoder layer, and saves sharded
+    # checkpoints: each rank writes its own part, and resume needs the same world size.
+    # Checkpointing stays transformers' own: FSDP's wrapper renames the layers, and accelerate's
+    # sharded save of a peft model then keeps no adapter weight (resume would restart them).
+    return {**_checkpointing_args(cfg.grad_checkpointing), **common, "fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"version": 2, "state_dict_type": "SHARDED_STATE_DICT",
+                            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
 
 
 def _full_weights(model: Any) -> dict[str, Any]:
