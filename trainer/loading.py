@@ -99,11 +99,15 @@ def quantization_config(cfg: TrainConfig, precision: str) -> Any:
 
     if cfg.quant == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    sharded = cfg.num_processes > 1 and cfg.sharding == "fsdp"
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=cfg.quant,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=compute_dtype(precision),
+        # bitsandbytes' FSDP recipe: packed weights stored in the dtype of the other weights, so
+        # FSDP can flatten and shard them together (uint8 storage cannot be)
+        **({"bnb_4bit_quant_storage": compute_dtype(precision)} if sharded else {}),
     )
 
 

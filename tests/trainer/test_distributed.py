@@ -74,3 +74,17 @@ def test_stdin_stop_reaches_every_rank(demo_dir, tmp_path):
     assert end["event"] == "end" and end["status"] == "stopped" and 2 <= end["steps"] < 2000
     assert (run_dir / "checkpoints" / f"checkpoint-{end['steps']}" / ".complete").is_file()
     assert not (run_dir / "trainer.pid").exists()
+
+
+def test_qlora_shards_with_fsdp(demo_dir, tmp_path):
+    """bitsandbytes' FSDP recipe: 4-bit weights stored in the compute dtype shard with the rest."""
+    run_dir = tmp_path / "run"
+    config = write_config(demo_dir, run_dir, batch_size=4, num_processes=2, sharding="fsdp",
+                          **{**COMMON, "method": "qlora", "max_steps": 6})
+    code, events = run_inprocess(config)
+    assert code == 0, events[-2:]
+    losses = [e["loss"] for e in steps(events)]
+    assert events[-1]["status"] == "completed" and len(losses) == 6 and losses[-1] < losses[0]
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(str(run_dir / "adapter")).r == 16
