@@ -15,7 +15,8 @@ from planner.options import TrainSetup
 from planner.recommend import Alternative, GpuTarget
 from planner.units import GiB
 
-_GPU_COUNTS = (2, 4, 8, 16)
+_GPU_COUNTS = (*range(2, 17), 24, 32, 48, 64)
+"""FSDP shards over any number of GPUs: every count up to two 8-GPU nodes, so the fewest is exact."""
 _LEANEST = dict(grad_checkpointing=True, batch_size=1, optimizer="paged_adamw_8bit", modules_to_save=())
 _METHOD_WORDS = {("qlora", "nf4"): "QLoRA 4-bit", ("lora", None): "LoRA", ("full", None): "full fine-tuning"}
 

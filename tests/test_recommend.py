@@ -347,3 +347,18 @@ def test_recommend_is_fast():
           f"(target < 200 ms)")
     assert len(rec.options) == len(METHODS) * 2 * len(OPTIMIZERS) * len(BATCHES)
     assert median < 0.6
+
+
+def test_more_gpus_means_the_fewest_that_fit():
+    """FSDP shards over any count: 70B QLoRA on 4090s needs 3, and 2 really do not fit."""
+    from planner.alternatives import _lean, what_would_fit
+    from planner.memory import estimate
+
+    model, gpu = resolve_model("meta-llama/Llama-2-70b-hf"), target("RTX 4090")
+    alternatives = [a.text for a in what_would_fit(model, TrainSetup(), gpu)]
+    qlora = next(t for t in alternatives if "QLoRA" in t and "offload" not in t)
+    n = int(qlora.split(" x ")[0])
+    lean = replace(_lean(TrainSetup(), "qlora", "nf4"), sharding="fsdp")
+    assert estimate(model, replace(lean, num_gpus=n)).device_used_bytes <= gpu.memory_bytes
+    assert estimate(model, replace(lean, num_gpus=n - 1)).device_used_bytes > gpu.memory_bytes
+    assert n == 3
