@@ -58,6 +58,8 @@ class Row:
     kind: str
     measured: float
     predicted: float
+    gpus: int = 1
+    """GPUs of the run; multi-GPU rows are per GPU."""
 
     @property
     def error(self) -> float:
@@ -146,7 +148,8 @@ def evaluate(csv_path: Path) -> list[Row]:
             "unknown": est.device_used_bytes,
             "weights_only": b.weights + b.quant_state,
         }[_source_code(r).get("kind", r["kind"]) if r["kind"] == "unknown" else r["kind"]]
-        rows.append(Row(r["id"], r["kind"], float(r["value"]) * UNITS[r["unit"]], predicted))
+        rows.append(Row(r["id"], r["kind"], float(r["value"]) * UNITS[r["unit"]], predicted,
+                        int(r["num_gpus"] or 1)))
     return rows
 
 
@@ -175,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.id:32} {r.kind:12} {r.measured / gib:9.2f}G {r.predicted / gib:9.2f}G {r.error:+8.1%}")
     med, worst = summary(rows)
     print(f"\n{len(rows)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
+    multi = [r for r in rows if r.gpus > 1]
+    if multi:
+        med, worst = summary(multi)
+        print(f"{len(multi)} multi-GPU rows (per GPU): median |error| {med:.1%}, max |error| {worst:.1%}")
     slopes = cross_source_slopes(read_rows(args.csv))
     if slopes:
         print("\nSame model and method measured by two sources: memory added per token (MB/token)")
