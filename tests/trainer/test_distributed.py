@@ -88,3 +88,13 @@ def test_qlora_shards_with_fsdp(demo_dir, tmp_path):
     from peft import PeftConfig
 
     assert PeftConfig.from_pretrained(str(run_dir / "adapter")).r == 16
+
+
+def test_a_worker_error_keeps_its_exit_code(demo_dir, tmp_path):
+    """torchrun folds every failure into 1; the launcher reports rank 0's verdict instead."""
+    run_dir = tmp_path / "run"
+    config = write_config(demo_dir, run_dir, batch_size=4, num_processes=2, **COMMON,
+                          model=str(tmp_path / "no-such-model"))
+    code, events = run_inprocess(config)
+    assert code == 2
+    assert [e["event"] for e in events[-2:]] == ["error", "end"] and events[-2]["type"] == "model"
