@@ -6,6 +6,17 @@ from __future__ import annotations
 import pyqtgraph as pg
 from PySide6.QtGui import QColor
 
+# Tableau 10, as the Plan page: distinguishable on light and dark backgrounds.
+SERIES_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+                  "#9c755f")
+
+
+def series_colour(i: int, taken: tuple[str, ...] = ()) -> str:
+    """The ``i``-th series colour, skipping those the chart already gives other curves."""
+    used = {c.lower() for c in taken}
+    free = [c for c in SERIES_COLOURS if c.lower() not in used] or list(SERIES_COLOURS)
+    return free[i % len(free)]
+
 
 def style_plot(item: pg.PlotItem, fg: QColor) -> None:
     """Axes (and the title, if any) in ``fg``."""

@@ -16,11 +16,8 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from planner.gui.hardware_model import History
 from planner.units import GiB
-from planner.gui.chart_style import style_legend, style_plot
+from planner.gui.chart_style import series_colour, style_legend, style_plot
 
-# Tableau 10, as the Plan page: distinguishable on light and dark backgrounds.
-SERIES_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-                  "#9c755f")
 _NICE = (1, 1.5, 2, 3, 4, 5, 6, 8)
 """Y-axis tops: 1-2-5 style steps, dense enough that a 77 GiB peak gets 80, not 100 or 128."""
 
@@ -58,7 +55,7 @@ class MemoryChart(pg.PlotWidget):
         self.legend.clear()
         self.curves, self.markers = [], []
         for i, name in enumerate(gpu_names):
-            colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+            colour = series_colour(i)
             self.legend.addItem(self._curve(pg.mkPen(colour, width=2), colour), name)
         self.host_curve = None
         if host:

@@ -122,6 +122,12 @@ def build_setups(values: FormValues) -> tuple[TrainSetup, ...]:
     return tuple(setup_for(values, v.method, v.quant) for v in VARIANTS)
 
 
+def train_sharding(sharding: str) -> str:
+    """The trainer's nearest sharding for a planned one: it runs FSDP (weights sharded, as ZeRO-3)
+    or DDP; ZeRO-2's sharded optimizer state is not among its choices, so a zero2 plan trains as DDP."""
+    return "fsdp" if sharding in ("fsdp", "zero3") else "ddp"
+
+
 def train_config_fields(values: FormValues, model: str) -> dict:
     """"Use this plan": the TrainConfig fields the Train page starts from (it adds the data)."""
     s = my_setup(values)
@@ -131,6 +137,7 @@ def train_config_fields(values: FormValues, model: str) -> dict:
         "batch_size": s.batch_size, "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
         "attention": s.attention, "lora_r": s.lora_r, "lora_alpha": s.lora_alpha,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "epochs": values.epochs,
+        "num_processes": s.num_gpus, "sharding": train_sharding(s.sharding),
     }
 
 

@@ -53,6 +53,17 @@ def ema(values: Sequence[float], weight: float = EMA_WEIGHT) -> list[float]:
 
 
 @dataclass(frozen=True)
+class RankMemory:
+    """A multi-process run's memory, one measured curve per rank (each against the per-GPU prediction)."""
+
+    kind: str
+    """"peak_alloc": torch's peak allocated per GPU; "rss": process RSS, for CPU ranks (torch has no
+    peaks there); "" for a one-process run (the chart keeps its single curves)."""
+    curves: tuple[tuple[str, Series], ...] = ()
+    """(legend label, series) per rank, rank order."""
+
+
+@dataclass(frozen=True)
 class Progress:
     step: int
     total: int | None
@@ -96,6 +107,11 @@ class RunModel:
         self.peak_alloc, self.peak_reserved, self.rss = Series(), Series(), Series()
         self.device_used = Series()
         """NVML per-process memory (see :func:`gpu_process_bytes`); empty on the CPU."""
+        self.rank_alloc: list[Series] = []
+        self.rank_rss: list[Series] = []
+        """Per rank, from a multi-process run's ``*_rank{i}`` step fields (the unsuffixed ones are the max)."""
+        self.devices: tuple[int, ...] = ()
+        """NVML indices the page launched the ranks on (rank i on ``devices[i]``); () when unknown."""
         self.predicted_peak_bytes: int | None = None
         self.status = "idle"
         self.run_dir: str | None = None
@@ -188,10 +204,19 @@ class RunModel:
                             (self.rss, "rss_bytes")):
             if (value := _num(f.get(key))) is not None:
                 series.append(x, value)
+        rank = 0
+        while f"peak_alloc_bytes_rank{rank}" in f or f"rss_bytes_rank{rank}" in f:
+            if rank == len(self.rank_alloc):
+                self.rank_alloc.append(Series())
+                self.rank_rss.append(Series())
+            for ranks, key in ((self.rank_alloc, "peak_alloc_bytes"), (self.rank_rss, "rss_bytes")):
+                if (value := _num(f.get(f"{key}_rank{rank}"))) is not None:
+                    ranks[rank].append(x, value)
+            rank += 1
 
     def _step_series(self) -> tuple[Series, ...]:
         return (self.loss, self.loss_ema, self.eval_loss, self.lr, self.tokens_per_s, self.peak_alloc,
-                self.peak_reserved, self.rss, self.device_used)
+                self.peak_reserved, self.rss, self.device_used, *self.rank_alloc, *self.rank_rss)
 
     def _recompute_ema(self) -> None:
         self.loss_ema = Series(list(self.loss.x), ema(self.loss.y, self.ema_weight))
@@ -214,6 +239,16 @@ class RunModel:
         self.revision += 1
 
     # -- derived ---------------------------------------------------------------------------------
+    def rank_memory(self) -> RankMemory:
+        """Per-rank curves when the run has several ranks: torch's peaks on GPUs; on the CPU, where
+        torch reports zeros, each process's RSS (as the single-process chart falls back to RSS)."""
+        if len(self.rank_alloc) < 2:
+            return RankMemory("")
+        if any(any(s.y) for s in self.rank_alloc):
+            gpu = [self.devices[i] if i < len(self.devices) else i for i in range(len(self.rank_alloc))]
+            return RankMemory("peak_alloc", tuple((f"GPU {g} allocated", s) for g, s in zip(gpu, self.rank_alloc)))
+        return RankMemory("rss", tuple((f"rank {i} RSS", s) for i, s in enumerate(self.rank_rss)))
+
     def progress(self) -> Progress:
         return Progress(self.step, self.max_steps, self._t_before + self._t, self.eta_s)
 

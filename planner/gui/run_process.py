@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QObject, QProcess, QProcessEnvironment, Signal
@@ -42,13 +43,14 @@ class RunProcess(QObject):
         self.pid: int | None = None
 
     # -- launching -------------------------------------------------------------------------------
-    def start(self, config_path: str | Path) -> None:
-        self._launch(["run", "--config", str(config_path)])
+    def start(self, config_path: str | Path, env: Mapping[str, str] | None = None) -> None:
+        """``env``: variables on top of this process's (the GPUs: ``CUDA_VISIBLE_DEVICES``)."""
+        self._launch(["run", "--config", str(config_path)], env or {})
 
-    def resume(self, run_dir: str | Path) -> None:
-        self._launch(["run", "--resume", str(run_dir)])
+    def resume(self, run_dir: str | Path, env: Mapping[str, str] | None = None) -> None:
+        self._launch(["run", "--resume", str(run_dir)], env or {})
 
-    def _launch(self, args: list[str]) -> None:
+    def _launch(self, args: list[str], extra: Mapping[str, str]) -> None:
         if self.is_running():
             raise RuntimeError("a trainer is already running in this RunProcess")
         self._out.clear()
@@ -56,12 +58,7 @@ class RunProcess(QObject):
         self.tail.clear()
         self._end_status, self._error_seen, self._detached = None, False, False
         proc = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        env.insert("PYTHONUNBUFFERED", "1")  # events must arrive as they happen, not per 8 KiB
-        env.insert("TOKENIZERS_PARALLELISM", "false")
-        # the trainer package sits in the project root: importable even without an editable install
-        env.insert("PYTHONPATH", os.pathsep.join(p for p in (str(PROJECT_ROOT), env.value("PYTHONPATH")) if p))
-        proc.setProcessEnvironment(env)
+        proc.setProcessEnvironment(trainer_environment(extra))
         proc.setWorkingDirectory(str(PROJECT_ROOT))
         if hasattr(QProcess, "UnixProcessParameters") and sys.platform != "win32":
             # its own session: closing the terminal the app was started from does not SIGHUP the run
@@ -187,6 +184,18 @@ class RunProcess(QObject):
             proc, self._proc = self._proc, None
             proc.deleteLater()
             self.finished.emit(-1, "crashed")
+
+
+def trainer_environment(extra: Mapping[str, str] | None = None) -> QProcessEnvironment:
+    """This process's environment, set up for the trainer, with ``extra`` on top."""
+    env = QProcessEnvironment.systemEnvironment()
+    env.insert("PYTHONUNBUFFERED", "1")  # events must arrive as they happen, not per 8 KiB
+    env.insert("TOKENIZERS_PARALLELISM", "false")
+    # the trainer package sits in the project root: importable even without an editable install
+    env.insert("PYTHONPATH", os.pathsep.join(p for p in (str(PROJECT_ROOT), env.value("PYTHONPATH")) if p))
+    for key, value in (extra or {}).items():
+        env.insert(key, value)
+    return env
 
 
 def _take_lines(buf: bytearray) -> list[str]:

@@ -1,6 +1,7 @@
 """The Train page's live charts: loss, learning rate, tokens/s and memory against the prediction.
 
-Every curve is created once; :meth:`TrainCharts.show_model` only calls ``setData`` (DESIGN.md), and
+Every curve is created once (a rank's memory curve when a run first has that rank);
+:meth:`TrainCharts.show_model` only calls ``setData`` (DESIGN.md), and
 the page calls it on a ~10 Hz timer only when the run model changed. Long runs stay cheap with
 ``setDownsampling(auto=True)`` and ``setClipToView(True)`` (the x values are sorted steps).
 """
@@ -13,9 +14,9 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from planner.gui.chart_style import series_colour, style_legend, style_plot
 from planner.gui.run_model import RunModel, Series
 from planner.units import GiB
-from planner.gui.chart_style import style_legend, style_plot
 
 # Tableau 10, as the other pages: distinguishable on light and dark backgrounds.
 BLUE, ORANGE, GREEN, RED, TEAL, PURPLE, GREY = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
@@ -62,6 +63,8 @@ class TrainCharts(pg.GraphicsLayoutWidget):
                                          labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)]})
         self.predicted.hide()
         mem.addItem(self.predicted)
+        self.rank_curves: list[pg.PlotDataItem] = []
+        """One per rank of a multi-process run, made when a run first has that many ranks, then reused."""
         # Legend entries appear with their first data: an empty eval series or torch's zero peaks
         # on a CPU run would otherwise be listed for curves that are not drawn.
         self._legend_of: dict[pg.PlotDataItem, tuple[pg.LegendItem, str]] = {}
@@ -70,6 +73,7 @@ class TrainCharts(pg.GraphicsLayoutWidget):
                 self._legend_of[sample.item] = (legend, label.text)
                 legend.removeItem(sample.item)
         self._listed: set[pg.PlotDataItem] = set()
+        self._memory_legend = self.legends[-1]
         self._memory_top = 0.0
         self._ready = True
         self._apply_palette()
@@ -111,6 +115,24 @@ class TrainCharts(pg.GraphicsLayoutWidget):
             legend.removeItem(curve)
             self._listed.discard(curve)
 
+    def _rank_curve(self, rank: int) -> pg.PlotDataItem:
+        while len(self.rank_curves) <= rank:
+            # the memory plot's other curves keep their colours: GPU 0 takes peak allocated's blue
+            colour = series_colour(len(self.rank_curves), taken=(TEAL, ORANGE, RED))
+            curve = self._curve(self.plots["memory"], pg.mkPen(colour, width=2), None)
+            self._legend_of[curve] = (self._memory_legend, "")
+            self.rank_curves.append(curve)
+        return self.rank_curves[rank]
+
+    def _label(self, curve: pg.PlotDataItem, label: str) -> None:
+        """A rank curve's legend text (GPU or CPU rank, its device): re-listed only when it changes."""
+        legend, old = self._legend_of[curve]
+        if label != old:
+            listed = curve in self._listed
+            self._list(curve, False)
+            self._legend_of[curve] = (legend, label)
+            self._list(curve, listed)
+
     def show_model(self, model: RunModel) -> None:
         """Feed every curve from the model (called on the page's timer, only after a change)."""
         for curve, series in ((self.loss_raw, model.loss), (self.loss_ema, model.loss_ema),
@@ -118,13 +140,26 @@ class TrainCharts(pg.GraphicsLayoutWidget):
                               (self.tokens_per_s, model.tokens_per_s)):
             curve.setData(*_xy(series))
             self._list(curve, len(series) > 0)
+        ranks = model.rank_memory()
+        # Several ranks: one curve each replaces the run-wide curve of the same measure (their max).
         # On the CPU torch reports no allocator peaks (zeros): leave those curves empty rather than
         # draw a flat line at 0 that reads as "no memory used".
-        for curve, series in ((self.peak_alloc, model.peak_alloc), (self.peak_reserved, model.peak_reserved),
-                              (self.rss, model.rss), (self.device_used, model.device_used)):
+        for curve, series, kind in ((self.peak_alloc, model.peak_alloc, "peak_alloc"),
+                                    (self.peak_reserved, model.peak_reserved, None),
+                                    (self.rss, model.rss, "rss"), (self.device_used, model.device_used, None)):
+            shown = any(series.y) and kind != ranks.kind
+            curve.setData(*(_xy(series, GiB) if shown else ([], [])))
+            self._list(curve, shown)
+        for rank, (label, series) in enumerate(ranks.curves):
+            curve = self._rank_curve(rank)
+            self._label(curve, label)
             shown = any(series.y)
             curve.setData(*(_xy(series, GiB) if shown else ([], [])))
             self._list(curve, shown)
+        for curve in self.rank_curves[len(ranks.curves):]:  # a run with fewer ranks than the last one
+            curve.setData([], [])
+            self._list(curve, False)
+        # the run-wide series are the ranks' maxima: they set the axis even while hidden
         top = max((max(s.y) for s in (model.peak_alloc, model.peak_reserved, model.rss, model.device_used) if s.y),
                   default=0.0)
         if model.predicted_peak_bytes:

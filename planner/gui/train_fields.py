@@ -24,6 +24,8 @@ from planner.dataformats import FORMAT_FIELDS, format_of
 from planner.options import METHODS, QUANTS
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SHARDINGS = ("ddp", "fsdp")
+"""TrainConfig's sharding choices (not in planner.options: the planner also plans zero2/zero3)."""
 PEEK_BYTES = 256 * 1024
 """The dataset preview reads at most this much: a 50 GB file previews as fast as a small one."""
 
@@ -54,7 +56,7 @@ def validate(fields: Mapping[str, Any]) -> FieldError | None:
                     "dataset": "give a .jsonl, .json, .csv or .parquet file",
                     "output_dir": "give a directory for the run"}[name]
             return FieldError(name, f"{name}: empty; {what}")
-    for name, allowed in (("method", METHODS), ("quant", QUANTS)):
+    for name, allowed in (("method", METHODS), ("quant", QUANTS), ("sharding", SHARDINGS)):
         if name in fields and fields[name] not in allowed:
             return FieldError(name, f"{name}: '{fields[name]}' is not one of {', '.join(allowed)}")
     dataset = Path(str(fields["dataset"])).expanduser()
@@ -71,7 +73,7 @@ def validate(fields: Mapping[str, Any]) -> FieldError | None:
         return FieldError("output_dir", f"output_dir: {run_dir} already holds a run; choose another "
                                         "(New) or open it from the Runs page to resume")
     for name, minimum in (("lora_r", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
-                          ("max_seq_len", 1), ("max_steps", -1)):
+                          ("max_seq_len", 1), ("max_steps", -1), ("num_processes", 1)):
         if name in fields and (err := _whole(name, fields[name], minimum)):
             return err
     if fields.get("max_steps") == 0:

@@ -9,6 +9,7 @@ field it names.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from PySide6.QtWidgets import (
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from planner.gui.train_devices import DevicesBox
 from planner.gui.train_fields import FieldError, parse_number, peek_dataset
+from planner.gui.train_gpus import GpuOption, num_processes
 from planner.options import METHODS, QUANTS
 
 ERROR_STYLE = "color: #d32f2f;"  # as the Plan page: legible on light and dark palettes
@@ -26,8 +29,9 @@ ERROR_STYLE = "color: #d32f2f;"  # as the Plan page: legible on light and dark p
 DEFAULTS: dict[str, Any] = {
     "method": "qlora", "quant": "nf4", "learning_rate": 2e-4, "batch_size": 1, "gradient_accumulation_steps": 1,
     "max_steps": -1, "epochs": 1.0, "max_seq_len": 2048, "lora_r": 16, "grad_checkpointing": True,
+    "sharding": "ddp",
 }
-"""TrainConfig's defaults for the fields on the form."""
+"""TrainConfig's defaults for the fields on the form. Not num_processes: every GPU starts checked."""
 
 
 def _spin(low: int, high: int, tip: str, special: str | None = None) -> QSpinBox:
@@ -46,9 +50,10 @@ class TrainForm(QWidget):
     output_edited = Signal()
     """The user typed a run directory: the page stops generating one."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, gpus: Sequence[GpuOption] = (), parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.base: dict[str, Any] = {}
+        self.devices = DevicesBox(gpus, ERROR_STYLE)
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("local model folder or Hub id")
         self.model_edit.setToolTip("A folder with config.json and weights, or a Hugging Face Hub id "
@@ -120,6 +125,7 @@ class TrainForm(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(source)
+        layout.addWidget(self.devices)
         layout.addWidget(knobs)
         layout.addWidget(self.general_error)
         layout.addStretch(1)
@@ -132,6 +138,7 @@ class TrainForm(QWidget):
         for spin in (self.batch_spin, self.accum_spin, self.steps_spin, self.seq_spin, self.lora_r_spin):
             spin.valueChanged.connect(self.changed)
         self.ckpt_box.toggled.connect(self.changed)
+        self.devices.changed.connect(self.changed)
         self.method_box.currentTextChanged.connect(self._method_changed)
         self.dataset_edit.textChanged.connect(self.refresh_preview)
         self.output_edit.textEdited.connect(self.output_edited)
@@ -177,6 +184,7 @@ class TrainForm(QWidget):
             max_steps=self.steps_spin.value(), epochs=parse_number(self.epochs_edit.text()),
             max_seq_len=self.seq_spin.value(), lora_r=self.lora_r_spin.value(),
             grad_checkpointing=self.ckpt_box.isChecked(),
+            num_processes=num_processes(self.devices.chosen()), sharding=self.devices.sharding(),
         )
         return out
 
@@ -185,9 +193,9 @@ class TrainForm(QWidget):
         self.base.update(values)
         widgets = (self.model_edit, self.dataset_edit, self.output_edit, self.lr_edit, self.epochs_edit,
                    self.method_box, self.quant_box, self.batch_spin, self.accum_spin, self.steps_spin,
-                   self.seq_spin, self.lora_r_spin, self.ckpt_box)
+                   self.seq_spin, self.lora_r_spin, self.ckpt_box, self.devices)
         for w in widgets:
-            w.blockSignals(True)  # one `changed` for the lot, not thirteen
+            w.blockSignals(True)  # one `changed` for the lot, not fourteen
         try:
             for key, edit in (("model", self.model_edit), ("dataset", self.dataset_edit),
                               ("output_dir", self.output_edit)):
@@ -206,6 +214,11 @@ class TrainForm(QWidget):
                     spin.setValue(values[key])
             if isinstance(values.get("grad_checkpointing"), bool):
                 self.ckpt_box.setChecked(values["grad_checkpointing"])
+            processes = values.get("num_processes")
+            if isinstance(processes, int) and not isinstance(processes, bool):
+                self.devices.choose_count(processes)
+            if "sharding" in values:
+                self.devices.set_sharding(str(values["sharding"]))
         finally:
             for w in widgets:
                 w.blockSignals(False)
@@ -225,7 +238,7 @@ class TrainForm(QWidget):
 
     def shown_error(self) -> str:
         """The message on screen, "" when none (what tests read back)."""
-        for label in (*self.errors.values(), self.general_error):
+        for label in (*self.errors.values(), self.general_error, self.devices.error_label):
             if not label.isHidden():
                 return label.text()
         return ""

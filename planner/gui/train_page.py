@@ -26,6 +26,7 @@ from planner.gui.train_fields import (
 )
 from planner.gui.train_follow import RunFollower, open_history, read_config
 from planner.gui.train_form import TrainForm
+from planner.gui.train_gpus import detected_gpus, env_prefix, launch_env, mismatch_note, resume_gpus
 from planner.gui.train_panel import RunPanel
 from trainer.protocol import Event
 
@@ -81,7 +82,7 @@ class TrainPage(QWidget):
         self._redraw()
 
     def _build(self) -> None:
-        self.form = TrainForm()
+        self.form = TrainForm(detected_gpus())
         scroll = QScrollArea()
         scroll.setWidget(self.form)
         scroll.setWidgetResizable(True)
@@ -134,7 +135,8 @@ class TrainPage(QWidget):
         fields = self.fields()
         error = validate(fields)
         self.form.show_error(error)
-        self._valid = error is None
+        # the GPU choice has its own message under the checkboxes, shown alongside
+        self._valid = error is None and not self.form.devices.error()
         self.config_preview.setPlainText(config_text(fields))
         self._update_buttons()
 
@@ -147,8 +149,15 @@ class TrainPage(QWidget):
         self._form_changed()
 
     def use_plan(self, values: dict) -> None:
-        """"Use this plan" from the Plan page: its fields fill the form; model and data stay if unset."""
+        """"Use this plan" from the Plan page: its fields fill the form; model and data stay if unset.
+        A plan for more GPUs than this machine has gets all of them, and the banner says so."""
         self.form.set_fields({k: v for k, v in values.items() if k != "output_dir"})
+        if self.is_running():
+            return  # the banner belongs to the run
+        if note := mismatch_note(int(values.get("num_processes") or 1), self.form.devices.present):
+            self._set_banner(note, "info")
+        else:
+            self.panel.show_model(self.model, self.process.tail)  # an earlier plan's note goes
 
     # -- running -----------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -164,6 +173,8 @@ class TrainPage(QWidget):
         if error is not None:
             self.form.show_error(error)
             return False
+        if self.form.devices.error():
+            return False  # already shown under the GPU checkboxes
         run_dir = Path(fields["output_dir"])
         path = config_path_for(run_dir)
         try:
@@ -172,9 +183,12 @@ class TrainPage(QWidget):
             self.form.show_error(FieldError("output_dir", f"output_dir: cannot write {path}: {exc}"))
             return False
         self.model = RunModel()
+        devices = self.form.devices
+        env = launch_env(devices.present, devices.chosen())
+        self.model.devices = devices.chosen()
         self.log_view.clear()
-        self.log_view.appendPlainText(f"$ {sys.executable} -m trainer run --config {path}")
-        self._launch(str(run_dir), lambda: self.process.start(path))
+        self.log_view.appendPlainText(f"$ {env_prefix(env)}{sys.executable} -m trainer run --config {path}")
+        self._launch(str(run_dir), lambda: self.process.start(path, env))
         return True
 
     def resume(self) -> bool:
@@ -182,8 +196,13 @@ class TrainPage(QWidget):
         if self.is_running() or not self.model.resumable:
             return False
         run_dir = str(self.model.run_dir)
-        self.log_view.appendPlainText(f"$ {sys.executable} -m trainer run --resume {run_dir}")
-        self._launch(run_dir, lambda: self.process.resume(run_dir))
+        processes = read_config(Path(run_dir)).get("num_processes", 1)
+        devices = self.form.devices
+        gpus = resume_gpus(devices.present, devices.chosen(), processes if isinstance(processes, int) else 1)
+        env = launch_env(devices.present, gpus)
+        self.model.devices = gpus
+        self.log_view.appendPlainText(f"$ {env_prefix(env)}{sys.executable} -m trainer run --resume {run_dir}")
+        self._launch(run_dir, lambda: self.process.resume(run_dir, env))
         return True
 
     def _launch(self, run_dir: str, how: Callable[[], None]) -> None:

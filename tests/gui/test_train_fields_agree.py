@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from planner.gui.train_fields import validate
+from planner.gui.train_fields import SHARDINGS, validate
+from trainer.config import SHARDINGS as TRAINER_SHARDINGS
 from trainer.config import ConfigError, TrainConfig
 
 
@@ -13,6 +14,7 @@ from trainer.config import ConfigError, TrainConfig
     ("method", "qlroa"), ("quant", "nf5"), ("lora_r", 0), ("batch_size", 0), ("batch_size", 1.5),
     ("gradient_accumulation_steps", 0), ("max_seq_len", -1), ("max_steps", -2), ("max_steps", 0),
     ("learning_rate", 0), ("learning_rate", float("inf")), ("epochs", -1), ("grad_checkpointing", "yes"),
+    ("num_processes", 0), ("num_processes", 1.5), ("sharding", "zero9"), ("sharding", "fdsp"),
 ])
 def test_same_verdict_as_the_trainer(tmp_path, field, value):
     data = tmp_path / "d.jsonl"
@@ -24,3 +26,7 @@ def test_same_verdict_as_the_trainer(tmp_path, field, value):
     assert mine is not None and mine.field == field
     # TrainConfig adds "(did you mean ...)" hints for choices; the form's message is its prefix
     assert str(theirs.value).startswith(mine.message), (mine.message, str(theirs.value))
+
+
+def test_same_sharding_choices_as_the_trainer():
+    assert SHARDINGS == TRAINER_SHARDINGS

@@ -92,6 +92,48 @@ def test_resume_rewinds_superseded_steps_and_adds_time():
     assert m.progress().elapsed_s == 5.0  # 3 s before the kill + 2 s after the resume
 
 
+def ranks(alloc: list[int], rss: list[int]) -> dict:
+    """A multi-process step's per-rank fields; the unsuffixed ones are the max, as the trainer sends."""
+    out = {f"{key}_rank{i}": v for key, values in (("peak_alloc_bytes", alloc), ("rss_bytes", rss))
+           for i, v in enumerate(values)}
+    out.update({f"peak_reserved_bytes_rank{i}": a for i, a in enumerate(alloc)})
+    return dict(out, peak_alloc_bytes=max(alloc), peak_reserved_bytes=max(alloc), rss_bytes=max(rss))
+
+
+def test_per_rank_memory_on_gpus_is_one_series_per_rank():
+    m = replay(history(step(1, **ranks([3 * 2**30, 2**31], [2**29, 2**29])),
+                       step(2, **ranks([4 * 2**30, 3 * 2**30], [2**29, 2**30]))))
+    assert [s.y for s in m.rank_alloc] == [[3 * 2**30, 4 * 2**30], [2**31, 3 * 2**30]]
+    assert [s.x for s in m.rank_rss] == [[1.0, 2.0], [1.0, 2.0]] and m.rank_rss[1].y == [2**29, 2**30]
+    assert m.peak_alloc.y == [3 * 2**30, 4 * 2**30]  # the run-wide figure is still the max
+    mem = m.rank_memory()
+    assert mem.kind == "peak_alloc"
+    assert [label for label, _ in mem.curves] == ["GPU 0 allocated", "GPU 1 allocated"]
+    assert mem.curves[1][1] is m.rank_alloc[1]
+    m.devices = (1, 3)  # the page launched the ranks on GPUs 1 and 3: the legend says so
+    assert [label for label, _ in m.rank_memory().curves] == ["GPU 1 allocated", "GPU 3 allocated"]
+
+
+def test_per_rank_memory_on_the_cpu_uses_each_process_rss():
+    m = replay(history(step(1, **ranks([0, 0], [2**29, 2**30])), step(2, **ranks([0, 0], [2**30, 2**30]))))
+    mem = m.rank_memory()
+    assert mem.kind == "rss" and [label for label, _ in mem.curves] == ["rank 0 RSS", "rank 1 RSS"]
+    assert [s.y for _, s in mem.curves] == [[2**29, 2**30], [2**30, 2**30]]
+
+
+def test_one_process_has_no_rank_curves():
+    m = replay(history(step(1), step(2)))
+    assert m.rank_alloc == [] and m.rank_memory().kind == "" and m.rank_memory().curves == ()
+
+
+def test_resume_rewinds_the_rank_series_too():
+    lines = history(*(step(i, **ranks([2**30 * i, 2**30], [2**29, 2**29])) for i in (1, 2, 3)))
+    lines += [encode("start", 0.4, **{**START, "resumed": True}),
+              step(3, **ranks([2**30, 2**30], [2**29, 2**29]))]
+    m = replay(lines)
+    assert m.rank_alloc[0].x == [1.0, 2.0, 3.0] and m.rank_alloc[0].y == [2**30, 2**31, 2**30]
+
+
 def test_replay_skips_torn_and_foreign_lines():
     lines = history(step(1), step(2))
     lines.insert(2, '{"v":1,"event":"step","t":1.5,"st')  # a kill tore this line
