@@ -172,18 +172,25 @@ class Run:
                 with atomic_dir(final) as tmp:
                     self.trainer.accelerator.unwrap_model(self.trainer.model).save_pretrained(
                         str(tmp), safe_serialization=True, state_dict=weights)
+        from trainer.distributed import gather
+
         losses = [h["loss"] for h in state.log_history if "loss" in h]
-        self.write_summary(status, state.global_step, losses[-1] if losses else None)
+        # the GPU that came closest to its limit is the one to compare with the prediction
+        peak = max(gather(measured_peak(self.runtime.device)))
+        self.write_summary(status, state.global_step, losses[-1] if losses else None, peak=peak)
         self.sink.emit("end", status=status, steps=state.global_step, runtime_s=round(self.elapsed(), 2),
                        output_dir=str(self.run_dir))
         return status
 
-    def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None) -> None:
+    def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None,
+                      peak: int | None = None) -> None:
+        """``peak``: the largest rank's measured peak (this process's own when not given)."""
         if not self.lead:
             return
         summary = {
             "status": status, "steps": steps, "final_loss": final_loss,
-            "peak_measured_bytes": measured_peak(self.runtime.device if self.runtime else "cpu"),
+            "peak_measured_bytes": peak if peak is not None else measured_peak(
+                self.runtime.device if self.runtime else "cpu"),
             "peak_kind": "cuda_max_allocated" if self.runtime and self.runtime.device == "cuda" else "host_rss",
             "predicted_peak_bytes": self.predicted, "runtime_s": round(self.elapsed(), 2),
             "model": self.cfg.model, "method": self.cfg.method, "error": error,

@@ -55,6 +55,10 @@ def test_two_processes_train_like_one_and_resume(demo_dir, tmp_path, single, sha
 
     assert PeftConfig.from_pretrained(str(run_dir / "adapter")).r == 16
     assert len(read_metrics(run_dir)) == len(events) + len(resumed)
+    summary = json.loads((run_dir / "run.json").read_text())
+    largest = max(max(e["rss_bytes_rank0"], e["rss_bytes_rank1"]) for e in steps(resumed))
+    # the largest rank's peak, not rank 0's (getrusage and psutil count pages slightly differently)
+    assert summary["peak_measured_bytes"] >= 0.99 * largest
 
 
 def test_stdin_stop_reaches_every_rank(demo_dir, tmp_path):
