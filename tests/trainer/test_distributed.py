@@ -61,8 +61,9 @@ def test_two_processes_train_like_one_and_resume(demo_dir, tmp_path, single, sha
     assert summary["peak_measured_bytes"] >= 0.99 * largest
 
 
-def test_stdin_stop_reaches_every_rank(demo_dir, tmp_path):
-    """The app's path: `stop` on the launcher's stdin ends both ranks at the same step."""
+@pytest.mark.parametrize("command", ["stop", "cancel"])
+def test_stdin_commands_reach_every_rank(demo_dir, tmp_path, command):
+    """The app's path: a command on the launcher's stdin ends both ranks at the same step."""
     run_dir = tmp_path / "run"
     config = write_config(demo_dir, run_dir, batch_size=4, num_processes=2, **{**COMMON, "max_steps": 2000})
     proc = subprocess.Popen(trainer_cmd("run", "--config", str(config)), stdin=subprocess.PIPE,
@@ -71,12 +72,16 @@ def test_stdin_stop_reaches_every_rank(demo_dir, tmp_path):
     for line in proc.stdout:
         events.append(json.loads(line))
         if events[-1]["event"] == "step" and events[-1]["step"] == 2:
-            proc.stdin.write("stop\n")
+            proc.stdin.write(command + "\n")
             proc.stdin.flush()
     assert proc.wait(timeout=120) == 0
     end = events[-1]
-    assert end["event"] == "end" and end["status"] == "stopped" and 2 <= end["steps"] < 2000
-    assert (run_dir / "checkpoints" / f"checkpoint-{end['steps']}" / ".complete").is_file()
+    assert end["event"] == "end" and 2 <= end["steps"] < 2000
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{end['steps']}" / ".complete"
+    if command == "stop":
+        assert end["status"] == "stopped" and checkpoint.is_file()
+    else:  # cancel: no rank saves anything
+        assert end["status"] == "cancelled" and not list((run_dir / "checkpoints").glob("checkpoint-*"))
     assert not (run_dir / "trainer.pid").exists()
 
 
