@@ -314,11 +314,26 @@ def parse_fix(fix: Any) -> dict[str, Any] | None:
     return changes if isinstance(changes, dict) and changes else None
 
 
-def gpu_process_bytes(gpus: Iterable[Any], pid: int) -> int | None:
-    """GPU memory NVML charges to ``pid``, summed over GPUs (``planner.hardware.sample().gpus``);
-    None when the process holds none or the driver does not say (WDDM, WSL, no permission)."""
-    used = [p.used_memory for g in gpus for p in (g.processes or ()) if p.pid == pid and p.used_memory is not None]
-    return sum(used) if used else None
+def gpu_process_bytes(gpus: Iterable[Any], pids: set[int]) -> int | None:
+    """GPU memory NVML charges to ``pids`` on the fullest GPU (``planner.hardware.sample().gpus``):
+    the figure to hold against a per-GPU prediction. None when they hold none or the driver does
+    not say (WDDM, WSL, no permission)."""
+    per_gpu = []
+    for g in gpus:
+        used = [p.used_memory for p in (g.processes or ()) if p.pid in pids and p.used_memory is not None]
+        if used:
+            per_gpu.append(sum(used))
+    return max(per_gpu) if per_gpu else None
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and its descendants: a multi-GPU trainer's ranks are torchrun's children."""
+    import psutil
+
+    try:
+        return {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+    except psutil.Error:  # gone, or not ours to inspect
+        return {pid}
 
 
 def _num(value: Any) -> float | None:

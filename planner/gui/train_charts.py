@@ -58,7 +58,7 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         self.peak_alloc = self._curve(mem, pg.mkPen(BLUE, width=2), "peak allocated (torch)")
         self.peak_reserved = self._curve(mem, pg.mkPen(TEAL, width=2), "peak reserved (torch)")
         self.rss = self._curve(mem, pg.mkPen(ORANGE, width=2), "process RSS (host)")
-        self.device_used = self._curve(mem, pg.mkPen(RED, width=2), "GPU used (NVML)")
+        self.device_used = self._curve(mem, pg.mkPen(RED, width=2), "fullest GPU, NVML")
         self.predicted = pg.InfiniteLine(angle=0, movable=False, label="predicted",
                                          labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)]})
         self.predicted.hide()

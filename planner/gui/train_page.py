@@ -401,8 +401,8 @@ class TrainPage(QWidget):
 def nvml_sampler() -> Callable[[int], int | None] | None:
     """The per-process GPU memory reader for the memory chart, or None without a GPU."""
     from planner import hardware
-    from planner.gui.run_model import gpu_process_bytes
+    from planner.gui.run_model import gpu_process_bytes, process_tree
 
     if not hardware.sample().gpus:
         return None
-    return lambda pid: gpu_process_bytes(hardware.sample().gpus, pid)
+    return lambda pid: gpu_process_bytes(hardware.sample().gpus, process_tree(pid))

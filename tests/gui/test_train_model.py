@@ -182,13 +182,30 @@ def test_formatting_helpers():
     assert describe_exit(-15) == "exit code -15 (killed by SIGTERM)"
 
 
-def test_gpu_process_bytes_sums_the_pid_over_gpus():
+def test_gpu_process_bytes_is_the_fullest_gpu_of_the_process_tree():
     proc = lambda pid, used: SimpleNamespace(pid=pid, used_memory=used)  # noqa: E731
-    gpus = [SimpleNamespace(processes=(proc(7, 100), proc(8, 5))), SimpleNamespace(processes=(proc(7, 50),)),
-            SimpleNamespace(processes=None)]
-    assert gpu_process_bytes(gpus, 7) == 150
-    assert gpu_process_bytes(gpus, 9) is None
-    assert gpu_process_bytes([SimpleNamespace(processes=(proc(7, None),))], 7) is None
+    gpus = [SimpleNamespace(processes=(proc(7, 100), proc(8, 5), proc(99, 1000))),
+            SimpleNamespace(processes=(proc(9, 150),)), SimpleNamespace(processes=None)]
+    assert gpu_process_bytes(gpus, {7}) == 100
+    assert gpu_process_bytes(gpus, {7, 8, 9}) == 150  # torchrun's ranks, one per GPU
+    assert gpu_process_bytes(gpus, {42}) is None
+    assert gpu_process_bytes([SimpleNamespace(processes=(proc(7, None),))], {7}) is None
+
+
+def test_the_process_tree_holds_the_children():
+    import os
+    import subprocess
+    import sys
+
+    from planner.gui.run_model import process_tree
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_tree(os.getpid()) >= {os.getpid(), child.pid}
+    finally:
+        child.kill()
+        child.wait()
+    assert process_tree(2**22 + 12345) == {2**22 + 12345}  # a pid that cannot exist
 
 
 # ---- the form's fields ---------------------------------------------------------------------------
