@@ -275,8 +275,15 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         if setup.quant == "2bit":
             out.append("2-bit base (HQQ-style, groups of 64): estimate only, the trainer does not offer it")
         if arch.is_moe:
-            out.append("MoE experts quantized like other Linears (transformers 4.x layout; transformers 5 "
-                       "keeps fused 3-D expert weights in 16-bit under bitsandbytes)")
+            # transformers 5 fuses each layer's experts into 3-D parameters, which bitsandbytes
+            # leaves alone (checked with transformers 5.23, bitsandbytes 0.50, peft 0.21)
+            experts = sum(b.count * l.weight_params for b in arch.blocks for l in b.linears if l.role == "expert")
+            kept = FP32 if setup.fp32_unquantized else setup.weight_bytes
+            extra = experts * (kept - QUANT_BITS[setup.quant or "nf4"] / 8)
+            out.append(f"MoE experts quantized like other Linears (transformers 4.x layout). transformers 5 "
+                       f"fuses them into 3-D weights that bitsandbytes does not quantize: they stay "
+                       f"{'fp32 after prepare_model_for_kbit_training' if kept == FP32 else '16-bit'}, "
+                       f"{extra / 2**30:,.0f} GiB more")
     if arch.is_moe:
         out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")
     if arch.max_position_embeddings and setup.seq_len > arch.max_position_embeddings:
