@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 COMMANDS_FILE = "commands"
+PEER_ERROR = ".rank{}.error.json"
+"""What a rank other than 0 failed with: only rank 0 speaks, so it (or the launcher, when rank 0
+was killed) reports a peer's own error, e.g. an out-of-memory on GPU 1, rather than the broken
+collective it left behind."""
 _CODES = {"checkpoint": 1, "stop": 2, "cancel": 3}
 """All-reduced with MAX: when commands collide the more final one wins."""
 
@@ -84,6 +88,34 @@ def follow(path: Path, put: Any, stop: threading.Event) -> None:
                 put(command)
 
 
+def report_peer_error(run_dir: Path, fields: dict[str, Any]) -> None:
+    """A failing rank other than 0 leaves its error event's fields for rank 0 and the launcher."""
+    import json
+
+    from trainer.files import atomic_write_text
+
+    atomic_write_text(run_dir / PEER_ERROR.format(rank()), json.dumps({**fields, "rank": rank()}))
+
+
+def peer_error(run_dir: Path, wait_s: float = 0.0) -> dict[str, Any] | None:
+    """The lowest failed rank's error fields, waiting up to ``wait_s`` for one to appear (rank 0
+    sees a collective break as soon as the peer dies, possibly before its file is written)."""
+    import json
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = sorted(run_dir.glob(PEER_ERROR.format("*")), key=lambda p: int(p.name.split(".")[1][4:]))
+        for path in found:
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
 def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None, out: TextIO) -> int:
     """Start the workers and relay their events; returns the run's exit code."""
     from trainer.callbacks import Commands
@@ -91,6 +123,8 @@ def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None
 
     commands_file = run_dir / COMMANDS_FILE
     atomic_write_text(commands_file, "")
+    for stale in run_dir.glob(PEER_ERROR.format("*")):  # a previous session's
+        stale.unlink(missing_ok=True)
     metrics = run_dir / "metrics.jsonl"
     before = metrics.stat().st_size if metrics.is_file() else 0  # a resumed run appends
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
@@ -124,12 +158,17 @@ def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None
     if not ended:  # the workers died before rank 0 could say so: the protocol still ends
         from trainer.callbacks import EventSink
 
+        peer = peer_error(run_dir)
+        if peer:
+            peer["message"] = f"rank {peer['rank']}: {peer['message']}"
+        else:
+            peer = {"type": "internal", "message": f"the training processes exited with code {code}",
+                    "hint": "this is a bug; the traceback is in the log"}
         sink = EventSink(metrics, out=out)
-        sink.emit("error", type="internal", message=f"the training processes exited with code {code}",
-                  hint="this is a bug; the traceback is in the log")
+        sink.emit("error", **peer)
         sink.emit("end", status="failed", steps=0, runtime_s=0.0, output_dir=str(run_dir))
         sink.close()
-        error = "internal"
+        error = peer["type"]
     return _EXIT_CODES.get(error, 1)
 
 

@@ -201,6 +201,11 @@ class Run:
         return time.monotonic() - self.t0
 
     def fail(self, kind: str, message: str, hint: str, **extra: Any) -> None:
+        if not self.lead:
+            from trainer.distributed import report_peer_error
+
+            report_peer_error(self.run_dir, {"type": kind, "message": message, "hint": hint, **extra})
+            return
         self.sink.emit("error", type=kind, message=message, hint=hint, **extra)
         steps = self.trainer.state.global_step if self.trainer else 0
         self.write_summary("failed", steps, None, error=f"{kind}: {message}")
@@ -289,13 +294,18 @@ def device_budget(device: str) -> int:
 def _test_hooks(cfg: TrainConfig, commands: Any) -> list[Any]:
     """Callbacks that tests switch on through ``extra`` (never set by the app).
 
-    ``test_oom_at_step``: raise torch.OutOfMemoryError at that step.
+    ``test_oom_at_step``: raise torch.OutOfMemoryError at that step (or ``{"step", "rank"}``: on
+    that rank only).
     ``test_command_at_step``: {"step": N, "command": "stop"|"cancel"|"checkpoint"} sends the
     command through the same queue stdin feeds, at a deterministic step.
     """
     from transformers import TrainerCallback
 
     oom_at = cfg.extra.get("test_oom_at_step")
+    if isinstance(oom_at, dict):  # {"step": N, "rank": R}: only that rank runs out
+        from trainer.distributed import rank
+
+        oom_at = oom_at["step"] if rank() == oom_at["rank"] else None
     command_at = cfg.extra.get("test_command_at_step")
 
     class Hooks(TrainerCallback):
@@ -397,9 +407,20 @@ def _run(run: Run) -> int:
             run.fail("internal", "interrupted", "resume the run with --resume")
             return 130
         _say(traceback.format_exc().rstrip())
+        peer = _failed_peer(run)
+        if peer:  # a collective broke because another rank died first: report what killed it
+            kind = peer.pop("type")
+            run.fail(kind, f"rank {peer['rank']}: {peer.pop('message')}", peer.pop("hint"), **peer)
+            return {"oom": EXIT_OOM, "internal": EXIT_INTERNAL}.get(kind, EXIT_INPUT)
         run.fail("internal", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                  "this is a bug; the traceback is in the log")
         return EXIT_INTERNAL
+
+
+def _failed_peer(run: Run) -> dict[str, Any] | None:
+    from trainer.distributed import peer_error, world_size
+
+    return peer_error(run.run_dir, wait_s=2.0) if run.lead and world_size() > 1 else None
 
 
 def _is_oom(exc: BaseException) -> bool:

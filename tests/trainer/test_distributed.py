@@ -107,3 +107,17 @@ def test_a_worker_error_keeps_its_exit_code(demo_dir, tmp_path):
     code, events = run_inprocess(config)
     assert code == 2
     assert [e["event"] for e in events[-2:]] == ["error", "end"] and events[-2]["type"] == "model"
+
+
+def test_an_oom_on_one_rank_is_reported_as_that_ranks_oom(demo_dir, tmp_path):
+    """Rank 1 runs out of memory alone: rank 0 sees only a broken collective, yet the run reports
+    rank 1's out-of-memory with the planner's fix (exit 3), not an internal error."""
+    run_dir = tmp_path / "run"
+    config = write_config(demo_dir, run_dir, batch_size=4, num_processes=2, **COMMON,
+                          extra={"test_oom_at_step": {"step": 3, "rank": 1}})
+    code, events = run_inprocess(config)
+    assert code == 3
+    error, end = events[-2:]
+    assert error["event"] == "error" and error["type"] == "oom" and error["rank"] == 1
+    assert error["message"].startswith("rank 1: out of memory") and json.loads(error["fix"])
+    assert end["event"] == "end" and end["status"] == "failed"
