@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -64,7 +65,11 @@ def main() -> int:
             plan = window.pages["plan"]
             if page == "plan":
                 plan.recommender.wait()
-                app.processEvents()
+                # the result reaches the page on the worker's polling timer, not at once
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    app.processEvents()
+                    time.sleep(0.02)
             target = OUT / f"{page}.png"
             if not window.grab().save(str(target), "PNG"):
                 print(f"error: cannot write {target}", file=sys.stderr)
