@@ -225,8 +225,8 @@ def _parallel_args(cfg: TrainConfig, device: str) -> dict[str, Any]:
     # checkpoints: each rank writes its own part, and resume needs the same world size.
     # Checkpointing stays transformers' own: FSDP's wrapper renames the layers, and accelerate's
     # sharded save of a peft model then keeps no adapter weight (resume would restart them).
-    return {**_checkpointing_args(cfg.grad_checkpointing), **common, "fsdp": "full_shard auto_wrap",
-            "fsdp_config": {"version": 2, "state_dict_type": "SHARDED_STATE_DICT",
+    return {**_checkpointing_args(cfg.grad_checkpointing), **common, "fsdp": True,
+            "fsdp_config": {"version": 2, "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT",
                             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
 
 
