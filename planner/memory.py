@@ -112,20 +112,20 @@ def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
     return total
 
 
-def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int]:
-    """LoRA parameters and their matrices' rows + columns, over every targeted module."""
-    params = dims = 0
-    matched = False
+def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
+    """LoRA parameters, their matrices' rows + columns, and the largest matrix's elements, over
+    every targeted module."""
+    params = dims = largest = 0
     for block in arch.blocks:
         for lin in block.linears:
             if lora_targeted(lin, setup.lora_targets):
-                matched = True
                 params += block.count * lin.copies * setup.lora_r * (lin.d_in + lin.d_out)
                 dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out)
-    if not matched:
+                largest = max(largest, setup.lora_r * max(lin.d_in, lin.d_out))
+    if not largest:
         names = ", ".join(sorted(arch.linear_names()))
         raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}")
-    return params, dims
+    return params, dims, largest
 
 
 def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
@@ -136,7 +136,7 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
         largest = max([embed] + [l.d_in * l.d_out for b in arch.blocks for l in b.linears])
         return _Params(total * wb, 0, 0, total, total * wb, dims, largest)
 
-    lora, dims = _lora_params(arch, setup)
+    lora, dims, lora_largest = _lora_params(arch, setup)
     adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
     if setup.method == "lora":
         weights, quant_state, other_b = total * wb, 0, wb
@@ -149,8 +149,7 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
         quant_state = _quant_state_bytes(arch, setup, quantized)
     mts = _modules_to_save(arch, setup.modules_to_save)
     adapters = lora * adapter_b + mts * other_b
-    largest = embed if mts else setup.lora_r * max(max(l.d_in, l.d_out) for b in arch.blocks for l in b.linears
-                                                   if lora_targeted(l, setup.lora_targets))
+    largest = embed if mts else lora_largest
     return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest)
 
 

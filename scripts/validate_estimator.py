@@ -136,9 +136,9 @@ def cross_source_slopes(raw: list[dict[str, str]]) -> list[Slope]:
     return sorted(slopes, key=lambda s: (s.key, s.seq_from, s.source))
 
 
-def evaluate(csv_path: Path) -> list[Row]:
+def evaluate(raw: list[dict[str, str]]) -> list[Row]:
     rows = []
-    for r in read_rows(csv_path):
+    for r in raw:
         est = estimate(resolve_model(r["model"]), setup_of(r))
         b = est.breakdown
         predicted = {
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.csv.is_file():
         print(f"error: {args.csv} not found; pass --csv PATH to measurements.csv", file=sys.stderr)
         return 2
-    rows = evaluate(args.csv)
+    raw = read_rows(args.csv)
+    rows = evaluate(raw)
     gib = 2**30
     if args.markdown:
         print("| row | kind | measured GiB | predicted GiB | error |\n|---|---|---:|---:|---:|")
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if multi:
         med, worst = summary(multi)
         print(f"{len(multi)} multi-GPU rows (per GPU): median |error| {med:.1%}, max |error| {worst:.1%}")
-    slopes = cross_source_slopes(read_rows(args.csv))
+    slopes = cross_source_slopes(raw)
     if slopes:
         print("\nSame model and method measured by two sources: memory added per token (MB/token)")
         print(f"{'model, method':24} {'tokens':>11}  {'source':12} {'measured':>9} {'estimator':>9}")

@@ -169,7 +169,9 @@ def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None
         sink.emit("end", status="failed", steps=0, runtime_s=0.0, output_dir=str(run_dir))
         sink.close()
         error = peer["type"]
-    return _EXIT_CODES.get(error, 1)
+    from trainer.run import exit_code
+
+    return exit_code(error)
 
 
 def _outcome(metrics: Path, offset: int) -> tuple[bool, str | None]:
@@ -195,5 +197,3 @@ def _outcome(metrics: Path, offset: int) -> tuple[bool, str | None]:
             ended = True
     return ended, error
 
-
-_EXIT_CODES = {None: 0, "oom": 3, "config": 2, "data": 2, "model": 2, "internal": 1}

@@ -20,6 +20,12 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir, atomic_write_text
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OOM = 0, 1, 2, 3
+
+
+def exit_code(error: str | None) -> int:
+    """The exit code for a run that reported an ``error`` event of this type (None: no error)."""
+    return {None: EXIT_OK, "oom": EXIT_OOM, "config": EXIT_INPUT, "data": EXIT_INPUT,
+            "model": EXIT_INPUT}.get(error, EXIT_INTERNAL)
 PID_FILE = "trainer.pid"
 """Present while a trainer process works in the run directory; holds its PID."""
 _COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -68,6 +74,11 @@ class Run:
         self.runtime: Any = None
         self.predicted: int | None = None
         self.checkpoint: Path | None = None
+
+    def close(self) -> None:
+        self._following.set()
+        self.commands.close()
+        self.sink.close()
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -357,7 +368,6 @@ def main(config_path: str | None, resume_dir: str | None = None,
         out.flush()
         _say(f"error: {exc}")
         return EXIT_INPUT
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # who is training this directory: lets the app re-attach after a restart, or call it orphaned
     pid_file = run_dir / PID_FILE
     atomic_write_text(pid_file, f"{os.getpid()}\n")
@@ -381,9 +391,7 @@ def _work(run_dir: Path, resume: bool, out: TextIO, cfg: TrainConfig | None = No
         return _run(run)
     finally:
         sys.stdout = real_stdout
-        run._following.set()
-        run.commands.close()
-        run.sink.close()
+        run.close()
 
 
 def _run(run: Run) -> int:
@@ -411,7 +419,7 @@ def _run(run: Run) -> int:
         if peer:  # a collective broke because another rank died first: report what killed it
             kind = peer.pop("type")
             run.fail(kind, f"rank {peer['rank']}: {peer.pop('message')}", peer.pop("hint"), **peer)
-            return {"oom": EXIT_OOM, "internal": EXIT_INTERNAL}.get(kind, EXIT_INPUT)
+            return exit_code(kind)
         run.fail("internal", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                  "this is a bug; the traceback is in the log")
         return EXIT_INTERNAL
