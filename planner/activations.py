@@ -16,15 +16,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.catalog.arch import Architecture, Block, Linear
+from planner.catalog.hf_config import EXPERT_NAMES
 from planner.options import TrainSetup
 
 FP32 = 4
 # Linears that write back to the residual stream (they read an intermediate, not the normed input).
 _OUTPUT_PROJECTIONS = {"o_proj", "down_proj", "dense", "c_proj", "dense_4h_to_h", "fc2", "kv_b_proj", "q_b_proj"}
+_EXPERT_DOWN = {down for _, _, down in EXPERT_NAMES.values()}
+
+
+def _is_down(linear: Linear) -> bool:
+    """The MLP's (or an expert's) down projection: it reads the intermediate activation."""
+    if linear.role == "expert" and linear.name in _EXPERT_DOWN:
+        return True
+    return linear.name.endswith(("down_proj", "c_proj", "fc2"))
 
 
 def lora_targeted(linear: Linear, targets: tuple[str, ...]) -> bool:
-    """peft's rule: ``all-linear`` hits every Linear but the LM head; names match as suffixes."""
+    """peft's rule: ``all-linear`` hits every ``nn.Linear`` but the LM head (an MoE router is
+    not one); names match as suffixes."""
+    if linear.role == "router":
+        return False
     if "all-linear" in targets:
         return True
     return any(linear.name == t or linear.name.endswith("." + t) for t in targets)
@@ -91,7 +103,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         attention += c * o_w
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
     down_needs_input = full or (setup.is_peft and not adapter_cast and any(
-        lora_targeted(l, setup.lora_targets) for l in block.linears if l.name.endswith(("down_proj", "c_proj", "fc2"))))
+        lora_targeted(l, setup.lora_targets) for l in block.linears if _is_down(l)))
     # bitsandbytes' Linear4bit returns its input's dtype: after prepare_model_for_kbit_training
     # the fp32 residual makes gate/up outputs, and everything the MLP computes from them, fp32.
     mlp_bytes = rb if setup.method == "qlora" else c

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from typing import Any, Sequence
 
 from planner.errors import PlannerError
@@ -156,16 +157,18 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_table(a: argparse.Namespace) -> int:
-    from planner.table import COLUMNS, classic_table
+    from planner.table import COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 
     base = setup_from_args(a)
     rows = classic_table(base)
+    moe = moe_columns()
     if a.json:
         print(json.dumps({
             "quantity": "device_used_bytes",
             "batch_size": base.batch_size,
             "seq_len": base.seq_len,
-            "columns": [{"size": size, "model": model} for size, model in COLUMNS],
+            "columns": [{"size": size, "model": model, "moe_layout": MOE_LAYOUT if size in moe else None}
+                        for size, model in COLUMNS],
             "rows": [{"method": r.method, "bits": r.bits,
                       "device_used_bytes": [e.device_used_bytes for e in r.estimates],
                       "peak_allocated_bytes": [e.peak_allocated_bytes for e in r.estimates]} for r in rows],
@@ -178,6 +181,7 @@ def cmd_table(a: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.method:<7}{r.bits:>5}" + "".join(f"{e.device_used_bytes / GiB:9.1f}" for e in r.estimates))
     print("QLoRA 2 is a 2-bit base (HQQ-style): estimated only, the trainer does not offer it.")
+    print(textwrap.fill(f"{', '.join(moe)} (mixture of experts): {MOE_LAYOUT}.", width=100))
     return 0
 
 

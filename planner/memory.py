@@ -34,6 +34,10 @@ _DOUBLE_QUANT_BLOCK = 256
 _HQQ_GROUP = 64
 _BNB_OPT_BLOCK = 256
 
+MOE_LAYOUT = ("MoE layout: one nn.Linear per expert projection, as checkpoints store them and the trainer builds "
+              "them, so experts are quantized and adapted expert by expert; the router stays unquantized, without LoRA")
+MOE_LAYOUT_FULL = "MoE layout: transformers' fused experts (3-D weights, grouped matmul), all trained"
+
 
 @dataclass(frozen=True)
 class Breakdown:
@@ -273,17 +277,8 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
                    else "non-quantized weights kept in the 16-bit load/storage dtype")
         if setup.quant == "2bit":
             out.append("2-bit base (HQQ-style, groups of 64): estimate only, the trainer does not offer it")
-        if arch.is_moe:
-            # transformers 5 fuses each layer's experts into 3-D parameters, which bitsandbytes
-            # leaves alone (checked with transformers 5.23, bitsandbytes 0.50, peft 0.21)
-            experts = sum(b.count * l.weight_params for b in arch.blocks for l in b.linears if l.role == "expert")
-            kept = FP32 if setup.fp32_unquantized else setup.weight_bytes
-            extra = experts * (kept - QUANT_BITS[setup.quant or "nf4"] / 8)
-            out.append(f"MoE experts quantized like other Linears (transformers 4.x layout). transformers 5 "
-                       f"fuses them into 3-D weights that bitsandbytes does not quantize: they stay "
-                       f"{'fp32 after prepare_model_for_kbit_training' if kept == FP32 else '16-bit'}, "
-                       f"{extra / 2**30:,.0f} GiB more")
     if arch.is_moe:
+        out.append(MOE_LAYOUT if setup.is_peft else MOE_LAYOUT_FULL)
         out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")
     if arch.max_position_embeddings and setup.seq_len > arch.max_position_embeddings:
         out.append(f"seq_len {setup.seq_len} exceeds the model's max_position_embeddings "

@@ -9,8 +9,10 @@ the rest extrapolated: the layers are identical, so memory is affine in their nu
 The only planner module that imports torch (lazily): the estimator stays torch-free.
 
 QLoRA runs bitsandbytes' own ``Linear4bit`` and 8-bit optimizers through their fake kernels.
-Not simulated (a clear error with the analytic figure, never a crash): MoE, whose routing is
-data-dependent; int8 bases; sliding windows shorter than the sequence.
+MoE LoRA/QLoRA runs the trainer's per-expert layout (planner/moe_layout.py); meta tensors carry
+no routing, so every expert takes an equal share of the routed tokens.
+Not simulated (a clear error, never a crash): int8 bases; sliding windows shorter than the
+sequence.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from planner.calibration import ALLOCATOR_SLACK, CUDA_CONTEXT
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
+from planner.moe_layout import needs_split, peft_targets_as_given, split_experts
 from planner.options import TrainSetup
 
 PHASES = ("forward", "backward", "optimizer")
@@ -143,6 +146,8 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = {**config, "num_hidden_layers": layers, "use_cache": False}
+    if isinstance(fields.get("layer_types"), list):  # transformers checks one entry per layer
+        fields["layer_types"] = fields["layer_types"][:layers]
     model_type = fields.pop("model_type", None)
     if not model_type:
         raise PlannerError("precise mode needs the model's config.json with a model_type")
@@ -159,6 +164,8 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, 
             model = AutoModelForCausalLM.from_config(hf_config)
     finally:
         torch.set_default_dtype(previous)
+    if setup.is_peft and needs_split(model_type):
+        split_experts(model)  # the trainer's layout: one nn.Linear per expert projection
     if setup.method == "qlora":
         _quantize(model, setup)
         if setup.kbit_prepare:
@@ -170,10 +177,11 @@ def _build(config: dict[str, Any], layers: int, setup: TrainSetup, device: str, 
         from peft import LoraConfig, get_peft_model
 
         targets = "all-linear" if "all-linear" in setup.lora_targets else list(setup.lora_targets)
-        model = get_peft_model(model, LoraConfig(r=setup.lora_r, lora_alpha=setup.lora_alpha,
-                                                 lora_dropout=setup.lora_dropout, target_modules=targets,
-                                                 modules_to_save=list(setup.modules_to_save) or None),
-                               autocast_adapter_dtype=setup.adapter_dtype == "fp32")
+        with peft_targets_as_given():
+            model = get_peft_model(model, LoraConfig(r=setup.lora_r, lora_alpha=setup.lora_alpha,
+                                                     lora_dropout=setup.lora_dropout, target_modules=targets,
+                                                     modules_to_save=list(setup.modules_to_save) or None),
+                                   autocast_adapter_dtype=setup.adapter_dtype == "fp32")
     if setup.grad_checkpointing:
         kwargs: dict[str, Any] = {"use_reentrant": False}
         if recompute is not None:
@@ -440,12 +448,6 @@ def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict
 def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
-    if model.arch.is_moe:
-        from planner.memory import estimate
-
-        analytic = estimate(model, setup).peak_allocated_bytes
-        raise PlannerError("cannot simulate MoE: which expert gets how many tokens depends on the data "
-                           f"(the analytic estimate, with uniform routing, is {analytic / 2**30:.2f} GiB allocated)")
     if setup.num_gpus > 1:
         raise PlannerError("precise mode simulates one GPU; use `estimate` for --num-gpus > 1")
     window = model.config.get("sliding_window")
@@ -476,6 +478,9 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     reserved = peak + int(ALLOCATOR_SLACK * transient)
     notes = [f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
              "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the analytic estimate"]
+    if model.arch.is_moe:
+        notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each)"
+                     + ("; experts one nn.Linear each, as the trainer builds them" if setup.is_peft else ""))
     if setup.optimizer.startswith("paged_"):
         notes.append("paged optimizer simulated unpaged: its state counted as device memory (it can spill to host)")
     return Simulation(model.name, (1, 2), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes))

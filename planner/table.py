@@ -33,6 +33,17 @@ ROWS = (
 )
 
 
+MOE_LAYOUT = ("Full rows train transformers' fused experts; LoRA and QLoRA rows hold one nn.Linear per expert "
+              "(the checkpoint's layout, which the trainer builds), quantized and adapted expert by expert, "
+              "the router unquantized and without LoRA")
+"""The layout the MoE columns assume (their estimates' assumptions say the same per row)."""
+
+
+def moe_columns() -> tuple[str, ...]:
+    """The sizes whose model is a mixture of experts (they assume ``MOE_LAYOUT``)."""
+    return tuple(size for size, model_id in COLUMNS if resolve_model(model_id).arch.is_moe)
+
+
 @dataclass(frozen=True)
 class TableRow:
     method: str

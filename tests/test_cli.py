@@ -253,6 +253,8 @@ def test_folder_with_safetensors_counts_tensors(capsys, tmp_path):
 def test_table_json(capsys):
     data = run_json(capsys, "table")
     assert [c["size"] for c in data["columns"]] == TABLE_SIZES
+    layouts = [c["moe_layout"] for c in data["columns"]]
+    assert layouts[:5] == [None] * 5 and all("one nn.Linear per expert" in x for x in layouts[5:])
     assert [(r["method"], r["bits"]) for r in data["rows"]] == TABLE_ROWS
     for row in data["rows"]:
         for key in ("device_used_bytes", "peak_allocated_bytes"):
@@ -285,6 +287,7 @@ def test_table_human(capsys):
     for size in TABLE_SIZES:
         assert size in out
     assert "QLoRA 2" in out and "estimated only" in out
+    assert "8x7B, 8x22B (mixture of experts): Full rows train transformers' fused experts" in out
     assert len([line for line in out.splitlines() if line.startswith(("Full", "LoRA", "QLoRA "))]) >= 6
 
 

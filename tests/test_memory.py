@@ -134,10 +134,13 @@ def test_modules_to_save_trains_full_copies():
 
 def test_moe_lora_per_expert():
     mixtral = resolve_model("mistralai/Mixtral-8x7B-v0.1")
-    e = estimate(mixtral, TrainSetup(method="lora", lora_r=8, lora_targets=("gate_proj",)))
+    # Mixtral's checkpoint names each expert's gate projection w1: the module LoRA targets
+    e = estimate(mixtral, TrainSetup(method="lora", lora_r=8, lora_targets=("w1",)))
     # w1 of each of 8 experts per layer, 32 layers
     assert e.params_trainable == 32 * 8 * 8 * (4096 + 14336)
     assert any("routing" in a for a in e.assumptions)
+    with pytest.raises(PlannerError, match="matches no module; this model has: k_proj, o_proj, q_proj, v_proj, w1"):
+        estimate(mixtral, TrainSetup(method="lora", lora_targets=("gate",)))  # the router is no nn.Linear
 
 
 @pytest.mark.parametrize("kw, message", [

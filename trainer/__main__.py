@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainer.demo import ARCHS
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", required=True, metavar="DIR")
     demo = sub.add_parser("make-demo", help="build an offline tiny model, tokenizer, dataset and run config")
     demo.add_argument("--out", required=True, metavar="DIR")
+    demo.add_argument("--arch", default="llama", choices=ARCHS,
+                      help="the tiny model's architecture: a dense Llama (default) or a mixture of experts")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(args.run, args.out, merge=args.merge)
     from trainer.demo import main as demo_main
 
-    return demo_main(args.out)
+    return demo_main(args.out, args.arch)
 
 
 if __name__ == "__main__":

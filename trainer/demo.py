@@ -128,23 +128,45 @@ def build_tokenizer(examples: list[dict[str, Any]], vocab_size: int = 1024) -> A
     return wrapped
 
 
-def build_model(tokenizer: Any, seed: int = SEED) -> Any:
-    """A random-init Llama: small, but with GQA, RoPE, RMSNorm and SwiGLU like the real thing."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+ARCHS = ("llama", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+"""``make-demo --arch``: a dense Llama, or a mixture-of-experts model of each supported kind."""
 
-    config = LlamaConfig(
-        # intermediate 768 = Llama's rule (8/3 * hidden, rounded up to a multiple of 256). It also
-        # matters: bitsandbytes' CPU 4-bit inference kernel asserts out_features % 32 == 0 and
-        # in_features % 64 == 0 (688 crashes `generate` on a QLoRA model).
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=False,  # separate lm_head, as in Llama: exercises modules_to_save paths
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, dtype="float32",
-    )
+
+def model_config(arch: str = "llama", vocab_size: int = 1024, bos: int = 1, eos: int = 2, pad: int = 0) -> Any:
+    """A tiny config of ``arch`` with the real architecture's parts (GQA, RoPE, RMSNorm, SwiGLU;
+    for MoE 4 experts, 2 per token, and each model type's own router and shared experts).
+
+    Widths are multiples of 64: bitsandbytes' CPU 4-bit inference kernel asserts
+    out_features % 32 == 0 and in_features % 64 == 0 (688 crashes ``generate`` on QLoRA)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=False,  # separate lm_head, as in Llama: exercises modules_to_save paths
+                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, dtype="float32")
+    # intermediate 768 = Llama's rule (8/3 * hidden, rounded up to a multiple of 256)
+    moe = dict(num_experts_per_tok=2, intermediate_size=768)
+    per_arch: dict[str, dict[str, Any]] = {
+        "llama": dict(intermediate_size=768),
+        "mixtral": dict(moe, num_local_experts=4),
+        "qwen2_moe": dict(moe, num_experts=4, moe_intermediate_size=256, shared_expert_intermediate_size=512),
+        "qwen3_moe": dict(moe, num_experts=4, moe_intermediate_size=256, head_dim=64),
+        "olmoe": dict(moe, num_experts=4, intermediate_size=256),
+    }
+    if arch not in per_arch:
+        raise ValueError(f"--arch {arch!r} is not one of: {', '.join(ARCHS)}")
+    return AutoConfig.for_model(arch, **common, **per_arch[arch])
+
+
+def build_model(tokenizer: Any, seed: int = SEED, arch: str = "llama") -> Any:
+    """A random-init model of ``arch`` for ``tokenizer``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                          tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -164,7 +186,7 @@ def run_config(root: Path) -> TrainConfig:
     )
 
 
-def make_demo(out: str | Path) -> Path:
+def make_demo(out: str | Path, arch: str = "llama") -> Path:
     """Build the demo under ``out`` (replacing a previous demo, keeping its runs/); return run.json."""
     start = time.perf_counter()
     root = Path(out).expanduser().resolve()
@@ -174,11 +196,12 @@ def make_demo(out: str | Path) -> Path:
     with atomic_dir(root / "model") as tmp:
         tokenizer = build_tokenizer(examples)
         _log(f"tokenizer: byte-level BPE, {len(tokenizer)} tokens")
-        model = build_model(tokenizer)
+        model = build_model(tokenizer, arch=arch)
         n_params = sum(p.numel() for p in model.parameters())
+        # save_pretrained writes the Hub's layout: MoE experts one tensor per expert projection
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    _log(f"model: Llama, {n_params / 1e6:.2f}M parameters -> {root / 'model'}")
+    _log(f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters -> {root / 'model'}")
     lines = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples)
     atomic_write_text(root / "data.jsonl", lines)
     _log(f"dataset: {len(examples)} examples ({', '.join(sorted(TASKS))}) -> {root / 'data.jsonl'}")
@@ -188,10 +211,10 @@ def make_demo(out: str | Path) -> Path:
     return root / "run.json"
 
 
-def main(out: str) -> int:
-    """``python -m trainer make-demo --out DIR``: prints the run.json path on stdout."""
+def main(out: str, arch: str = "llama") -> int:
+    """``python -m trainer make-demo --out DIR [--arch A]``: prints the run.json path on stdout."""
     try:
-        path = make_demo(out)
+        path = make_demo(out, arch)
     except OSError as exc:
         print(f"error: make-demo could not write {out}: {exc}", file=sys.stderr)
         return 1

@@ -7,13 +7,15 @@ written. A QLoRA adapter is merged onto the dequantized 4-bit base it was traine
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir
-from trainer.loading import ModelError, load_tokenizer, quantization_config, weight_dtype
+from trainer.loading import (ModelError, load_tokenizer, model_class, model_layout, per_expert, quantization_config,
+                             weight_dtype)
 
 
 class ExportError(RuntimeError):
@@ -43,21 +45,36 @@ def export(run_dir: Path, out: Path, merge: bool) -> Path:
                      and not p.name.startswith(("trainer_state", "optimizer", "scheduler", "rng_state"))]
             for p in names:
                 shutil.copy2(p, tmp / p.name)
+            if cfg.method != "full" and per_expert(cfg):
+                _without_dropout(tmp / "adapter_config.json")
         else:
             _merge(cfg, source, tmp)
         tokenizer.save_pretrained(str(tmp))
     return out
 
 
+def _without_dropout(adapter_config: Path) -> None:
+    """Stock transformers 5 fuses MoE experts, and peft (0.21) then loads per-expert adapters
+    through ``ParamWrapper``, which refuses any LoRA dropout. Dropout only acts in training, so
+    the exported adapter says 0: it loads there, and computes the same anywhere else."""
+    config = json.loads(adapter_config.read_text())
+    config["lora_dropout"] = 0.0
+    adapter_config.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def _merge(cfg: TrainConfig, adapter: Path, dest: Path) -> None:
+    with model_layout(cfg):
+        _merge_in_layout(cfg, adapter, dest)
+
+
+def _merge_in_layout(cfg: TrainConfig, adapter: Path, dest: Path) -> None:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     precision = "bf16" if cfg.precision in ("bf16", "bf16-mixed") else "fp32"
     kwargs = dict(dtype=weight_dtype(precision), use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
     if cfg.method == "qlora":
         kwargs.update(quantization_config=quantization_config(cfg, precision), device_map={"": "cpu"})
-    base = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    base = model_class(cfg).from_pretrained(cfg.model, **kwargs)
     if cfg.method == "qlora":
         base = base.dequantize()  # the 4-bit weights the adapter was trained against, in 16/32-bit
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()

@@ -6,6 +6,7 @@ only when it is cached locally or the Hub answers.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,60 @@ def quantization_config(cfg: TrainConfig, precision: str) -> Any:
     )
 
 
-def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
-    """The model ready for Trainer: quantized and prepared (QLoRA), wrapped with LoRA (LoRA, QLoRA)."""
-    from transformers import AutoModelForCausalLM
+def _model_type(cfg: TrainConfig) -> str:
+    from transformers import AutoConfig
 
+    name, local = _source(cfg)
+    try:
+        return str(AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code).model_type)
+    except (OSError, ValueError) as exc:
+        if not local and isinstance(exc, OSError):
+            raise _hub_error(name, exc) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{name}: cannot read its config: {first}") from None
+
+
+def per_expert(cfg: TrainConfig) -> str | None:
+    """The model type when this run rebuilds MoE experts per expert (LoRA and QLoRA on a model
+    whose experts transformers fuses; see planner/moe_layout.py), else None."""
+    from planner.errors import PlannerError
+    from planner.moe_layout import needs_split
+
+    if cfg.method == "full" or cfg.trust_remote_code:
+        return None
+    model_type = _model_type(cfg)
+    try:
+        return model_type if needs_split(model_type) else None
+    except PlannerError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def model_layout(cfg: TrainConfig) -> contextlib.AbstractContextManager[Any]:
+    """Held for as long as the run loads, trains, resumes and saves its model."""
+    from planner.moe_layout import per_expert_loading
+
+    model_type = per_expert(cfg)
+    return per_expert_loading(model_type) if model_type else contextlib.nullcontext()
+
+
+def model_class(cfg: TrainConfig) -> Any:
+    """``AutoModelForCausalLM``, or the model's own class building its experts per expert."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not per_expert(cfg):
+        return AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from planner.moe_layout import per_expert_class
+
+    config = AutoConfig.from_pretrained(_source(cfg)[0])
+    return per_expert_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+
+
+def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
+    """The model ready for Trainer: quantized and prepared (QLoRA), wrapped with LoRA (LoRA, QLoRA).
+
+    Call it inside ``model_layout(cfg)``."""
     name, local = _source(cfg)
     kwargs: dict[str, Any] = dict(
         dtype=weight_dtype(rt.precision),
@@ -126,7 +177,7 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
         kwargs["quantization_config"] = quantization_config(cfg, rt.precision)
         kwargs["device_map"] = {"": 0} if rt.device == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        model = model_class(cfg).from_pretrained(name, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         if not local and isinstance(exc, OSError):
             raise _hub_error(name, exc) from None

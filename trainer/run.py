@@ -6,6 +6,7 @@ model; 3 out of memory; 1 anything else (a bug: the traceback goes to stderr).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -69,6 +70,8 @@ class Run:
         if world_size() > 1 and self.lead:
             threading.Thread(target=follow, args=(run_dir / COMMANDS_FILE, self.commands.put, self._following),
                              daemon=True, name="commands-file").start()
+        self.layout = contextlib.ExitStack()
+        """Holds the model layout (planner/moe_layout.py) from loading to the last save."""
         self.trainer: Any = None
         self.callback: Any = None
         self.runtime: Any = None
@@ -76,6 +79,7 @@ class Run:
         self.checkpoint: Path | None = None
 
     def close(self) -> None:
+        self.layout.close()
         self._following.set()
         self.commands.close()
         self.sink.close()
@@ -86,7 +90,7 @@ class Run:
 
         from trainer.callbacks import EventCallback
         from trainer.data import collate, prepare_data
-        from trainer.loading import load_model, load_tokenizer, resolve_runtime
+        from trainer.loading import load_model, load_tokenizer, model_layout, resolve_runtime
         from trainer.prediction import predict
 
         from transformers import set_seed
@@ -97,6 +101,7 @@ class Run:
         self.runtime = resolve_runtime(cfg)
         tokenizer = load_tokenizer(cfg)
         data = prepare_data(cfg, tokenizer)
+        self.layout.enter_context(model_layout(cfg))
         model = load_model(cfg, self.runtime)
         predicted = predict(cfg, self.runtime.precision)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None

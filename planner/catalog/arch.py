@@ -101,8 +101,9 @@ class Architecture:
 
     @property
     def linear_weight_params(self) -> int:
-        """Weights of the decoder Linears: what 4-bit/8-bit quantization replaces."""
-        return sum(b.count * l.weight_params for b in self.blocks for l in b.linears)
+        """Weights of the decoder Linears: what 4-bit/8-bit quantization replaces (MoE routers
+        are transformers' own modules, not ``nn.Linear``: left alone)."""
+        return sum(b.count * l.weight_params for b in self.blocks for l in b.linears if l.role != "router")
 
     @property
     def total_params(self) -> int:
@@ -113,7 +114,8 @@ class Architecture:
         return any(b.experts for b in self.blocks)
 
     def linear_names(self) -> set[str]:
-        return {l.name for b in self.blocks for l in b.linears}
+        """Names LoRA can target (an MoE router is not an ``nn.Linear``)."""
+        return {l.name for b in self.blocks for l in b.linears if l.role != "router"}
 
     def largest_linear(self) -> Linear:
         return max((l for b in self.blocks for l in b.linears), key=lambda l: l.d_in * l.d_out)

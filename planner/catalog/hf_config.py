@@ -65,12 +65,20 @@ def _attention(d: _Dims, qkv_bias: bool = False, o_bias: bool = False) -> tuple[
     )
 
 
+GATED_NAMES = ("gate_proj", "up_proj", "down_proj")
+EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
+"""(gate, up, down) of one routed expert, where the checkpoint names them otherwise than
+``GATED_NAMES``: the per-expert modules the trainer builds (planner/moe_layout.py) and LoRA
+targets carry these names."""
+
+
 def _gated_mlp(h: int, ff: int, bias: bool = False, role: str = "mlp", copies: int = 1,
-               prefix: str = "") -> tuple[Linear, ...]:
+               prefix: str = "", names: tuple[str, str, str] = GATED_NAMES) -> tuple[Linear, ...]:
+    gate, up, down = names
     return (
-        Linear(prefix + "gate_proj", h, ff, bias, copies, role),
-        Linear(prefix + "up_proj", h, ff, bias, copies, role),
-        Linear(prefix + "down_proj", ff, h, bias, copies, role),
+        Linear(prefix + gate, h, ff, bias, copies, role),
+        Linear(prefix + up, h, ff, bias, copies, role),
+        Linear(prefix + down, ff, h, bias, copies, role),
     )
 
 
@@ -156,22 +164,25 @@ def _moe_block(cfg: Config, d: _Dims, count: int, attn: tuple[Linear, ...], norm
     experts = _require_int(cfg, "num_local_experts", "num_experts", "n_routed_experts")
     top_k = _require_int(cfg, "num_experts_per_tok", "top_k")
     moe_ff = _require_int(cfg, "moe_intermediate_size", default=d.ff)
+    # the router is transformers' own module, not an nn.Linear: never quantized nor adapted
     linears = attn + (Linear("gate", d.h, experts, role="router"),)
-    linears += _gated_mlp(d.h, moe_ff, role="expert", copies=experts)
+    names = EXPERT_NAMES.get(str(cfg.get("model_type")), GATED_NAMES)
+    linears += _gated_mlp(d.h, moe_ff, role="expert", copies=experts, names=names)
     if shared_ff:
         linears += _gated_mlp(d.h, shared_ff, role="shared", prefix="shared_expert.")
-    if shared_gate:
-        linears += (Linear("shared_expert_gate", d.h, 1, role="router"),)
+    if shared_gate:  # an nn.Linear scaling the shared expert's output
+        linears += (Linear("shared_expert_gate", d.h, 1, role="shared"),)
     return Block(count, linears, norm_params, 2, top_k * moe_ff + shared_ff,
                  experts=experts, experts_per_token=top_k)
 
 
 def _moe(cfg: Config, d: _Dims) -> Architecture:
-    """Mixtral, Qwen2-MoE, Qwen3-MoE: attention as Llama, MLP as routed gated experts."""
+    """Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: attention as Llama, MLP as routed gated experts."""
     mt = cfg.get("model_type", "")
-    qk_norm = mt == "qwen3_moe"
-    attn = _attention(d, mt == "qwen2_moe")
-    norm_params = 2 * d.h + (2 * d.hd if qk_norm else 0)
+    attn = _attention(d, mt == "qwen2_moe" or bool(cfg.get("attention_bias")))
+    # q/k norms: per head (Qwen3-MoE), or over all query and key heads (OLMoE)
+    qk_norm = {"qwen3_moe": 2 * d.hd, "olmoe": (d.heads + d.kv) * d.hd}.get(mt, 0)
+    norm_params = 2 * d.h + qk_norm
     shared_ff = _optional_int(cfg, "shared_expert_intermediate_size")
     step = _optional_int(cfg, "decoder_sparse_step", 1) or 1
     only_dense = cfg.get("mlp_only_layers") or []
@@ -257,7 +268,7 @@ def _with_assumption(arch: Architecture, note: str) -> Architecture:
 _FAMILIES: dict[str, Callable[[Config, _Dims], Architecture]] = {
     **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3",
                      "yi", "olmo2", "granite", "cohere", "internlm2"), _llama_like),
-    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe"), _moe),
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"), _moe),
     **dict.fromkeys(("deepseek_v2", "deepseek_v3"), _deepseek),
     "phi3": _phi3,
     "phi": _phi,

@@ -13,7 +13,7 @@ from planner.catalog.gpus import GpuSpec, gpu_catalog
 from planner.cost import run_cost
 from planner.gui.plan_model import FormValues, my_setup
 from planner.memory import estimate
-from planner.table import COLUMNS, classic_table
+from planner.table import COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 from planner.units import GiB
 
 
@@ -28,6 +28,8 @@ class SizesTable:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, tuple[SizeCell, ...]], ...]
     """(row label such as "QLoRA 4", cells per column)."""
+    column_notes: tuple[str, ...]
+    """Per column, what its estimates assume beyond the row (the MoE layout), or ""."""
 
 
 def sizes_table(values: FormValues, gpu_bytes: int) -> SizesTable:
@@ -37,7 +39,9 @@ def sizes_table(values: FormValues, gpu_bytes: int) -> SizesTable:
     for row in classic_table(base):
         cells = tuple(SizeCell(e.device_used_bytes / GiB, e.device_used_bytes <= gpu_bytes) for e in row.estimates)
         rows.append((f"{row.method} {row.bits}", cells))
-    return SizesTable(tuple(size for size, _ in COLUMNS), tuple(rows))
+    moe = moe_columns()
+    notes = tuple(f"{size}: mixture of experts. {MOE_LAYOUT}." if size in moe else "" for size, _ in COLUMNS)
+    return SizesTable(tuple(size for size, _ in COLUMNS), tuple(rows), notes)
 
 
 @dataclass(frozen=True)

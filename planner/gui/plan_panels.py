@@ -49,12 +49,14 @@ class SizesPanel(QTableWidget):
         self.setRowCount(len(table.rows))
         self.setColumnCount(len(table.columns))
         self.setHorizontalHeaderLabels(list(table.columns))
+        for c, note in enumerate(table.column_notes):
+            self.horizontalHeaderItem(c).setToolTip(note)
         self.setVerticalHeaderLabels([label for label, _ in table.rows])
         for r, (label, cells) in enumerate(table.rows):
             for c, cell in enumerate(cells):
                 verdict = "fits" if cell.fits else "does not fit"
                 item = _item(f"{cell.device_used_gib:,.1f}", f"{label}, {table.columns[c]}: "
-                             f"{cell.device_used_gib:.1f} GiB, {verdict} on {gpu_gib:g} GiB")
+                             f"{cell.device_used_gib:.1f} GiB, {verdict} on {gpu_gib:g} GiB\n{table.column_notes[c]}".strip())
                 item.setBackground(QBrush(FITS if cell.fits else MISSES))
                 self.setItem(r, c, item)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)

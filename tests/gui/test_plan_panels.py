@@ -40,6 +40,10 @@ def test_size_table_is_coloured_by_fit(page):
     first, last = page.sizes.item(4, 0), page.sizes.item(0, 6)  # QLoRA 4 at 7B, Full AMP at 8x22B
     assert first.background().color() != last.background().color()
     assert "fits on 24 GiB" in first.toolTip() and "does not fit" in last.toolTip()
+    # the MoE columns say which expert layout they assume
+    assert "one nn.Linear per expert" in last.toolTip() and "expert" not in first.toolTip()
+    assert "mixture of experts" in page.sizes.horizontalHeaderItem(6).toolTip()
+    assert not page.sizes.horizontalHeaderItem(0).toolTip()
 
 
 def test_cost_rows_start_with_this_gpu(page):

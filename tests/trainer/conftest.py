@@ -27,6 +27,16 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def moe_demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo with a tiny Mixtral (4 experts, top-2), saved in the Hub's per-expert layout."""
+    from trainer.demo import make_demo
+
+    out = tmp_path_factory.mktemp("shared-moe-demo") / "demo"
+    make_demo(out, arch="mixtral")
+    return out
+
+
 def write_config(demo: Path, run_dir: Path, **overrides: Any) -> Path:
     """The demo's run config with overrides, written next to the run directory."""
     cfg = json.loads((demo / "run.json").read_text())
