@@ -142,14 +142,15 @@ def _classes() -> tuple[type, type]:
             return final
 
         def _routes(self, top_k_index: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-            """(expert, top-k slot, token indices) for every expert that receives tokens."""
+            """(expert, top-k slot, token indices) for every expert, those without tokens too: an
+            expert skipped on one process but not another would leave DDP and FSDP reducing
+            different gradients (an empty batch gives zero gradients, at no cost)."""
             if top_k_index.device.type == "meta":
                 yield from self._uniform_routes(top_k_index)
                 return
             with torch.no_grad():
                 mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
-                hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist()
-            for expert in hit:
+            for expert in range(self.num_experts):
                 slot, token = torch.where(mask[expert])
                 yield expert, slot, token
 
@@ -158,10 +159,8 @@ def _classes() -> tuple[type, type]:
             tokens, k = top_k_index.shape
             share, extra = divmod(tokens * k, self.num_experts)
             for expert in range(self.num_experts):
-                n = share + int(expert < extra)
-                if n:
-                    token = torch.arange(n, device=top_k_index.device)
-                    yield expert, torch.zeros_like(token), token
+                token = torch.arange(share + int(expert < extra), device=top_k_index.device)
+                yield expert, torch.zeros_like(token), token
 
     return Expert, ExpertList
 

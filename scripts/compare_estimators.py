@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Analytic estimator vs precise mode (simulated step) on a sweep; prints the divergence table.
 
-    python scripts/compare_estimators.py [--markdown]
+    python scripts/compare_estimators.py [--markdown] [--model ID ...]
 
 7 models (dense, GQA, large vocabulary, MoE) x full/LoRA/QLoRA x 512/2048/8192 tokens x
-checkpointing on/off. Points precise mode cannot simulate (MoE) are listed with the reason.
+checkpointing on/off. Points precise mode cannot simulate are listed with the reason.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ def attention_for(model, seq: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--model", nargs="+", default=MODELS, help="only these catalog ids")
     args = ap.parse_args()
     gib = 2**30
     errors, skipped = [], 0
     if args.markdown:
         print("| model | method | seq | ckpt | attention | simulated GiB | analytic GiB | analytic vs simulated |")
         print("|---|---|---:|---|---|---:|---:|---:|")
-    for model_id in MODELS:
+    for model_id in args.model:
         model = resolve_model(model_id)
         for method in METHODS:
             for seq in SEQS:

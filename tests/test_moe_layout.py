@@ -72,6 +72,16 @@ def test_expert_names_come_from_transformers_conversion():
     assert expert_names("mixtral") == ExpertNames("w1", "w3", "w2")
     for arch in ("qwen2_moe", "qwen3_moe", "olmoe"):
         assert expert_names(arch) == ExpertNames("gate_proj", "up_proj", "down_proj")
+def test_the_planner_names_experts_as_the_trainer_builds_them():
+    """The catalog (torch-free) states the names; transformers' conversion is the authority."""
+    from planner.catalog.hf_config import EXPERT_NAMES, GATED_NAMES
+    from planner.moe_layout import SUPPORTED, expert_names
+
+    for model_type in SUPPORTED:
+        names = expert_names(model_type)
+        assert EXPERT_NAMES.get(model_type, GATED_NAMES) == (names.gate, names.up, names.down)
+
+
 def test_stock_stack_still_needs_the_workaround(checkpoints):
     """Pins the behaviours planner/moe_layout.py works around (transformers 5.24, peft 0.21.2,
     bitsandbytes 0.50.2). When this fails, the library changed: recheck the module's docstring."""

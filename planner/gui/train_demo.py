@@ -1,4 +1,4 @@
-""""Make demo model": ``python -m trainer make-demo --out DIR`` in a QProcess, then its run.json.
+""""Make demo model": ``python -m trainer make-demo --out DIR --arch A`` in a QProcess, then its run.json.
 
 The demo needs torch to build, so it never runs in the GUI process, and never on the GUI thread:
 QProcess reports through the event loop.
@@ -30,7 +30,7 @@ class DemoBuilder(QObject):
     def is_running(self) -> bool:
         return self._proc is not None
 
-    def start(self, out: Path) -> None:
+    def start(self, out: Path, arch: str = "llama") -> None:
         if self._proc is not None:
             return
         proc = QProcess(self)
@@ -44,7 +44,7 @@ class DemoBuilder(QObject):
         proc.errorOccurred.connect(lambda err: self._done(proc, out, -1)
                                    if err == QProcess.ProcessError.FailedToStart else None)
         self._proc = proc
-        proc.start(sys.executable, ["-m", "trainer", "make-demo", "--out", str(out)])
+        proc.start(sys.executable, ["-m", "trainer", "make-demo", "--out", str(out), "--arch", arch])
 
     def _done(self, proc: QProcess, out: Path, code: int) -> None:
         if self._proc is not proc:

@@ -24,6 +24,8 @@ from planner.gui.train_fields import FieldError, parse_number, peek_dataset
 from planner.gui.train_gpus import GpuOption, num_processes
 from planner.options import METHODS, QUANTS
 
+DEMO_ARCHS = (("Llama (dense)", "llama"), ("Mixtral (MoE)", "mixtral"))
+"""``make-demo --arch`` choices the form offers (the command has the other MoE kinds too)."""
 ERROR_STYLE = "color: #d32f2f;"  # as the Plan page: legible on light and dark palettes
 
 DEFAULTS: dict[str, Any] = {
@@ -60,8 +62,13 @@ class TrainForm(QWidget):
                                    "(used if cached locally or online).")
         self.model_browse = QPushButton("Browse...")
         self.demo_button = QPushButton("Make demo model")
-        self.demo_button.setToolTip("Build a tiny offline Llama, tokenizer and dataset (python -m trainer "
+        self.demo_button.setToolTip("Build a tiny offline model, tokenizer and dataset (python -m trainer "
                                     "make-demo) and fill the form with its ready config: trains on a CPU.")
+        self.demo_arch = QComboBox()
+        for label, arch in DEMO_ARCHS:
+            self.demo_arch.addItem(label, arch)
+        self.demo_arch.setToolTip("The demo's architecture: a dense Llama, or a Mixtral-style mixture of "
+                                  "experts (4 experts, 2 per token), trained expert by expert like the real one.")
         self.dataset_edit = QLineEdit()
         self.dataset_edit.setPlaceholderText(".jsonl, .json, .csv or .parquet")
         self.dataset_browse = QPushButton("Browse...")
@@ -102,7 +109,7 @@ class TrainForm(QWidget):
         source = QGroupBox("Source")
         sf = QFormLayout(source)
         sf.addRow("Model", self._with_error("model", self._row(self.model_edit, self.model_browse)))
-        sf.addRow("", self.demo_button)
+        sf.addRow("", self._row(self.demo_button, self.demo_arch))
         sf.addRow("Dataset", self._with_error("dataset", self._row(self.dataset_edit, self.dataset_browse)))
         sf.addRow("Format", self.format_label)
         sf.addRow("Preview", self.preview)

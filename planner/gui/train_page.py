@@ -342,10 +342,13 @@ class TrainPage(QWidget):
 
     # -- demo ----------------------------------------------------------------------------------------
     def make_demo(self) -> None:
-        """Build the offline demo under ``<runs root>/demo`` in a subprocess, then fill the form from it."""
-        out = self.state.runs_root / "demo"
-        self.demo.start(out)
+        """Build the offline demo under ``<runs root>/demo`` (``demo-mixtral``, ...) in a subprocess,
+        then fill the form from it."""
+        arch = self.form.demo_arch.currentData()
+        out = self.state.runs_root / ("demo" if arch == "llama" else f"demo-{arch}")
+        self.demo.start(out, arch)
         self.form.demo_button.setEnabled(False)
+        self.form.demo_arch.setEnabled(False)
         self.form.demo_button.setText("Building demo...")
         self._set_banner(f"Building the demo model in {out} (a few seconds)...", "info")
         self._update_buttons()
@@ -355,7 +358,8 @@ class TrainPage(QWidget):
         self._demo_done()
         self.form.set_fields({k: v for k, v in config.items() if k != "output_dir"})
         self.new_output_dir()
-        self._set_banner("Demo ready: a tiny Llama, 2000 chat examples and QLoRA settings. Press Start.", "done")
+        self._set_banner(f"Demo ready: a tiny {self.form.demo_arch.currentText()}, 2000 chat examples and QLoRA "
+                         "settings. Press Start.", "done")
 
     def _demo_failed(self, message: str) -> None:
         self._demo_done()
@@ -363,6 +367,7 @@ class TrainPage(QWidget):
 
     def _demo_done(self) -> None:
         self.form.demo_button.setEnabled(True)
+        self.form.demo_arch.setEnabled(True)
         self.form.demo_button.setText("Make demo model")
         self._update_buttons()
 

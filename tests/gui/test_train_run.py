@@ -166,6 +166,21 @@ def test_make_demo_button_fills_the_form(qtbot, page):
 
 
 
+def test_the_moe_demo_trains_from_the_page(qtbot, page):
+    """Make demo model with Mixtral chosen, then Start: the tiny mixture of experts trains."""
+    page.form.demo_arch.setCurrentIndex(page.form.demo_arch.findData("mixtral"))
+    click(qtbot, page.form.demo_button)
+    qtbot.waitUntil(lambda: page.form.demo_button.isEnabled(), timeout=RUN_TIMEOUT_MS)
+    assert page.fields()["model"] == str(page.state.runs_root / "demo-mixtral" / "model")
+    assert "Mixtral" in page.status_label.text()
+    page.form.set_fields({"max_steps": 6, "save_steps": 0, "batch_size": 4})
+    with qtbot.waitSignal(page.process.finished, timeout=RUN_TIMEOUT_MS) as done:
+        click(qtbot, page.start_button)
+    assert done.args == [0, "completed"]
+    losses = list(page.charts.loss_raw.yData)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
 CHILD = """
 import json, sys
 from pathlib import Path

@@ -99,6 +99,22 @@ def test_qlora_shards_with_fsdp(demo_dir, tmp_path):
     assert PeftConfig.from_pretrained(str(run_dir / "adapter")).r == 16
 
 
+def test_moe_qlora_shards_with_fsdp(moe_demo_dir, tmp_path):
+    """The tiny Mixtral, experts per expert in 4-bit, sharded: every rank runs every expert (an
+    expert without tokens on one rank would leave the ranks reducing different gradients)."""
+    run_dir = tmp_path / "run"
+    config = write_config(moe_demo_dir, run_dir, batch_size=4, num_processes=2, sharding="fsdp",
+                          **{**COMMON, "method": "qlora", "lora_dropout": 0.05, "max_steps": 6})
+    code, events = run_inprocess(config)
+    assert code == 0, events[-2:]
+    losses = [e["loss"] for e in steps(events)]
+    assert events[-1]["status"] == "completed" and len(losses) == 6 and losses[-1] < losses[0]
+    from safetensors import safe_open
+
+    with safe_open(run_dir / "adapter" / "adapter_model.safetensors", "pt") as f:
+        assert "base_model.model.model.layers.3.mlp.experts.3.w2.lora_B.weight" in set(f.keys())
+
+
 def test_a_worker_error_keeps_its_exit_code(demo_dir, tmp_path):
     """torchrun folds every failure into 1; the launcher reports rank 0's verdict instead."""
     run_dir = tmp_path / "run"
