@@ -214,6 +214,10 @@ def per_expert_loading(model_type: str) -> Iterator[None]:
     )
     from transformers.core_model_loading import WeightRenaming
 
+    if model_type in _replaced:  # already inside a block for this model type
+        with peft_targets_as_given():
+            yield
+        return
     stock = get_checkpoint_conversion_mapping(model_type)
     registered_before = model_type in USER_REGISTERED_MAPPINGS
     renamings = [c for c in stock or [] if isinstance(c, WeightRenaming)]

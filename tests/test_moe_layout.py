@@ -156,6 +156,23 @@ def test_4bit_experts_equal_the_stock_model_with_dequantized_weights(checkpoints
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def test_lora_wraps_each_4bit_expert_with_dropout(checkpoints):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+    from transformers import AutoConfig
+
+    from planner.moe_layout import per_expert_loading
+
+    path = checkpoints["mixtral"]
+    with per_expert_loading(AutoConfig.from_pretrained(path).model_type):
+        model = get_peft_model(_per_expert(path, **_nf4()),
+                               LoraConfig(r=4, lora_dropout=0.05, target_modules="all-linear"))
+    experts = model.base_model.model.model.layers[0].mlp.experts
+    assert all(isinstance(getattr(e, n), LoraLinear4bit) for e in experts for n in ("w1", "w2", "w3"))
+    assert not model.peft_config["default"].target_parameters
+    assert "lora" not in type(model.base_model.model.model.layers[0].mlp.gate).__module__  # the router
+
+
 def test_the_libraries_are_put_back_after_the_block(checkpoints):
     import peft.utils.transformers_weight_conversion as conversion
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping

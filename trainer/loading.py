@@ -112,12 +112,13 @@ def quantization_config(cfg: TrainConfig, precision: str) -> Any:
     )
 
 
-def _model_type(cfg: TrainConfig) -> str:
+def _config(cfg: TrainConfig) -> Any:
+    """The model's transformers config (its ``config.json``)."""
     from transformers import AutoConfig
 
     name, local = _source(cfg)
     try:
-        return str(AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code).model_type)
+        return AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         if not local and isinstance(exc, OSError):
             raise _hub_error(name, exc) from None
@@ -133,7 +134,7 @@ def per_expert(cfg: TrainConfig) -> str | None:
 
     if cfg.method == "full" or cfg.trust_remote_code:
         return None
-    model_type = _model_type(cfg)
+    model_type = str(_config(cfg).model_type)
     try:
         return model_type if needs_split(model_type) else None
     except PlannerError as exc:
@@ -150,7 +151,7 @@ def model_layout(cfg: TrainConfig) -> contextlib.AbstractContextManager[Any]:
 
 def model_class(cfg: TrainConfig) -> Any:
     """``AutoModelForCausalLM``, or the model's own class building its experts per expert."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if not per_expert(cfg):
         return AutoModelForCausalLM
@@ -158,8 +159,7 @@ def model_class(cfg: TrainConfig) -> Any:
 
     from planner.moe_layout import per_expert_class
 
-    config = AutoConfig.from_pretrained(_source(cfg)[0])
-    return per_expert_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+    return per_expert_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(_config(cfg))])
 
 
 def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
