@@ -139,6 +139,9 @@ def test_moe_lora_per_expert():
     # w1 of each of 8 experts per layer, 32 layers
     assert e.params_trainable == 32 * 8 * 8 * (4096 + 14336)
     assert any("routing" in a for a in e.assumptions)
+    # the layout the trainer builds: no extra cost of transformers' fused experts to warn about
+    assert any(a.startswith("MoE layout: one nn.Linear per expert") for a in e.assumptions)
+    assert not any("fuses them into 3-D" in a for a in e.assumptions)
     with pytest.raises(PlannerError, match="matches no module; this model has: k_proj, o_proj, q_proj, v_proj, w1"):
         estimate(mixtral, TrainSetup(method="lora", lora_targets=("gate",)))  # the router is no nn.Linear
 
