@@ -47,7 +47,7 @@ import contextlib, gc, json, sys, torch
 torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from planner.simulate import _counter_class
+from planner.simulate.meta import live_bytes_class
 path, layout = sys.argv[1:3]
 
 bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -62,7 +62,7 @@ if layout == "per-expert":
     cls = model_class(cfg)
 else:
     cls = AutoModelForCausalLM
-counter = _counter_class()(gpu_kernels=False)  # precise mode's live-storage counter, on real tensors
+counter = live_bytes_class()(gpu_kernels=False)  # precise mode's live-storage counter, on real tensors
 with counter:
     model = cls.from_pretrained(path, **kwargs)
     gc.collect()

@@ -128,9 +128,9 @@ def _config(cfg: TrainConfig) -> Any:
 
 def per_expert(cfg: TrainConfig) -> str | None:
     """The model type when this run rebuilds MoE experts per expert (LoRA and QLoRA on a model
-    whose experts transformers fuses; see planner/moe_layout.py), else None."""
+    whose experts transformers fuses; see planner/simulate/moe_layout.py), else None."""
     from planner.errors import PlannerError
-    from planner.moe_layout import needs_split
+    from planner.simulate.moe_layout import needs_split
 
     if cfg.method == "full" or cfg.trust_remote_code:
         return None
@@ -143,7 +143,7 @@ def per_expert(cfg: TrainConfig) -> str | None:
 
 def model_layout(cfg: TrainConfig) -> contextlib.AbstractContextManager[Any]:
     """Held for as long as the run loads, trains, resumes and saves its model."""
-    from planner.moe_layout import per_expert_loading
+    from planner.simulate.moe_layout import per_expert_loading
 
     model_type = per_expert(cfg)
     return per_expert_loading(model_type) if model_type else contextlib.nullcontext()
@@ -157,7 +157,7 @@ def model_class(cfg: TrainConfig) -> Any:
         return AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    from planner.moe_layout import per_expert_class
+    from planner.simulate.moe_layout import per_expert_class
 
     return per_expert_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(_config(cfg))])
 

@@ -71,7 +71,7 @@ class Run:
             threading.Thread(target=follow, args=(run_dir / COMMANDS_FILE, self.commands.put, self._following),
                              daemon=True, name="commands-file").start()
         self.layout = contextlib.ExitStack()
-        """Holds the model layout (planner/moe_layout.py) from loading to the last save."""
+        """Holds the model layout (planner/simulate/moe_layout.py) from loading to the last save."""
         self.trainer: Any = None
         self.callback: Any = None
         self.runtime: Any = None

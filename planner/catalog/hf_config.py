@@ -68,7 +68,7 @@ def _attention(d: _Dims, qkv_bias: bool = False, o_bias: bool = False) -> tuple[
 GATED_NAMES = ("gate_proj", "up_proj", "down_proj")
 EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
 """(gate, up, down) of one routed expert, where the checkpoint names them otherwise than
-``GATED_NAMES``: the per-expert modules the trainer builds (planner/moe_layout.py) and LoRA
+``GATED_NAMES``: the per-expert modules the trainer builds (planner/simulate/moe_layout.py) and LoRA
 targets carry these names."""
 
 

@@ -1,4 +1,4 @@
-"""planner.moe_layout: experts rebuilt per expert load, quantize, adapt and compute like the stock model."""
+"""planner.simulate.moe_layout: experts rebuilt per expert load, quantize, adapt and compute like the stock model."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _per_expert(path: Path, **kwargs):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    from planner.moe_layout import per_expert_class, per_expert_loading
+    from planner.simulate.moe_layout import per_expert_class, per_expert_loading
 
     config = AutoConfig.from_pretrained(path)
     with per_expert_loading(config.model_type):
@@ -67,7 +67,7 @@ def _ids():
 
 
 def test_expert_names_come_from_transformers_conversion():
-    from planner.moe_layout import ExpertNames, expert_names
+    from planner.simulate.moe_layout import ExpertNames, expert_names
 
     assert expert_names("mixtral") == ExpertNames("w1", "w3", "w2")
     for arch in ("qwen2_moe", "qwen3_moe", "olmoe"):
@@ -75,7 +75,7 @@ def test_expert_names_come_from_transformers_conversion():
 def test_the_planner_names_experts_as_the_trainer_builds_them():
     """The catalog (torch-free) states the names; transformers' conversion is the authority."""
     from planner.catalog.hf_config import EXPERT_NAMES, GATED_NAMES
-    from planner.moe_layout import SUPPORTED, expert_names
+    from planner.simulate.moe_layout import SUPPORTED, expert_names
 
     for model_type in SUPPORTED:
         names = expert_names(model_type)
@@ -83,7 +83,7 @@ def test_the_planner_names_experts_as_the_trainer_builds_them():
 
 
 def test_stock_stack_still_needs_the_workaround(checkpoints):
-    """Pins the behaviours planner/moe_layout.py works around (transformers 5.24, peft 0.21.2,
+    """Pins the behaviours planner/simulate/moe_layout.py works around (transformers 5.24, peft 0.21.2,
     bitsandbytes 0.50.2). When this fails, the library changed: recheck the module's docstring."""
     import torch
     import peft
@@ -128,7 +128,7 @@ def test_4bit_experts_equal_the_stock_model_with_dequantized_weights(checkpoints
     import bitsandbytes as bnb
     import torch
 
-    from planner.moe_layout import expert_names
+    from planner.simulate.moe_layout import expert_names
 
     quantized = _per_expert(checkpoints[arch], **_nf4())
     names = expert_names(quantized.config.model_type)
@@ -161,7 +161,7 @@ def test_lora_wraps_each_4bit_expert_with_dropout(checkpoints):
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
     from transformers import AutoConfig
 
-    from planner.moe_layout import per_expert_loading
+    from planner.simulate.moe_layout import per_expert_loading
 
     path = checkpoints["mixtral"]
     with per_expert_loading(AutoConfig.from_pretrained(path).model_type):
@@ -186,7 +186,7 @@ def test_the_libraries_are_put_back_after_the_block(checkpoints):
 
 
 def test_unsupported_moe_model_types_are_refused_in_one_line():
-    from planner.moe_layout import needs_split
+    from planner.simulate.moe_layout import needs_split
 
     assert needs_split("mixtral") and not needs_split("llama")
     with pytest.raises(PlannerError, match="deepseek_v3.*supported: mixtral"):
@@ -197,7 +197,7 @@ def test_meta_tensors_route_uniformly():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from planner.moe_layout import split_experts
+    from planner.simulate.moe_layout import split_experts
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config("mixtral", VOCAB))

@@ -1,0 +1,198 @@
+"""Precise mode: run one real training step of the real model and count the bytes it allocates.
+
+The transformers model is built from its config on the ``meta`` device (shapes and dtypes, no
+storage), wrapped with the real peft LoRA, and a real forward, backward and optimizer step run on
+meta tensors under a ``TorchDispatchMode`` that adds up every live storage. Nothing is allocated
+in proportion to the model and no GPU is needed. One and two decoder layers are simulated and
+the rest extrapolated: the layers are identical, so memory is affine in their number.
+
+The only planner package that imports torch (lazily): the estimator stays torch-free. Its modules:
+``meta`` (what a GPU step does that a meta step would not, and the live-bytes counter), ``model``
+(the model and optimizer stepped), ``moe_layout`` (the per-expert MoE layout, which the trainer
+builds too).
+
+QLoRA runs bitsandbytes' own ``Linear4bit`` and 8-bit optimizers through their fake kernels.
+MoE LoRA/QLoRA runs the trainer's per-expert layout (``moe_layout``); meta tensors carry
+no routing, so every expert takes an equal share of the routed tokens.
+Not simulated (a clear error, never a crash): int8 bases; sliding windows shorter than the
+sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from planner.calibration import ALLOCATOR_SLACK, CUDA_CONTEXT
+from planner.catalog import ModelSpec
+from planner.errors import PlannerError
+from planner.options import TrainSetup
+from planner.simulate.meta import autocast_dtype, live_bytes_class, semantics_class
+from planner.simulate.model import build_model, make_optimizer
+
+PHASES = ("forward", "backward", "optimizer")
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
+"""At a phase's peak: weights (quantization state and adapters included), gradients, optimizer
+state, what the forward left alive for backward (saved tensors, checkpointed inputs, the loss's
+buffers), and everything else (recomputed layers, gradients in flight, kernel workspaces)."""
+
+
+@dataclass(frozen=True)
+class StepPeaks:
+    phases: dict[str, int]
+    """Peak live bytes per phase."""
+    categories: dict[str, dict[str, int]]
+    """Per phase, its peak split by category (they add up to the phase's peak)."""
+
+    def __getitem__(self, phase: str) -> int:
+        return self.phases[phase]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    model: str
+    layers_simulated: tuple[int, ...]
+    phase_peaks: dict[str, int]
+    """Peak live bytes during each phase of the step, extrapolated to every layer."""
+    categories: dict[str, int]
+    """The overall peak split by category (``CATEGORIES``), extrapolated the same way."""
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int
+    assumptions: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "mode": "simulated", "layers_simulated": list(self.layers_simulated),
+            "phase_peaks": dict(self.phase_peaks), "categories": dict(self.categories),
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes, "device_used_bytes": self.device_used_bytes,
+            "assumptions": list(self.assumptions),
+        }
+
+
+def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str = "meta",
+             policy: Any = None) -> StepPeaks:
+    """Peak live bytes per phase of one step of a ``layers``-layer copy of the model.
+
+    On ``meta`` the autocast casts follow ``policy`` (CUDA's by default). ``device="cpu"`` runs
+    the same step on real tensors under torch's own CPU autocast: the ground truth the meta run
+    is checked against in the tests.
+    """
+    from unittest import mock
+
+    import torch
+
+    from planner.autocast_policy import CUDA
+
+    cast_dtype = autocast_dtype(setup)
+    counter = live_bytes_class()(gpu_kernels=device == "meta")
+    if device == "meta":
+        semantics = semantics_class()(policy or CUDA if cast_dtype else None, cast_dtype)
+        forward_ctx = semantics
+    else:  # checkpoint replays torch's own autocast state when it recomputes
+        semantics = None
+        forward_ctx = torch.autocast("cpu", dtype=cast_dtype) if cast_dtype else contextlib.nullcontext()
+    # transformers looks for packed sequences by reading position ids (data the meta device does
+    # not have); the simulated batch is unpacked, which is what that check would find.
+    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter:
+        model = build_model(config, layers, setup, device, semantics)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(setup.optimizer, trainable)
+        ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
+        for step in range(2):  # the second step has optimizer state and gradients from the first
+            owners = _persistent_storages(model, optimizer)
+            persistent = set().union(*owners.values())
+            counter.reset_peak()
+            if semantics:
+                semantics.caching = True
+            with forward_ctx:
+                loss = model(input_ids=ids, labels=ids).loss
+            if semantics:
+                semantics.end_forward()
+            at_peak = {"forward": (counter.peak, counter.peak_live, None)}
+            counter.mark_saved(persistent)
+            counter.reset_peak()
+            loss.backward()
+            del loss
+            at_peak["backward"] = (counter.peak, counter.peak_live, counter.peak_saved)
+            counter.reset_peak()
+            optimizer.step()
+            at_peak["optimizer"] = (counter.peak, counter.peak_live, counter.peak_saved)
+            if step == 0:
+                optimizer.zero_grad(set_to_none=False)  # gradient accumulation keeps them allocated
+    categories = {phase: _categorize(*at, owners) for phase, at in at_peak.items()}
+    return StepPeaks({phase: peak for phase, (peak, _, _) in at_peak.items()}, categories)
+
+
+def _persistent_storages(model: Any, optimizer: Any) -> dict[str, set[int]]:
+    import torch
+
+    def keys(tensors: Any) -> set[int]:
+        return {t.untyped_storage()._cdata for t in tensors if isinstance(t, torch.Tensor)}
+
+    weights = [*model.parameters(), *model.buffers()]
+    for param in model.parameters():  # bitsandbytes keeps absmax and code tables beside the packed weight
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            weights += list(vars(state).values())
+            state = getattr(state, "state2", None)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    states = [t for per_param in optimizer.state.values() for t in per_param.values()]
+    return {"parameters": keys(weights), "gradients": keys(grads), "optimizer_state": keys(states)}
+
+
+def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict[str, set[int]]) -> dict[str, int]:
+    """``saved``: bytes at the peak that the forward left for backward; None for the forward's own
+    peak, where everything not persistent counts as activations (the layers' saved tensors are
+    most of it, and the rest cannot be told apart until the forward ends)."""
+    split = dict.fromkeys(CATEGORIES, 0)
+    for key, size in live.items():
+        owner = next((name for name, keys in owners.items() if key in keys), None)
+        split[owner or "temporaries"] += size
+    split["temporaries"] += peak - sum(live.values())  # kernel transients that are never tensors
+    moved = split["temporaries"] if saved is None else saved
+    split["activations"], split["temporaries"] = moved, split["temporaries"] - moved
+    return split
+
+
+def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
+    if not model.config:
+        raise PlannerError("precise mode needs the model's config.json; this model has none")
+    if setup.num_gpus > 1:
+        raise PlannerError("precise mode simulates one GPU; use `estimate` for --num-gpus > 1")
+    window = model.config.get("sliding_window")
+    if isinstance(window, int) and setup.seq_len > window and setup.attention == "sdpa":
+        # an explicit band mask makes GPUs pick the memory-efficient kernel, which the meta device
+        # lacks: the meta step would materialise the full score matrix instead
+        raise PlannerError(f"cannot simulate sdpa's sliding-window mask beyond the window ({window} tokens); "
+                           "use --attention flash_attention_2, or `python -m planner estimate`")
+    try:
+        one = run_step(model.config, 1, setup)
+        two = run_step(model.config, 2, setup)
+    except PlannerError:
+        raise
+    except Exception as exc:  # an op the meta device lacks, an unknown layer type: say so, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlannerError(f"cannot simulate this model: {first[:200]}") from None
+    layers = model.arch.num_layers
+
+    def extrapolate(a: int, b: int) -> int:
+        return a + (layers - 1) * (b - a)
+
+    phases = {p: extrapolate(one[p], two[p]) for p in PHASES}
+    peak_phase = max(PHASES, key=phases.__getitem__)
+    peak = phases[peak_phase]
+    categories = {c: extrapolate(one.categories[peak_phase][c], two.categories[peak_phase][c]) for c in CATEGORIES}
+    # the estimator's allocator model: slack over what the step adds on top of the weights
+    transient = max(peak - min(phases.values()), 0)
+    reserved = peak + int(ALLOCATOR_SLACK * transient)
+    notes = [f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
+             "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the analytic estimate"]
+    if model.arch.is_moe:
+        notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each)"
+                     + ("; experts one nn.Linear each, as the trainer builds them" if setup.is_peft else ""))
+    if setup.optimizer.startswith("paged_"):
+        notes.append("paged optimizer simulated unpaged: its state counted as device memory (it can spill to host)")
+    return Simulation(model.name, (1, 2), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes))
