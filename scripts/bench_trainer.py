@@ -50,7 +50,8 @@ def callback_cost_s(work: Path, n: int = 2000) -> float:
     """Seconds our callback adds per logged step, measured in isolation (no training noise)."""
     from types import SimpleNamespace
 
-    from trainer.callbacks import Commands, EventCallback, EventSink
+    from trainer.callbacks import EventCallback
+    from trainer.events import Commands, EventSink
 
     sink = EventSink(work / "cost" / "metrics.jsonl", out=io.StringIO())
     callback = EventCallback(sink, Commands(io.StringIO(""), install_signal=False), "cpu")

@@ -118,7 +118,7 @@ def peer_error(run_dir: Path, wait_s: float = 0.0) -> dict[str, Any] | None:
 
 def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None, out: TextIO) -> int:
     """Start the workers and relay their events; returns the run's exit code."""
-    from trainer.callbacks import Commands
+    from trainer.events import Commands
     from trainer.files import atomic_write_text
 
     commands_file = run_dir / COMMANDS_FILE
@@ -156,7 +156,7 @@ def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None
         commands.close()
     ended, error = _outcome(metrics, before)
     if not ended:  # the workers died before rank 0 could say so: the protocol still ends
-        from trainer.callbacks import EventSink
+        from trainer.events import EventSink
 
         peer = peer_error(run_dir)
         if peer:
@@ -169,7 +169,7 @@ def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None
         sink.emit("end", status="failed", steps=0, runtime_s=0.0, output_dir=str(run_dir))
         sink.close()
         error = peer["type"]
-    from trainer.run import exit_code
+    from trainer.protocol import exit_code
 
     return exit_code(error)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir
+from trainer.rundir import latest_checkpoint
 from trainer.loading import (ModelError, load_tokenizer, model_class, model_layout, per_expert, quantization_config,
                              weight_dtype)
 
@@ -24,8 +25,6 @@ class ExportError(RuntimeError):
 
 def trained_weights(run_dir: Path, cfg: TrainConfig) -> Path:
     """The final adapter/model of the run, else its newest complete checkpoint."""
-    from trainer.run import latest_checkpoint
-
     final = run_dir / ("model" if cfg.method == "full" else "adapter")
     if final.is_dir():
         return final

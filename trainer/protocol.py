@@ -102,3 +102,13 @@ def parse_command(line: str) -> str | None:
     """A stdin line as a command, or None when it is not one (blank lines, typos)."""
     word = line.strip().lower()
     return word if word in COMMANDS else None
+
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OOM = 0, 1, 2, 3
+"""The trainer's exit codes: the run ended as asked; a bug; bad config, data or model; out of memory."""
+
+
+def exit_code(error: str | None) -> int:
+    """The exit code for a run that reported an ``error`` event of this type (None: no error)."""
+    return {None: EXIT_OK, "oom": EXIT_OOM, "config": EXIT_INPUT, "data": EXIT_INPUT,
+            "model": EXIT_INPUT}.get(error, EXIT_INTERNAL)

@@ -19,45 +19,12 @@ from typing import Any, TextIO
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir, atomic_write_text
-
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OOM = 0, 1, 2, 3
-
-
-def exit_code(error: str | None) -> int:
-    """The exit code for a run that reported an ``error`` event of this type (None: no error)."""
-    return {None: EXIT_OK, "oom": EXIT_OOM, "config": EXIT_INPUT, "data": EXIT_INPUT,
-            "model": EXIT_INPUT}.get(error, EXIT_INTERNAL)
-PID_FILE = "trainer.pid"
-"""Present while a trainer process works in the run directory; holds its PID."""
-_COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose every file was written (marker, or all files and valid state)."""
-    from trainer.callbacks import COMPLETE_MARKER
-
-    def complete(p: Path) -> bool:
-        if (p / COMPLETE_MARKER).is_file():
-            return True
-        if not all((p / f).is_file() for f in _COMPLETE_FILES):
-            return False
-        try:
-            json.loads((p / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return True
-
-    found = []
-    for p in (run_dir / "checkpoints").glob("checkpoint-*"):
-        step = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and step.isdigit() and complete(p):
-            found.append((int(step), p))
-    return max(found)[1] if found else None
-
+from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
+from trainer.rundir import PID_FILE, latest_checkpoint
 
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
-        from trainer.callbacks import Commands, EventSink, SilentSink
+        from trainer.events import Commands, EventSink, SilentSink
         from trainer.distributed import COMMANDS_FILE, follow, rank, world_size
 
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
@@ -88,7 +55,7 @@ class Run:
     def setup(self) -> None:
         from transformers import Trainer
 
-        from trainer.callbacks import EventCallback
+        from trainer.callbacks import EventCallback, test_hooks
         from trainer.data import collate, prepare_data
         from trainer.loading import load_model, load_tokenizer, model_layout, resolve_runtime
         from trainer.prediction import predict
@@ -107,7 +74,7 @@ class Run:
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
         self.callback = EventCallback(self.sink, self.commands, self.runtime.device)
         # hooks run before the event callback so a command they send acts at this very step
-        callbacks = _test_hooks(cfg, self.commands) + [self.callback]
+        callbacks = test_hooks(cfg, self.commands) + [self.callback]
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
         from transformers.trainer_callback import PrinterCallback
 
@@ -305,35 +272,6 @@ def device_budget(device: str) -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
-
-
-def _test_hooks(cfg: TrainConfig, commands: Any) -> list[Any]:
-    """Callbacks that tests switch on through ``extra`` (never set by the app).
-
-    ``test_oom_at_step``: raise torch.OutOfMemoryError at that step (or ``{"step", "rank"}``: on
-    that rank only).
-    ``test_command_at_step``: {"step": N, "command": "stop"|"cancel"|"checkpoint"} sends the
-    command through the same queue stdin feeds, at a deterministic step.
-    """
-    from transformers import TrainerCallback
-
-    oom_at = cfg.extra.get("test_oom_at_step")
-    if isinstance(oom_at, dict):  # {"step": N, "rank": R}: only that rank runs out
-        from trainer.distributed import rank
-
-        oom_at = oom_at["step"] if rank() == oom_at["rank"] else None
-    command_at = cfg.extra.get("test_command_at_step")
-
-    class Hooks(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if oom_at is not None and state.global_step >= int(oom_at):
-                import torch
-
-                raise torch.OutOfMemoryError("out of memory (test hook)")
-            if command_at and state.global_step == int(command_at["step"]):
-                commands.put(command_at["command"])
-
-    return [Hooks()] if (oom_at is not None or command_at) else []
 
 
 def _config_for(config_path: str | None, resume_dir: str | None) -> tuple[TrainConfig, Path, bool]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from conftest import ROOT, read_metrics, steps, trainer_cmd, write_config
 
-from trainer.run import latest_checkpoint
+from trainer.rundir import latest_checkpoint
 
 TIMEOUT = 120
 
