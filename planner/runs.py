@@ -29,7 +29,7 @@ import psutil
 
 from trainer.protocol import END_STATUSES, Event, ProtocolError, decode
 
-# Names the trainer writes (trainer/run.py, trainer/callbacks.py); copied, because the planner may
+# Names the trainer writes (trainer/rundir.py); copied, because the planner may
 # import nothing from trainer but its protocol.
 CONFIG, METRICS, SUMMARY, PID_FILE = "config.json", "metrics.jsonl", "run.json", "trainer.pid"
 COMPLETE_MARKER = ".complete"
@@ -275,7 +275,7 @@ def _peak_from_steps(last_step: Event | None) -> tuple[int | None, str | None]:
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
-    """As trainer.run.latest_checkpoint: the newest checkpoint the trainer finished writing."""
+    """As trainer.rundir.latest_checkpoint: the newest checkpoint the trainer finished writing."""
     found = []
     try:
         candidates = list((run_dir / "checkpoints").glob("checkpoint-*"))
