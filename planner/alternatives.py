@@ -6,19 +6,26 @@ catalog GPU that fits, a shorter sequence on this GPU, or a smaller model of the
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from planner.catalog import ModelSpec, catalog, resolve_model
 from planner.catalog.gpus import gpu_catalog
 from planner.memory import estimate
 from planner.options import TrainSetup
-from planner.recommend import Alternative, GpuTarget
+from planner.targets import GpuTarget
 from planner.units import GiB
 
 _GPU_COUNTS = (*range(2, 17), 24, 32, 48, 64)
 """FSDP shards over any number of GPUs: every count up to two 8-GPU nodes, so the fewest is exact."""
 _LEANEST = dict(grad_checkpointing=True, batch_size=1, optimizer="paged_adamw_8bit", modules_to_save=())
 _METHOD_WORDS = {("qlora", "nf4"): "QLoRA 4-bit", ("lora", None): "LoRA", ("full", None): "full fine-tuning"}
+
+
+@dataclass(frozen=True)
+class Alternative:
+    text: str
+    device_used_bytes: int
+    """The alternative's own estimate (per GPU)."""
 
 
 def _lean(base: TrainSetup, method: str, quant: str | None) -> TrainSetup:

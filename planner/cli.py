@@ -245,7 +245,7 @@ PER_TOKENS = 1_000_000
 
 def _gpu_target(a: argparse.Namespace, count: int):
     from planner.catalog.gpus import find_gpu, gpu_catalog, match_nvml
-    from planner.recommend import GpuTarget
+    from planner.targets import GpuTarget
     from planner.settings import load_prices, with_user_price
 
     if a.gpu_memory_gib is not None:
@@ -335,9 +335,9 @@ def _print_recommendation(rec) -> None:
 
 def _recommend_any(a: argparse.Namespace, model, base) -> int:
     from planner.catalog.gpus import gpu_catalog
-    from planner.recommend import GpuTarget, recommend
-
+    from planner.recommend import recommend
     from planner.settings import load_prices, with_user_price
+    from planner.targets import GpuTarget
 
     kwargs = _recommend_kwargs(a)
     prices = load_prices()

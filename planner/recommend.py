@@ -12,10 +12,11 @@ from dataclasses import dataclass, replace
 from itertools import product
 
 from planner.catalog import ModelSpec
-from planner.catalog.gpus import GpuSpec
+from planner.alternatives import Alternative, what_would_fit
 from planner.cost import run_cost
 from planner.memory import estimate
 from planner.options import TrainSetup
+from planner.targets import GpuTarget
 from planner.units import GiB
 
 METHODS = (("full", None), ("lora", None), ("qlora", "int8"), ("qlora", "nf4"))
@@ -23,17 +24,6 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 BATCHES = (1, 2, 4, 8, 16)
 HEADROOM = 0.10
 _MAX_BATCH, _MAX_SEQ = 4096, 1 << 20
-
-
-@dataclass(frozen=True)
-class GpuTarget:
-    name: str
-    memory_bytes: int
-    count: int
-    source: str
-    """``nvml`` (detected), ``catalog`` or ``custom`` (memory typed in)."""
-    spec: GpuSpec
-    """Speed, power and price; for a custom GPU, the catalog GPU nearest in memory (said so)."""
 
 
 @dataclass(frozen=True)
@@ -60,13 +50,6 @@ class Option:
             "max_seq_len": self.max_seq_len, "tokens_per_second": round(self.tokens_per_second, 1),
             "hours": self.hours, "energy_kwh": self.energy_kwh, "cost_usd": self.cost_usd,
         }
-
-
-@dataclass(frozen=True)
-class Alternative:
-    text: str
-    device_used_bytes: int
-    """The alternative's own estimate (per GPU)."""
 
 
 @dataclass(frozen=True)
@@ -184,8 +167,6 @@ def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens
     explanation = _explain(model, gpu, options, chosen, max_quality)
     alts: tuple[Alternative, ...] = ()
     if chosen is None and alternatives:
-        from planner.alternatives import what_would_fit
-
         alts = what_would_fit(model, base, gpu)
     return Recommendation(gpu, options, chosen, explanation, alts)
 

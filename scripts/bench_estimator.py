@@ -37,7 +37,8 @@ def per_estimate_us() -> tuple[float, int]:
 def recommend_ms(repeat: int = 5) -> tuple[float, int]:
     """One full recommendation (every option, no alternatives) for Llama-3.1-8B on an RTX 4090."""
     from planner.catalog.gpus import find_gpu
-    from planner.recommend import GpuTarget, recommend
+    from planner.recommend import recommend
+    from planner.targets import GpuTarget
 
     spec = find_gpu("RTX 4090")
     gpu = GpuTarget(spec.name, spec.memory_bytes, 1, "catalog", spec)

@@ -23,7 +23,8 @@ from planner.catalog.gpus import find_gpu, gpu_catalog
 from planner.memory import estimate
 from planner.options import OPTIMIZERS as ALL_OPTIMIZERS
 from planner.options import TrainSetup
-from planner.recommend import BATCHES, HEADROOM, METHODS, OPTIMIZERS, GpuTarget, recommend, search
+from planner.recommend import BATCHES, HEADROOM, METHODS, OPTIMIZERS, recommend, search
+from planner.targets import GpuTarget
 from planner.units import GiB
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from planner.catalog.gpus import GpuSpec, gpu_catalog, match_nvml
 from planner.hardware import Gpu
-from planner.recommend import GpuTarget
+from planner.targets import GpuTarget
 from planner.settings import load_prices, with_user_price
 from planner.units import GiB
 

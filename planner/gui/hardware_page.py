@@ -26,7 +26,7 @@ from planner.gui.hardware_model import History
 from planner.gui.hardware_picker import GpuPicker
 from planner.gui.state import AppState
 from planner.hardware import Inventory, inventory, sample
-from planner.recommend import GpuTarget
+from planner.targets import GpuTarget
 
 SAMPLE_MS = 1000
 WINDOW_MINUTES = (1, 10, 60)

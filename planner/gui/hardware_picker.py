@@ -20,7 +20,7 @@ from planner.gui.hardware_model import (
     CUSTOM_PREFIX, DEFAULT_CATALOG_GPU, catalog_entry, catalog_target, custom_target, nvml_target, parse_choice, same_kind,
 )
 from planner.hardware import Gpu
-from planner.recommend import GpuTarget
+from planner.targets import GpuTarget
 from planner.units import GiB
 
 MAX_COUNT = 64

@@ -26,7 +26,8 @@ from planner.gui.plan_panels import CostPanel, RecommendationPanel, SizesPanel
 from planner.gui.precise import PrecisePanel
 from planner.gui.state import AppState
 from planner.gui.worker import LatestOnly
-from planner.recommend import GpuTarget, recommend
+from planner.recommend import recommend
+from planner.targets import GpuTarget
 from planner.units import GiB, fmt_count
 
 DEBOUNCE_MS = 30

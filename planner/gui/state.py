@@ -11,7 +11,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from planner.recommend import GpuTarget
+from planner.targets import GpuTarget
 
 DEFAULT_RUNS_ROOT = Path.home() / "finetune-runs"
 

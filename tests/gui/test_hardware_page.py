@@ -21,7 +21,7 @@ from planner.catalog.gpus import find_gpu  # noqa: E402
 from planner.gui.hardware_model import History, catalog_target, nearest_spec  # noqa: E402
 from planner.gui.hardware_page import HardwarePage  # noqa: E402
 from planner.gui.state import AppState  # noqa: E402
-from planner.recommend import GpuTarget  # noqa: E402
+from planner.targets import GpuTarget  # noqa: E402
 
 GiB = 1024**3
 GONE_PID = 2**22 + 12345  # above Linux's largest pid_max: psutil can't see it, NVML names it

@@ -8,7 +8,7 @@ from PySide6.QtCore import QSettings
 from planner.catalog.gpus import find_gpu
 from planner.gui.plan_page import PlanPage
 from planner.gui.state import AppState
-from planner.recommend import GpuTarget
+from planner.targets import GpuTarget
 from planner.units import GiB
 
 
