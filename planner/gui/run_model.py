@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,3 +344,12 @@ def _num(value: Any) -> float | None:
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def nvml_sampler() -> Callable[[int], int | None] | None:
+    """The per-process GPU memory reader for the memory chart, or None without a GPU."""
+    from planner import hardware
+
+    if not hardware.sample().gpus:
+        return None
+    return lambda pid: gpu_process_bytes(hardware.sample().gpus, process_tree(pid))

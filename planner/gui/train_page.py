@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QHBoxLayout, QPlainTextEdit, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QVBoxLayout, QWidget
 
-from planner.gui.run_model import RunModel
+from planner.gui.run_model import RunModel, nvml_sampler
 from planner.gui.run_process import RunProcess
 from planner.gui.state import AppState
-from planner.gui.train_charts import TrainCharts
 from planner.gui.train_demo import DemoBuilder
 from planner.gui.train_dialogs import OomDialog
 from planner.gui.train_fields import (
@@ -27,13 +26,11 @@ from planner.gui.train_fields import (
 from planner.gui.train_follow import RunFollower, open_history, read_config
 from planner.gui.train_form import TrainForm
 from planner.gui.train_gpus import detected_gpus, env_prefix, launch_env, mismatch_note, resume_gpus
-from planner.gui.train_panel import RunPanel
+from planner.gui.train_panel import RunPanel, RunViews
 from trainer.protocol import Event
 
 FRAME_MS = 100
 """Chart refresh period (10 Hz): smooth enough, and a redraw happens only after new data."""
-LOG_BLOCKS = 5000
-"""Log pane lines kept: a chatty run can't grow the GUI's memory without bound."""
 
 
 class TrainPage(QWidget):
@@ -95,23 +92,9 @@ class TrainPage(QWidget):
                      "cancel_button", "checkpoint_button", "resume_button"):
             setattr(self, name, getattr(self.panel, name))
 
-        self.charts = TrainCharts()
-        self.config_preview = QPlainTextEdit()
-        self.config_preview.setReadOnly(True)
-        self.config_preview.setToolTip("The exact JSON the trainer reads (written next to the run directory).")
-        self.log_view = QPlainTextEdit()
-        self.log_view.setReadOnly(True)
-        self.log_view.setMaximumBlockCount(LOG_BLOCKS)
-        self.log_view.setPlaceholderText("The trainer's log (stderr) appears here.")
-        self.tabs = QTabWidget()
-        self.tabs.addTab(self.config_preview, "Config JSON")
-        self.tabs.addTab(self.log_view, "Log")
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.charts)
-        split.addWidget(self.tabs)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 1)
-        split.setSizes([520, 200])  # the JSON preview readable without dragging the handle
+        split = RunViews()
+        self.charts, self.config_preview, self.log_view, self.tabs = (
+            split.charts, split.config_preview, split.log_view, split.tabs)
 
         right = QVBoxLayout()
         right.addWidget(self.panel)
@@ -401,13 +384,3 @@ class TrainPage(QWidget):
         self.cancel_button.setEnabled(live)
         self.checkpoint_button.setEnabled(live and not self._stopping and self.model.status == "running")
         self.resume_button.setEnabled(not live and self.model.resumable)
-
-
-def nvml_sampler() -> Callable[[int], int | None] | None:
-    """The per-process GPU memory reader for the memory chart, or None without a GPU."""
-    from planner import hardware
-    from planner.gui.run_model import gpu_process_bytes, process_tree
-
-    if not hardware.sample().gpus:
-        return None
-    return lambda pid: gpu_process_bytes(hardware.sample().gpus, process_tree(pid))

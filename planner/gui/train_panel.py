@@ -1,4 +1,5 @@
-"""The Train page's run panel: status banner, progress with elapsed time and ETA, run facts, controls.
+"""The Train page's run panel (status banner, progress with elapsed time and ETA, run facts,
+controls) and the views under it (live charts, the config the trainer reads, its log).
 
 It only formats a :class:`RunModel` (the page decides which buttons are enabled).
 """
@@ -9,9 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget,
+)
 
 from planner.gui.run_model import RunModel, fmt_duration
+from planner.gui.train_charts import TrainCharts
 from planner.units import fmt_count
 
 CRASH_TAIL = 8
@@ -20,6 +24,8 @@ _BOX = "padding: 6px; border-left: 4px solid {0}; background: rgba({1}, 0.12);"
 BANNER = {"ok": "padding: 6px; border-left: 4px solid transparent;", "error": _BOX.format("#d32f2f", "211, 47, 47"), "done": _BOX.format("#59a14f", "89, 161, 79"),
           "info": _BOX.format("#4e79a7", "78, 121, 167")}
 """Banner styles: a tinted strip that reads on light and dark palettes."""
+LOG_BLOCKS = 5000
+"""Log pane lines kept: a chatty run can't grow the GUI's memory without bound."""
 KINDS = {"failed": "error", "crashed": "error", "completed": "done", "idle": "ok"}
 
 
@@ -101,3 +107,26 @@ def run_info(m: RunModel) -> str:
     if s.get("resumed_from"):
         parts.append(f"resumed from {Path(str(s['resumed_from'])).name}")
     return " · ".join(parts)
+
+
+class RunViews(QSplitter):
+    """Live charts above; the exact config JSON the trainer reads, and its log, in tabs below."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(Qt.Orientation.Vertical, parent)
+        self.charts = TrainCharts()
+        self.config_preview = QPlainTextEdit()
+        self.config_preview.setReadOnly(True)
+        self.config_preview.setToolTip("The exact JSON the trainer reads (written next to the run directory).")
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(LOG_BLOCKS)
+        self.log_view.setPlaceholderText("The trainer's log (stderr) appears here.")
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.config_preview, "Config JSON")
+        self.tabs.addTab(self.log_view, "Log")
+        self.addWidget(self.charts)
+        self.addWidget(self.tabs)
+        self.setStretchFactor(0, 3)
+        self.setStretchFactor(1, 1)
+        self.setSizes([520, 200])  # the JSON preview readable without dragging the handle

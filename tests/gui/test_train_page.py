@@ -203,7 +203,7 @@ def test_nvml_sampler_follows_the_hardware(monkeypatch):
     from types import SimpleNamespace
 
     import planner.hardware as hardware
-    from planner.gui.train_page import nvml_sampler
+    from planner.gui.run_model import nvml_sampler
 
     monkeypatch.setattr(hardware, "sample", lambda: SimpleNamespace(gpus=()))
     assert nvml_sampler() is None
