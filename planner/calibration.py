@@ -1,4 +1,4 @@
-"""The few constants physics leaves open, fitted once on ../shared/reference/measurements.csv.
+"""The few constants physics leaves open, fitted once on resources/reference/measurements.csv.
 
 They are global: no per-model or per-row factor exists anywhere. ``scripts/validate_estimator.py``
 prints the error table they produce; refit with ``--fit`` when the stack changes.
@@ -31,6 +31,6 @@ UTILIZATION: dict[tuple[str, str], float] = {
     ("workstation", "lora"): 0.964,
 }
 """Achieved / dense-peak 16-bit FLOP/s by (GPU segment, method): the median over the rows of
-../shared/reference/throughput.csv (``scripts/validate_cost.py --fit``). The rows mix compiled and
+resources/reference/throughput.csv (``scripts/validate_cost.py --fit``). The rows mix compiled and
 packed torchtune runs with plain HF ones, so these are what tuned stacks reach; a pair with no
 row takes its method's median over the other segments (planner.cost.utilization)."""

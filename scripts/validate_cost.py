@@ -28,7 +28,7 @@ from planner.catalog.gpus import GpuSpec, find_gpu  # noqa: E402
 from planner.cost import run_cost  # noqa: E402
 from planner.options import TrainSetup  # noqa: E402
 
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "throughput.csv"
+DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "throughput.csv"
 
 
 @dataclass(frozen=True)

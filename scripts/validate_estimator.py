@@ -24,7 +24,7 @@ from planner.catalog import resolve_model  # noqa: E402
 from planner.memory import estimate  # noqa: E402
 from planner.options import TrainSetup  # noqa: E402
 
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "measurements.csv"
+DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "measurements.csv"
 
 # What a source's own code did where its row leaves a setting unstated (read from the code at the
 # commit that produced the numbers). Stated row values always win; these only fill the gaps.
