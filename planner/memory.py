@@ -34,9 +34,11 @@ _DOUBLE_QUANT_BLOCK = 256
 _HQQ_GROUP = 64
 _BNB_OPT_BLOCK = 256
 
-MOE_LAYOUT = ("MoE layout: one nn.Linear per expert projection, as checkpoints store them and the trainer builds "
-              "them, so experts are quantized and adapted expert by expert; the router stays unquantized, without LoRA")
-MOE_LAYOUT_FULL = "MoE layout: transformers' fused experts (3-D weights, grouped matmul), all trained"
+MOE_PER_EXPERT = ("one nn.Linear per expert projection, as checkpoints store them and the trainer builds them, so "
+                  "experts are quantized and adapted expert by expert; the router stays unquantized, without LoRA")
+"""The MoE layout LoRA and QLoRA assume (planner/simulate/moe_layout.py builds it)."""
+MOE_FUSED = "transformers' fused experts (3-D weights, grouped matmul)"
+"""The MoE layout full fine-tuning assumes."""
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         if setup.quant == "2bit":
             out.append("2-bit base (HQQ-style, groups of 64): estimate only, the trainer does not offer it")
     if arch.is_moe:
-        out.append(MOE_LAYOUT if setup.is_peft else MOE_LAYOUT_FULL)
+        out.append(f"MoE layout: {MOE_PER_EXPERT}" if setup.is_peft else f"MoE layout: {MOE_FUSED}, all trained")
         out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")
     if arch.max_position_embeddings and setup.seq_len > arch.max_position_embeddings:
         out.append(f"seq_len {setup.seq_len} exceeds the model's max_position_embeddings "

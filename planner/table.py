@@ -6,10 +6,11 @@ README): sizes 7B..8x22B by Full AMP / Full 16 / LoRA 16 / QLoRA 8 / QLoRA 4 / Q
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from planner.catalog import resolve_model
-from planner.memory import Estimate, estimate
+from planner.memory import MOE_FUSED, MOE_PER_EXPERT, Estimate, estimate
 from planner.options import TrainSetup
 
 COLUMNS = (
@@ -33,12 +34,11 @@ ROWS = (
 )
 
 
-MOE_LAYOUT = ("Full rows train transformers' fused experts; LoRA and QLoRA rows hold one nn.Linear per expert "
-              "(the checkpoint's layout, which the trainer builds), quantized and adapted expert by expert, "
-              "the router unquantized and without LoRA")
+MOE_LAYOUT = f"Full rows train {MOE_FUSED}; LoRA and QLoRA rows hold {MOE_PER_EXPERT}"
 """The layout the MoE columns assume (their estimates' assumptions say the same per row)."""
 
 
+@functools.cache
 def moe_columns() -> tuple[str, ...]:
     """The sizes whose model is a mixture of experts (they assume ``MOE_LAYOUT``)."""
     return tuple(size for size, model_id in COLUMNS if resolve_model(model_id).arch.is_moe)

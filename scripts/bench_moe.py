@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -123,7 +124,7 @@ def speed(path: Path, layout: str, method: str, steps: int) -> float:
 
     torch.set_num_threads(1)
     cfg = TrainConfig(model=str(path), dataset="unused.jsonl", method="lora")
-    with model_layout(cfg) if layout == "per-expert" else _null():
+    with model_layout(cfg) if layout == "per-expert" else contextlib.nullcontext():
         cls = model_class(cfg) if layout == "per-expert" else AutoModelForCausalLM
         model = cls.from_pretrained(path, dtype=torch.float32)
         if method == "lora":
@@ -141,14 +142,6 @@ def speed(path: Path, layout: str, method: str, steps: int) -> float:
             opt.zero_grad()
             times.append(time.perf_counter() - start)
     return 1 / statistics.median(times[2:])
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main() -> int:

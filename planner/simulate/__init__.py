@@ -27,6 +27,7 @@ from typing import Any
 from planner.calibration import ALLOCATOR_SLACK, CUDA_CONTEXT
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
+from planner.memory import MOE_FUSED, MOE_PER_EXPERT
 from planner.options import TrainSetup
 from planner.simulate.meta import autocast_dtype, live_bytes_class, semantics_class
 from planner.simulate.model import build_model, make_optimizer
@@ -191,8 +192,8 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     notes = [f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
              "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the analytic estimate"]
     if model.arch.is_moe:
-        notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each)"
-                     + ("; experts one nn.Linear each, as the trainer builds them" if setup.is_peft else ""))
+        notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each); layout: "
+                     + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))
     if setup.optimizer.startswith("paged_"):
         notes.append("paged optimizer simulated unpaged: its state counted as device memory (it can spill to host)")
     return Simulation(model.name, (1, 2), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes))
