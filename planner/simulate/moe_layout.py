@@ -15,7 +15,7 @@ QLoRA recipes keep it. Used by the trainer (LoRA and QLoRA on MoE models) and by
 so the plan and the run are the same model.
 
 Two library behaviours are worked around here and nowhere else (checked with transformers
-5.24.0 and peft 0.21.2; ``tests/test_moe_layout.py`` fails when either stops being needed):
+5.24.0 and peft 0.21.2; ``tests/test_simulate_moe_layout.py`` fails when either stops being needed):
 
 1. transformers' checkpoint conversion for these model types merges the experts. The loading
    conversion is replaced, for the model type, by its renamings only (Mixtral's
