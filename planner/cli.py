@@ -14,7 +14,8 @@ import textwrap
 from typing import Any, Sequence
 
 from planner.errors import PlannerError
-from planner.options import ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, SHARDINGS, TrainSetup
+from planner.options import (ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, SHARDINGS,
+                             TrainSetup, check_bound)
 from planner.units import GiB, fmt_count
 
 
@@ -31,6 +32,24 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def _alts(values: Sequence[str]) -> str:
     return "{" + ",".join(values) + "}"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN/Infinity replaced by null. The options' bounds keep every figure
+    finite; this is the last guard, because ``json.dumps`` would print ``Infinity``, which no
+    strict JSON parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(doc: Any) -> None:
+    """Every ``--json`` output: strict JSON (RFC 8259), no NaN or Infinity."""
+    print(json.dumps(_finite(doc), indent=2, allow_nan=False))
 
 
 def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -61,11 +80,15 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+CLI_NUMBERS = ("dataset_tokens", "epochs", "gpu_memory_gib", "price_per_hour", "electricity_price")
+"""Numeric options outside TrainSetup (which checks its own): bounds in planner.options.BOUNDS."""
+
+
 def setup_from_args(a: argparse.Namespace) -> TrainSetup:
-    if a.dataset_tokens is not None and a.dataset_tokens <= 0:
-        raise PlannerError(f"--dataset-tokens must be > 0, got {a.dataset_tokens}")
-    if not (math.isfinite(a.epochs) and a.epochs > 0):
-        raise PlannerError(f"--epochs must be a finite number > 0, got {a.epochs}")
+    for name in CLI_NUMBERS:
+        value = getattr(a, name, None)
+        if value is not None:
+            check_bound(name, value)
     return TrainSetup(
         method=getattr(a, "method", None) or TrainSetup().method, quant=getattr(a, "quant", None), double_quant=a.double_quant,
         precision=getattr(a, "precision", "bf16"),
@@ -99,7 +122,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     setup = setup_from_args(a)
     est = estimate(resolve_model(a.model), setup)
     if a.json:
-        print(json.dumps(est.to_json(), indent=2))
+        print_json(est.to_json())
         return 0
     share = est.params_trainable / est.params_total if est.params_total else 0.0
     lines = [
@@ -131,13 +154,13 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
     setup = setup_from_args(a)
     spec = resolve_model(a.model)
+    est = estimate(spec, setup)  # first: it rejects a bad setup in milliseconds, the simulation in minutes
     sim = simulate(spec, setup)
-    est = estimate(spec, setup)
     if a.json:
         # estimate's schema, with the simulated peaks; the per-term bytes are still the analytic ones
         doc = {**est.to_json(), **sim.to_json()}
         doc["assumptions"] = list(sim.assumptions) + ["bytes: per-term breakdown from the analytic estimator"]
-        print(json.dumps(doc, indent=2))
+        print_json(doc)
         return 0
     print(sim.model)
     print(_describe(setup))
@@ -163,7 +186,7 @@ def cmd_table(a: argparse.Namespace) -> int:
     rows = classic_table(base)
     moe = moe_columns()
     if a.json:
-        print(json.dumps({
+        print_json({
             "quantity": "device_used_bytes",
             "batch_size": base.batch_size,
             "seq_len": base.seq_len,
@@ -172,7 +195,7 @@ def cmd_table(a: argparse.Namespace) -> int:
             "rows": [{"method": r.method, "bits": r.bits,
                       "device_used_bytes": [e.device_used_bytes for e in r.estimates],
                       "peak_allocated_bytes": [e.peak_allocated_bytes for e in r.estimates]} for r in rows],
-        }, indent=2))
+        })
         return 0
     print(f"GPU memory per GPU (GiB, as nvidia-smi shows it) · batch {base.batch_size} x {base.seq_len} tokens · "
           f"checkpointing {'on' if base.grad_checkpointing else 'off'} · {base.optimizer}")
@@ -191,7 +214,7 @@ def cmd_gpus(a: argparse.Namespace) -> int:
 
     inv = inventory()
     if a.json:
-        print(json.dumps(inv.to_json(), indent=2))
+        print_json(inv.to_json())
         return 0
     print("\n".join(inventory_lines(inv)))
     return 0
@@ -201,14 +224,12 @@ PER_TOKENS = 1_000_000
 """Data set size assumed when --dataset-tokens is not given (the figures are then rates)."""
 
 
-def _gpu_target(a: argparse.Namespace, count: int):
+def _gpu_target(a: argparse.Namespace, count: int, prices):
     from planner.catalog.gpus import find_gpu, gpu_catalog, match_nvml
     from planner.targets import GpuTarget
-    from planner.settings import load_prices, with_user_price
+    from planner.settings import with_user_price
 
     if a.gpu_memory_gib is not None:
-        if not (math.isfinite(a.gpu_memory_gib) and a.gpu_memory_gib > 0):
-            raise PlannerError(f"--gpu-memory-gib must be a number > 0, got {a.gpu_memory_gib}")
         memory = int(a.gpu_memory_gib * GiB)
         # speed, power and price come from the catalog GPU nearest in memory
         proxy = min(gpu_catalog().values(), key=lambda g: (abs(g.memory_bytes - memory), -g.peak_flops))
@@ -227,19 +248,13 @@ def _gpu_target(a: argparse.Namespace, count: int):
         spec = match_nvml(g.name, g.memory_total)
         if spec is None:
             spec = min(gpu_catalog().values(), key=lambda c: abs(c.memory_bytes - g.memory_total))
-        return GpuTarget(g.name, g.memory_total, count, "nvml", with_user_price(spec, load_prices()))
-    spec = with_user_price(find_gpu(a.gpu), load_prices())
+        return GpuTarget(g.name, g.memory_total, count, "nvml", with_user_price(spec, prices))
+    spec = with_user_price(find_gpu(a.gpu), prices)
     return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
 
 
-def _recommend_kwargs(a: argparse.Namespace) -> dict:
-    for name in ("price_per_hour", "electricity_price"):
-        value = getattr(a, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise PlannerError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
-    from planner.settings import load_prices
-
-    electricity = a.electricity_price if a.electricity_price is not None else load_prices().electricity_usd_per_kwh
+def _recommend_kwargs(a: argparse.Namespace, prices) -> dict:
+    electricity = a.electricity_price if a.electricity_price is not None else prices.electricity_usd_per_kwh
     # Without a data set size, hours, energy and cost are given per million tokens: still numbers
     return dict(dataset_tokens=a.dataset_tokens or PER_TOKENS, epochs=a.epochs, max_quality=a.max_quality,
                 usd_per_hour=a.price_per_hour, usd_per_kwh=electricity)
@@ -248,24 +263,31 @@ def _recommend_kwargs(a: argparse.Namespace) -> dict:
 def cmd_recommend(a: argparse.Namespace) -> int:
     from planner.catalog import resolve_model
     from planner.recommend import METHODS, recommend
+    from planner.settings import load_prices
 
     if (a.gpu is None) == (a.gpu_memory_gib is None):
         raise PlannerError("give one of --gpu NAME|auto|any or --gpu-memory-gib X")
     base = setup_from_args(a)
     model = resolve_model(a.model)
+    prices = load_prices()  # once per command: a bad settings file warns once
     if a.gpu == "any":
-        return _recommend_any(a, model, base)
+        return _recommend_any(a, model, base, prices)
     methods = METHODS
-    if a.method is not None:  # DESIGN: with --method given, only that method's options
-        methods = tuple((m, q) for m, q in METHODS if m == a.method and (a.quant is None or q == a.quant))
-    rec = recommend(model, base, _gpu_target(a, base.num_gpus), methods=methods, **_recommend_kwargs(a))
+    if a.method:  # DESIGN: with --method given, only that method's options (an empty one: the default)
+        methods = tuple((m, q) for m, q in METHODS if m == base.method and (a.quant is None or q == base.quant))
+        if not methods:  # e.g. qlora with fp4: recommend compares the bases the trainer offers
+            offered = ", ".join(q for m, q in METHODS if m == base.method and q)
+            raise PlannerError(f"recommend compares --method {base.method} with --quant {offered}, not "
+                               f"{base.quant}; use `python -m planner estimate` for a {base.quant} base")
+    rec = recommend(model, base, _gpu_target(a, base.num_gpus, prices), methods=methods,
+                    **_recommend_kwargs(a, prices))
     if a.dataset_tokens is None and rec.best is not None:
         from dataclasses import replace
 
         rec = replace(rec, explanation=rec.explanation + f" Hours, kWh and $ are per {PER_TOKENS:,} tokens "
                       "(give --dataset-tokens for your data set).")
     if a.json:
-        print(json.dumps(rec.to_json(), indent=2))
+        print_json(rec.to_json())
         return 0
     _print_recommendation(rec)
     return 0
@@ -291,14 +313,13 @@ def _print_recommendation(rec) -> None:
         print(f"  - {alt.text}")
 
 
-def _recommend_any(a: argparse.Namespace, model, base) -> int:
+def _recommend_any(a: argparse.Namespace, model, base, prices) -> int:
     from planner.catalog.gpus import gpu_catalog
     from planner.recommend import recommend
-    from planner.settings import load_prices, with_user_price
+    from planner.settings import with_user_price
     from planner.targets import GpuTarget
 
-    kwargs = _recommend_kwargs(a)
-    prices = load_prices()
+    kwargs = _recommend_kwargs(a, prices)
     ranked = []
     for spec in (with_user_price(s, prices) for s in gpu_catalog().values()):
         rec = recommend(model, base, GpuTarget(spec.name, spec.memory_bytes, base.num_gpus, "catalog", spec),
@@ -308,8 +329,8 @@ def _recommend_any(a: argparse.Namespace, model, base) -> int:
     # cheapest total cost first; without a price or dataset size, fastest first
     ranked.sort(key=lambda r: (r.best.cost_usd is None, r.best.cost_usd or 0.0, -r.best.tokens_per_second))
     if a.json:
-        print(json.dumps({"ranking": [{**r.to_json()["gpu"], "option": r.best.to_json(),
-                                       "explanation": r.explanation} for r in ranked]}, indent=2))
+        print_json({"ranking": [{**r.to_json()["gpu"], "option": r.best.to_json(),
+                                 "explanation": r.explanation} for r in ranked]})
         return 0
     if not ranked:
         print("no catalog GPU fits this configuration on its own; try --num-gpus with --sharding fsdp")
@@ -366,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(["gui"])
         return int(args.func(args))
     except PlannerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one line even when the message quotes input holding a newline (a --model, a file name)
+        print("error: " + " ".join(str(exc).splitlines()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

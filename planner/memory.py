@@ -192,9 +192,23 @@ def _optimizer_state(setup: TrainSetup, p: _Params) -> tuple[int, int]:
     return FP32 * p.matrix_dims, copies * FP32 * p.largest
 
 
+def check_setup(arch: Architecture, setup: TrainSetup) -> None:
+    """What a setup must satisfy for this particular model (TrainSetup checks what holds for any).
+
+    The LoRA rank: ``B @ A`` factors a d_out x d_in update through r dimensions, so a rank above
+    the layer's width adds parameters and no expressiveness; every adapted layer reads or writes
+    the hidden size. Checked before anything is built: ``simulate`` would otherwise spend minutes
+    and gigabytes on adapters of rank 100000.
+    """
+    if setup.is_peft and setup.lora_r > arch.hidden_size:
+        raise PlannerError(f"--lora-r {setup.lora_r} exceeds the model's hidden size {arch.hidden_size}; "
+                           "LoRA rank must be at most the layer width")
+
+
 def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     """Predict peak GPU memory (per GPU) for one training step of ``model`` under ``setup``."""
     arch = model.arch
+    check_setup(arch, setup)
     notes: list[str] = list(model.assumptions)
     total = model.total_params
     p = _params(arch, setup, total)

@@ -6,9 +6,10 @@ Names and defaults follow Hugging Face (``TrainingArguments``, ``LoraConfig``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, shown
 
 METHODS = ("full", "lora", "qlora")
 QUANTS = ("nf4", "fp4", "int8")
@@ -26,9 +27,74 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise PlannerError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(allowed)}")
 
 
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PlannerError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+def _compact(x: float) -> str:
+    """The shortest exact spelling of a bound: ``65536``, ``1e6``, ``1e15``."""
+    spellings = [str(int(x))] if float(x).is_integer() else [repr(float(x))]
+    exp = f"{x:.0e}".replace("e+0", "e").replace("e+", "e")
+    if float(exp) == x:
+        spellings.append(exp)
+    return min(spellings, key=len)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The accepted range of one numeric option. Why bounded above at all: a 400-digit batch
+    size or 1e300 GiB of GPU memory overflows float arithmetic (a traceback, or Infinity in
+    --json output); each upper end is far beyond any real run yet keeps every product finite."""
+
+    low: float
+    high: float
+    whole: bool = True
+    """Integers only (bools are not numbers here)."""
+    low_open: bool = False
+    """``low`` itself is excluded (epochs > 0, not >= 0)."""
+    high_open: bool = False
+    """``high`` itself is excluded (dropout < 1, prices < 1e6)."""
+    why: str = ""
+    """What the upper end means, for the error message, e.g. ``2**24 tokens``."""
+
+    def contains(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.whole and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = value < self.high if self.high_open else value <= self.high
+        return above_low and below_high
+
+    def describe(self, with_why: bool = True) -> str:
+        """E.g. ``a whole number from 1 to 16777216 (2**24 tokens)``, ``a number >= 0 and < 1e6``."""
+        why = f" ({self.why})" if self.why and with_why else ""
+        if self.whole and not self.low_open and not self.high_open:
+            return f"a whole number from {_compact(self.low)} to {_compact(self.high)}{why}"
+        low = f"{'>' if self.low_open else '>='} {_compact(self.low)}"
+        high = f"{'<' if self.high_open else '<='} {_compact(self.high)}"
+        return f"{'a whole number' if self.whole else 'a number'} {low} and {high}{why}"
+
+
+BOUNDS: dict[str, Bound] = {
+    "batch_size": Bound(1, 2**16, why="2**16 samples per GPU"),
+    "seq_len": Bound(1, 2**24, why="2**24 tokens"),
+    "lora_r": Bound(1, 2**16, why="and at most the model's hidden size"),
+    "lora_alpha": Bound(1, 2**20, why="2**20"),
+    "lora_dropout": Bound(0.0, 1.0, whole=False, high_open=True),
+    "num_gpus": Bound(1, 2**16, why="2**16 GPUs"),
+    "dataset_tokens": Bound(1, 10**15, why="tokens"),
+    "epochs": Bound(0.0, 1e6, whole=False, low_open=True),
+    "gpu_memory_gib": Bound(0.0, 2.0**20, whole=False, low_open=True, why="2**20 GiB = 1 PiB"),
+    "price_per_hour": Bound(0.0, 1e6, whole=False, high_open=True, why="USD per GPU-hour"),
+    "electricity_price": Bound(0.0, 1e6, whole=False, high_open=True, why="USD per kWh"),
+}
+"""Every numeric option of the CLI and the Plan page, by its TrainSetup/argparse name."""
+
+
+def check_bound(name: str, value: object) -> None:
+    """Raise PlannerError naming ``--name`` and its range unless ``value`` lies in ``BOUNDS[name]``."""
+    bound = BOUNDS[name]
+    if not bound.contains(value):
+        raise PlannerError(f"--{name.replace('_', '-')} must be {bound.describe()}, got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -80,12 +146,8 @@ class TrainSetup:
         _choice("attention", self.attention, ATTENTIONS)
         _choice("sharding", self.sharding, SHARDINGS)
         _choice("offload", self.offload, OFFLOADS)
-        for name in ("batch_size", "seq_len", "lora_r", "num_gpus"):
-            _positive(name, getattr(self, name))
-        if self.lora_alpha <= 0:
-            raise PlannerError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise PlannerError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus"):
+            check_bound(name, getattr(self, name))
         if not self.lora_targets or any(not t for t in self.lora_targets):
             raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear")
         if self.num_gpus > 1 and self.sharding == "none":

@@ -5,7 +5,8 @@ A small JSON file the app's settings dialog and the user both edit:
 
     {"gpu_usd_per_hour": {"RTX 4090": 0.45, "H100 SXM": 2.10}, "electricity_usd_per_kwh": 0.31}
 
-A missing or unreadable file means "no overrides" (one warning line, never a crash).
+A missing or unreadable file means "no overrides" (one warning line, never a crash); invalid
+prices in a readable file are ignored, all of them named in one warning line per load.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.atomic import atomic_write_text
-from planner.errors import PlannerError
+from planner.errors import PlannerError, shown
+from planner.options import BOUNDS
+
+PRICE = BOUNDS["price_per_hour"]
+"""Every price in the file: $/h and $/kWh share the CLI's bounds (a number >= 0 and < 1e6)."""
 
 
 def settings_path() -> Path:
@@ -35,22 +40,52 @@ class Prices:
 
 
 def _valid_price(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6
+    return PRICE.contains(value)
+
+
+def _warn(path: Path, what: str) -> None:
+    print(f"warning: {path}: " + " ".join(what.splitlines()), file=sys.stderr)
+
+
+def _read(path: Path) -> object:
+    """The parsed file, or None (no file, or one that cannot be read: warned)."""
+    try:
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # "[[[[..." deeper than the parser's stack
+        _warn(path, "ignoring the settings: JSON nested too deeply")
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, 4300+ digits
+        _warn(path, f"ignoring the settings: {exc}")
+    return None
 
 
 def load_prices(path: Path | None = None) -> Prices:
     path = path or settings_path()
-    if not path.is_file():
+    raw = _read(path)
+    if raw is None:
         return Prices()
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        gpus = raw.get("gpu_usd_per_hour", {}) if isinstance(raw, dict) else {}
-        power = raw.get("electricity_usd_per_kwh") if isinstance(raw, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        print(f"warning: ignoring {path}: {exc}", file=sys.stderr)
+    if not isinstance(raw, dict):
+        _warn(path, 'ignoring the settings: expected a JSON object like {"gpu_usd_per_hour": {"RTX 4090": 0.45}}')
         return Prices()
-    prices = {k: float(v) for k, v in gpus.items() if isinstance(k, str) and _valid_price(v)} if isinstance(gpus, dict) else {}
-    return Prices(prices, float(power) if _valid_price(power) else None)
+    ignored: list[str] = []
+    gpus = raw.get("gpu_usd_per_hour", {})
+    if not isinstance(gpus, dict):
+        ignored.append(f"gpu_usd_per_hour = {shown(gpus)}")
+        gpus = {}
+    prices: dict[str, float] = {}
+    for name, value in gpus.items():
+        if _valid_price(value):
+            prices[name] = float(value)
+        else:
+            ignored.append(f"gpu_usd_per_hour[{json.dumps(name[:60])}] = {shown(value)}")
+    power = raw.get("electricity_usd_per_kwh")
+    if power is not None and not _valid_price(power):
+        ignored.append(f"electricity_usd_per_kwh = {shown(power)}")
+        power = None
+    if ignored:  # one line per load, however many entries are wrong
+        _warn(path, f"ignoring {', '.join(ignored)}: must be {PRICE.describe(with_why=False)}")
+    return Prices(prices, None if power is None else float(power))
 
 
 def save_prices(prices: Prices, path: Path | None = None) -> None:

@@ -33,6 +33,9 @@ SUPER``, ``RTX 4090 D``, ``... Laptop GPU``, ``Max-Q``, ``H200 NVL``): no match,
 
 _VENDOR_WORDS = ("nvidia", "geforce", "tesla")
 
+MAX_NAME_CHARS = 200
+"""Longer than any catalog or NVML device name (NVML's buffer holds 96 bytes)."""
+
 
 @dataclass(frozen=True)
 class Price:
@@ -158,6 +161,9 @@ def find_gpu(name: str) -> GpuSpec:
     Raises PlannerError with one line naming the closest catalog GPUs.
     """
     specs = gpu_catalog()
+    if len(name) > MAX_NAME_CHARS:  # no GPU is called that; difflib would take seconds to say so
+        raise PlannerError(f"unknown GPU '{' '.join(name[:60].split())}...' ({len(name)} characters); "
+                           f"known GPUs: {', '.join(specs)}")
     hit = _alias_table().get(_key(name))
     if hit is not None:
         return specs[hit]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
+from planner.catalog import config_fields as fields
 from planner.catalog.arch import Architecture, Block, Linear
 from planner.errors import PlannerError
 
@@ -23,36 +24,17 @@ def _get(cfg: Config, *keys: str, default: Any = None) -> Any:
     return default
 
 
-def _optional_int(cfg: Config, key: str, default: int = 0) -> int:
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PlannerError(f"config.json: '{key}' must be a whole number >= 0, got {value!r}")
-    return value
-
-
-def _require_int(cfg: Config, *keys: str, default: int | None = None) -> int:
-    value = _get(cfg, *keys, default=default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PlannerError(
-            f"config.json: '{keys[0]}' must be a positive integer, got {value!r}; "
-            "check that this is a causal language model config"
-        )
-    return value
-
-
 class _Dims:
     """The fields every decoder shares, read once with their aliases."""
 
     def __init__(self, cfg: Config):
-        self.h = _require_int(cfg, "hidden_size", "n_embd", "d_model")
-        self.layers = _require_int(cfg, "num_hidden_layers", "n_layer", "num_layers")
-        self.heads = _require_int(cfg, "num_attention_heads", "n_head", "num_heads")
-        self.kv = _require_int(cfg, "num_key_value_heads", "num_kv_heads", default=self.heads)
-        self.hd = _require_int(cfg, "head_dim", "kv_channels", default=self.h // self.heads)
-        self.vocab = _require_int(cfg, "vocab_size", "padded_vocab_size")
-        self.ff = _require_int(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * self.h)
+        self.h = fields.size(cfg, "hidden_size", "n_embd", "d_model")
+        self.layers = fields.size(cfg, "num_hidden_layers", "n_layer", "num_layers")
+        self.heads = fields.size(cfg, "num_attention_heads", "n_head", "num_heads")
+        self.kv = fields.size(cfg, "num_key_value_heads", "num_kv_heads", default=self.heads)
+        self.hd = fields.head_dim(cfg, self.h, self.heads)
+        self.vocab = fields.size(cfg, "vocab_size", "padded_vocab_size")
+        self.ff = fields.size(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * self.h)
 
 
 def _attention(d: _Dims, qkv_bias: bool = False, o_bias: bool = False) -> tuple[Linear, ...]:
@@ -84,13 +66,13 @@ def _gated_mlp(h: int, ff: int, bias: bool = False, role: str = "mlp", copies: i
 
 def _llama_like(cfg: Config, d: _Dims) -> Architecture:
     """Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 1/2/3, Yi, CodeLlama, TinyLlama, ..."""
-    mt = cfg.get("model_type", "llama")
-    qkv_bias = bool(_get(cfg, "attention_bias", default=mt == "qwen2"))
+    mt = fields.text(cfg, "model_type", "llama")
+    qkv_bias = fields.flag(cfg, "attention_bias", default=mt == "qwen2")
     qk_norm = mt in ("qwen3", "gemma3", "olmo2")
     norms = 4 if mt in ("gemma2", "gemma3") else 2
     norm_params = norms * d.h + (2 * d.hd if qk_norm else 0)
     linears = _attention(d, qkv_bias, qkv_bias and mt != "qwen2") + _gated_mlp(
-        d.h, d.ff, bool(cfg.get("mlp_bias", False))
+        d.h, d.ff, fields.flag(cfg, "mlp_bias", False)
     )
     block = Block(d.layers, linears, norm_params, norms, d.ff)
     return _arch(cfg, d, (block,), tie_default=mt.startswith("gemma"))
@@ -119,8 +101,8 @@ def _phi(cfg: Config, d: _Dims) -> Architecture:
 
 
 def _stablelm(cfg: Config, d: _Dims) -> Architecture:
-    linears = _attention(d, bool(cfg.get("use_qkv_bias", False))) + _gated_mlp(d.h, d.ff)
-    parallel = bool(cfg.get("use_parallel_residual", False))
+    linears = _attention(d, fields.flag(cfg, "use_qkv_bias", False)) + _gated_mlp(d.h, d.ff)
+    parallel = fields.flag(cfg, "use_parallel_residual", False)
     norms = 1 if parallel else 2
     block = Block(d.layers, linears, norms * 2 * d.h, norms, d.ff)
     return _arch(cfg, d, (block,), final_norm=2 * d.h, norm_kind="layer")
@@ -128,13 +110,13 @@ def _stablelm(cfg: Config, d: _Dims) -> Architecture:
 
 def _falcon(cfg: Config, d: _Dims) -> Architecture:
     """Falcon: fused ``query_key_value``; multi-query or grouped KV; parallel attention."""
-    bias = bool(cfg.get("bias", False))
-    if cfg.get("new_decoder_architecture"):
-        kv, norms = d.kv, _optional_int(cfg, "num_ln_in_parallel_attn", 2) or 2
+    bias = fields.flag(cfg, "bias", False)
+    if fields.flag(cfg, "new_decoder_architecture", False):
+        kv, norms = d.kv, fields.count(cfg, "num_ln_in_parallel_attn", 2) or 2
     else:
-        kv = 1 if cfg.get("multi_query", True) else d.heads
-        norms = 1 if cfg.get("parallel_attn", True) else 2
-    ff = _require_int(cfg, "ffn_hidden_size", default=4 * d.h)
+        kv = 1 if fields.flag(cfg, "multi_query", True) else d.heads
+        norms = 1 if fields.flag(cfg, "parallel_attn", True) else 2
+    ff = fields.size(cfg, "ffn_hidden_size", default=4 * d.h)
     linears = (
         Linear("query_key_value", d.h, (d.heads + 2 * kv) * d.hd, bias),
         Linear("dense", d.heads * d.hd, d.h, bias),
@@ -161,12 +143,12 @@ def _qwen1(cfg: Config, d: _Dims) -> Architecture:
 
 def _moe_block(cfg: Config, d: _Dims, count: int, attn: tuple[Linear, ...], norm_params: int,
                shared_ff: int = 0, shared_gate: bool = False) -> Block:
-    experts = _require_int(cfg, "num_local_experts", "num_experts", "n_routed_experts")
-    top_k = _require_int(cfg, "num_experts_per_tok", "top_k")
-    moe_ff = _require_int(cfg, "moe_intermediate_size", default=d.ff)
+    experts = fields.size(cfg, "num_local_experts", "num_experts", "n_routed_experts")
+    top_k = fields.experts_per_token(cfg, experts)
+    moe_ff = fields.size(cfg, "moe_intermediate_size", default=d.ff)
     # the router is transformers' own module, not an nn.Linear: never quantized nor adapted
     linears = attn + (Linear("gate", d.h, experts, role="router"),)
-    names = EXPERT_NAMES.get(str(cfg.get("model_type")), GATED_NAMES)
+    names = EXPERT_NAMES.get(fields.text(cfg, "model_type"), GATED_NAMES)
     linears += _gated_mlp(d.h, moe_ff, role="expert", copies=experts, names=names)
     if shared_ff:
         linears += _gated_mlp(d.h, shared_ff, role="shared", prefix="shared_expert.")
@@ -178,31 +160,28 @@ def _moe_block(cfg: Config, d: _Dims, count: int, attn: tuple[Linear, ...], norm
 
 def _moe(cfg: Config, d: _Dims) -> Architecture:
     """Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: attention as Llama, MLP as routed gated experts."""
-    mt = cfg.get("model_type", "")
-    attn = _attention(d, mt == "qwen2_moe" or bool(cfg.get("attention_bias")))
+    mt = fields.text(cfg, "model_type")
+    attn = _attention(d, fields.flag(cfg, "attention_bias", mt == "qwen2_moe"))
     # q/k norms: per head (Qwen3-MoE), or over all query and key heads (OLMoE)
     qk_norm = {"qwen3_moe": 2 * d.hd, "olmoe": (d.heads + d.kv) * d.hd}.get(mt, 0)
     norm_params = 2 * d.h + qk_norm
-    shared_ff = _optional_int(cfg, "shared_expert_intermediate_size")
-    step = _optional_int(cfg, "decoder_sparse_step", 1) or 1
-    only_dense = cfg.get("mlp_only_layers") or []
-    if not isinstance(only_dense, list) or not all(isinstance(i, int) for i in only_dense):
-        raise PlannerError(f"config.json: 'mlp_only_layers' must be a list of layer indices, got {only_dense!r}")
-    dense_idx = set(only_dense)
+    shared_ff = fields.count(cfg, "shared_expert_intermediate_size")
+    # transformers: layer i is sparse unless listed in mlp_only_layers or (i + 1) % step != 0
+    step = fields.count(cfg, "decoder_sparse_step", 1, low=1)
+    dense_idx = set(fields.layer_indices(cfg, "mlp_only_layers", d.layers))
     dense_idx |= {i for i in range(d.layers) if (i + 1) % step != 0}
-    blocks = [_moe_block(cfg, d, d.layers - len(dense_idx), attn, norm_params, shared_ff, shared_ff > 0)]
-    if dense_idx:
-        blocks.append(Block(len(dense_idx), attn + _gated_mlp(d.h, d.ff), norm_params, 2, d.ff))
-    return _arch(cfg, d, tuple(blocks))
+    moe = _moe_block(cfg, d, d.layers - len(dense_idx), attn, norm_params, shared_ff, shared_ff > 0)
+    dense = Block(len(dense_idx), attn + _gated_mlp(d.h, d.ff), norm_params, 2, d.ff)
+    return _arch(cfg, d, _present(moe, dense))
 
 
 def _deepseek(cfg: Config, d: _Dims) -> Architecture:
     """DeepSeek-V2/V3: multi-head latent attention, leading dense layers, shared experts."""
-    nope = _require_int(cfg, "qk_nope_head_dim")
-    rope = _require_int(cfg, "qk_rope_head_dim")
-    v_dim = _require_int(cfg, "v_head_dim")
-    kv_rank = _require_int(cfg, "kv_lora_rank")
-    q_rank = _optional_int(cfg, "q_lora_rank")
+    nope = fields.size(cfg, "qk_nope_head_dim")
+    rope = fields.size(cfg, "qk_rope_head_dim")
+    v_dim = fields.size(cfg, "v_head_dim")
+    kv_rank = fields.size(cfg, "kv_lora_rank")
+    q_rank = fields.count(cfg, "q_lora_rank")
     qk = nope + rope
     if q_rank:
         attn = (Linear("q_a_proj", d.h, q_rank), Linear("q_b_proj", q_rank, d.heads * qk))
@@ -214,22 +193,23 @@ def _deepseek(cfg: Config, d: _Dims) -> Architecture:
         Linear("o_proj", d.heads * v_dim, d.h),
     )
     norm_params = 2 * d.h + kv_rank + (q_rank or 0)
-    n_dense = _optional_int(cfg, "first_k_dense_replace")
-    moe_ff = _require_int(cfg, "moe_intermediate_size")
-    shared_ff = _optional_int(cfg, "n_shared_experts") * moe_ff
+    n_dense = fields.count(cfg, "first_k_dense_replace", high=d.layers)
+    moe_ff = fields.size(cfg, "moe_intermediate_size")
+    shared_ff = fields.count(cfg, "n_shared_experts") * moe_ff
     moe = _moe_block(cfg, d, d.layers - n_dense, attn, norm_params, shared_ff)
-    blocks = (moe,) if not n_dense else (Block(n_dense, attn + _gated_mlp(d.h, d.ff), norm_params, 2, d.ff), moe)
-    arch = _arch(cfg, d, blocks)
+    dense = Block(n_dense, attn + _gated_mlp(d.h, d.ff), norm_params, 2, d.ff)
+    arch = _arch(cfg, d, _present(dense, moe))
     return replace(arch, head_dim=qk, v_head_dim=v_dim, num_kv_heads=d.heads)
 
 
 def _generic(cfg: Config, d: _Dims) -> Architecture:
-    gated = str(_get(cfg, "hidden_act", "activation_function", default="silu")) in ("silu", "swiglu")
+    act = fields.text(cfg, "hidden_act") or fields.text(cfg, "activation_function") or "silu"
+    gated = act in ("silu", "swiglu")
     linears = _attention(d)
     linears += _gated_mlp(d.h, d.ff) if gated else (
         Linear("fc1", d.h, d.ff, role="mlp"), Linear("fc2", d.ff, d.h, role="mlp"))
     arch = _arch(cfg, d, (Block(d.layers, linears, 2 * d.h, 2, d.ff, gated=gated),))
-    kind = cfg.get("model_type") or "?"
+    kind = fields.text(cfg, "model_type") or "?"
     note = (f"unknown architecture '{kind}': counted as a generic pre-norm decoder "
             f"({'gated' if gated else 'two-matrix'} MLP, no biases); give a model folder with "
             "*.safetensors for exact counts")
@@ -238,12 +218,13 @@ def _generic(cfg: Config, d: _Dims) -> Architecture:
 
 def _arch(cfg: Config, d: _Dims, blocks: tuple[Block, ...], tie_default: bool = False,
           final_norm: int | None = None, lm_head_bias: bool = False, norm_kind: str = "rms") -> Architecture:
-    tie = cfg.get("tie_word_embeddings")
     max_pos = _get(cfg, "max_position_embeddings", "seq_length", "n_positions")
     if max_pos is not None:
-        max_pos = _require_int(cfg, "max_position_embeddings", "seq_length", "n_positions")
+        max_pos = fields.size(cfg, "max_position_embeddings", "seq_length", "n_positions")
+    # transformers' Gemma2Config defaults the soft-cap to 30.0 when config.json leaves it out
+    softcap = fields.number(cfg, "final_logit_softcapping", 30.0 if fields.text(cfg, "model_type") == "gemma2" else None)
     return Architecture(
-        model_type=str(cfg.get("model_type") or "unknown"),
+        model_type=fields.text(cfg, "model_type") or "unknown",
         hidden_size=d.h,
         vocab_size=d.vocab,
         num_heads=d.heads,
@@ -251,14 +232,19 @@ def _arch(cfg: Config, d: _Dims, blocks: tuple[Block, ...], tie_default: bool = 
         head_dim=d.hd,
         v_head_dim=d.hd,
         blocks=blocks,
-        tie_word_embeddings=tie_default if tie is None else bool(tie),
+        tie_word_embeddings=fields.flag(cfg, "tie_word_embeddings", tie_default),
         final_norm_params=d.h if final_norm is None else final_norm,
         lm_head_bias=lm_head_bias,
         norm_kind=norm_kind,
         max_position_embeddings=max_pos,
-        # transformers' Gemma2Config defaults it to 30.0 when config.json leaves it out
-        logit_softcap=bool(cfg.get("final_logit_softcapping", 30.0 if cfg.get("model_type") == "gemma2" else None)),
+        logit_softcap=bool(softcap),
     )
+
+
+def _present(*blocks: Block) -> tuple[Block, ...]:
+    """The blocks that occur at all: every layer dense (``mlp_only_layers`` listing them all) or
+    every layer sparse leaves the other kind with no layer, not a layer kind of count 0."""
+    return tuple(b for b in blocks if b.count)
 
 
 def _with_assumption(arch: Architecture, note: str) -> Architecture:
@@ -278,12 +264,17 @@ _FAMILIES: dict[str, Callable[[Config, _Dims], Architecture]] = {
 }
 
 
-def architecture_from_config(cfg: Config) -> Architecture:
-    """Build the architecture of a Hugging Face causal LM config (a parsed config.json)."""
+def architecture_from_config(cfg: Config, source: str = "config.json") -> Architecture:
+    """Build the architecture of a Hugging Face causal LM config (a parsed config.json).
+
+    Raises PlannerError, one line naming ``source`` (the file, or the catalog entry) and the field.
+    """
     if not isinstance(cfg, dict):
-        raise PlannerError("config.json must be a JSON object with the model's fields")
-    if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers: plan the language model
-        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
-    d = _Dims(cfg)
-    family = _FAMILIES.get(str(cfg.get("model_type", "")))
-    return (family or _generic)(cfg, d)
+        raise PlannerError(f"{source} must be a JSON object with the model's fields")
+    try:
+        if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers: plan the language model
+            cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+        family = _FAMILIES.get(fields.text(cfg, "model_type"))
+        return (family or _generic)(cfg, _Dims(cfg))
+    except PlannerError as exc:
+        raise PlannerError(f"{source}: {exc}") from None

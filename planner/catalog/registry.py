@@ -96,8 +96,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PlannerError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlannerError(f"{path} is not valid JSON ({exc}); pass the model's config.json") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise PlannerError(f"{path} is not a model config: JSON nested too deeply; pass the model's "
+                           "config.json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise PlannerError(f"{path} is not valid JSON ({first}); pass the model's config.json") from None
     if not isinstance(cfg, dict):
         raise PlannerError(f"{path} must hold a JSON object (a Hugging Face config.json)")
     return cfg
@@ -110,7 +114,7 @@ def _from_folder(folder: Path) -> ModelSpec:
     if not config_path.is_file():
         raise PlannerError(f"{folder} has no config.json; pass a Hugging Face model folder or a config.json")
     raw = _read_config(config_path)
-    arch = architecture_from_config(raw)
+    arch = architecture_from_config(raw, str(config_path))
     try:
         ckpt = read_checkpoint(folder)
     except CheckpointError as exc:
@@ -129,24 +133,48 @@ def _from_folder(folder: Path) -> ModelSpec:
                      assumptions=notes, config=raw)
 
 
+MAX_SUGGEST_CHARS = 200
+"""Names longer than any catalog id get no "did you mean" (difflib is quadratic in the length)."""
+
+
+def _kind(path: Path) -> str | None:
+    """``"dir"``, ``"file"`` or None (nothing there, or nothing that can be there). Why not
+    ``Path.is_dir``: it raises for a name longer than 255 bytes (ENAMETOOLONG), a name the file
+    system refuses, or ``~user`` with no such user; all of those are simply "not a path"."""
+    try:
+        path = path.expanduser()
+        if path.is_dir():
+            return "dir"
+        return "file" if path.is_file() else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _short(name: str) -> str:
+    """``name`` as an error message quotes it: one line, at most MAX_SUGGEST_CHARS characters."""
+    flat = " ".join(name.split())
+    return flat if len(flat) <= MAX_SUGGEST_CHARS else f"{flat[:60]}... ({len(name)} characters)"
+
+
 def resolve_model(name: str) -> ModelSpec:
     """Turn ``--model`` into a :class:`ModelSpec`, or raise :class:`PlannerError`."""
     if not name or not name.strip():
         raise PlannerError("--model is empty; give a catalog id such as meta-llama/Llama-2-7b-hf")
     entry = _lookup(name)
     if entry is not None:
-        arch = architecture_from_config(entry.config)
+        arch = architecture_from_config(entry.config, f"catalog entry {entry.id}")
         return ModelSpec(entry.id, arch, entry.source, assumptions=arch.assumptions, config=entry.config)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return _from_folder(path)
-    if path.is_file():
+    kind = _kind(Path(name))
+    if kind == "dir":
+        return _from_folder(Path(name).expanduser())
+    if kind == "file":
+        path = Path(name).expanduser()
         raw = _read_config(path)
-        arch = architecture_from_config(raw)
+        arch = architecture_from_config(raw, str(path))
         return ModelSpec(str(path), arch, str(path), assumptions=arch.assumptions, config=raw)
     looks_like_path = name.endswith(".json") or name.startswith((".", "/", "~")) or "\\" in name
     if looks_like_path:
-        raise PlannerError(f"no such file or folder: {name}")
-    close = suggest(name)
+        raise PlannerError(f"no such file or folder: {_short(name)}")
+    close = suggest(name) if len(name) <= MAX_SUGGEST_CHARS else []
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `python -m planner table` for the catalog"
-    raise PlannerError(f"unknown model '{name}'{hint}")
+    raise PlannerError(f"unknown model '{_short(name)}'{hint}")

@@ -27,7 +27,7 @@ from typing import Any
 from planner.calibration import ALLOCATOR_SLACK, CUDA_CONTEXT
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
-from planner.memory import MOE_FUSED, MOE_PER_EXPERT
+from planner.memory import MOE_FUSED, MOE_PER_EXPERT, check_setup
 from planner.options import TrainSetup
 from planner.simulate.meta import autocast_dtype, live_bytes_class, semantics_class
 from planner.simulate.model import build_model, make_optimizer
@@ -159,6 +159,7 @@ def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict
 
 
 def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
+    check_setup(model.arch, setup)  # before any model is built: a bad rank costs minutes here
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
     if setup.num_gpus > 1:
