@@ -6,6 +6,7 @@ never half of one. ``os.replace`` is atomic on POSIX and Windows within one file
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -41,13 +42,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name; it appears at ``path`` only when complete.
 
-    An existing directory at ``path`` is replaced (moved aside, then deleted) after the new one
-    is in place, so a reader sees the old or the new directory, never a partial one.
+    An existing directory at ``path`` is replaced only when it is empty or when ``replace`` says
+    the caller checked it is its own output; the old one is moved aside under a fresh name, then
+    deleted, so a reader sees the old or the new directory, never a partial one. Anything else
+    at ``path`` (a file, a symlink, someone's folder) raises FileExistsError before any write.
     """
     target = Path(path)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(target))
+    if target.is_dir() and not replace and any(target.iterdir()):
+        raise FileExistsError(errno.EEXIST, "exists and is not empty", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result should look like mkdir's
@@ -55,8 +62,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # a name nobody else has: renaming a folder onto an empty one is atomic on POSIX
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

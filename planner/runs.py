@@ -1,14 +1,17 @@
 """Run directories as the Runs page sees them: what happened, from the files a run leaves behind.
 
-Qt-free (stdlib, psutil and ``trainer.protocol`` only) so the status logic is tested without a
-display. Listing must stay fast with hundreds of runs and 100 MB histories: a summary reads
+Qt-free (stdlib, psutil and the trainer's contract modules ``trainer.protocol`` and
+``trainer.rundir``, where the run directory's names, lock and PID record live) so the status
+logic is tested without a display. Only directories the trainer made are runs: a model folder
+dropped into the runs root is neither listed nor deletable here. Listing must stay fast with hundreds of runs and 100 MB histories: a summary reads
 ``run.json`` and ``config.json`` (small) and only the head and tail of ``metrics.jsonl``; the full
 history is read only for the one run being replayed (:func:`load_events`, :class:`EventReader`).
 
 Status, most trustworthy evidence first:
 
-1. ``trainer.pid`` names a live process whose command line mentions "trainer" -> running (a
-   resumed run is running even though the previous session's ``run.json`` is still there).
+1. A trainer holds the directory's lock, or ``trainer.pid`` names a live process started at the
+   recorded time -> running (a resumed run is running even though the previous session's
+   ``run.json`` is still there; a PID the OS gave to another process since is not the trainer).
 2. The history goes on after its last ``end`` event (or has none), and ``trainer.pid`` is stale
    or the run has events -> orphaned: the trainer was killed before it could say goodbye.
 3. ``run.json`` (written at the end of every clean finish), else the last ``end`` event.
@@ -20,20 +23,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 from trainer.protocol import END_STATUSES, Event, ProtocolError, decode
-
-# Names the trainer writes (trainer/rundir.py); copied, because the planner may
-# import nothing from trainer but its protocol.
-CONFIG, METRICS, SUMMARY, PID_FILE = "config.json", "metrics.jsonl", "run.json", "trainer.pid"
-COMPLETE_MARKER = ".complete"
-_COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+from trainer.rundir import (CONFIG, METRICS, PID_FILE, SUMMARY, RunDirBusy, RunLock, is_run_dir, latest_checkpoint,
+                            locked, read_pid_record, remove_run, trainer_alive)
 STATUSES = END_STATUSES + ("running", "orphaned", "unknown")
 RESUMABLE = ("stopped", "orphaned")
 """Statuses a complete checkpoint can continue from (plus a failed run whose failure was OOM)."""
@@ -80,10 +77,6 @@ class RunSummary:
         return None
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / CONFIG).is_file() or (path / METRICS).is_file()
-
-
 def scan_runs(root: Path | str) -> list[RunSummary]:
     """Every run directory directly under ``root``, newest first; [] when root does not exist."""
     return RunScanner().scan(root)
@@ -103,15 +96,23 @@ def load_events(path: Path | str) -> list[Event]:
     return EventReader(Path(path)).read_new(final=True)
 
 
-def delete_run(path: Path | str) -> None:
-    """Remove a run directory; refuses a running run and anything that is not a run directory."""
+def delete_run(path: Path | str) -> list[Path]:
+    """Remove what the trainer wrote in a run directory, and the folder once nothing else is left;
+    returns the user's own files that were kept. Refuses a running run (its lock is held while
+    deleting, so no trainer can start in it meanwhile) and anything that is not a run of ours."""
     path = Path(path)
     if not path.is_dir() or not is_run_dir(path):
-        raise RunError(f"{path} is not a run directory (no {CONFIG} or {METRICS}); not deleting it")
+        raise RunError(f"{path} is not a run directory of this trainer; not deleting it")
     summary = read_run(path)
     if summary.status == "running":
         raise RunError(f"{path.name} is still training (PID {summary.pid}); stop it before deleting")
-    shutil.rmtree(path)
+    try:
+        with RunLock(path).acquire(wait_s=0.0):
+            return remove_run(path)
+    except RunDirBusy:
+        raise RunError(f"{path.name} is still training; stop it before deleting") from None
+    except OSError as exc:
+        raise RunError(f"could not delete {path.name}: {exc.strerror or exc}") from None
 
 
 class EventReader:
@@ -181,8 +182,9 @@ def _read(path: Path) -> RunSummary:
     last_step = next((e for e in reversed(tail) if e.kind == "step"), None)
     last_end = max((i for i, e in enumerate(tail) if e.kind == "end"), default=None)
     ended = last_end is not None and last_end == len(tail) - 1
-    pid, pid_file = _pid(path)
-    alive = pid is not None and _trainer_alive(pid)
+    record = read_pid_record(path)
+    pid, pid_file = (record.pid if record else None), (path / PID_FILE).exists()
+    alive = locked(path) or (record is not None and trainer_alive(record))
 
     if alive:
         status = "running"
@@ -200,7 +202,7 @@ def _read(path: Path) -> RunSummary:
     if error is None and errors and status in ("failed", "orphaned"):
         error = f"{errors[-1]['type']}: {errors[-1]['message']}"
     oom = status == "failed" and (error or "").startswith("oom")
-    checkpoint = _latest_checkpoint(path)
+    checkpoint = latest_checkpoint(path)
     use_summary = status in END_STATUSES and bool(summary)
 
     def pick(key: str, *fallbacks: Any) -> Any:
@@ -272,51 +274,6 @@ def _peak_from_steps(last_step: Event | None) -> tuple[int | None, str | None]:
     if alloc:
         return alloc, "cuda_max_allocated"
     return (rss, "host_rss") if rss else (None, None)
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    """As trainer.rundir.latest_checkpoint: the newest checkpoint the trainer finished writing."""
-    found = []
-    try:
-        candidates = list((run_dir / "checkpoints").glob("checkpoint-*"))
-    except OSError:
-        return None
-    for p in candidates:
-        step = p.name.rsplit("-", 1)[-1]
-        if not (p.is_dir() and step.isdigit()):
-            continue
-        if (p / COMPLETE_MARKER).is_file() or (
-                all((p / f).is_file() for f in _COMPLETE_FILES) and _json(p / "trainer_state.json")):
-            found.append((int(step), p))
-    return max(found)[1] if found else None
-
-
-def _pid(run_dir: Path) -> tuple[int | None, bool]:
-    """(PID in trainer.pid or None, whether the file exists)."""
-    try:
-        text = (run_dir / PID_FILE).read_text(encoding="utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        return None, False
-    except OSError:
-        return None, True
-    return (int(text) if text.isdigit() else None), True
-
-
-def _trainer_alive(pid: int) -> bool:
-    """The PID is a live trainer (not a zombie, nor an unrelated process that reused the PID)."""
-    try:
-        if pid <= 0 or not psutil.pid_exists(pid):
-            return False
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return "trainer" in " ".join(proc.cmdline())
-    except psutil.NoSuchProcess:  # includes ZombieProcess
-        return False
-    except psutil.AccessDenied:
-        return True  # someone else's live process: assume the worst, so it is never deleted
-    except (psutil.Error, OSError, ValueError):
-        return False
 
 
 def _signature(path: Path) -> tuple[Any, ...]:

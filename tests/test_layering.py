@@ -2,7 +2,9 @@
 
 1. Only planner/gui imports PySide6/pyqtgraph.
 2. planner outside simulate/ (precise mode) never imports torch, transformers, peft, bitsandbytes at module level.
-3. trainer.protocol is the only trainer module planner imports.
+3. The trainer's contract modules (protocol, config, rundir) are the only trainer modules planner
+   imports, and they import nothing but the standard library, each other and planner's small
+   stdlib-only modules (no torch, no transformers: the GUI reads run directories through them).
 Plus the budget that rule 2 buys: `python -m planner table` starts and finishes fast.
 """
 
@@ -107,23 +109,39 @@ def test_static_imports(path):
     if not rel.startswith("planner/simulate/"):
         heavy = [(m, line) for m, line in _module_level_imports(tree) if _top(m) in HEAVY]
         assert not heavy, f"{rel} imports {heavy} at module level"
-    assert not _trainer_violations(tree), f"{rel} imports from trainer beyond trainer.protocol"
+    assert not _trainer_violations(tree), f"{rel} imports from trainer beyond its contract modules {CONTRACT}"
+
+
+CONTRACT = ("trainer.protocol", "trainer.config", "trainer.rundir")
+CONTRACT_MAY_IMPORT = CONTRACT + ("trainer.files", "planner.options", "planner.errors", "planner.units",
+                                  "planner.atomic", "psutil", "yaml")
 
 
 def _trainer_violations(tree: ast.Module) -> list[int]:
-    """Lines importing any trainer module but trainer.protocol (`from trainer import protocol` is fine)."""
+    """Lines importing any trainer module but the contract ones (`from trainer import protocol` is fine)."""
     bad = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            bad += [node.lineno for a in node.names if _top(a.name) == "trainer" and a.name != "trainer.protocol"]
+            bad += [node.lineno for a in node.names if _top(a.name) == "trainer" and a.name not in CONTRACT]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _top(node.module) == "trainer":
             if node.module == "trainer":
-                ok = all(a.name == "protocol" for a in node.names)
+                ok = all(f"trainer.{a.name}" in CONTRACT for a in node.names)
             else:
-                ok = node.module == "trainer.protocol"
+                ok = node.module in CONTRACT
             if not ok:
                 bad.append(node.lineno)
     return bad
+
+
+@pytest.mark.parametrize("module", CONTRACT)
+def test_contract_modules_stay_light(module):
+    """What the planner imports from the trainer imports only the standard library and its peers."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    stdlib = set(sys.stdlib_module_names)
+    bad = [(m, line) for m, line in _all_imports(tree)
+           if _top(m) not in stdlib and m not in CONTRACT_MAY_IMPORT]
+    assert not bad, f"{module} imports {bad}"
 
 
 def test_static_checker_sees_what_it_should():
@@ -139,9 +157,10 @@ def test_static_checker_sees_what_it_should():
     found = {_top(m) for m, _ in _module_level_imports(ast.parse(src))}
     assert found & set(HEAVY) == {"torch", "peft"}
     assert {_top(m) for m, _ in _all_imports(ast.parse(src))} >= set(HEAVY)
-    ok = "import trainer.protocol\nfrom trainer.protocol import Event\nfrom trainer import protocol\n"
+    ok = ("import trainer.protocol\nfrom trainer.protocol import Event\nfrom trainer import protocol\n"
+          "from trainer.config import TrainConfig\nfrom trainer.rundir import RunLock\n")
     assert _trainer_violations(ast.parse(ok)) == []
-    bad = "import trainer\nfrom trainer import run\nfrom trainer.config import TrainConfig\nimport trainer.data\n"
+    bad = "import trainer\nfrom trainer import run\nfrom trainer.session import open_new\nimport trainer.data\n"
     assert _trainer_violations(ast.parse(bad)) == [1, 2, 3, 4]
 
 

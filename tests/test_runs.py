@@ -13,6 +13,7 @@ import pytest
 
 from planner.runs import EventReader, RunError, RunScanner, delete_run, load_events, read_run, scan_runs
 from trainer.protocol import encode
+from trainer.rundir import write_marker
 
 GiB = 1024**3
 START = dict(model="tiny", method="lora", params_total=100, params_trainable=10, max_steps=10, run_dir="x",
@@ -33,6 +34,7 @@ def make_run(root: Path, name: str, lines: list[str] = (), summary: dict | None 
     """A run directory as the trainer leaves it; ``checkpoint`` "complete" or "partial"."""
     path = root / name
     path.mkdir(parents=True)
+    write_marker(path)
     if config:
         (path / "config.json").write_text(json.dumps({"model": "cfg-model", "method": "qlora", "dataset": "d"}))
     if lines:
@@ -166,6 +168,7 @@ def test_torn_last_line_is_skipped(tmp_path):
 def test_malformed_directories_never_raise(tmp_path, files):
     path = tmp_path / "bad"
     path.mkdir()
+    write_marker(path)  # ours, then damaged
     for name, text in files.items():
         (path / name).write_text(text)
     s = read_run(path)

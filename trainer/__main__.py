@@ -24,9 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("export", help="write the trained model (adapter, or merged with --merge)")
     export.add_argument("--run", required=True, metavar="RUN_DIR")
     export.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    export.add_argument("--force", action="store_true", help="replace a previous export at --out (never anything else)")
     demo = sub.add_parser("make-demo", help="build an offline tiny model, tokenizer, dataset and run config")
-    demo.add_argument("--out", required=True, metavar="DIR")
+    demo.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder, or a previous demo")
+    demo.add_argument("--force", action="store_true", help="replace demo files edited since make-demo wrote them")
     demo.add_argument("--arch", default="llama", choices=ARCHS,
                       help="the tiny model's architecture: a dense Llama (default) or a mixture of experts")
     args = parser.parse_args(argv)
@@ -38,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from trainer.export import main as export_main
 
-        return export_main(args.run, args.out, merge=args.merge)
+        return export_main(args.run, args.out, merge=args.merge, force=args.force)
     from trainer.demo import main as demo_main
 
-    return demo_main(args.out, args.arch)
+    return demo_main(args.out, args.arch, force=args.force)
 
 
 if __name__ == "__main__":

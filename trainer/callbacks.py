@@ -14,13 +14,17 @@ from transformers import TrainerCallback
 
 from trainer.config import TrainConfig
 from trainer.events import Commands, EventSink, rss_bytes
+from trainer.faults import ensure_present
 from trainer.rundir import mark_complete
 
 
 class EventCallback(TrainerCallback):
     """Turns Trainer logs into protocol events and commands into control flags."""
 
-    def __init__(self, sink: EventSink, commands: Commands, device: str):
+    def __init__(self, sink: EventSink, commands: Commands, device: str, watch: Path | None = None):
+        """``watch``: the run directory, checked at every step (one stat) so a run whose folder was
+        deleted ends at once as an ``io`` error instead of training on into the void."""
+        self.watch = watch
         self.sink = sink
         self.commands = commands
         self.device = device
@@ -34,6 +38,12 @@ class EventCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         from trainer.distributed import agree
 
+        if self.watch is not None:
+            ensure_present(self.watch)
+        if state.max_steps and state.global_step >= state.max_steps:
+            # the last step is always a checkpoint (save_steps 0 included): raising max_steps or
+            # epochs and resuming then continues the finished run instead of starting it over
+            control.should_save = True
         for command in agree(self.commands.drain()):
             if command == "checkpoint":
                 control.should_save = True

@@ -28,6 +28,11 @@ SHARDINGS = ("ddp", "fsdp")
 class ConfigError(ValueError):
     """A bad config value: one line naming the field and how to fix it."""
 
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        """The TrainConfig field at fault ("" when the whole config is): the app marks its widget."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -99,38 +104,54 @@ class TrainConfig:
             if value not in allowed:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"{name}: '{value}' is not one of {', '.join(allowed)}{hint}")
-        if not str(self.model).strip():
-            raise ConfigError("model: empty; give a local model folder or a Hub id")
-        if not str(self.dataset).strip():
-            raise ConfigError("dataset: empty; give a .jsonl, .json, .csv or .parquet file")
-        for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_seq_len",
-                     "logging_steps", "save_total_limit", "num_processes"):
-            _whole(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_steps", "save_steps", "seed"):
-            _whole(name, getattr(self, name), minimum=0)
-        _whole("max_steps", self.max_steps, minimum=-1)
+                raise ConfigError(f"{name}: '{value}' is not one of {', '.join(allowed)}{hint}", name)
+        for name, what in (("model", "a local model folder or a Hub id"),
+                           ("dataset", "a .jsonl, .json, .csv or .parquet file"),
+                           ("output_dir", "a new or empty folder for the run")):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ConfigError(f"{name}: expected a string ({what}), got {_jtype(value)}", name)
+            if not value.strip():
+                raise ConfigError(f"{name}: empty; give {what}", name)
+            if "\0" in value:
+                raise ConfigError(f"{name}: contains a NUL character; give {what}", name)
+        for name, maximum in _WHOLE_MAXIMA.items():
+            _whole(name, getattr(self, name), minimum=_WHOLE_MINIMA.get(name, 1), maximum=maximum)
         if self.max_steps == 0:
-            raise ConfigError("max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count")
-        _number("learning_rate", self.learning_rate, low=0.0, low_open=True)
-        _number("epochs", self.epochs, low=0.0, low_open=True)
+            raise ConfigError("max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count", "max_steps")
+        _number("learning_rate", self.learning_rate, low=0.0, high=1e3, low_open=True)
+        _number("epochs", self.epochs, low=0.0, high=1e6, low_open=True)
         _number("lora_dropout", self.lora_dropout, low=0.0, high=0.9)
         _number("val_split", self.val_split, low=0.0, high=0.5)
-        _number("weight_decay", self.weight_decay, low=0.0)
-        _number("max_grad_norm", self.max_grad_norm, low=0.0)
+        _number("weight_decay", self.weight_decay, low=0.0, high=1e6)
+        _number("max_grad_norm", self.max_grad_norm, low=0.0, high=1e12)
         for name in ("lora_targets", "modules_to_save"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
             elif not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"{name}: expected a list of module names, got {value!r}")
+                raise ConfigError(f"{name}: expected a list of module names, got {value!r}", name)
             else:
                 object.__setattr__(self, name, tuple(value))
         if not self.lora_targets:
-            raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj")
+            raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj", "lora_targets")
         for name in ("double_quant", "grad_checkpointing", "assistant_only_loss", "packing", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}", name)
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra: expected a mapping, got {_jtype(self.extra)}", "extra")
+
+    # ---- what a checkpoint depends on ------------------------------------------------------
+
+    def basis(self) -> dict[str, Any]:
+        """The fields a checkpoint of this run depends on: all but :data:`RESUME_SAFE`. A resume
+        whose config.json differs here would continue a run that no longer matches its weights,
+        optimizer state, schedule or data order."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUME_SAFE}
+
+    def length(self) -> dict[str, Any]:
+        """How long the run was asked to train: raising it is how a finished run trains further."""
+        return {"max_steps": self.max_steps, "epochs": self.epochs}
 
     # ---- round trip -------------------------------------------------------------------------
 
@@ -151,10 +172,10 @@ class TrainConfig:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"unknown field '{key}'{hint}")
+                raise ConfigError(f"unknown field '{key}'{hint}", str(key))
         for required in ("model", "dataset"):
             if required not in data:
-                raise ConfigError(f"{required}: missing; every run config names its {required}")
+                raise ConfigError(f"{required}: missing; every run config names its {required}", required)
         try:
             return cls(**data)
         except TypeError as exc:  # a value of the wrong type reached a comparison
@@ -196,9 +217,29 @@ class TrainConfig:
             atomic_write_text(p, self.to_json())
 
 
-def _whole(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}: expected a whole number >= {minimum}, got {value!r}")
+RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+               "device", "grad_checkpointing", "attention", "lora_dropout", "extra")
+"""Fields a run's config.json may change before ``--resume``: none of them is stored in a
+checkpoint or changes what it means (gradient checkpointing and the attention kernel compute the
+same function; dropout has no state). Everything else is refused, naming the fields."""
+
+_WHOLE_MAXIMA = {"lora_r": 65536, "lora_alpha": 2**20, "batch_size": 2**16, "gradient_accumulation_steps": 2**20,
+                 "max_seq_len": 2**24, "logging_steps": 2**31 - 1, "save_total_limit": 2**20, "num_processes": 1024,
+                 "warmup_steps": 2**31 - 1, "eval_steps": 2**31 - 1, "save_steps": 2**31 - 1, "seed": 2**32 - 1,
+                 "max_steps": 2**31 - 1}
+"""Upper bounds far beyond any real run: a typo of 10^30 is one clear line, not an allocation crash."""
+_WHOLE_MINIMA = {"warmup_steps": 0, "eval_steps": 0, "save_steps": 0, "seed": 0, "max_steps": -1}
+
+
+def _jtype(value: Any) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _whole(name: str, value: Any, minimum: int, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"{name}: expected a whole number from {minimum} to {maximum}, got {shown}", name)
 
 
 def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
@@ -206,4 +247,5 @@ def _number(name: str, value: Any, low: float, high: float | None = None, low_op
     ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
     if not ok:
         bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise ConfigError(f"{name}: expected a number {bound}, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"{name}: expected a number {bound}, got {shown}", name)

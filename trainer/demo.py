@@ -8,6 +8,7 @@ The task is one a tiny model visibly learns in a minute of CPU time, so the loss
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.config import TrainConfig
-from trainer.files import atomic_dir, atomic_write_text
+from trainer.files import atomic_dir, atomic_write_bytes, atomic_write_text
 
 SEED = 42
 N_EXAMPLES = 2000
@@ -186,14 +187,27 @@ def run_config(root: Path) -> TrainConfig:
     )
 
 
-def make_demo(out: str | Path, arch: str = "llama") -> Path:
-    """Build the demo under ``out`` (replacing a previous demo, keeping its runs/); return run.json."""
+DEMO_MARKER = ".finetune-demo.json"
+"""What make-demo wrote, file by file (SHA-256): a rerun replaces only an unedited demo of ours."""
+
+
+class DemoError(ValueError):
+    """``--out`` cannot take the demo: one line saying why."""
+
+
+def make_demo(out: str | Path, arch: str = "llama", force: bool = False) -> Path:
+    """Build the demo under ``out`` (a new or empty folder, or a previous demo whose files nobody
+    edited; ``force`` replaces edited ones); runs/ is never touched. Returns run.json."""
     start = time.perf_counter()
     root = Path(out).expanduser().resolve()
+    recorded = _check_target(root, force)
     examples = make_examples()
-    # Each part is written under a temporary name and renamed into place, and run.json comes
-    # last: an interrupted make-demo never leaves a half-written file, and runs/ is never touched.
-    with atomic_dir(root / "model") as tmp:
+    data = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples).encode("utf-8")
+    config = run_config(root).to_json().encode("utf-8")
+    # Each part is written under a temporary name and renamed into place, and the record comes
+    # last: an interrupted make-demo never leaves a half-written file. While files are being
+    # swapped the record accepts the old and the new contents, so a rerun is never refused.
+    with atomic_dir(root / "model", replace=True) as tmp:
         tokenizer = build_tokenizer(examples)
         _log(f"tokenizer: byte-level BPE, {len(tokenizer)} tokens")
         model = build_model(tokenizer, arch=arch)
@@ -201,22 +215,67 @@ def make_demo(out: str | Path, arch: str = "llama") -> Path:
         # save_pretrained writes the Hub's layout: MoE experts one tensor per expert projection
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        written = {f"model/{rel}": _sha256(tmp / rel) for rel in _tree(tmp)}
+        written.update({"data.jsonl": hashlib.sha256(data).hexdigest(), "run.json": hashlib.sha256(config).hexdigest()})
+        _record(root, {k: sorted({*recorded.get(k, ()), v}) for k, v in written.items()})
     _log(f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters -> {root / 'model'}")
-    lines = "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples)
-    atomic_write_text(root / "data.jsonl", lines)
+    atomic_write_bytes(root / "data.jsonl", data)
     _log(f"dataset: {len(examples)} examples ({', '.join(sorted(TASKS))}) -> {root / 'data.jsonl'}")
-    run_config(root).dump(root / "run.json")
+    atomic_write_bytes(root / "run.json", config)
+    _record(root, {k: [v] for k, v in written.items()})
     _log(f"done in {time.perf_counter() - start:.1f} s; train with: python -m trainer run --config "
          f"{root / 'run.json'}")
     return root / "run.json"
 
 
-def main(out: str, arch: str = "llama") -> int:
-    """``python -m trainer make-demo --out DIR [--arch A]``: prints the run.json path on stdout."""
+def _check_target(root: Path, force: bool) -> dict[str, list[str]]:
+    """What the previous demo at ``root`` recorded ({} for a new or empty folder); raises
+    DemoError for anything that is not ours, or ours but edited (unless ``force``)."""
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise DemoError(f"--out {root} exists and is not a folder; give a new folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return {}
     try:
-        path = make_demo(out, arch)
+        recorded = json.loads((root / DEMO_MARKER).read_text(encoding="utf-8"))["files"]
+        assert isinstance(recorded, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise DemoError(f"--out {root} already holds files that are not a demo of this trainer; "
+                        "give a new or empty folder") from None
+    present = [rel for rel in ("data.jsonl", "run.json") if (root / rel).is_file()]
+    present += [f"model/{rel}" for rel in _tree(root / "model")]
+    edited = [rel for rel in present if _sha256(root / rel) not in recorded.get(rel, ())]
+    if edited and not force:
+        more = f" (and {len(edited) - 1} more)" if len(edited) > 1 else ""
+        raise DemoError(f"{root / edited[0]}{more} changed since make-demo wrote it; pass --force to replace "
+                        "the demo's files anyway, or give another --out")
+    return recorded
+
+
+def _record(root: Path, files: dict[str, list[str]]) -> None:
+    atomic_write_text(root / DEMO_MARKER, json.dumps({"kind": "finetune-planner demo", "files": files}, indent=1) + "\n")
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main(out: str, arch: str = "llama", force: bool = False) -> int:
+    """``python -m trainer make-demo --out DIR [--arch A] [--force]``: prints the run.json path on stdout."""
+    try:
+        path = make_demo(out, arch, force)
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"error: make-demo could not write {out}: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: make-demo could not write {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(path)
     return 0

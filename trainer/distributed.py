@@ -18,13 +18,30 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-COMMANDS_FILE = "commands"
-PEER_ERROR = ".rank{}.error.json"
-"""What a rank other than 0 failed with: only rank 0 speaks, so it (or the launcher, when rank 0
-was killed) reports a peer's own error, e.g. an out-of-memory on GPU 1, rather than the broken
-collective it left behind."""
+from trainer.rundir import COMMANDS_FILE, PEER_ERROR
+
+# PEER_ERROR: what a rank other than 0 failed with. Only rank 0 speaks, so it (or the launcher,
+# when rank 0 was killed) reports a peer's own error, e.g. an out-of-memory on GPU 1, rather than
+# the broken collective it left behind.
 _CODES = {"checkpoint": 1, "stop": 2, "cancel": 3}
 """All-reduced with MAX: when commands collide the more final one wins."""
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+                    "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
+"""What torchrun tells its workers. A SLURM or torchrun shell exports them too, and the app
+passes its environment on: a plain ``trainer run`` that believed them would think it is rank 1
+of 2 and never speak, or crash parsing ``RANK=abc``."""
+
+
+def forget_inherited_launch() -> None:
+    """Called by every process but the launcher's own workers, before torch or accelerate read the
+    environment: this process is the whole run (or the launcher of its workers), nothing else.
+    accelerate's own ``ACCELERATE_*`` launch settings go too: the run config is the one source."""
+    for key in list(os.environ):
+        if key in LAUNCH_VARIABLES or key.startswith("ACCELERATE_"):
+            del os.environ[key]
 
 
 def rank() -> int:

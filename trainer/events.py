@@ -33,7 +33,10 @@ class EventSink:
     def emit(self, kind: str, **fields: Any) -> None:
         line = encode(kind, time.monotonic() - self.t0, **fields)
         with self._lock:
-            self._file.write(line + "\n")
+            try:
+                self._file.write(line + "\n")
+            except OSError:  # disk full: the event still reaches the app, which reports the fault
+                pass
             try:
                 self._out.write(line + "\n")
                 self._out.flush()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir
-from trainer.rundir import latest_checkpoint
+from trainer.rundir import is_run_dir, latest_checkpoint
 from trainer.loading import (ModelError, load_tokenizer, model_class, model_layout, per_expert, quantization_config,
                              weight_dtype)
 
@@ -34,11 +34,38 @@ def trained_weights(run_dir: Path, cfg: TrainConfig) -> Path:
     return checkpoint
 
 
-def export(run_dir: Path, out: Path, merge: bool) -> Path:
+EXPORT_MARKER = ".finetune-export.json"
+"""Written into every export: the one kind of non-empty folder ``--force`` may replace."""
+
+
+def check_target(out: Path, run_dir: Path, cfg: TrainConfig, force: bool) -> None:
+    """Refuse any ``--out`` but a new folder, an empty one, or (with ``--force``) a previous export."""
+    target = out.resolve()
+    protected = [("the run directory", run_dir.resolve())]
+    model = Path(cfg.model).expanduser()
+    if model.exists():
+        protected.append(("the model folder", model.resolve()))
+    for what, path in protected:
+        if target == path or target in path.parents:
+            raise ExportError(f"--out {out} would replace {what} {path}; give a new folder")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ExportError(f"--out {out} exists and is not a folder; give a new folder")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not (target / EXPORT_MARKER).is_file():
+        raise ExportError(f"--out {out} already holds files that are not an export of this trainer; "
+                          "give a new or empty folder")
+    if not force:
+        raise ExportError(f"--out {out} holds a previous export; pass --force to replace it")
+
+
+def export(run_dir: Path, out: Path, merge: bool, force: bool = False) -> Path:
     cfg = TrainConfig.load(run_dir / "config.json")
+    out = out.expanduser().resolve()  # `--out .` names the folder itself
+    check_target(out, run_dir, cfg, force)
     source = trained_weights(run_dir, cfg)
     tokenizer = load_tokenizer(cfg)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=force) as tmp:
         if cfg.method == "full" or not merge:
             names = [p for p in source.iterdir() if p.suffix in (".json", ".safetensors", ".jinja", ".txt", ".model")
                      and not p.name.startswith(("trainer_state", "optimizer", "scheduler", "rng_state"))]
@@ -49,6 +76,8 @@ def export(run_dir: Path, out: Path, merge: bool) -> Path:
         else:
             _merge(cfg, source, tmp)
         tokenizer.save_pretrained(str(tmp))
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"kind": "finetune-planner export", "run": str(run_dir.resolve()),
+                                                     "merged": bool(merge and cfg.method != "full")}) + "\n")
     return out
 
 
@@ -80,17 +109,20 @@ def _merge_in_layout(cfg: TrainConfig, adapter: Path, dest: Path) -> None:
     merged.save_pretrained(str(dest), safe_serialization=True)
 
 
-def main(run: str, out: str, merge: bool = False) -> int:
-    run_dir = Path(run)
-    if not (run_dir / "config.json").is_file():
-        print(f"error: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
+def main(run: str, out: str, merge: bool = False, force: bool = False) -> int:
+    run_dir = Path(run).expanduser()
+    if not is_run_dir(run_dir) or not (run_dir / "config.json").is_file():
+        print(f"error: {run_dir} is not a run directory of this trainer (no config.json)", file=sys.stderr)
         return 2
     try:
-        export(run_dir, Path(out), merge)
+        written = export(run_dir, Path(out), merge, force)
     except (ConfigError, ModelError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(str(Path(out).resolve()))
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(str(written))
     return 0
 
 

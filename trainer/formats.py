@@ -190,15 +190,23 @@ def _from_records(records: list[dict], fmt: str):
 
 
 def _csv_header(path: Path) -> list[str]:
+    """The header, after checking every row has as many fields as it: pandas pads a short row
+    with empty values and says nothing, so a shifted column would train silently."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), None)
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
+                raise DataError(path, "empty file (no header, no rows)")
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise DataError(path, f"this row has {len(row)} field{'s' * (len(row) != 1)} but the header "
+                                          f"has {len(header)}; "
+                                          "quote fields that contain commas", line=reader.line_num)
     except UnicodeDecodeError:
         raise DataError(path, "not valid UTF-8") from None
     except csv.Error as exc:
-        raise DataError(path, f"cannot read CSV header ({exc})", line=1) from None
-    if not header or not any(h.strip() for h in header):
-        raise DataError(path, "empty file (no header, no rows)")
+        raise DataError(path, f"cannot read CSV ({exc})", line=1) from None
     return header
 
 

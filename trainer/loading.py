@@ -77,6 +77,20 @@ def _source(cfg: TrainConfig) -> tuple[str, bool]:
     return cfg.model, False
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def _unloadable(exc: Exception) -> bool:
+    """A library call failed on what it read, not on memory: a truncated weights file, a config
+    value of the wrong type, a missing tokenizer file each raise their own exception type, and
+    the user needs one line about the model either way (out-of-memory stays an OOM)."""
+    from trainer.faults import is_oom
+
+    return not is_oom(exc)
+
+
 def _hub_error(name: str, exc: Exception) -> ModelError:
     return ModelError(f"{name}: not found locally and the Hub is unreachable or has no such model "
                       f"({type(exc).__name__}); download it first or give a local folder")
@@ -88,8 +102,15 @@ def load_tokenizer(cfg: TrainConfig) -> Any:
     name, local = _source(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except OSError as exc:
-        raise (ModelError(f"{name}: cannot load the tokenizer ({exc})") if local else _hub_error(name, exc)) from None
+    except Exception as exc:
+        if not _unloadable(exc):
+            raise
+        if not local and isinstance(exc, OSError):
+            raise _hub_error(name, exc) from None
+        raise ModelError(f"{name}: cannot load the tokenizer ({_first_line(exc)}); the folder needs the tokenizer "
+                         "files saved with the model (tokenizer.json or tokenizer.model)") from None
+    if tok is None or not callable(tok):
+        raise ModelError(f"{name}: no tokenizer found; save the tokenizer into the model folder")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # padding positions are masked out of the loss anyway
     return tok
@@ -119,11 +140,12 @@ def _config(cfg: TrainConfig) -> Any:
     name, local = _source(cfg)
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        if not _unloadable(exc):
+            raise
         if not local and isinstance(exc, OSError):
             raise _hub_error(name, exc) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{name}: cannot read its config: {first}") from None
+        raise ModelError(f"{name}: cannot read its config: {_first_line(exc)}") from None
 
 
 def per_expert(cfg: TrainConfig) -> str | None:
@@ -178,11 +200,12 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
         kwargs["device_map"] = {"": 0} if rt.device == "cuda" else {"": "cpu"}
     try:
         model = model_class(cfg).from_pretrained(name, **kwargs)
-    except (OSError, ValueError, ImportError) as exc:
+    except Exception as exc:
+        if not _unloadable(exc):
+            raise
         if not local and isinstance(exc, OSError):
             raise _hub_error(name, exc) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{name}: cannot load the model: {first}") from None
+        raise ModelError(f"{name}: cannot load the model: {_first_line(exc)}") from None
     if cfg.method == "full":
         return model
     return _with_lora(cfg, model)
@@ -196,6 +219,7 @@ def _with_lora(cfg: TrainConfig, model: Any) -> Any:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.grad_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    _check_modules_to_save(cfg, model)
     targets: str | list[str] = "all-linear" if "all-linear" in cfg.lora_targets else list(cfg.lora_targets)
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -209,3 +233,17 @@ def _with_lora(cfg: TrainConfig, model: Any) -> Any:
         return get_peft_model(model, lora, autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise ModelError(f"lora_targets: {str(exc).splitlines()[0]}") from None
+
+
+def _check_modules_to_save(cfg: TrainConfig, model: Any) -> None:
+    """peft trains a copy of each module whose name ends with an entry, and silently does nothing
+    for an entry that matches none: a typo would train the adapters alone without a word."""
+    names = {name for name, _ in model.named_modules()}
+    leaves = {name.rsplit(".", 1)[-1] for name in names}
+    unknown = [m for m in cfg.modules_to_save if m not in leaves and m not in names]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(leaves), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ModelError(f"modules_to_save: no module named {unknown[0]!r} in this model{hint}")

@@ -27,7 +27,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "error": ("type", "message", "hint"),
 }
 END_STATUSES = ("completed", "stopped", "cancelled", "failed")
-ERROR_TYPES = ("oom", "data", "config", "model", "internal")
+ERROR_TYPES = ("oom", "data", "config", "model", "io", "internal")
+"""``io``: the run directory's filesystem failed (disk full, read-only, the folder removed mid-run)."""
 COMMANDS = ("stop", "cancel", "checkpoint")
 
 Scalar = str | int | float | bool | None
@@ -105,10 +106,11 @@ def parse_command(line: str) -> str | None:
 
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OOM = 0, 1, 2, 3
-"""The trainer's exit codes: the run ended as asked; a bug; bad config, data or model; out of memory."""
+"""The trainer's exit codes: the run ended as asked; a bug; bad config, data, model or a filesystem
+fault the user must fix; out of memory."""
 
 
 def exit_code(error: str | None) -> int:
     """The exit code for a run that reported an ``error`` event of this type (None: no error)."""
     return {None: EXIT_OK, "oom": EXIT_OOM, "config": EXIT_INPUT, "data": EXIT_INPUT,
-            "model": EXIT_INPUT}.get(error, EXIT_INTERNAL)
+            "model": EXIT_INPUT, "io": EXIT_INPUT}.get(error, EXIT_INTERNAL)

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir, atomic_write_text
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
-from trainer.rundir import PID_FILE, latest_checkpoint
+from trainer.rundir import MARKER, SUMMARY, latest_checkpoint
 
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
@@ -72,7 +72,11 @@ class Run:
         model = load_model(cfg, self.runtime)
         predicted = predict(cfg, self.runtime.precision)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
-        self.callback = EventCallback(self.sink, self.commands, self.runtime.device)
+        from trainer.distributed import world_size
+
+        # one process watches its folder every step; several would disagree on the step it vanished
+        self.callback = EventCallback(self.sink, self.commands, self.runtime.device,
+                                      watch=self.run_dir if world_size() == 1 else None)
         # hooks run before the event callback so a command they send acts at this very step
         callbacks = test_hooks(cfg, self.commands) + [self.callback]
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
@@ -146,13 +150,17 @@ class Run:
 
     # -- cleanup ----------------------------------------------------------------------------
     def finish(self) -> str:
+        from trainer.faults import ensure_present
+
         status = self.callback.outcome
         state = self.trainer.state
+        if self.lead:
+            ensure_present(self.run_dir)
         if status == "completed":
             weights = _full_weights(self.trainer.model) if self.trainer.is_fsdp_enabled else None
             if self.lead:
                 final = self.run_dir / ("adapter" if self.cfg.method != "full" else "model")
-                with atomic_dir(final) as tmp:
+                with atomic_dir(final, replace=True) as tmp:  # inside our own run directory
                     self.trainer.accelerator.unwrap_model(self.trainer.model).save_pretrained(
                         str(tmp), safe_serialization=True, state_dict=weights)
         from trainer.distributed import gather
@@ -168,8 +176,8 @@ class Run:
     def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None,
                       peak: int | None = None) -> None:
         """``peak``: the largest rank's measured peak (this process's own when not given)."""
-        if not self.lead:
-            return
+        if not self.lead or not (self.run_dir / MARKER).is_file():
+            return  # the run directory is gone: writing would recreate a stray folder
         summary = {
             "status": status, "steps": steps, "final_loss": final_loss,
             "peak_measured_bytes": peak if peak is not None else measured_peak(
@@ -178,7 +186,10 @@ class Run:
             "predicted_peak_bytes": self.predicted, "runtime_s": round(self.elapsed(), 2),
             "model": self.cfg.model, "method": self.cfg.method, "error": error,
         }
-        atomic_write_text(self.run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+        try:
+            atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:  # disk full: the error event already says what went wrong
+            _say(f"warning: could not write {self.run_dir / SUMMARY}: {exc.strerror or exc}")
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -274,54 +285,47 @@ def device_budget(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def _config_for(config_path: str | None, resume_dir: str | None) -> tuple[TrainConfig, Path, bool]:
-    if resume_dir:
-        run_dir = Path(resume_dir)
-        saved = run_dir / "config.json"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.json there; is this a run directory?")
-        cfg = TrainConfig.load(saved)
-        return cfg, run_dir, True
-    if not config_path:
-        raise ConfigError("give --config FILE (or --resume RUN_DIR)")
-    cfg = TrainConfig.load(config_path)
-    run_dir = Path(cfg.output_dir)
-    if (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"output_dir {run_dir} already holds a run; resume it with --resume {run_dir} "
-                          "or choose another output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.dump(run_dir / "config.json")
-    return cfg, run_dir, False
-
-
 def main(config_path: str | None, resume_dir: str | None = None,
          stdin: TextIO | None = None, out: TextIO | None = None, worker: str | None = None) -> int:
     """``worker``: the run directory a torchrun worker trains in (``resume_dir`` then only says
-    whether to resume); the launcher prepared it."""
+    whether to resume); the launcher prepared it and holds its lock."""
+    from trainer.distributed import forget_inherited_launch
     from trainer.protocol import encode
+    from trainer.rundir import PID_FILE, RunDirError, write_pid
+    from trainer.session import AlreadyComplete, open_new, open_resume
 
     out = out or sys.stdout
     if worker:
         return _work(Path(worker), resume=bool(resume_dir), out=out)
+    forget_inherited_launch()
     try:
-        cfg, run_dir, resume = _config_for(config_path, resume_dir)
-    except ConfigError as exc:
-        # no run directory yet: the event goes to stdout only
+        session = open_resume(resume_dir) if resume_dir else open_new(config_path)
+    except AlreadyComplete as done:
+        _say(f"note: {done}")
+        out.write(encode("end", 0.0, status="completed", steps=done.steps, runtime_s=0.0,
+                         output_dir=str(resume_dir), note="already complete; nothing changed") + "\n")
+        out.flush()
+        return EXIT_OK
+    except (ConfigError, RunDirError) as exc:
+        # refused before anything was written: the event goes to stdout only
         out.write(encode("error", 0.0, type="config", message=str(exc), hint="fix the run config") + "\n")
         out.flush()
         _say(f"error: {exc}")
         return EXIT_INPUT
-    # who is training this directory: lets the app re-attach after a restart, or call it orphaned
-    pid_file = run_dir / PID_FILE
-    atomic_write_text(pid_file, f"{os.getpid()}\n")
+    cfg, run_dir = session.cfg, session.run_dir
     try:
-        if cfg.num_processes > 1:
-            from trainer.distributed import launch
+        # who is training this directory: lets the app re-attach after a restart, or call it orphaned
+        write_pid(run_dir)
+        try:
+            if cfg.num_processes > 1:
+                from trainer.distributed import launch
 
-            return launch(run_dir, cfg.num_processes, resume, stdin, out)
-        return _work(run_dir, resume, out, cfg=cfg, stdin=stdin)
+                return launch(run_dir, cfg.num_processes, session.resume, stdin, out)
+            return _work(run_dir, session.resume, out, cfg=cfg, stdin=stdin)
+        finally:
+            (run_dir / PID_FILE).unlink(missing_ok=True)
     finally:
-        pid_file.unlink(missing_ok=True)
+        session.lock.release()
 
 
 def _work(run_dir: Path, resume: bool, out: TextIO, cfg: TrainConfig | None = None,
@@ -339,6 +343,7 @@ def _work(run_dir: Path, resume: bool, out: TextIO, cfg: TrainConfig | None = No
 
 def _run(run: Run) -> int:
     from trainer.data import DataError
+    from trainer.faults import io_fault, is_oom
     from trainer.loading import ModelError
 
     try:
@@ -351,9 +356,13 @@ def _run(run: Run) -> int:
         _say(f"error: {exc}")
         run.fail(kind, str(exc), "fix the " + {"config": "run config", "data": "dataset", "model": "model path"}[kind])
         return EXIT_INPUT
-    except BaseException as exc:  # noqa: BLE001 - classify OOM, report everything else as internal
-        if _is_oom(exc):
+    except BaseException as exc:  # noqa: BLE001 - classify OOM and I/O, report everything else as internal
+        if is_oom(exc):
             return _report_oom(run, exc)
+        if (problem := io_fault(exc)) is not None:
+            _say(f"error: {problem}")
+            run.fail("io", problem, "free disk space or fix the folder's permissions, then resume with --resume")
+            return EXIT_INPUT
         if isinstance(exc, KeyboardInterrupt):
             run.fail("internal", "interrupted", "resume the run with --resume")
             return 130
@@ -372,13 +381,6 @@ def _failed_peer(run: Run) -> dict[str, Any] | None:
     from trainer.distributed import peer_error, world_size
 
     return peer_error(run.run_dir, wait_s=2.0) if run.lead and world_size() > 1 else None
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and isinstance(exc, torch.OutOfMemoryError))
 
 
 def _report_oom(run: Run, exc: BaseException) -> int:

@@ -269,16 +269,19 @@ class RunsPage(QWidget):
         if run is None or not self.confirm(run):
             return
         try:
-            delete_run(run.path)
+            kept = delete_run(run.path)
         except (RunError, OSError) as exc:
             self.message.setText(f"Not deleted: {exc}")
         else:
-            self.message.setText(f"Deleted {run.name}.")
+            names = ", ".join(p.name for p in kept[:3]) + (", ..." if len(kept) > 3 else "")
+            self.message.setText(f"Deleted {run.name}." if not kept else
+                                 f"Deleted what the run wrote in {run.name}; kept {len(kept)} file(s) of yours: {names}")
         self.refresh(changed=run.path)
 
     def _ask_delete(self, run: RunSummary) -> bool:
         answer = QMessageBox.question(
-            self, "Delete run", f"Delete {run.name} and everything in it (checkpoints, adapter, metrics)?\n\n"
+            self, "Delete run", f"Delete {run.name}: its checkpoints, adapter, metrics and config? Files the "
+            f"trainer did not write stay.\n\n"
             f"{run.path}", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes

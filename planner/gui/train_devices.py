@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
-from planner.gui.train_fields import SHARDINGS
+from trainer.config import SHARDINGS
 from planner.gui.train_gpus import NO_GPU_NOTE, GpuOption, check_choice, first_gpus
 
 SHARDING_TIP = ("How 2 or more GPUs share the work (one process per GPU):\n"

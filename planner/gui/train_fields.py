@@ -1,9 +1,8 @@
 """The Train page's form as data: validation, the run directory's name, the config file, a dataset peek.
 
-Qt-free. DESIGN.md's layering rule 3 keeps ``trainer.config`` out of the planner, so the checks
-below mirror ``TrainConfig.__post_init__`` for the fields the form edits, with the same one-line
-"field: problem" messages; the trainer validates again at start and its ``config`` error event
-is shown too. Choices come from ``planner.options``, the lists TrainConfig itself uses.
+Qt-free. The config is checked by ``TrainConfig`` itself and the run directory by
+``trainer.rundir`` (both contract modules, DESIGN.md's layering rule 3): the form says exactly
+what the trainer would, beside the field at fault, before anything is launched.
 """
 
 from __future__ import annotations
@@ -12,20 +11,20 @@ import csv
 import io
 import json
 import math
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from planner.atomic import atomic_write_text
 from planner.dataformats import FORMAT_FIELDS, format_of
-from planner.options import METHODS, QUANTS
+from trainer.config import ConfigError, TrainConfig
+from trainer.rundir import check_new
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-SHARDINGS = ("ddp", "fsdp")
-"""TrainConfig's sharding choices (not in planner.options: the planner also plans zero2/zero3)."""
 PEEK_BYTES = 256 * 1024
 """The dataset preview reads at most this much: a 50 GB file previews as fast as a small one."""
 
@@ -37,28 +36,12 @@ class FieldError:
     message: str
 
 
-def _whole(name: str, value: Any, minimum: int) -> FieldError | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return FieldError(name, f"{name}: expected a whole number >= {minimum}, got {value!r}")
-    return None
-
-
-def _positive_number(name: str, value: Any) -> FieldError | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    return None if ok else FieldError(name, f"{name}: expected a number > 0.0, got {value!r}")
-
-
 def validate(fields: Mapping[str, Any]) -> FieldError | None:
-    """The first problem with the fields the form edits, in TrainConfig's words; None when fine."""
-    for name in ("model", "dataset", "output_dir"):
-        if not str(fields.get(name, "")).strip():
-            what = {"model": "give a local model folder or a Hub id",
-                    "dataset": "give a .jsonl, .json, .csv or .parquet file",
-                    "output_dir": "give a directory for the run"}[name]
-            return FieldError(name, f"{name}: empty; {what}")
-    for name, allowed in (("method", METHODS), ("quant", QUANTS), ("sharding", SHARDINGS)):
-        if name in fields and fields[name] not in allowed:
-            return FieldError(name, f"{name}: '{fields[name]}' is not one of {', '.join(allowed)}")
+    """The first problem with the fields, in the trainer's words; None when fine."""
+    try:
+        TrainConfig.from_dict(dict(fields))
+    except ConfigError as exc:
+        return FieldError(exc.field, str(exc))
     dataset = Path(str(fields["dataset"])).expanduser()
     if dataset.suffix.lower() not in DATA_SUFFIXES:
         return FieldError("dataset", f"dataset: unsupported file type '{dataset.suffix}'; "
@@ -68,22 +51,9 @@ def validate(fields: Mapping[str, Any]) -> FieldError | None:
     model = str(fields["model"]).strip()
     if _looks_local(model) and not Path(model).expanduser().exists():
         return FieldError("model", f"model: no folder {model}")
-    run_dir = Path(str(fields["output_dir"])).expanduser()
-    if (run_dir / "metrics.jsonl").exists():
-        return FieldError("output_dir", f"output_dir: {run_dir} already holds a run; choose another "
-                                        "(New) or open it from the Runs page to resume")
-    for name, minimum in (("lora_r", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
-                          ("max_seq_len", 1), ("max_steps", -1), ("num_processes", 1)):
-        if name in fields and (err := _whole(name, fields[name], minimum)):
-            return err
-    if fields.get("max_steps") == 0:
-        return FieldError("max_steps", "max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count")
-    for name in ("learning_rate", "epochs"):
-        if name in fields and (err := _positive_number(name, fields[name])):
-            return err
-    if "grad_checkpointing" in fields and not isinstance(fields["grad_checkpointing"], bool):
-        return FieldError("grad_checkpointing", f"grad_checkpointing: expected true or false, "
-                                                f"got {fields['grad_checkpointing']!r}")
+    problem = check_new(Path(str(fields["output_dir"])).expanduser())
+    if problem:
+        return FieldError("output_dir", problem)
     return None
 
 
@@ -124,14 +94,14 @@ def config_text(fields: Mapping[str, Any]) -> str:
     return json.dumps(dict(fields), indent=2) + "\n"
 
 
-def write_config(path: Path, text: str) -> None:
-    """Written under a temporary name, then renamed: a crash never leaves half a config."""
-    atomic_write_text(path, text)
-
-
-def config_path_for(run_dir: Path) -> Path:
-    """The launch config sits next to the run directory (the trainer copies it inside as config.json)."""
-    return run_dir.parent / f"{run_dir.name}.json"
+def launch_file(text: str) -> Path:
+    """The config handed to ``trainer run --config``, in a private temporary file the page removes
+    once the trainer ended: the trainer keeps its own copy (``config.json`` in the run directory),
+    and nothing beside the run directory is written."""
+    fd, name = tempfile.mkstemp(prefix="finetune-launch-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(name)
 
 
 def model_slug(model: str) -> str:
@@ -147,7 +117,7 @@ def new_run_dir(root: Path, model: str, method: str, now: datetime | None = None
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     base = f"{model_slug(model)}-{method}-{stamp}"
     candidate, n = root / base, 1
-    while candidate.exists() or config_path_for(candidate).exists():
+    while candidate.exists():
         n += 1
         candidate = root / f"{base}-{n}"
     return candidate

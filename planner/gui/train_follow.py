@@ -34,7 +34,10 @@ class RunFollower:
         return read_run(self.run_dir).status == "running"
 
     def stop(self) -> bool:
-        """SIGTERM = stop: the trainer saves a resumable checkpoint and ends."""
+        """SIGTERM = stop: the trainer saves a resumable checkpoint and ends. Sent only while the PID
+        is still that trainer (its recorded start time): never to a process that reused the number."""
+        if not self.alive():
+            return False
         try:
             os.kill(self.pid, signal.SIGTERM)
         except OSError:

@@ -2,7 +2,9 @@
 
 It reads widgets into TrainConfig field values on top of a *base* (the demo's run.json, a plan
 from the Plan page, an opened run's config), so fields the form does not show are kept, not
-reset. Validation is :func:`planner.gui.train_fields.validate`; its message appears under the
+reset; they are all in the config preview beside the form. Two never ride along unseen: test
+hooks (``extra``) are dropped, and ``trust_remote_code`` has its own checkbox, off unless the
+config that filled the form turned it on, and off again whenever the model changes. Validation is :func:`planner.gui.train_fields.validate`; its message appears under the
 field it names.
 """
 
@@ -34,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "sharding": "ddp",
 }
 """TrainConfig's defaults for the fields on the form. Not num_processes: every GPU starts checked."""
+NOT_CARRIED = ("extra", "trust_remote_code")
+"""Never kept in the base: test hooks are not the app's to pass on, and running a model's own code
+is decided by the checkbox the user sees."""
 
 
 def _spin(low: int, high: int, tip: str, special: str | None = None) -> QSpinBox:
@@ -61,6 +66,9 @@ class TrainForm(QWidget):
         self.model_edit.setToolTip("A folder with config.json and weights, or a Hugging Face Hub id "
                                    "(used if cached locally or online).")
         self.model_browse = QPushButton("Browse...")
+        self.trust_box = QCheckBox("run the model's own code (trust_remote_code)")
+        self.trust_box.setToolTip("Lets Python files shipped in the model folder run in the trainer. Only for a "
+                                  "model whose author you trust; turned off whenever the model changes.")
         self.demo_button = QPushButton("Make demo model")
         self.demo_button.setToolTip("Build a tiny offline model, tokenizer and dataset (python -m trainer "
                                     "make-demo) and fill the form with its ready config: trains on a CPU.")
@@ -109,6 +117,7 @@ class TrainForm(QWidget):
         source = QGroupBox("Source")
         sf = QFormLayout(source)
         sf.addRow("Model", self._with_error("model", self._row(self.model_edit, self.model_browse)))
+        sf.addRow("", self._with_error("trust_remote_code", self.trust_box))
         sf.addRow("", self._row(self.demo_button, self.demo_arch))
         sf.addRow("Dataset", self._with_error("dataset", self._row(self.dataset_edit, self.dataset_browse)))
         sf.addRow("Format", self.format_label)
@@ -145,6 +154,8 @@ class TrainForm(QWidget):
         for spin in (self.batch_spin, self.accum_spin, self.steps_spin, self.seq_spin, self.lora_r_spin):
             spin.valueChanged.connect(self.changed)
         self.ckpt_box.toggled.connect(self.changed)
+        self.trust_box.toggled.connect(self.changed)
+        self.model_edit.textEdited.connect(lambda _text: self.trust_box.setChecked(False))
         self.devices.changed.connect(self.changed)
         self.method_box.currentTextChanged.connect(self._method_changed)
         self.dataset_edit.textChanged.connect(self.refresh_preview)
@@ -190,15 +201,15 @@ class TrainForm(QWidget):
             batch_size=self.batch_spin.value(), gradient_accumulation_steps=self.accum_spin.value(),
             max_steps=self.steps_spin.value(), epochs=parse_number(self.epochs_edit.text()),
             max_seq_len=self.seq_spin.value(), lora_r=self.lora_r_spin.value(),
-            grad_checkpointing=self.ckpt_box.isChecked(),
+            grad_checkpointing=self.ckpt_box.isChecked(), trust_remote_code=self.trust_box.isChecked(),
             num_processes=num_processes(self.devices.chosen()), sharding=self.devices.sharding(),
         )
         return out
 
     def set_fields(self, values: dict[str, Any]) -> None:
         """Fill the form (a plan, the demo, an opened run); unknown-to-the-form fields join the base."""
-        self.base.update(values)
-        widgets = (self.model_edit, self.dataset_edit, self.output_edit, self.lr_edit, self.epochs_edit,
+        self.base.update((k, v) for k, v in values.items() if k not in NOT_CARRIED)
+        widgets = (self.trust_box, self.model_edit, self.dataset_edit, self.output_edit, self.lr_edit, self.epochs_edit,
                    self.method_box, self.quant_box, self.batch_spin, self.accum_spin, self.steps_spin,
                    self.seq_spin, self.lora_r_spin, self.ckpt_box, self.devices)
         for w in widgets:
@@ -219,6 +230,8 @@ class TrainForm(QWidget):
                               ("lora_r", self.lora_r_spin)):
                 if isinstance(values.get(key), int):
                     spin.setValue(values[key])
+            if "model" in values or "trust_remote_code" in values:  # a new model starts distrusted
+                self.trust_box.setChecked(values.get("trust_remote_code") is True)
             if isinstance(values.get("grad_checkpointing"), bool):
                 self.ckpt_box.setChecked(values["grad_checkpointing"])
             processes = values.get("num_processes")
@@ -263,6 +276,7 @@ class TrainForm(QWidget):
     def _browse_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder", self.model_edit.text() or str(Path.home()))
         if folder:
+            self.trust_box.setChecked(False)
             self.model_edit.setText(folder)
 
     def _browse_dataset(self) -> None:

@@ -21,7 +21,7 @@ from planner.gui.state import AppState
 from planner.gui.train_demo import DemoBuilder
 from planner.gui.train_dialogs import OomDialog
 from planner.gui.train_fields import (
-    FieldError, config_path_for, config_text, new_run_dir, resolve_paths, validate, write_config,
+    FieldError, config_text, launch_file, new_run_dir, resolve_paths, validate,
 )
 from planner.gui.train_follow import RunFollower, open_history, read_config
 from planner.gui.train_form import TrainForm
@@ -49,6 +49,8 @@ class TrainPage(QWidget):
         self._auto_key: tuple[str, str] | None = None
         self._stopping = False
         self._pending_restart = False
+        self.launched: Path | None = None
+        """The temporary config file of the run being launched, removed when its trainer ends."""
         self._valid = False
         self._drawn = -1
         self._ticks = 0
@@ -159,12 +161,13 @@ class TrainPage(QWidget):
         if self.form.devices.error():
             return False  # already shown under the GPU checkboxes
         run_dir = Path(fields["output_dir"])
-        path = config_path_for(run_dir)
         try:
-            write_config(path, config_text(fields))
+            path = launch_file(config_text(fields))
         except OSError as exc:
-            self.form.show_error(FieldError("output_dir", f"output_dir: cannot write {path}: {exc}"))
+            self.form.show_error(FieldError("", f"cannot write the launch config: {exc}"))
             return False
+        self._forget_launch_file()
+        self.launched = path
         self.model = RunModel()
         devices = self.form.devices
         env = launch_env(devices.present, devices.chosen())
@@ -249,7 +252,14 @@ class TrainPage(QWidget):
         if event.kind in ("start", "end"):
             self._update_buttons()
 
+    def _forget_launch_file(self) -> None:
+        """The trainer has read it (and copied it into its run directory) by the time it ends."""
+        if self.launched is not None:
+            self.launched.unlink(missing_ok=True)
+            self.launched = None
+
     def _on_finished(self, exit_code: int, status: str) -> None:
+        self._forget_launch_file()
         self.model.finish(exit_code)
         self._stopping = False
         self.timer.stop()

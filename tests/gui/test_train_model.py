@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +14,7 @@ from planner.gui.run_model import (
     RunModel, describe_exit, ema, fmt_duration, gpu_process_bytes, parse_fix, replay,
 )
 from planner.gui.train_fields import (
-    FieldError, config_path_for, config_text, model_slug, new_run_dir, peek_dataset, resolve_paths, validate,
+    FieldError, config_text, launch_file, model_slug, new_run_dir, peek_dataset, resolve_paths, validate,
 )
 from trainer.protocol import decode, encode
 
@@ -243,11 +245,21 @@ def test_validate_accepts_good_fields_and_a_hub_id(good, tmp_path):
     assert validate(good).field == "output_dir"
 
 
+def test_the_launch_config_is_a_private_temporary_file(tmp_path):
+    path = launch_file('{"model": "m"}\n')
+    try:
+        assert path.read_text() == '{"model": "m"}\n'
+        assert path.parent == Path(tempfile.gettempdir()) and path.name.startswith("finetune-launch-")
+        assert path.stat().st_mode & 0o077 == 0  # others cannot read (or swap) what the trainer will run
+    finally:
+        path.unlink()
+
+
 def test_run_dir_naming_and_config_text(tmp_path):
     now = datetime(2025, 1, 2, 3, 4, 5)
     first = new_run_dir(tmp_path, "meta-llama/Llama-2-7b-hf", "qlora", now)
     assert first == tmp_path / "Llama-2-7b-hf-qlora-20250102-030405"
-    config_path_for(first).write_text("{}")  # a launched run's config: the name is taken
+    first.mkdir()  # the name is taken
     assert new_run_dir(tmp_path, "meta-llama/Llama-2-7b-hf", "qlora", now).name.endswith("-030405-2")
     assert model_slug("/x/demo/model") == "demo" and model_slug("we ird/na me") == "na-me"
     fields = {"model": "m", "lora_targets": ["all-linear"]}

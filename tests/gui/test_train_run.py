@@ -21,7 +21,6 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from planner.gui.state import AppState  # noqa: E402
-from planner.gui.train_fields import config_path_for  # noqa: E402
 from planner.gui.train_page import TrainPage  # noqa: E402
 
 RUN_TIMEOUT_MS = 120_000
@@ -66,7 +65,9 @@ def test_real_run_completes_with_charts_progress_and_run_changed(qtbot, page, de
         assert page.is_running() and not page.start_button.isEnabled() and page.stop_button.isEnabled()
         assert not page.form.isEnabled()
     assert done.args == [0, "completed"]
-    assert config_path_for(Path(run_dir)).read_text() == preview  # the trainer got exactly the preview
+    launched = json.loads((Path(run_dir) / "config.json").read_text())
+    assert {k: launched[k] for k in json.loads(preview)} == json.loads(preview)  # the trainer got the preview
+    assert not Path(run_dir + ".json").exists() and page.launched is None  # nothing left beside it
     assert page.model.status == "completed"
     assert len(page.charts.loss_raw.xData) == 8 and len(page.charts.loss_ema.xData) == 8
     assert page.progress.value() == page.progress.maximum() == 8
@@ -146,7 +147,8 @@ def test_oom_dialog_applies_the_fix_and_restarts(qtbot, page, demo):
     click(qtbot, dialog.apply_button)
     qtbot.waitUntil(lambda: page.is_running() and page.model.run_dir not in (None, first_dir), timeout=30_000)
     new_dir = Path(page.model.run_dir)
-    launched = json.loads(config_path_for(new_dir).read_text())
+    qtbot.waitUntil(lambda: (new_dir / "config.json").is_file(), timeout=30_000)
+    launched = json.loads((new_dir / "config.json").read_text())
     assert {k: launched[k] for k in fix} == fix
     assert {k: page.fields()[k] for k in fix} == fix
     with qtbot.waitSignal(page.process.finished, timeout=10_000):
@@ -230,7 +232,7 @@ def test_the_trainer_outlives_the_app(qtbot, demo, tmp_path, action):
     assert child.returncode == 0, child.stderr
     run_dir = Path(child.stdout.strip().splitlines()[-1])
     if action == "detach":
-        pid = int((run_dir / "trainer.pid").read_text())
+        pid = int((run_dir / "trainer.pid").read_text().split()[0])
         os.kill(pid, 0)  # still training after the app exited
         os.kill(pid, signal.SIGTERM)  # SIGTERM = stop: it must still be able to save and end cleanly
     qtbot.waitUntil(lambda: _ended(run_dir) is not None, timeout=60_000)

@@ -48,7 +48,9 @@ MSG = lambda *m: json.dumps({"messages": list(m)})  # noqa: E731
     ("data.json", '[{"text": "a"}, 3]', "data.json item 1: expected a JSON object, got number", None),
     ("data.json", '{\n "data": [{"text": "a"}]\n}', "data.json line 1: malformed JSON lines", 1),
     ("data.csv", "instruction,input,answer\na,b,c\n", "data.csv line 2: alpaca row lacks 'output'", 2),
-    ("data.csv", "instruction,input,output\na,b,c\nd,e,f,g\n", "data.csv line 3: cannot read CSV", 3),
+    ("data.csv", "instruction,input,output\na,b,c\nd,e,f,g\n", "data.csv line 3: this row has 4 fields but the header has 3", 3),
+    ("data.csv", "instruction,input,output\na,b,c\nd,e\n", "data.csv line 3: this row has 2 fields but the header "
+                                                          "has 3", 3),
     ("data.csv", "messages\nhello\n", "data.csv line 2: 'messages' must be a list of {role, content} objects, "
                                       "got string", 2),
     ("data.jsonl", '{"prompt": "a", "completion": "b"}', "data.jsonl: unknown format: columns ['prompt', "

@@ -111,12 +111,11 @@ def test_every_example_fits(demo: Path, tokenizer) -> None:
         assert len(ids) <= 64
 
 
-def test_make_demo_twice_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_make_demo_twice_replaces_its_own_unedited_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from trainer.__main__ import main
 
     out = tmp_path / "demo"
     make_demo(out)
-    (out / "model" / "stale.txt").write_text("from the previous demo")
     (out / "runs" / "old").mkdir(parents=True)
     (out / "runs" / "old" / "metrics.jsonl").write_text("a run the user made")
     first = (out / "model" / "model.safetensors").read_bytes()
@@ -125,11 +124,18 @@ def test_make_demo_twice_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[
     captured = capsys.readouterr()
     assert captured.out == f"{out.resolve() / 'run.json'}\n"  # stdout: only the result
     assert "make-demo:" in captured.err  # progress goes to stderr
-    assert not (out / "model" / "stale.txt").exists()  # the model folder is replaced whole
     assert (out / "runs" / "old" / "metrics.jsonl").read_text() == "a run the user made"  # runs are kept
     assert (out / "model" / "model.safetensors").read_bytes() == first  # fixed seed: same weights
     assert TrainConfig.load(out / "run.json").model == str(out.resolve() / "model")
+
+    (out / "model" / "notes.txt").write_text("mine")  # the user put a file in the demo's model folder
+    assert main(["make-demo", "--out", str(out)]) == 2
+    assert "model/notes.txt changed since make-demo wrote it" in capsys.readouterr().err
+    assert (out / "model" / "notes.txt").read_text() == "mine"
+    assert main(["make-demo", "--out", str(out), "--force"]) == 0  # asked for: the model folder is replaced whole
+    assert not (out / "model" / "notes.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    assert sorted(p.name for p in out.iterdir()) == [".finetune-demo.json", "data.jsonl", "model", "run.json", "runs"]
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])

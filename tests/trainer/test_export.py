@@ -6,6 +6,7 @@ import pytest
 from conftest import run_inprocess, write_config
 
 from trainer.export import main as export_main
+from trainer.rundir import write_marker
 
 PROBE = [[5, 17, 42, 99, 7, 3, 250, 11]]
 
@@ -66,6 +67,7 @@ def test_export_merged_matches_adapter(trained, demo_dir, tmp_path):
 def test_export_without_weights_fails_cleanly(demo_dir, tmp_path, capsys):
     run_dir = tmp_path / "empty"
     run_dir.mkdir()
+    write_marker(run_dir)
     (run_dir / "config.json").write_text((demo_dir / "run.json").read_text())
     assert export_main(str(run_dir), str(tmp_path / "out")) == 2
     err = capsys.readouterr().err

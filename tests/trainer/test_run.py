@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import read_metrics, run_inprocess, steps, write_config
 
-from trainer.protocol import decode
+from trainer.protocol import decode, encode
+from trainer.rundir import write_marker
 
 
 @pytest.mark.parametrize("method, lr", [("qlora", 2e-3), ("lora", 2e-3), ("full", 2e-3)])
@@ -52,6 +53,7 @@ def test_adapter_reproduces_trained_logits(demo_dir, tmp_path):
     run_dir = tmp_path / "run"
     cfg = TrainConfig.load(write_config(demo_dir, run_dir, method="lora", max_steps=20, save_steps=0))
     run_dir.mkdir()
+    write_marker(run_dir)  # as trainer.session claims it
     import io
 
     run = Run(cfg, run_dir, resume=False, stdin=io.StringIO(""), out=io.StringIO())
@@ -121,7 +123,7 @@ def test_checkpoint_command_saves_and_continues(demo_dir, tmp_path):
                           extra={"test_command_at_step": {"step": 3, "command": "checkpoint"}})
     code, events = run_inprocess(config)
     assert code == 0 and events[-1]["status"] == "completed" and events[-1]["steps"] == 8
-    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [3]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [3, 8]  # asked for, and the last step
 
 
 def test_out_of_memory_gives_computed_fix(demo_dir, tmp_path):
@@ -201,9 +203,14 @@ def test_unreadable_config_file_exits_2(tmp_path):
 def test_existing_run_dir_is_not_overwritten(demo_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "metrics.jsonl").write_text("")
+    write_marker(run_dir)  # a run of ours that trained a step
+    (run_dir / "metrics.jsonl").write_text(encode("step", 1.0, step=1, epoch=0.0, loss=6.0, lr=0.0, grad_norm=1.0,
+                                                  tokens_per_s=1.0, peak_alloc_bytes=0, peak_reserved_bytes=0,
+                                                  rss_bytes=0) + "\n")
+    before = (run_dir / "metrics.jsonl").read_bytes()
     code, events = run_inprocess(write_config(demo_dir, run_dir))
     assert code == 2 and "--resume" in events[0]["message"]
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 
 @pytest.mark.parametrize("model, message", [
