@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 # The planner plans exactly what the trainer can run: one list of choices for both.
-from planner.options import ATTENTIONS, METHODS, OPTIMIZERS, QUANTS
+from planner.errors import shown
+from planner.options import ATTENTIONS, BOUNDS, METHODS, OPTIMIZERS, QUANTS, Bound
 from planner.options import PRECISIONS as _PLANNED_PRECISIONS
 
 PRECISIONS = ("auto",) + _PLANNED_PRECISIONS
@@ -115,16 +115,12 @@ class TrainConfig:
                 raise ConfigError(f"{name}: empty; give {what}", name)
             if "\0" in value:
                 raise ConfigError(f"{name}: contains a NUL character; give {what}", name)
-        for name, maximum in _WHOLE_MAXIMA.items():
-            _whole(name, getattr(self, name), minimum=_WHOLE_MINIMA.get(name, 1), maximum=maximum)
+        for name, bound in _BOUNDS.items():
+            value = getattr(self, name)
+            if not bound.contains(value):
+                raise ConfigError(f"{name}: expected {bound.describe(with_why=False)}, got {shown(value)}", name)
         if self.max_steps == 0:
             raise ConfigError("max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count", "max_steps")
-        _number("learning_rate", self.learning_rate, low=0.0, high=1e3, low_open=True)
-        _number("epochs", self.epochs, low=0.0, high=1e6, low_open=True)
-        _number("lora_dropout", self.lora_dropout, low=0.0, high=0.9)
-        _number("val_split", self.val_split, low=0.0, high=0.5)
-        _number("weight_decay", self.weight_decay, low=0.0, high=1e6)
-        _number("max_grad_norm", self.max_grad_norm, low=0.0, high=1e12)
         for name in ("lora_targets", "modules_to_save"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -223,29 +219,22 @@ RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps
 checkpoint or changes what it means (gradient checkpointing and the attention kernel compute the
 same function; dropout has no state). Everything else is refused, naming the fields."""
 
-_WHOLE_MAXIMA = {"lora_r": 65536, "lora_alpha": 2**20, "batch_size": 2**16, "gradient_accumulation_steps": 2**20,
-                 "max_seq_len": 2**24, "logging_steps": 2**31 - 1, "save_total_limit": 2**20, "num_processes": 1024,
-                 "warmup_steps": 2**31 - 1, "eval_steps": 2**31 - 1, "save_steps": 2**31 - 1, "seed": 2**32 - 1,
-                 "max_steps": 2**31 - 1}
-"""Upper bounds far beyond any real run: a typo of 10^30 is one clear line, not an allocation crash."""
-_WHOLE_MINIMA = {"warmup_steps": 0, "eval_steps": 0, "save_steps": 0, "seed": 0, "max_steps": -1}
+_STEPS = Bound(0, 2**31 - 1)
+_BOUNDS = {
+    # shared with the planner, which plans exactly what the trainer runs
+    "lora_r": BOUNDS["lora_r"], "lora_alpha": BOUNDS["lora_alpha"], "batch_size": BOUNDS["batch_size"],
+    "max_seq_len": BOUNDS["seq_len"], "num_processes": BOUNDS["num_gpus"], "epochs": BOUNDS["epochs"],
+    "gradient_accumulation_steps": Bound(1, 2**20), "logging_steps": Bound(1, 2**31 - 1),
+    "save_total_limit": Bound(1, 2**20), "warmup_steps": _STEPS, "eval_steps": _STEPS, "save_steps": _STEPS,
+    "seed": Bound(0, 2**32 - 1), "max_steps": Bound(-1, 2**31 - 1),
+    "learning_rate": Bound(0.0, 1e3, whole=False, low_open=True), "lora_dropout": Bound(0.0, 0.9, whole=False),
+    "val_split": Bound(0.0, 0.5, whole=False), "weight_decay": Bound(0.0, 1e6, whole=False),
+    "max_grad_norm": Bound(0.0, 1e12, whole=False),
+}
+"""Every number a run config holds, with bounds far beyond any real run: a typo of 10^30 is one
+clear line, not an allocation crash deep in a library."""
 
 
 def _jtype(value: Any) -> str:
     return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
             dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _whole(name: str, value: Any, minimum: int, maximum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ConfigError(f"{name}: expected a whole number from {minimum} to {maximum}, got {shown}", name)
-
-
-def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ConfigError(f"{name}: expected a number {bound}, got {shown}", name)

@@ -178,6 +178,8 @@ def _try_lock(fd: int) -> bool:
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP):
+            return True  # a filesystem without locks (some NFS mounts): train unguarded rather than never
         raise
     return True
 

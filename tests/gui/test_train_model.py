@@ -222,15 +222,15 @@ def good(tmp_path):
 
 
 @pytest.mark.parametrize("change, field, words", [
-    ({"learning_rate": 0.0}, "learning_rate", "learning_rate: expected a number > 0.0, got 0.0"),
+    ({"learning_rate": 0.0}, "learning_rate", "learning_rate: expected a number > 0 and <= 1e3"),
     ({"learning_rate": "abc"}, "learning_rate", "got 'abc'"),
-    ({"batch_size": 0}, "batch_size", "batch_size: expected a whole number >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size", "batch_size: expected a whole number from 1 to 65536, got 0"),
     ({"max_steps": 0}, "max_steps", "0 trains nothing"),
     ({"method": "qlorra"}, "method", "'qlorra' is not one of"),
     ({"model": ""}, "model", "model: empty"),
     ({"model": "/nowhere/model"}, "model", "no folder"),
     ({"dataset": "d.txt"}, "dataset", "unsupported file type '.txt'"),
-    ({"epochs": -1.0}, "epochs", "epochs: expected a number > 0.0"),
+    ({"epochs": -1.0}, "epochs", "epochs: expected a number > 0 and <= 1e6"),
 ])
 def test_validate_names_the_field(good, change, field, words):
     error = validate({**good, **change})

@@ -52,7 +52,7 @@ def test_bad_value_shows_beside_the_field_and_disables_start(page, sources):
     assert page.form.shown_error() == "" and page.start_button.isEnabled()
     page.form.lr_edit.setText("abc")
     label = page.form.errors["learning_rate"]
-    assert not label.isHidden() and label.text() == "learning_rate: expected a number > 0.0, got 'abc'"
+    assert not label.isHidden() and label.text().startswith("learning_rate: expected a number > 0") and "got 'abc'" in label.text()
     assert not page.start_button.isEnabled()
     page.form.lr_edit.setText("0")
     assert "got 0.0" in label.text() and not page.start_button.isEnabled()
@@ -128,6 +128,33 @@ def test_open_run_replays_metrics_and_loads_the_config(page, sources, tmp_path):
     assert page.resume_button.isEnabled() and "no end" in page.status_label.text()
     f = page.fields()
     assert f["method"] == "lora" and f["batch_size"] == 3 and f["output_dir"] != str(run)
+
+
+def test_an_opened_runs_hidden_keys_do_not_ride_into_later_runs(page, sources, tmp_path):
+    """Issue 12, defect 8: a shared run that trusted remote code and carried test hooks."""
+    run = tmp_path / "runs" / "shared"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": str(sources[0]), "dataset": str(sources[1]),
+                                                 "output_dir": str(run), "trust_remote_code": True,
+                                                 "extra": {"test_oom_at_step": 1}}))
+    (run / "metrics.jsonl").write_text(encode("start", 0.1, model="m", method="lora", params_total=1,
+                                              params_trainable=1, max_steps=1, run_dir=str(run),
+                                              predicted_peak_bytes=None) + "\n")
+    page.state.open_run.emit(str(run))
+    assert page.form.trust_box.isChecked() and page.form.trust_box.isVisibleTo(page)  # shown, as the run had it
+    fields = page.fields()
+    assert fields["trust_remote_code"] is True and "extra" not in fields  # test hooks never travel
+    other = tmp_path / "other-model"
+    other.mkdir()
+    page.form.model_edit.setFocus()
+    page.form.model_edit.selectAll()
+    from PySide6.QtTest import QTest
+
+    QTest.keyClicks(page.form.model_edit, str(other))  # typed by the user: a new model starts distrusted
+    assert not page.form.trust_box.isChecked() and page.fields()["trust_remote_code"] is False
+    page.form.set_fields({"model": str(sources[0])})  # a plan or the demo: distrusted too
+    assert page.fields()["trust_remote_code"] is False
+    assert json.loads(page.config_preview.toPlainText())["trust_remote_code"] is False
 
 
 FAKE_TRAINER = """

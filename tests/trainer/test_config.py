@@ -1,9 +1,10 @@
 """TrainConfig: validated at construction, JSON and YAML round trips, one-line errors."""
 
+import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainer.config import ConfigError, TrainConfig
@@ -83,3 +84,24 @@ def test_anything_is_valid_or_a_config_error(fields):
         TrainConfig.from_dict({**BASE, **fields})
     except ConfigError:
         pass
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-10**40, max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=6)
+FIELDS = [f.name for f in __import__("dataclasses").fields(TrainConfig)]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=4))
+def test_any_json_values_are_a_config_or_one_config_error(values):
+    """Issue 12: any JSON a user can write is accepted or refused with one line naming the field."""
+    try:
+        cfg = TrainConfig.from_dict({**BASE, **values})
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 400
+        assert exc.field == "" or exc.field in FIELDS
+        return
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg  # what is accepted round-trips
