@@ -20,7 +20,6 @@ Status, most trustworthy evidence first:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from typing import Any
 
 from trainer.protocol import END_STATUSES, Event, ProtocolError, decode
 from trainer.rundir import (CONFIG, METRICS, PID_FILE, SUMMARY, RunDirBusy, RunLock, is_run_dir, latest_checkpoint,
-                            locked, read_pid_record, remove_run, trainer_alive)
+                            locked, read_json, read_pid_record, remove_run,
+                            trainer_alive)
 STATUSES = END_STATUSES + ("running", "orphaned", "unknown")
 RESUMABLE = ("stopped", "orphaned")
 """Statuses a complete checkpoint can continue from (plus a failed run whose failure was OOM)."""
@@ -175,8 +175,8 @@ class RunScanner:
 
 # -- reading one directory ---------------------------------------------------------------------
 def _read(path: Path) -> RunSummary:
-    summary = _json(path / SUMMARY)
-    config = _json(path / CONFIG)
+    summary = read_json(path / SUMMARY)
+    config = read_json(path / CONFIG)
     head, tail = _head_and_tail(path / METRICS)
     start = head[0] if head and head[0].kind == "start" else None
     last_step = next((e for e in reversed(tail) if e.kind == "step"), None)
@@ -302,14 +302,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _get(event: Event | None, key: str) -> Any:

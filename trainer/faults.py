@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from trainer.rundir import MARKER, RunDirError
+from trainer.rundir import RunDirError, claimed
 
 IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 """Write failures the user fixes outside the trainer: free space, permissions, quota, hardware."""
@@ -21,7 +21,7 @@ class RunDirGone(RunDirError):
 def ensure_present(run_dir: Path) -> None:
     """Raise :class:`RunDirGone` when the run directory (its marker) vanished: saving then would
     recreate a half folder nobody asked for, and the run would end "completed" with nothing kept."""
-    if not (run_dir / MARKER).is_file():
+    if not claimed(run_dir):
         raise RunDirGone(f"the run directory {run_dir} was deleted or moved while training; nothing more was saved")
 
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir, atomic_write_text
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
-from trainer.rundir import MARKER, SUMMARY, latest_checkpoint
+from trainer.rundir import SUMMARY, claimed, latest_checkpoint
 
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
@@ -176,7 +176,7 @@ class Run:
     def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None,
                       peak: int | None = None) -> None:
         """``peak``: the largest rank's measured peak (this process's own when not given)."""
-        if not self.lead or not (self.run_dir / MARKER).is_file():
+        if not self.lead or not claimed(self.run_dir):
             return  # the run directory is gone: writing would recreate a stray folder
         summary = {
             "status": status, "steps": steps, "final_loss": final_loss,
@@ -308,7 +308,8 @@ def main(config_path: str | None, resume_dir: str | None = None,
         return EXIT_OK
     except (ConfigError, RunDirError) as exc:
         # refused before anything was written: the event goes to stdout only
-        out.write(encode("error", 0.0, type="config", message=str(exc), hint="fix the run config") + "\n")
+        hint = getattr(exc, "hint", "fix the run config")
+        out.write(encode("error", 0.0, type="config", message=str(exc), hint=hint) + "\n")
         out.flush()
         _say(f"error: {exc}")
         return EXIT_INPUT

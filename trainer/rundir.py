@@ -45,9 +45,13 @@ _COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 class RunDirError(ValueError):
     """The run directory cannot be used as asked: one line saying why and what to do."""
 
+    hint = "choose a new or empty output_dir, or resume the run that is there"
+
 
 class RunDirBusy(RunDirError):
     """Another trainer process holds the directory's lock."""
+
+    hint = "wait for the other trainer to end, or stop it"
 
 
 # -- what is there ------------------------------------------------------------------------------
@@ -59,7 +63,7 @@ def state(run_dir: Path) -> str:
             return "missing"
         if not run_dir.is_dir():
             return "file"
-        if (run_dir / MARKER).is_file() or _protocol_history(run_dir / METRICS):
+        if claimed(run_dir) or _protocol_history(run_dir / METRICS):
             return "ours"
         # a lock alone is left by a trainer that died before it claimed the folder
         return "foreign" if any(p.name != LOCK for p in run_dir.iterdir()) else "empty"
@@ -108,12 +112,22 @@ def check_new(run_dir: Path) -> str | None:
     return None
 
 
-def read_marker(run_dir: Path) -> dict[str, Any]:
+def claimed(run_dir: Path) -> bool:
+    """The trainer's marker is there: the directory was not deleted or moved under the run."""
+    return (run_dir / MARKER).is_file()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file the trainer wrote; {} when missing, unreadable or hand-edited into junk."""
     try:
-        body = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
+        body = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def read_marker(run_dir: Path) -> dict[str, Any]:
+    return read_json(run_dir / MARKER)
 
 
 def write_marker(run_dir: Path, **fields: Any) -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
-from trainer.rundir import (CONFIG, LOCK, SUMMARY, RunDirError, RunLock, check_new, read_marker,
-                            remove_written, state, write_marker)
+from trainer.rundir import (CONFIG, LOCK, SUMMARY, RunDirError, RunLock, check_new, read_json,
+                            read_marker, remove_written, state, write_marker)
 
 
 @dataclass
@@ -77,7 +77,7 @@ def open_resume(resume_dir: str) -> Session:
         cfg = TrainConfig.load(run_dir / CONFIG)
         marker = read_marker(run_dir)
         _check_basis(run_dir, cfg, marker.get("basis"))
-        summary = _json(run_dir / SUMMARY)
+        summary = read_json(run_dir / SUMMARY)
         final = (run_dir / ("model" if cfg.method == "full" else "adapter")).is_dir()
         asked = marker.get("length")
         if summary.get("status") == "completed" and final and asked in (None, cfg.length()):
@@ -106,11 +106,3 @@ def _check_basis(run_dir: Path, cfg: TrainConfig, basis: object) -> None:
 def _short(value: object) -> str:
     text = json.dumps(value)
     return text if len(text) <= 30 else text[:27] + "..."
-
-
-def _json(path: Path) -> dict:
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return body if isinstance(body, dict) else {}

@@ -8,7 +8,6 @@ grows in ``metrics.jsonl`` (read incrementally, complete lines only), and the pr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from planner.gui.run_model import RunModel, replay
 from planner.runs import EventReader, read_run
 from trainer.protocol import Event
+from trainer.rundir import CONFIG, read_json
 
 
 class RunFollower:
@@ -66,8 +66,4 @@ def open_history(run_dir: Path) -> tuple[RunModel, RunFollower | None]:
 
 def read_config(run_dir: Path) -> dict:
     """The run's config.json as TrainConfig fields; {} when missing or unreadable."""
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    return read_json(run_dir / CONFIG)
