@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
-from planner.catalog import config_fields as fields
+import planner.catalog.config_fields as fields
 from planner.catalog.arch import Architecture, Block, Linear
 from planner.errors import PlannerError
 

@@ -191,6 +191,11 @@ def test_a_second_trainer_on_the_same_folder_is_refused(demo_dir, tmp_path):
         assert_refused(trainer("run", "--config", str(config)), "in use", kind="config")
         assert_refused(trainer("run", "--resume", str(tmp_path / "run")), "in use", kind="config")
         assert (tmp_path / "run" / "trainer.pid").read_bytes() == pid_file  # the loser removed nothing
+        from planner.runs import RunError, delete_run, read_run
+
+        assert read_run(tmp_path / "run").status == "running"  # the app sees the lock
+        with pytest.raises(RunError, match="still training"):
+            delete_run(tmp_path / "run")
         first.stdin.write("stop\n")
         first.stdin.flush()
         rest = first.communicate(timeout=TIMEOUT)[0]
