@@ -117,9 +117,22 @@ def my_setup(values: FormValues) -> TrainSetup:
     return setup_for(values, values.method, values.quant if values.method == "qlora" else None)
 
 
+def variants_for(values: FormValues) -> tuple[Variant, ...]:
+    """The chart's bars: :data:`VARIANTS`, with the 4-bit bar in the user's own 4-bit format (fp4
+    when they chose it), so their setup is always exactly one of the bars."""
+    four_bit = values.quant if values.method == "qlora" and values.quant in ("nf4", "fp4") else "nf4"
+    return tuple(Variant("qlora", four_bit) if v.quant == "nf4" else v for v in VARIANTS)
+
+
+def mine_index(values: FormValues) -> int:
+    """Which bar is the user's own setup (method and QLoRA base both match)."""
+    quant = values.quant if values.method == "qlora" else None
+    return variants_for(values).index(Variant(values.method, quant))
+
+
 def build_setups(values: FormValues) -> tuple[TrainSetup, ...]:
     """One TrainSetup per variant; raises PlannerError if the form holds an invalid value."""
-    return tuple(setup_for(values, v.method, v.quant) for v in VARIANTS)
+    return tuple(setup_for(values, v.method, v.quant) for v in variants_for(values))
 
 
 def train_sharding(sharding: str) -> str:
@@ -167,6 +180,12 @@ class Plan:
     estimates: tuple[Estimate, ...]
     heights: dict[str, tuple[float, ...]]
     bottoms: dict[str, tuple[float, ...]]
+    mine: int
+    """The bar of the user's own setup: highlighted, and what the precise check simulates."""
+
+    @property
+    def highlight(self) -> tuple[bool, ...]:
+        return tuple(i == self.mine for i in range(len(self.estimates)))
 
     @property
     def device_used_gib(self) -> tuple[float, ...]:
@@ -186,11 +205,12 @@ def compute_plan(values: FormValues) -> Plan:
     return Plan(
         model=spec.name,
         params_total=estimates[0].params_total,
-        labels=tuple(variant_label(v, values.precision) for v in VARIANTS),
+        labels=tuple(variant_label(v, values.precision) for v in variants_for(values)),
         methods=tuple(v.method for v in VARIANTS),
         estimates=estimates,
         heights=heights,
         bottoms=stack_bottoms(heights),
+        mine=mine_index(values),
     )
 
 

@@ -157,14 +157,13 @@ class PlanPage(QWidget):
         self.form.show_error(None)
         self.stale_label.hide()
         self.plan = plan
-        highlight = tuple(m == values.method for m in plan.methods)
+        highlight = plan.highlight
         title = (f"{plan.model} · {fmt_count(plan.params_total)} params · "
                  f"batch {values.batch_size} × {values.seq_len:,} tokens")
         self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
         self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
         self.sizes.show_table(table, values.gpu_gib)
-        mine_index = next((i for i, m in enumerate(plan.methods) if m == values.method), 1)
-        self.precise.set_plan(values, plan.estimates[mine_index])
+        self.precise.set_plan(values, plan.estimates[plan.mine])  # like with like: the very setup simulated
         self.costs.show_rows(rows)
         gpu = self.gpu_target()
         # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it

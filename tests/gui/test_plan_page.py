@@ -121,6 +121,23 @@ def test_own_method_is_outlined(page, qtbot):
     assert list(page.chart.outline.opts["height"]) == pytest.approx(page.plan.device_used_gib)
 
 
+@pytest.mark.parametrize("quant, bar", [("nf4", 3), ("fp4", 3), ("int8", 2)])
+def test_qlora_highlights_one_bar_and_the_precise_check_compares_that_one(page, qtbot, quant, bar):
+    """Issue 13 point 2: the 4-bit simulation is compared with the 4-bit estimate, not the 8-bit one."""
+    page.method_box.setCurrentText("qlora")
+    page.form.quant_box.setCurrentText(quant)
+    page.recompute()
+    assert page.plan.highlight == tuple(i == bar for i in range(4))
+    assert page.plan.estimates[bar].setup.quant == quant
+    assert page.precise.analytic is page.plan.estimates[bar]
+    from planner.gui.precise import simulate_args
+
+    args = simulate_args(page.precise.values)
+    assert args[args.index("--quant") + 1] == quant
+    pens = page.chart.outline.opts["pens"]
+    assert [p.style() != Qt.PenStyle.NoPen for p in pens] == list(page.plan.highlight)
+
+
 def test_model_completer_matches_any_part_any_case(page):
     completer = page.model_box.completer()
     completer.setCompletionPrefix("llama-3.1-8")
