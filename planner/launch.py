@@ -32,7 +32,14 @@ def why_not_trainable(setup: TrainSetup) -> str | None:
     return None
 
 
-def train_config_fields(setup: TrainSetup, model: str, epochs: float) -> dict[str, Any]:
+def accumulation_for(planned_batch: int, micro_batch: int) -> int:
+    """Gradient accumulation that keeps the planned batch when a plan runs a smaller micro-batch
+    (a larger one already covers it)."""
+    return max(1, planned_batch // micro_batch)
+
+
+def train_config_fields(setup: TrainSetup, model: str, epochs: float,
+                        gradient_accumulation_steps: int = 1) -> dict[str, Any]:
     """The TrainConfig fields a planned setup starts the Train page from (the page adds the data
     and the run directory). Call only when :func:`why_not_trainable` says None."""
     problem = why_not_trainable(setup)
@@ -42,7 +49,8 @@ def train_config_fields(setup: TrainSetup, model: str, epochs: float) -> dict[st
     return {
         "model": model, "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
         "precision": s.precision, "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer,
-        "batch_size": s.batch_size, "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
+        "batch_size": s.batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
         "attention": s.attention, "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "epochs": epochs,
         "num_processes": s.num_gpus, "sharding": SHARDING_AS_RUN[s.sharding],

@@ -135,25 +135,6 @@ def build_setups(values: FormValues) -> tuple[TrainSetup, ...]:
     return tuple(setup_for(values, v.method, v.quant) for v in variants_for(values))
 
 
-def train_sharding(sharding: str) -> str:
-    """The trainer's nearest sharding for a planned one: it runs FSDP (weights sharded, as ZeRO-3)
-    or DDP; ZeRO-2's sharded optimizer state is not among its choices, so a zero2 plan trains as DDP."""
-    return "fsdp" if sharding in ("fsdp", "zero3") else "ddp"
-
-
-def train_config_fields(values: FormValues, model: str) -> dict:
-    """"Use this plan": the TrainConfig fields the Train page starts from (it adds the data)."""
-    s = my_setup(values)
-    return {
-        "model": model, "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
-        "precision": s.precision, "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer,
-        "batch_size": s.batch_size, "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
-        "attention": s.attention, "lora_r": s.lora_r, "lora_alpha": s.lora_alpha,
-        "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "epochs": values.epochs,
-        "num_processes": s.num_gpus, "sharding": train_sharding(s.sharding),
-    }
-
-
 def stack_gib(estimates: tuple[Estimate, ...]) -> dict[str, tuple[float, ...]]:
     """Per term, its GiB in each bar (the segment heights)."""
     return {term: tuple(getattr(e.breakdown, term) / GiB for e in estimates) for term in TERMS}

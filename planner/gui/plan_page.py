@@ -21,7 +21,9 @@ from planner.errors import PlannerError
 from planner.gui.plan_chart import PlanChart
 from planner.gui.plan_extras import cost_rows, sizes_table
 from planner.gui.plan_form import PlanForm
-from planner.gui.plan_model import Plan, compute_plan, my_setup, summary_lines, train_config_fields
+from planner.gui.plan_model import Plan, compute_plan, my_setup, summary_lines
+from planner.launch import accumulation_for, train_config_fields, why_not_trainable
+from planner.options import TrainSetup
 from planner.gui.plan_panels import CostPanel, RecommendationPanel, SizesPanel
 from planner.gui.precise import PrecisePanel
 from planner.gui.state import AppState
@@ -97,7 +99,9 @@ class PlanPage(QWidget):
         self.recommender = LatestOnly(self)
         self.recommender.done.connect(self.recommendation.show_recommendation)
         self.recommender.failed.connect(lambda exc: self.recommendation.text.setHtml(html.escape(str(exc))))
-        self.recommendation.use_button.clicked.connect(self.use_plan)
+        self.recommendation.use_recommended.connect(self.use_plan)
+        self.recommendation.use_alternative.connect(self.use_alternative)
+        self.recommendation.use_mine.connect(self.use_my_settings)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
@@ -153,6 +157,9 @@ class PlanPage(QWidget):
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
             self.form.show_error(str(exc))
             self.stale_label.setVisible(self.plan is not None)
+            self._pending = None  # no recommendation for a form that does not hold a setup
+            self.recommendation.computing()
+            self.recommendation.set_mine("the form holds an error")
             return
         self.form.show_error(None)
         self.stale_label.hide()
@@ -170,6 +177,8 @@ class PlanPage(QWidget):
         # would compete with the GUI thread for the GIL.
         self._pending = lambda: recommend(spec, mine, gpu, values.dataset_tokens, values.epochs,
                                           values.max_quality)
+        self.recommendation.computing()
+        self.recommendation.set_mine(why_not_trainable(mine))
         self._recommend_timer.start()
         if self.state is not None:
             self.form.save(self.state.settings)
@@ -180,10 +189,32 @@ class PlanPage(QWidget):
         return load_prices().electricity_usd_per_kwh
 
     def use_plan(self) -> None:
-        """Hand the form's configuration to the Train page and go there."""
-        if self.plan is None or self.state is None:
+        """The recommended option, exactly, to the Train page."""
+        rec = self.recommendation.rec
+        if rec is not None and rec.best is not None and self.recommendation.recommended_problem() is None:
+            self._to_train(rec.best.setup, self.plan.model if self.plan else self.form.values().model)
+
+    def use_alternative(self, index: int) -> None:
+        rec = self.recommendation.rec
+        if rec is None or not 0 <= index < len(rec.alternatives):
             return
-        self.state.plan_to_train.emit(train_config_fields(self.form.values(), self.plan.model))
+        alt = rec.alternatives[index]
+        if why_not_trainable(alt.setup) is None:
+            self._to_train(alt.setup, alt.model)
+
+    def use_my_settings(self) -> None:
+        """The form's own settings, as they are (the recommendation may differ)."""
+        if self.plan is not None:
+            setup = my_setup(self.form.values())
+            if why_not_trainable(setup) is None:
+                self._to_train(setup, self.plan.model)
+
+    def _to_train(self, setup: TrainSetup, model: str) -> None:
+        if self.state is None:
+            return
+        values = self.form.values()
+        accumulation = accumulation_for(values.batch_size, setup.batch_size)
+        self.state.plan_to_train.emit(train_config_fields(setup, model, values.epochs, accumulation))
         self.state.page_requested.emit("train")
 
     @staticmethod

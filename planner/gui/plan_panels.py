@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import html
 
+from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import QHeaderView, QPushButton, QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget,
+)
 
 from planner.gui.plan_extras import CostRow, SizesTable
+from planner.launch import why_not_trainable
 from planner.recommend import Recommendation
 
 FITS = QColor(46, 160, 67, 90)  # translucent: readable over light and dark bases
@@ -25,23 +29,83 @@ def _item(text: str, tip: str = "") -> QTableWidgetItem:
 
 
 class RecommendationPanel(QWidget):
+    """The recommendation, with a "Use" for exactly what it recommends, one per alternative the
+    trainer can run, and a separately labelled one for the form's own settings."""
+
+    use_recommended = Signal()
+    use_alternative = Signal(int)
+    """The index of the alternative in the shown recommendation."""
+    use_mine = Signal()
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.rec: Recommendation | None = None
+        """The recommendation on screen; None while (re)computing."""
+        self._mine_problem: str | None = "not computed yet"
         self.text = QTextBrowser()  # long explanations and alternatives scroll instead of clipping
-        self.text.setOpenExternalLinks(False)
+        self.text.setOpenLinks(False)  # an alternative's "Use" link is ours to handle
+        self.text.anchorClicked.connect(self._anchor)
         self.text.setHtml("Computing the recommendation...")
-        self.use_button = QPushButton("Use this plan")
-        self.use_button.setToolTip("Fill the Train page with this configuration (Ctrl+3 to go there).")
+        self.use_button = QPushButton("Use the recommended plan")
+        self.mine_button = QPushButton("Use my settings instead")
+        self.use_button.clicked.connect(self.use_recommended)
+        self.mine_button.clicked.connect(self.use_mine)
+        row = QHBoxLayout()
+        row.addWidget(self.use_button, 1)
+        row.addWidget(self.mine_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.text, 1)
-        layout.addWidget(self.use_button)
+        layout.addLayout(row)
+        self._update_buttons()
 
     def show_recommendation(self, rec: Recommendation) -> None:
+        self.rec = rec
         parts = [f"<p>{html.escape(rec.explanation)}</p>"]
         if rec.alternatives:
-            items = "".join(f"<li>{html.escape(a.text)}</li>" for a in rec.alternatives)
+            items = "".join(f"<li>{html.escape(a.text)} {_use_link(i, why_not_trainable(a.setup))}</li>"
+                            for i, a in enumerate(rec.alternatives))
             parts.append(f"<p>What would fit:</p><ul>{items}</ul>")
         self.text.setHtml("".join(parts))
+        self._update_buttons()
+
+    def computing(self) -> None:
+        """The form changed: what is on screen no longer answers it, so nothing can be used from it."""
+        self.rec = None
+        self.text.setHtml("Computing the recommendation...")
+        self._update_buttons()
+
+    def set_mine(self, problem: str | None) -> None:
+        """Why the form's own settings cannot go to the Train page (a form error, a plan the trainer
+        cannot run), or None when they can."""
+        self._mine_problem = problem
+        self._update_buttons()
+
+    def recommended_problem(self) -> str | None:
+        if self.rec is None:
+            return "the recommendation is being computed"
+        if self.rec.best is None:
+            return "nothing fits on this GPU; use one of the alternatives below"
+        return why_not_trainable(self.rec.best.setup)
+
+    def _update_buttons(self) -> None:
+        problem = self.recommended_problem()
+        self.use_button.setEnabled(problem is None)
+        self.use_button.setToolTip("Fill the Train page with exactly the recommended configuration: method, "
+                                   "quantization, optimizer, micro-batch (accumulation keeps your batch), "
+                                   "checkpointing. Ctrl+3 goes there." if problem is None else f"Not available: {problem}.")
+        self.mine_button.setEnabled(self._mine_problem is None)
+        self.mine_button.setToolTip("Fill the Train page with the form's own settings, as they are."
+                                    if self._mine_problem is None else f"Not available: {self._mine_problem}.")
+
+    def _anchor(self, url: QUrl) -> None:
+        if url.scheme() == "use" and url.path().isdigit():
+            self.use_alternative.emit(int(url.path()))
+
+
+def _use_link(index: int, problem: str | None) -> str:
+    if problem is None:
+        return f"&nbsp;<a href='use:{index}'>Use</a>"
+    return f"<i>(the app cannot train this: {html.escape(problem)})</i>"
 
 
 class SizesPanel(QTableWidget):

@@ -68,18 +68,46 @@ def test_errors_appear_beside_their_field(page, qtbot):
     qtbot.waitUntil(lambda: page.form.errors[page.form.targets_edit].text() == "")
 
 
-def test_use_this_plan_fills_the_train_page(page, qtbot, state):
-    page.form.method_box.setCurrentText("qlora")
+def test_use_the_recommended_plan_sends_exactly_the_recommendation(page, qtbot, state):
+    """Issue 13 point 1: Llama-3.1-8B at 4,096 tokens on a 24 GiB card, the form set to LoRA +
+    adamw_torch (does not fit): the button under the recommendation sends the recommendation."""
+    from trainer.config import TrainConfig
+
+    page.form.method_box.setCurrentText("lora")
+    page.form.optimizer_box.setCurrentText("adamw_torch")
+    page.seq_spin.setValue(4096)
     page.recompute()
+    assert not page.recommendation.use_button.isEnabled()  # nothing to use while it is computed
+    qtbot.waitUntil(lambda: page.recommendation.use_button.isEnabled(), timeout=10_000)
+    best = page.recommendation.rec.best.setup
+    assert best.method == "qlora"  # LoRA does not fit: the recommendation quantizes the base
     with qtbot.waitSignal(state.plan_to_train) as handed, qtbot.waitSignal(state.page_requested) as page_sig:
         page.recommendation.use_button.click()
     fields = handed.args[0]
-    assert fields["model"] == "meta-llama/Llama-3.1-8B" and fields["method"] == "qlora"
-    assert fields["max_seq_len"] == 2048 and fields["lora_targets"] == ["all-linear"]
     assert page_sig.args == ["train"]
-    from trainer.config import TrainConfig
-
+    assert (fields["method"], fields["quant"], fields["optimizer"], fields["batch_size"], fields["max_seq_len"],
+            fields["grad_checkpointing"]) == (best.method, best.quant, best.optimizer, best.batch_size, 4096,
+                                             best.grad_checkpointing)
+    assert fields["model"] == "meta-llama/Llama-3.1-8B" and fields["lora_targets"] == ["all-linear"]
     TrainConfig.from_dict({**fields, "dataset": "data.jsonl"})  # a valid run config once data is added
+
+    with qtbot.waitSignal(state.plan_to_train) as mine:
+        page.recommendation.mine_button.click()  # the form's own settings: a separate, labelled action
+    assert (mine.args[0]["method"], mine.args[0]["optimizer"]) == ("lora", "adamw_torch")
+
+
+def test_use_buttons_are_off_for_a_form_error_and_a_plan_the_trainer_cannot_run(page, qtbot):
+    page.form.targets_edit.setText("no_such_proj")
+    page.recompute()
+    assert not page.recommendation.use_button.isEnabled() and not page.recommendation.mine_button.isEnabled()
+    assert "error" in page.recommendation.mine_button.toolTip()
+    page.form.targets_edit.setText("all-linear")
+    page.form.gpus_spin.setValue(2)
+    page.form.sharding_box.setCurrentText("fsdp")
+    page.form.offload_box.setCurrentText("optimizer")
+    page.recompute()
+    assert not page.recommendation.mine_button.isEnabled()
+    assert "offload" in page.recommendation.mine_button.toolTip()
 
 
 def test_knobs_persist(qtbot, state):

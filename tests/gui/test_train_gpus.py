@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 
 from fake_nvml import A100, RTX4090, FakeNVMLError, fresh_nvml, install, make_pynvml  # noqa: E402,F401
 
-from planner.gui.plan_model import FormValues, train_config_fields, train_sharding  # noqa: E402
 from planner.gui.run_model import replay  # noqa: E402
 from planner.gui.run_process import trainer_environment  # noqa: E402
 from planner.gui.state import AppState  # noqa: E402
@@ -142,15 +141,6 @@ def test_a_plan_for_more_gpus_checks_all_and_says_so(two, sources):
     assert devices.chosen() == (0,) and not devices.sharding_box.isEnabled()
     assert "asks for" not in two.status_label.text()  # the earlier note is gone
     assert two.fields()["num_processes"] == 1
-
-
-def test_plan_page_hands_over_its_gpus_and_sharding():
-    for planned, trained in (("fsdp", "fsdp"), ("zero3", "fsdp"), ("ddp", "ddp"), ("zero2", "ddp"),
-                             ("none", "ddp")):
-        assert train_sharding(planned) == trained
-    fields = train_config_fields(FormValues(num_gpus=2, sharding="zero3"), "meta-llama/Llama-3.1-8B")
-    assert (fields["num_processes"], fields["sharding"]) == (2, "fsdp")
-    TrainConfig.from_dict({**fields, "dataset": "data.jsonl"})
 
 
 def test_gpu_choice_rules():

@@ -1,0 +1,44 @@
+"""From a plan to a run (planner/launch.py): what the trainer can run, as the config it starts from."""
+
+import pytest
+
+from planner.launch import SHARDING_AS_RUN, accumulation_for, train_config_fields, why_not_trainable
+from planner.options import TrainSetup
+from trainer.config import TrainConfig
+
+
+@pytest.mark.parametrize("planned, trained", [("fsdp", "fsdp"), ("zero3", "fsdp"), ("ddp", "ddp"), ("none", "ddp")])
+def test_shardings_the_trainer_runs(planned, trained):
+    setup = TrainSetup(num_gpus=2, sharding=planned) if planned != "none" else TrainSetup()
+    assert why_not_trainable(setup) is None
+    fields = train_config_fields(setup, "meta-llama/Llama-3.1-8B", 1.0)
+    assert fields["sharding"] == trained == SHARDING_AS_RUN[planned]
+
+
+@pytest.mark.parametrize("setup, words", [
+    (TrainSetup(num_gpus=2, sharding="zero2"), "zero2"),
+    (TrainSetup(num_gpus=2, sharding="fsdp", offload="optimizer"), "offload"),
+    (TrainSetup(method="qlora", quant="2bit"), "2-bit"),
+    (TrainSetup(method="qlora", kbit_prepare=False), "prepare_model_for_kbit_training"),
+])
+def test_what_the_trainer_cannot_run_is_named_and_never_silently_changed(setup, words):
+    problem = why_not_trainable(setup)
+    assert problem is not None and words in problem
+    with pytest.raises(ValueError):
+        train_config_fields(setup, "m", 1.0)
+
+
+def test_the_run_config_is_the_planned_setup():
+    setup = TrainSetup(method="qlora", quant="fp4", optimizer="paged_adamw_8bit", batch_size=2, seq_len=4096,
+                       grad_checkpointing=False, lora_r=32, lora_alpha=64, lora_dropout=0.1,
+                       lora_targets=("q_proj", "v_proj"), num_gpus=2, sharding="fsdp")
+    fields = train_config_fields(setup, "meta-llama/Llama-3.1-8B", 2.0, gradient_accumulation_steps=4)
+    cfg = TrainConfig.from_dict({**fields, "dataset": "data.jsonl"})
+    assert (cfg.method, cfg.quant, cfg.optimizer, cfg.batch_size, cfg.max_seq_len, cfg.grad_checkpointing,
+            cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.num_processes, cfg.sharding,
+            cfg.gradient_accumulation_steps, cfg.epochs) == (
+        "qlora", "fp4", "paged_adamw_8bit", 2, 4096, False, 32, 64, 0.1, ("q_proj", "v_proj"), 2, "fsdp", 4, 2.0)
+
+
+def test_accumulation_keeps_the_planned_batch():
+    assert accumulation_for(8, 2) == 4 and accumulation_for(8, 8) == 1 and accumulation_for(2, 8) == 1
