@@ -11,11 +11,12 @@ from dataclasses import asdict, fields
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QCompleter, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-    QLineEdit, QMenu, QPushButton, QSpinBox, QWidget,
+    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+    QLineEdit, QMenu, QPushButton, QWidget,
 )
 
 from planner.catalog import catalog
+from planner.gui.number_box import StrictDoubleSpinBox, StrictSpinBox
 from planner.gui.plan_model import FormValues
 from planner.options import ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, SHARDINGS
 
@@ -30,8 +31,8 @@ def _combo(values: tuple[str, ...], current: str, tip: str) -> QComboBox:
     return box
 
 
-def _spin(low: int, high: int, value: int, tip: str, step: int = 1) -> QSpinBox:
-    spin = QSpinBox()
+def _spin(low: int, high: int, value: int, tip: str, step: int = 1) -> StrictSpinBox:
+    spin = StrictSpinBox()
     spin.setRange(low, high)
     spin.setSingleStep(step)
     spin.setValue(value)
@@ -88,7 +89,7 @@ class PlanForm(QWidget):
         self.sharding_box = _combo(SHARDINGS, d.sharding, "ddp replicates; zero2 shards gradients and optimizer "
                                    "state; fsdp/zero3 also shard the weights.")
         self.offload_box = _combo(OFFLOADS, d.offload, "Move optimizer state (or also weights) to host RAM.")
-        self.gpu_spin = QDoubleSpinBox()
+        self.gpu_spin = StrictDoubleSpinBox()
         self.gpu_spin.setRange(1.0, 4096.0)
         self.gpu_spin.setDecimals(1)
         self.gpu_spin.setValue(d.gpu_gib)
@@ -98,7 +99,7 @@ class PlanForm(QWidget):
         self.gpu_label = QLabel("RTX 4090 (catalog)")
         self.tokens_spin = _spin(1, 2_000_000_000, d.dataset_tokens, "Tokens in your data set (time and cost).",
                                  step=1_000_000)
-        self.epochs_spin = QDoubleSpinBox()
+        self.epochs_spin = StrictDoubleSpinBox()
         self.epochs_spin.setRange(0.01, 1000)
         self.epochs_spin.setValue(d.epochs)
         self.epochs_spin.setToolTip("Passes over the data set (time and cost).")
@@ -107,6 +108,8 @@ class PlanForm(QWidget):
 
         self.layout_ = QFormLayout(self)
         self.errors: dict[QWidget, QLabel] = {}
+        self.labels: dict[QWidget, str] = {}
+        """Each field's label: what a message calls it (not the CLI's --option)."""
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_box, 1)
         model_row.addWidget(self.open_button)
@@ -127,10 +130,8 @@ class PlanForm(QWidget):
 
     # -- layout -----------------------------------------------------------------------------
     def _row(self, label: str, item, widget: QWidget) -> None:
-        if isinstance(item, QWidget):
-            self.layout_.addRow(label, item)
-        else:
-            self.layout_.addRow(label, item)
+        self.layout_.addRow(label, item)
+        self.labels[widget] = label or getattr(widget, "text", lambda: "")()
         error = QLabel()
         error.setWordWrap(True)
         error.setStyleSheet(ERROR_STYLE)
@@ -160,9 +161,9 @@ class PlanForm(QWidget):
         for box in (self.method_box, self.quant_box, self.precision_box, self.adapter_box, self.optimizer_box,
                     self.attention_box, self.sharding_box, self.offload_box):
             box.currentIndexChanged.connect(self.changed)
-        for spin in (self.batch_spin, self.seq_spin, self.lora_r_spin, self.lora_alpha_spin, self.gpu_spin,
-                     self.gpus_spin, self.tokens_spin, self.epochs_spin):
+        for spin in self._numbers():
             spin.valueChanged.connect(self.changed)
+            spin.lineEdit().textEdited.connect(self.changed)  # a refused entry is said at once
         for check in (self.double_quant_box, self.ckpt_box, self.quality_box):
             check.toggled.connect(self.changed)
         for edit in (self.targets_edit, self.save_edit):
@@ -212,25 +213,45 @@ class PlanForm(QWidget):
         self.targets_edit.setText(v.lora_targets)
         self.save_edit.setText(v.modules_to_save)
 
+    def _numbers(self) -> tuple[StrictSpinBox | StrictDoubleSpinBox, ...]:
+        return (self.batch_spin, self.seq_spin, self.lora_r_spin, self.lora_alpha_spin, self.gpus_spin,
+                self.gpu_spin, self.tokens_spin, self.epochs_spin)
+
+    def input_problem(self) -> tuple[QWidget, str] | None:
+        """The first number box whose text is not a value ("Batch size: '4k' is not ..."): the form
+        says so rather than planning with the number Qt would have made of it."""
+        for spin in self._numbers():
+            if (problem := spin.problem()) is not None:
+                return spin, f"{self.labels[spin]}: {problem}"
+        return None
+
     # -- errors -----------------------------------------------------------------------------
-    def _field_for(self, message: str) -> QWidget:
-        """The field an error is about: the planner names its option (``--batch-size``)."""
+    def _field_for(self, message: str) -> tuple[QWidget, str]:
+        """The field an error is about (the planner names its option, ``--batch-size``), and the
+        message in the form's words: the field's label instead of the CLI option."""
         match = re.search(r"--([a-z-]+)", message)
         by_option = {
             "batch-size": self.batch_spin, "seq-len": self.seq_spin, "lora-r": self.lora_r_spin,
             "lora-alpha": self.lora_alpha_spin, "lora-targets": self.targets_edit, "modules-to-save": self.save_edit,
             "quant": self.quant_box, "offload": self.offload_box, "sharding": self.sharding_box,
             "num-gpus": self.gpus_spin, "optimizer": self.optimizer_box, "precision": self.precision_box,
+            "gpu-memory-gib": self.gpu_spin, "epochs": self.epochs_spin, "dataset-tokens": self.tokens_spin,
+            "method": self.method_box, "attention": self.attention_box, "adapter-dtype": self.adapter_box,
         }
-        return by_option.get(match.group(1), self.model_box) if match else self.model_box
+        widget = by_option.get(match.group(1), self.model_box) if match else self.model_box
+        if match and widget is not self.model_box:
+            message = message.replace(match.group(0), self.labels[widget], 1)
+        return widget, message
 
-    def show_error(self, message: str | None) -> None:
-        """Show ``message`` beside its field (None clears every field's error)."""
+    def show_error(self, message: str | None, widget: QWidget | None = None) -> None:
+        """Show ``message`` beside ``widget`` (by default the field it names; None clears every error)."""
         for label in self.errors.values():
             label.clear()
             label.hide()
         if message:
-            label = self.errors[self._field_for(message)]
+            if widget is None:
+                widget, message = self._field_for(message)
+            label = self.errors[widget]
             label.setText(message)
             label.show()
 

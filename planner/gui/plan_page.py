@@ -148,14 +148,16 @@ class PlanPage(QWidget):
     def recompute(self) -> None:
         values = self.form.values()
         try:
+            if (refused := self.form.input_problem()) is not None:
+                raise _FieldProblem(*refused)
             plan = compute_plan(values)
             spec = resolve_model(values.model)
             mine = my_setup(values)
             table = sizes_table(values, int(values.gpu_gib * GiB))
             rows = cost_rows(values, spec, self._gpu_spec, int(values.gpu_gib * GiB), self._electricity())
-        except PlannerError as exc:
+        except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
-            self.form.show_error(str(exc))
+            self.form.show_error(str(exc), getattr(exc, "widget", None))
             self.stale_label.setVisible(self.plan is not None)
             self._pending = None  # no recommendation for a form that does not hold a setup
             self.recommendation.computing()
@@ -229,6 +231,14 @@ class PlanPage(QWidget):
         note = ("<i>device used = what nvidia-smi shows: peak reserved by PyTorch + CUDA context. "
                 "Bold: your method.</i>")
         return f"<table cellspacing='1'>{''.join(rows)}</table>{note}"
+
+
+class _FieldProblem(Exception):
+    """A number box holds text that is not a value: its message goes beside that box."""
+
+    def __init__(self, widget: QWidget, message: str) -> None:
+        super().__init__(message)
+        self.widget = widget
 
 
 class _blocked:

@@ -48,9 +48,15 @@ def validate(fields: Mapping[str, Any]) -> FieldError | None:
                                      "use .jsonl, .json, .csv or .parquet")
     if not dataset.is_file():
         return FieldError("dataset", f"dataset: {dataset} does not exist")
+    peek = peek_dataset(dataset)
+    if peek.problem and fields.get("data_format", "auto") == "auto":
+        return FieldError("dataset", f"dataset: {dataset.name}: {peek.problem}")
     model = str(fields["model"]).strip()
-    if _looks_local(model) and not Path(model).expanduser().exists():
+    folder = Path(model).expanduser()
+    if _looks_local(model) and not folder.exists():
         return FieldError("model", f"model: no folder {model}")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        return FieldError("model", f"model: {model} has no config.json; point at a Hugging Face model folder")
     problem = check_new(Path(str(fields["output_dir"])).expanduser())
     if problem:
         return FieldError("output_dir", problem)
@@ -133,6 +139,9 @@ class DatasetPeek:
     """The first rows, each shortened to a few readable lines."""
     note: str = ""
     """Why there is no format or preview (the trainer has the last word when it loads the file)."""
+    problem: str | None = None
+    """Set when the first rows already show the trainer will refuse the file (unreadable, no
+    rows, no known format): Start is refused with it rather than launching a run that fails."""
 
 
 def detect_format(row: Mapping[str, Any]) -> str | None:
@@ -200,14 +209,14 @@ def peek_dataset(path: str | Path, n: int = 3) -> DatasetPeek:
     try:
         rows = _rows(p, n)
     except (OSError, ValueError) as exc:
-        return DatasetPeek(None, (), f"cannot preview: {exc}")
+        return DatasetPeek(None, (), f"cannot preview: {exc}", problem=f"cannot be read ({exc})")
     rows = [r for r in rows if isinstance(r, dict)]
     if not rows:
-        return DatasetPeek(None, (), "no rows in the first part of the file")
+        return DatasetPeek(None, (), "no rows in the first part of the file", problem="no rows to train on")
     fmt = detect_format(rows[0])
     note = "" if fmt else ("unknown format; supported: "
                            + "; ".join(f"{k} ({v})" for k, v in FORMAT_FIELDS.items()))
-    return DatasetPeek(fmt, tuple(render_example(r, fmt) for r in rows), note)
+    return DatasetPeek(fmt, tuple(render_example(r, fmt) for r in rows), note, problem=note or None)
 
 
 def apply_changes(fields: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QPushButton, QVBoxLayout, QWidget,
 )
 
+from planner.gui.number_box import StrictSpinBox
 from planner.gui.train_devices import DevicesBox
 from planner.gui.train_fields import FieldError, parse_number, peek_dataset
 from planner.gui.train_gpus import GpuOption, num_processes
@@ -41,8 +42,8 @@ NOT_CARRIED = ("extra", "trust_remote_code")
 is decided by the checkbox the user sees."""
 
 
-def _spin(low: int, high: int, tip: str, special: str | None = None) -> QSpinBox:
-    spin = QSpinBox()
+def _spin(low: int, high: int, tip: str, special: str | None = None) -> StrictSpinBox:
+    spin = StrictSpinBox()
     spin.setRange(low, high)
     spin.setGroupSeparatorShown(True)
     spin.setToolTip(tip)
@@ -151,8 +152,9 @@ class TrainForm(QWidget):
             edit.textChanged.connect(self.changed)
         for box in (self.method_box, self.quant_box):
             box.currentTextChanged.connect(self.changed)
-        for spin in (self.batch_spin, self.accum_spin, self.steps_spin, self.seq_spin, self.lora_r_spin):
+        for spin in self._numbers().values():
             spin.valueChanged.connect(self.changed)
+            spin.lineEdit().textEdited.connect(self.changed)  # a refused entry is said at once
         self.ckpt_box.toggled.connect(self.changed)
         self.trust_box.toggled.connect(self.changed)
         self.model_edit.textEdited.connect(lambda _text: self.trust_box.setChecked(False))
@@ -187,6 +189,17 @@ class TrainForm(QWidget):
         col.addWidget(widget)
         col.addWidget(label)
         return box
+
+    def _numbers(self) -> dict[str, StrictSpinBox]:
+        return {"batch_size": self.batch_spin, "gradient_accumulation_steps": self.accum_spin,
+                "max_steps": self.steps_spin, "max_seq_len": self.seq_spin, "lora_r": self.lora_r_spin}
+
+    def input_problem(self) -> FieldError | None:
+        """A number box whose text is not a value ("4k"): said beside it, never read as another number."""
+        for name, spin in self._numbers().items():
+            if (problem := spin.problem()) is not None:
+                return FieldError(name, f"{name}: {problem}")
+        return None
 
     # -- values ------------------------------------------------------------------------------------
     def fields(self) -> dict[str, Any]:

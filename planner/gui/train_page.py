@@ -118,7 +118,7 @@ class TrainPage(QWidget):
             self._set_output(new_run_dir(self.state.runs_root, f["model"] or "run", f["method"]))
             return  # setting the text emits `changed` again, which validates
         fields = self.fields()
-        error = validate(fields)
+        error = self.form.input_problem() or validate(fields)
         self.form.show_error(error)
         # the GPU choice has its own message under the checkboxes, shown alongside
         self._valid = error is None and not self.form.devices.error()
@@ -154,7 +154,7 @@ class TrainPage(QWidget):
             return False
         self._stop_following()  # its charts make way for the new run; it keeps training
         fields = self.fields()
-        error = validate(fields)
+        error = self.form.input_problem() or validate(fields)
         if error is not None:
             self.form.show_error(error)
             return False

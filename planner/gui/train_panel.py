@@ -42,8 +42,11 @@ class RunPanel(QWidget):
         self.info_label.setWordWrap(True)
         self.info_label.setTextFormat(Qt.TextFormat.PlainText)
         self.start_button = QPushButton("Start")
-        self.start_button.setDefault(True)
-        self.start_button.setToolTip("Write the config next to the run directory and launch the trainer.")
+        # never the default button, never keyboard focus: a second run is a deliberate click, not
+        # the Enter or Space that finished typing a field while another run trains
+        self.start_button.setAutoDefault(False)
+        self.start_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.start_button.setToolTip("Launch the trainer on this config (it keeps a copy in the run directory).")
         self.stop_button = QPushButton("Stop && Save")
         self.stop_button.setToolTip("Save a resumable checkpoint, then end (within one step).")
         self.cancel_button = QPushButton("Cancel")

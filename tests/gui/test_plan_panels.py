@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 
 from planner.catalog.gpus import find_gpu
 from planner.gui.plan_page import PlanPage
@@ -66,6 +66,42 @@ def test_errors_appear_beside_their_field(page, qtbot):
     assert page.form.errors[page.form.model_box].text() == ""
     page.form.targets_edit.setText("q_proj,v_proj")
     qtbot.waitUntil(lambda: page.form.errors[page.form.targets_edit].text() == "")
+
+
+@pytest.mark.parametrize("box, typed", [("seq_spin", "4k"), ("seq_spin", "1e3"), ("batch_spin", "-4"),
+                                        ("gpu_spin", "24,5")])
+def test_a_number_qt_would_mangle_is_refused_beside_its_field(page, qtbot, box, typed):
+    """Issue 13 point 6: "4k" never becomes 4, "1e3" never 13, "-4" never 4, "24,5" never 245."""
+    from PySide6.QtTest import QTest
+
+    spin = getattr(page.form, box)
+    before, plan = spin.value(), page.plan
+    spin.setFocus()
+    spin.lineEdit().selectAll()
+    QTest.keyClicks(spin.lineEdit(), typed)
+    page.recompute()
+    label = page.form.errors[spin]
+    assert not label.isHidden() and f"'{typed}' is not" in label.text(), label.text()
+    assert label.text().startswith(page.form.labels[spin] + ":")
+    assert spin.value() == before and page.plan is plan  # nothing was planned with a mangled number
+
+
+def test_a_decimal_comma_is_read_where_the_locale_writes_one(page):
+    from PySide6.QtCore import QLocale
+    from PySide6.QtTest import QTest
+
+    page.form.gpu_spin.setLocale(QLocale(QLocale.Language.German))
+    page.form.gpu_spin.lineEdit().selectAll()
+    QTest.keyClicks(page.form.gpu_spin.lineEdit(), "24,5")
+    QTest.keyClick(page.form.gpu_spin.lineEdit(), Qt.Key.Key_Return)
+    assert page.form.gpu_spin.value() == pytest.approx(24.5) and page.form.gpu_spin.problem() is None
+
+
+def test_messages_name_the_field_not_the_cli_option(page, qtbot):
+    page.form.targets_edit.setText("no_such_proj")
+    page.recompute()
+    text = page.form.errors[page.form.targets_edit].text()
+    assert "no_such_proj" in text and "--lora-targets" not in text and "LoRA targets" in text
 
 
 def test_use_the_recommended_plan_sends_exactly_the_recommendation(page, qtbot, state):

@@ -53,6 +53,7 @@ def two(make_page):
 def sources(tmp_path):
     model = tmp_path / "demo" / "model"
     model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"text": "hello"}) + "\n")
     return model, data

@@ -217,6 +217,7 @@ def good(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "hello"}\n')
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     return {"model": str(tmp_path / "model"), "dataset": str(data), "output_dir": str(tmp_path / "run"),
             "method": "lora", "learning_rate": 2e-4, "batch_size": 1, "max_steps": -1, "epochs": 1.0}
 
@@ -230,9 +231,18 @@ def good(tmp_path):
     ({"model": ""}, "model", "model: empty"),
     ({"model": "/nowhere/model"}, "model", "no folder"),
     ({"dataset": "d.txt"}, "dataset", "unsupported file type '.txt'"),
+    ({"model": "EMPTY"}, "model", "has no config.json"),
+    ({"dataset": "NOFORMAT"}, "dataset", "unknown format"),
+    ({"output_dir": "FILE"}, "output_dir", "is a file"),
     ({"epochs": -1.0}, "epochs", "epochs: expected a number > 0 and <= 1e6"),
 ])
-def test_validate_names_the_field(good, change, field, words):
+def test_validate_names_the_field(good, change, field, words, tmp_path):
+    """Issue 13 point 7: what the page already knows is said before Start, beside the field."""
+    special = {"EMPTY": tmp_path / "empty-model", "NOFORMAT": tmp_path / "odd.jsonl", "FILE": tmp_path / "a-file"}
+    special["EMPTY"].mkdir()
+    special["NOFORMAT"].write_text('{"question": "q", "reply": "r"}\n')
+    special["FILE"].write_text("mine")
+    change = {k: str(special[v]) if v in special else v for k, v in change.items()}
     error = validate({**good, **change})
     assert isinstance(error, FieldError) and error.field == field and words in error.message
 

@@ -27,6 +27,7 @@ def page(train_page):
 def sources(tmp_path):
     model = tmp_path / "demo" / "model"
     model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"reverse: a b {i}"},
                                                     {"role": "assistant", "content": f"{i} b a"}]}) + "\n"
@@ -128,6 +129,22 @@ def test_open_run_replays_metrics_and_loads_the_config(page, sources, tmp_path):
     assert page.resume_button.isEnabled() and "no end" in page.status_label.text()
     f = page.fields()
     assert f["method"] == "lora" and f["batch_size"] == 3 and f["output_dir"] != str(run)
+
+
+def test_a_mangled_number_is_refused_and_start_is_never_a_keypress(page, sources):
+    """Issue 13 points 6 and 7."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    fill(page, *sources)
+    assert page.start_button.isEnabled()
+    page.form.seq_spin.lineEdit().selectAll()
+    QTest.keyClicks(page.form.seq_spin.lineEdit(), "4k")
+    label = page.form.errors["max_seq_len"]
+    assert not label.isHidden() and "'4k' is not a whole number" in label.text()
+    assert not page.start_button.isEnabled() and page.fields()["max_seq_len"] != 4
+    assert not page.start_button.isDefault() and not page.start_button.autoDefault()
+    assert page.start_button.focusPolicy() == Qt.FocusPolicy.NoFocus
 
 
 def test_an_opened_runs_hidden_keys_do_not_ride_into_later_runs(page, sources, tmp_path):
