@@ -72,6 +72,9 @@ class Estimate:
     peak_phase: str
     """``forward/backward`` or ``optimizer step``: where the peak happens."""
     assumptions: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    """What makes this estimate a poor guide to the run (shown first): a sequence beyond the
+    model's context, a base format no trainer here runs."""
 
     def to_json(self) -> dict:
         return {
@@ -84,6 +87,7 @@ class Estimate:
             "host_bytes": self.host_bytes,
             "peak_phase": self.peak_phase,
             "assumptions": list(self.assumptions),
+            "warnings": list(self.warnings),
         }
 
 
@@ -280,6 +284,7 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         host_bytes=host,
         peak_phase=phase,
         assumptions=tuple(notes),
+        warnings=tuple(_warnings(arch, setup)),
     )
 
 
@@ -291,12 +296,17 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
     if setup.method == "qlora":
         out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.fp32_unquantized
                    else "non-quantized weights kept in the 16-bit load/storage dtype")
-        if setup.quant == "2bit":
-            out.append("2-bit base (HQQ-style, groups of 64): estimate only, the trainer does not offer it")
     if arch.is_moe:
         out.append(f"MoE layout: {MOE_PER_EXPERT}" if setup.is_peft else f"MoE layout: {MOE_FUSED}, all trained")
         out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")
+    return out
+
+
+def _warnings(arch: Architecture, setup: TrainSetup) -> list[str]:
+    out = []
     if arch.max_position_embeddings and setup.seq_len > arch.max_position_embeddings:
-        out.append(f"seq_len {setup.seq_len} exceeds the model's max_position_embeddings "
-                   f"({arch.max_position_embeddings}): it needs RoPE scaling to train well")
+        out.append(f"seq_len {setup.seq_len:,} exceeds the model's context ({arch.max_position_embeddings:,} "
+                   "positions, max_position_embeddings): it needs RoPE scaling to train well")
+    if setup.method == "qlora" and setup.quant == "2bit":
+        out.append("2-bit base (HQQ-style, groups of 64): an estimate only, the trainer does not offer it")
     return out

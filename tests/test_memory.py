@@ -59,7 +59,14 @@ def test_int8_and_2bit_bases():
     quantized = LLAMA7.arch.linear_weight_params
     assert int8.weights == quantized + (N7 - quantized) * 2
     two = estimate(LLAMA7, TrainSetup(method="qlora", quant="2bit"))
-    assert any("estimate only" in a for a in two.assumptions)
+    assert any("estimate only" in w for w in two.warnings)  # a warning, shown first
+
+
+def test_a_sequence_beyond_the_context_is_a_warning():
+    over = estimate(LLAMA7, TrainSetup(seq_len=LLAMA7.arch.max_position_embeddings * 2))
+    assert any("exceeds the model's context" in w for w in over.warnings)
+    assert estimate(LLAMA7, TrainSetup(seq_len=1024)).warnings == ()
+    assert over.to_json()["warnings"] == list(over.warnings)
 
 
 def test_optimizer_variants():

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 from planner.catalog import resolve_model
 from planner.memory import Breakdown, Estimate, estimate
+from planner.launch import why_not_trainable
 from planner.options import TrainSetup
 from planner.units import GiB
 
@@ -167,6 +168,14 @@ class Plan:
     @property
     def highlight(self) -> tuple[bool, ...]:
         return tuple(i == self.mine for i in range(len(self.estimates)))
+
+    def notes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(warnings, assumptions) of the user's own estimate, warnings first: what makes the
+        number a poor guide (including a plan the app's trainer cannot run), then what it assumes."""
+        mine = self.estimates[self.mine]
+        problem = why_not_trainable(mine.setup)
+        trainer = (f"the app's trainer cannot run this plan: {problem}",) if problem else ()
+        return trainer + mine.warnings, mine.assumptions
 
     @property
     def device_used_gib(self) -> tuple[float, ...]:

@@ -77,6 +77,12 @@ class PlanPage(QWidget):
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.chart, 1)
         top_layout.addWidget(self.summary_label)
+        self.notes_label = QLabel()
+        self.notes_label.setTextFormat(Qt.TextFormat.RichText)
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        top_layout.addWidget(self.notes_label)
         self.recommendation = RecommendationPanel()
         self.sizes = SizesPanel()
         self.costs = CostPanel()
@@ -171,6 +177,7 @@ class PlanPage(QWidget):
                  f"batch {values.batch_size} × {values.seq_len:,} tokens")
         self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
         self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
+        self.notes_label.setText(_notes_html(*plan.notes()))
         self.sizes.show_table(table, values.gpu_gib)
         self.precise.set_plan(values, plan.estimates[plan.mine])  # like with like: the very setup simulated
         self.costs.show_rows(rows)
@@ -231,6 +238,15 @@ class PlanPage(QWidget):
         note = ("<i>device used = what nvidia-smi shows: peak reserved by PyTorch + CUDA context. "
                 "Bold: your method.</i>")
         return f"<table cellspacing='1'>{''.join(rows)}</table>{note}"
+
+
+def _notes_html(warnings: tuple[str, ...], assumptions: tuple[str, ...]) -> str:
+    """Warnings first, each on its own line; then the assumptions, run together (tooltips are
+    not enough: some change the answer by tens of GiB)."""
+    lines = [f"<span style='color:#d32f2f'><b>Warning:</b> {html.escape(w)}</span>" for w in warnings]
+    if assumptions:
+        lines.append("<i>Assumes: " + "; ".join(html.escape(a) for a in assumptions) + ".</i>")
+    return "<br>".join(lines)
 
 
 class _FieldProblem(Exception):

@@ -138,6 +138,20 @@ def test_qlora_highlights_one_bar_and_the_precise_check_compares_that_one(page, 
     assert [p.style() != Qt.PenStyle.NoPen for p in pens] == list(page.plan.highlight)
 
 
+def test_warnings_and_assumptions_show_under_the_chart(page, qtbot):
+    """Issue 13 point 3: the estimate's own assumptions are on screen, warnings first."""
+    page.seq_spin.setValue(200_000)
+    page.recompute()
+    text = page.notes_label.text()
+    assert "Warning:" in text and "exceeds the model" in text
+    assert text.index("Warning:") < text.index("Assumes:")
+    assert "ForCausalLMLoss" in text  # an assumption that changes the answer by GiB at long sequences
+    page.form.gpus_spin.setValue(2)
+    page.form.sharding_box.setCurrentText("zero2")
+    page.recompute()
+    assert "trainer cannot run this plan" in page.notes_label.text()
+
+
 def test_model_completer_matches_any_part_any_case(page):
     completer = page.model_box.completer()
     completer.setCompletionPrefix("llama-3.1-8")
