@@ -269,6 +269,10 @@ def _sha256(path: Path) -> str:
 
 def main(out: str, arch: str = "llama", force: bool = False) -> int:
     """``python -m trainer make-demo --out DIR [--arch A] [--force]``: prints the run.json path on stdout."""
+    import signal
+
+    # SIGTERM (the app closing) unwinds like an exception, so every temporary folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         path = make_demo(out, arch, force)
     except DemoError as exc:

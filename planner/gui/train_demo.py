@@ -30,6 +30,20 @@ class DemoBuilder(QObject):
     def is_running(self) -> bool:
         return self._proc is not None
 
+    def stop(self, wait_ms: int = 10_000) -> None:
+        """End a build (the window is closing): SIGTERM, on which make-demo removes its temporary
+        folders and exits; SIGKILL only if it does not within ``wait_ms``. Nothing is reported."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for signal in (proc.finished, proc.errorOccurred):
+            signal.disconnect()  # the page may be gone by the time it ends: no callback into it
+        proc.terminate()
+        if not proc.waitForFinished(wait_ms):
+            proc.kill()
+            proc.waitForFinished(1000)
+        proc.deleteLater()
+
     def start(self, out: Path, arch: str = "llama") -> None:
         if self._proc is not None:
             return

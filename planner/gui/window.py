@@ -73,6 +73,8 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
             {"stop": train.stop_and_save, "background": train.detach, "cancel": train.cancel_run}[choice]()
+        if train is not None and hasattr(train, "demo"):
+            train.demo.stop()  # a half-built demo cleans up after itself rather than dying mid-write
         if self.persist_geometry:
             self.state.settings.setValue("window/geometry", self.saveGeometry())
         event.accept()

@@ -170,6 +170,27 @@ def test_make_demo_button_fills_the_form(qtbot, page):
 
 
 
+def test_closing_while_the_demo_builds_leaves_no_temporary_folder(qtbot, tmp_path):
+    """Issue 13 point 12: closing the window mid-build ends make-demo cleanly."""
+    from PySide6.QtCore import QSettings
+
+    from planner.gui.state import AppState
+    from planner.gui.window import MainWindow
+
+    state = AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    state.set_runs_root(tmp_path / "runs")
+    window = MainWindow(state=state)
+    qtbot.addWidget(window)
+    train = window.pages["train"]
+    click(qtbot, train.form.demo_button)
+    proc = train.demo._proc
+    qtbot.waitUntil(lambda: any((tmp_path / "runs" / "demo").glob(".model.*.tmp")), timeout=60_000)
+    window.close()
+    assert proc.state() == proc.ProcessState.NotRunning and not train.demo.is_running()
+    leftovers = [p.name for p in (tmp_path / "runs" / "demo").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
 def test_the_moe_demo_trains_from_the_page(qtbot, page):
     """Make demo model with Mixtral chosen, then Start: the tiny mixture of experts trains."""
     page.form.demo_arch.setCurrentIndex(page.form.demo_arch.findData("mixtral"))
