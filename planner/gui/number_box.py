@@ -36,12 +36,11 @@ class _Strict:
         """Why the typed text is not this field's value ("'4k' is not ..."), None when it is."""
         if self.hasAcceptableInput():  # type: ignore[attr-defined]
             return None
-        low, high = self.minimum(), self.maximum()  # type: ignore[attr-defined]
-        kind = "a whole number" if isinstance(self, QSpinBox) else "a number"
-        shown = self.textFromValue  # type: ignore[attr-defined]
-        point = self.locale().decimalPoint()  # type: ignore[attr-defined]
-        hint = f" (decimal separator '{point}')" if kind == "a number" else ""
-        return f"'{self.cleanText()}' is not {kind} from {shown(low)} to {shown(high)}{hint}"  # type: ignore[attr-defined]
+        box: QSpinBox | QDoubleSpinBox = self  # type: ignore[assignment]
+        kind = "a whole number" if isinstance(box, QSpinBox) else "a number"
+        hint = f" (decimal separator '{box.locale().decimalPoint()}')" if kind == "a number" else ""
+        low, high = box.textFromValue(box.minimum()), box.textFromValue(box.maximum())
+        return f"'{box.cleanText()}' is not {kind} from {low} to {high}{hint}"
 
 
 class StrictSpinBox(_Strict, QSpinBox):
