@@ -177,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'row':32} {'kind':12} {'measured':>10} {'predicted':>10} {'error':>8}")
         for r in rows:
             print(f"{r.id:32} {r.kind:12} {r.measured / gib:9.2f}G {r.predicted / gib:9.2f}G {r.error:+8.1%}")
+    item = "- " if args.markdown else ""  # Markdown would run the summary lines into one
     med, worst = summary(rows)
-    print(f"\n{len(rows)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
+    print(f"\n{item}{len(rows)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
     multi = [r for r in rows if r.gpus > 1]
     if multi:
         med, worst = summary(multi)
-        print(f"{len(multi)} multi-GPU rows (per GPU): median |error| {med:.1%}, max |error| {worst:.1%}")
+        print(f"{item}{len(multi)} multi-GPU rows (per GPU): median |error| {med:.1%}, max |error| {worst:.1%}")
     slopes = cross_source_slopes(raw)
     if slopes:
         print("\nSame model and method measured by two sources: memory added per token (MB/token)")
