@@ -7,6 +7,7 @@ that records how it was called (a real install takes minutes and a network).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -83,3 +84,9 @@ def test_each_step_is_announced_with_its_time(repo):
     (repo / ".venv" / ".installed").unlink()
     _, err = _setup(repo)
     assert "set-up: torch 2.13.0 is already installed" in err
+
+
+def test_the_readme_names_the_torch_the_set_up_installs():
+    pin = re.search(r'^torch_pin="([^"]+)"$', (ROOT / "scripts" / "setup.sh").read_text(), re.M)
+    assert pin is not None
+    assert f"torch {pin.group(1)} if none" in (ROOT / "README.md").read_text()
