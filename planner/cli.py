@@ -225,15 +225,11 @@ PER_TOKENS = 1_000_000
 
 
 def _gpu_target(a: argparse.Namespace, count: int, prices):
-    from planner.catalog.gpus import find_gpu, gpu_catalog, match_nvml
-    from planner.targets import GpuTarget
-    from planner.settings import with_user_price
+    from planner.catalog.gpus import find_gpu
+    from planner.targets import catalog_target, custom_target, detected_target
 
     if a.gpu_memory_gib is not None:
-        memory = int(a.gpu_memory_gib * GiB)
-        # speed, power and price come from the catalog GPU nearest in memory
-        proxy = min(gpu_catalog().values(), key=lambda g: (abs(g.memory_bytes - memory), -g.peak_flops))
-        return GpuTarget(f"custom {a.gpu_memory_gib:g} GiB GPU", memory, count, "custom", proxy)
+        return custom_target(a.gpu_memory_gib, count, prices)
     if a.gpu == "auto":
         from planner.hardware import inventory
 
@@ -245,12 +241,8 @@ def _gpu_target(a: argparse.Namespace, count: int, prices):
         if g.name is None or not g.memory_total:
             raise PlannerError("--gpu auto: NVML did not report GPU 0's name or memory; pass --gpu NAME "
                                "or --gpu-memory-gib X")
-        spec = match_nvml(g.name, g.memory_total)
-        if spec is None:
-            spec = min(gpu_catalog().values(), key=lambda c: abs(c.memory_bytes - g.memory_total))
-        return GpuTarget(g.name, g.memory_total, count, "nvml", with_user_price(spec, prices))
-    spec = with_user_price(find_gpu(a.gpu), prices)
-    return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
+        return detected_target(g.name, g.memory_total, g.index, count, prices)
+    return catalog_target(find_gpu(a.gpu), count, prices)
 
 
 def _recommend_kwargs(a: argparse.Namespace, prices) -> dict:
@@ -289,41 +281,22 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     if a.json:
         print_json(rec.to_json())
         return 0
-    _print_recommendation(rec)
+    from planner.recommend_text import recommendation_lines
+
+    print("\n".join(recommendation_lines(rec)))
     return 0
-
-
-def _print_recommendation(rec) -> None:
-    g = rec.gpu
-    print(f"{g.count} x {g.name} ({g.memory_bytes / GiB:.1f} GiB, {g.source})")
-    print(rec.explanation)
-    fitting = sorted((o for o in rec.options if o.fits), key=lambda o: -o.tokens_per_second)
-    if fitting:
-        print(f"\n{'method':<8}{'quant':<6}{'optimizer':<18}{'ckpt':<6}{'batch':>6}{'GiB':>8}{'free':>7}"
-              f"{'max batch':>10}{'max seq':>9}{'tok/s':>9}{'hours':>8}{'$':>9}")
-        for o in fitting[:12]:
-            s = o.setup
-            hours = f"{o.hours:8.1f}" if o.hours is not None else f"{'-':>8}"
-            cost = f"{o.cost_usd:9.2f}" if o.cost_usd is not None else f"{'-':>9}"
-            mark = "*" if rec.best is o else " "
-            print(f"{mark}{s.method:<7}{(s.quant or '-'):<6}{s.optimizer:<18}{('on' if s.grad_checkpointing else 'off'):<6}"
-                  f"{s.batch_size:>6}{o.device_used_bytes / GiB:8.1f}{o.headroom_bytes / GiB:7.1f}"
-                  f"{o.max_batch_size:>10}{o.max_seq_len:>9}{o.tokens_per_second:9.0f}{hours}{cost}")
-    for alt in rec.alternatives:
-        print(f"  - {alt.text}")
 
 
 def _recommend_any(a: argparse.Namespace, model, base, prices) -> int:
     from planner.catalog.gpus import gpu_catalog
     from planner.recommend import recommend
-    from planner.settings import with_user_price
-    from planner.targets import GpuTarget
+    from planner.recommend_text import ranking_lines
+    from planner.targets import catalog_target
 
     kwargs = _recommend_kwargs(a, prices)
     ranked = []
-    for spec in (with_user_price(s, prices) for s in gpu_catalog().values()):
-        rec = recommend(model, base, GpuTarget(spec.name, spec.memory_bytes, base.num_gpus, "catalog", spec),
-                        alternatives=False, **kwargs)
+    for spec in gpu_catalog().values():
+        rec = recommend(model, base, catalog_target(spec, base.num_gpus, prices), alternatives=False, **kwargs)
         if rec.best is not None:
             ranked.append(rec)
     # cheapest total cost first; without a price or dataset size, fastest first
@@ -332,14 +305,7 @@ def _recommend_any(a: argparse.Namespace, model, base, prices) -> int:
         print_json({"ranking": [{**r.to_json()["gpu"], "option": r.best.to_json(),
                                  "explanation": r.explanation} for r in ranked]})
         return 0
-    if not ranked:
-        print("no catalog GPU fits this configuration on its own; try --num-gpus with --sharding fsdp")
-    for r in ranked:
-        o = r.best
-        cost = f"${o.cost_usd:,.2f}" if o.cost_usd is not None else "no price"
-        hours = f"{o.hours:.1f} h" if o.hours is not None else "-"
-        print(f"{r.gpu.name:<18} {o.setup.method:<6}{(o.setup.quant or ''):<5} {o.device_used_bytes / GiB:6.1f} GiB "
-              f"{o.tokens_per_second:8.0f} tok/s {hours:>9} {cost:>10}")
+    print("\n".join(ranking_lines(ranked)))
     return 0
 
 

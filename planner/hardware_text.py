@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from planner.hardware import Inventory
+from planner.catalog.gpus import match_nvml
+from planner.hardware import Gpu, Inventory
 from planner.units import GiB
 
 
@@ -15,6 +16,20 @@ def table(rows: list[list[str]], right: set[int], indent: str = "") -> list[str]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(c.rjust(w) if i in right else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+
+
+def plan_line(g: Gpu) -> str | None:
+    """Which catalog entry a detected GPU plans with, and that plans use NVML's own total."""
+    if not g.memory_total:
+        return None
+    total = f"the {g.memory_total / GiB:.2f} GiB NVML reports"
+    spec = match_nvml(g.name, g.memory_total) if g.name else None
+    if spec is not None:
+        return f"GPU {g.index}: catalog {spec.name} ({spec.datasheet_gb:g} GB datasheet); plans use {total}"
+    from planner.targets import nearest_spec
+
+    return (f"GPU {g.index}: not in the catalog; plans use {total}, with the speed and price of "
+            f"{nearest_spec(g.memory_total).name}")
 
 
 def inventory_lines(inv: Inventory) -> list[str]:
@@ -35,6 +50,7 @@ def inventory_lines(inv: Inventory) -> list[str]:
                 "n/a" if g.mig_enabled is None else ("on" if g.mig_enabled else "off"),
             ])
         lines += table(rows, right={0, 2, 3, 4, 5})
+        lines += [line for line in map(plan_line, inv.gpus) if line]
         for g in inv.gpus:
             if not g.processes:
                 lines.append(f"GPU {g.index} processes: {'n/a' if g.processes is None else 'none'}")

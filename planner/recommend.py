@@ -1,9 +1,10 @@
 """Which method, optimizer and micro-batch to use on a GPU, and what to change when nothing fits.
 
 The advice users already know, made precise with the estimator:
-LoRA in 16-bit when it fits with at least 10% headroom (fast, accurate); otherwise QLoRA, 8-bit
-then 4-bit; full fine-tuning only when it fits and the user asked for maximum quality. Within a
-method the fastest fitting option wins.
+LoRA in 16-bit when it fits with headroom to spare (planner.headroom, 10%: fast, accurate);
+otherwise QLoRA, 8-bit then 4-bit; full fine-tuning only when it fits and the user asked for
+maximum quality. Within a method the fastest fitting option wins. Memory is the GPU's
+driver-reported total (``GpuTarget.memory_bytes``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from itertools import product
 from planner.catalog import ModelSpec
 from planner.alternatives import Alternative, what_would_fit
 from planner.cost import run_cost
+from planner.headroom import HEADROOM, fits, fits_comfortably
 from planner.memory import estimate
 from planner.options import TrainSetup
 from planner.targets import GpuTarget
@@ -22,7 +24,6 @@ from planner.units import GiB
 METHODS = (("full", None), ("lora", None), ("qlora", "int8"), ("qlora", "nf4"))
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 BATCHES = (1, 2, 4, 8, 16)
-HEADROOM = 0.10
 _MAX_BATCH, _MAX_SEQ = 4096, 1 << 20
 
 
@@ -71,12 +72,12 @@ class Recommendation:
             "options": [o.to_json() for o in self.options],
             "recommended": self.recommended,
             "explanation": self.explanation,
-            "alternatives": [a.text for a in self.alternatives],
+            "alternatives": [a.line for a in self.alternatives],
         }
 
 
 def _fits(model: ModelSpec, setup: TrainSetup, budget: int) -> bool:
-    return estimate(model, setup).device_used_bytes <= budget
+    return fits(estimate(model, setup).device_used_bytes, budget)
 
 
 def _largest(model: ModelSpec, setup: TrainSetup, field: str, budget: int, limit: int) -> int:
@@ -100,7 +101,7 @@ def _option(model: ModelSpec, setup: TrainSetup, gpu: GpuTarget, max_batch: int,
     cost = run_cost(model.arch, setup, gpu.spec, dataset_tokens, epochs, usd_per_hour, usd_per_kwh)
     return Option(
         setup=setup, peak_allocated_bytes=est.peak_allocated_bytes, device_used_bytes=est.device_used_bytes,
-        fits=est.device_used_bytes <= gpu.memory_bytes, headroom_bytes=gpu.memory_bytes - est.device_used_bytes,
+        fits=fits(est.device_used_bytes, gpu.memory_bytes), headroom_bytes=gpu.memory_bytes - est.device_used_bytes,
         max_batch_size=max_batch, max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit),
         tokens_per_second=cost.tokens_per_second, hours=cost.hours, energy_kwh=cost.energy_kwh,
         cost_usd=cost.cost_usd)
@@ -133,17 +134,18 @@ def _label(s: TrainSetup) -> str:
 
 def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: int,
           headroom: float) -> int | None:
-    """Fastest option of this method fitting with ``headroom`` (a fraction of GPU memory) to spare."""
+    """Fastest option of this method that fits, with HEADROOM to spare when ``headroom`` is set."""
     best = None
     for i, o in enumerate(options):
-        if o.setup.method == method and o.setup.quant == quant and o.headroom_bytes >= headroom * memory:
+        room = fits_comfortably(o.device_used_bytes, memory) if headroom else o.fits
+        if o.setup.method == method and o.setup.quant == quant and room:
             if best is None or o.tokens_per_second > options[best].tokens_per_second:
                 best = i
     return best
 
 
 def preference(max_quality: bool) -> list[tuple[str, str | None, float]]:
-    """(method, quant, headroom) in the order they are tried: a comfortable fit (10% headroom) of
+    """(method, quant, headroom) in the order they are tried: a comfortable fit (HEADROOM free) of
     any method beats a tight fit of a better one, and LoRA > QLoRA 8-bit > QLoRA 4-bit within
     each. More memory can therefore only move the choice up this list."""
     adapters = [("lora", None), ("qlora", "int8"), ("qlora", "nf4")]
@@ -184,7 +186,8 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
     full = _smallest(options, "full", None)
     if chosen is None:
         leanest = min(options, key=lambda o: o.device_used_bytes)
-        return (f"Nothing fits on {where} ({mem:.1f} GiB per GPU): even the leanest option, "
+        # no parentheses after the name: GUI names carry their own ("RTX 4090 (catalog)")
+        return (f"Nothing fits on {where} with {mem:.1f} GiB per GPU: even the leanest option, "
                 f"{_label(leanest.setup)}, needs {leanest.device_used_bytes / GiB:.1f} GiB per GPU.")
     o = options[chosen]
     s = o.setup
@@ -196,8 +199,8 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
         if o.cost_usd is not None:
             text += f", ${o.cost_usd:,.2f}"
     text += "."
-    if o.headroom_bytes < HEADROOM * gpu.memory_bytes:
-        text += " Less than 10% headroom: a longer sample or a memory spike can run out of memory."
+    if not fits_comfortably(o.device_used_bytes, gpu.memory_bytes):
+        text += f" Less than {HEADROOM:.0%} headroom: a longer sample or a memory spike can run out of memory."
     if s.method == "full":
         text += " Full fine-tuning fits and maximum quality was asked for."
     elif s.method == "lora" and full is not None:
@@ -205,7 +208,7 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
         if not max_quality and full.fits:
             text += " It fits too: ask for maximum quality to get it."
     elif s.method == "qlora" and lora is not None:
-        room = "does not fit" if not lora.fits else "fits without 10% headroom"
+        room = "does not fit" if not lora.fits else f"fits without {HEADROOM:.0%} headroom"
         text += (f" LoRA on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
                  f"on {mem:.1f} GiB), so the base is quantized.")
     return text

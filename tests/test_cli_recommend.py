@@ -10,9 +10,10 @@ import json
 
 import pytest
 
+from planner.catalog.gpus import find_gpu
 from planner.cli import main
 from planner.options import METHODS, OPTIMIZERS
-from planner.units import GiB
+from planner.units import GiB, MiB
 from clitools import run_error, run_json, run_ok  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B"
@@ -68,7 +69,8 @@ def check_schema(doc: dict, source: str) -> None:
 def test_json_matches_the_design_schema(capsys):
     doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", "--dataset-tokens", "10000000")
     check_schema(doc, "catalog")
-    assert doc["gpu"] == {"name": "RTX 4090", "memory_bytes": 24 * GiB, "count": 1, "source": "catalog"}
+    # the total the driver reports (nvidia-smi 24,564 MiB), not "24 GB" read as GiB
+    assert doc["gpu"] == {"name": "RTX 4090", "memory_bytes": 24564 * MiB, "count": 1, "source": "catalog"}
     assert {o["method"] for o in doc["options"]} == set(METHODS)
     best = doc["options"][doc["recommended"]]
     assert best["method"] == "lora" and best["grad_checkpointing"] is True
@@ -153,7 +155,7 @@ def test_human_output_has_explanation_and_table(capsys):
     doc = run_json(capsys, *argv)
     out = run_ok(capsys, *argv)
     assert doc["explanation"] in out
-    header = next(line for line in out.splitlines() if line.startswith("method"))
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["method", "quant"])
     for column in ("quant", "optimizer", "ckpt", "batch", "GiB", "max batch", "max seq", "tok/s", "hours"):
         assert column in header
     assert "RTX 4090" in out.splitlines()[0]
@@ -164,6 +166,42 @@ def test_human_output_lists_alternatives_when_nothing_fits(capsys):
     out = run_ok(capsys, "recommend", "--model", "meta-llama/Llama-2-70b-hf", "--gpu", "RTX 4090")
     assert "Nothing fits" in out
     assert "x RTX 4090 with FSDP" in out
+    # the CPU-offload alternatives say the app's trainer cannot run them
+    offload = [line for line in out.splitlines() if "CPU offload" in line]
+    assert offload and all("The app cannot train this: the trainer has no CPU offload" in line for line in offload)
+    assert "one RTX 4090 with CPU offload" in out  # a single GPU with offload is considered too
+
+
+def test_t4_plans_against_the_15_gib_the_driver_reports(capsys):
+    """Issue 13.4: a T4 has 15,360 MiB (ECC on), not 16 GiB; the QLoRA plan that needs 15.8 GiB
+    (README's `recommend --gpu T4`) no longer fits."""
+    doc = run_json(capsys, "recommend", "--model", MODEL, "--gpu", "T4")
+    assert doc["gpu"]["memory_bytes"] == 15360 * MiB
+    leanest = min(doc["options"], key=lambda o: o["device_used_bytes"])
+    assert 15 * GiB < leanest["device_used_bytes"] < 16 * GiB  # fitted the old 16 GiB, not the real card
+    assert doc["recommended"] is None and not leanest["fits"]
+    out = run_ok(capsys, "recommend", "--model", MODEL, "--gpu", "T4")
+    assert out.splitlines()[0] == "1 x T4 (16 GB datasheet, 15.00 GiB usable; catalog)"
+    assert "Nothing fits on T4 with 15.0 GiB per GPU" in out and "of 16.0 GiB" not in out
+
+
+def test_human_recommendation_names_the_gpu_without_doubled_parentheses(capsys):
+    out = run_ok(capsys, "recommend", "--model", "meta-llama/Llama-2-70b-hf", "--gpu", "RTX 4090")
+    assert ") (" not in out and "))" not in out
+
+
+def test_gpu_any_table_has_a_header_row(capsys):
+    """Issue 13.12: the ranking printed rows with no header."""
+    out = run_ok(capsys, "recommend", "--model", "meta-llama/Llama-2-7b-hf", "--gpu", "any",
+                 "--dataset-tokens", "10000000")
+    lines = out.splitlines()
+    assert lines[0].split() == ["GPU", "datasheet", "usable", "method", "quant", "needs", "free", "tok/s", "hours",
+                                "$"]
+    rows = {line.split("  ")[0]: line for line in lines[1:]}
+    t4 = find_gpu("T4")
+    assert "16 GB" in rows["T4"] and f"{t4.memory_bytes / GiB:.2f} GiB" in rows["T4"]
+    # the columns line up under the header
+    assert len({line.index(" GiB") for line in lines[1:]}) == 1
 
 
 # ------------------------------------------------------------------ errors: exit 2, one line

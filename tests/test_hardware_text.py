@@ -74,3 +74,17 @@ def test_cli_gpus_without_gpu(monkeypatch, capsys):
     assert main(["gpus", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["gpus"] == [] and data["reason"] == "NVML library not found: no NVIDIA driver"
+
+
+def test_cli_gpus_says_which_catalog_entry_and_which_total_plans_use(monkeypatch, capsys):
+    """Issue 13.4: plans use NVML's own total; the catalog entry gives speed, price and the datasheet size."""
+    from planner.cli import main
+
+    mystery = gpu(RTX4090, name="NVIDIA Mystery 20GB", total=20 * GiB)
+    install(monkeypatch, make_pynvml(gpus=[A100, gpu(RTX4090, total=24 * GiB), mystery]))
+    assert main(["gpus"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "GPU 0: catalog A100 80GB SXM (80 GB datasheet); plans use the 80.00 GiB NVML reports" in lines
+    assert "GPU 1: catalog RTX 4090 (24 GB datasheet); plans use the 24.00 GiB NVML reports" in lines
+    assert any(line.startswith("GPU 2: not in the catalog; plans use the 20.00 GiB NVML reports, with the speed "
+                               "and price of ") for line in lines)

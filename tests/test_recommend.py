@@ -18,14 +18,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from planner.alternatives import _GPU_COUNTS
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu, gpu_catalog
+from planner.headroom import fits_comfortably
+from planner.launch import why_not_trainable
 from planner.memory import estimate
-from planner.options import OPTIMIZERS as ALL_OPTIMIZERS
 from planner.options import TrainSetup
 from planner.recommend import BATCHES, HEADROOM, METHODS, OPTIMIZERS, recommend, search
 from planner.targets import GpuTarget
-from planner.units import GiB
+from planner.units import GiB, MiB
 
 
 @lru_cache(maxsize=None)
@@ -50,63 +52,56 @@ def used(model_id: str, setup: TrainSetup) -> int:
 # ------------------------------------------------------------------ checking an alternative
 
 
-_FSDP = re.compile(r"^(\d+) x (.+) with FSDP( and CPU offload)? \+ (QLoRA 4-bit|LoRA|full fine-tuning): "
-                   r"([\d.]+) GiB per GPU(, \d+ GiB in host RAM)?$")
-_SINGLE = re.compile(r"^a single (.+) \((\d+) GiB\) fits QLoRA 4-bit at micro-batch 1: ([\d.]+) GiB$")
-_SHORTER = re.compile(r"^QLoRA 4-bit on this (.+) fits sequences up to ([\d,]+) tokens at micro-batch 1 "
-                      r"\(you asked ([\d,]+)\): ([\d.]+) GiB$")
-_SMALLER = re.compile(r"^a smaller model of the same family, (\S+), fits with (QLoRA 4-bit|LoRA): ([\d.]+) GiB$")
-_WORDS = {"QLoRA 4-bit": ("qlora", "nf4"), "LoRA": ("lora", None), "full fine-tuning": ("full", None)}
-
-
-def _lean_estimates(model_id: str, base: TrainSetup, **changes) -> set[int]:
-    """device_used_bytes of the leanest configurations an alternative may describe: micro-batch 1,
-    checkpointing on, no modules_to_save, any optimizer."""
-    out = set()
-    for opt in ALL_OPTIMIZERS:
-        setup = replace(base, grad_checkpointing=True, batch_size=1, optimizer=opt, modules_to_save=(), **changes)
-        out.add(used(model_id, setup))
-    return out
+def _comfortable(model_id: str, setup: TrainSetup, memory: int) -> bool:
+    return fits_comfortably(used(model_id, setup), memory)
 
 
 def check_alternative(model_id: str, base: TrainSetup, gpu: GpuTarget, alt) -> str:
-    """Re-derive the alternative's estimate and check it fits where it says; returns its kind."""
-    text, dev = alt.text, alt.device_used_bytes
-    figure = float(re.findall(r"([\d.]+) GiB(?: per GPU)?(?:, \d+ GiB in host RAM)?$", text)[0])
-    assert figure == pytest.approx(dev / GiB, abs=0.051), text
-    if m := _FSDP.match(text):
-        n, name, offload, words = int(m[1]), m[2], m[3], m[4]
-        method, quant = _WORDS[words]
-        assert n >= 2 and name == gpu.name, text
-        assert dev <= gpu.memory_bytes, text
-        assert dev in _lean_estimates(model_id, base, method=method, quant=quant, num_gpus=n, sharding="fsdp",
-                                      offload="params" if offload else "none"), text
-        return "fsdp"
-    if m := _SINGLE.match(text):
-        spec = find_gpu(m[1])
-        assert spec.name == m[1]
-        assert dev <= spec.memory_bytes, text
-        assert spec.memory_bytes > gpu.memory_bytes, text  # bigger than the one that did not fit
-        assert dev in _lean_estimates(model_id, base, method="qlora", quant="nf4", num_gpus=1, sharding="none",
-                                      offload="none"), text
-        # the smallest catalog GPU that holds it
-        assert all(g.memory_bytes < dev for g in gpu_catalog().values() if g.memory_bytes < spec.memory_bytes)
+    """Re-derive the alternative from its own planned setup: the estimate, the headroom the
+    recommendation demands, the figures in its text, whether the trainer can run it, and that it is
+    the least change of its kind. Returns its kind."""
+    s = alt.setup
+    assert used(alt.model, s) == alt.device_used_bytes, alt.text
+    assert fits_comfortably(alt.device_used_bytes, alt.gpu_memory_bytes), alt.text  # HEADROOM free, never 0%
+    shown, of = (float(x) for x in re.search(r"([\d.]+) of ([\d.]+) GiB", alt.text).groups())
+    assert shown == pytest.approx(alt.device_used_bytes / GiB, abs=0.051), alt.text
+    assert of == pytest.approx(alt.gpu_memory_bytes / GiB, abs=0.051), alt.text
+    assert f"({1 - alt.device_used_bytes / alt.gpu_memory_bytes:.0%} free)" in alt.text
+    assert alt.trainable == why_not_trainable(s)
+    assert (alt.trainable is None) == (s.offload == "none"), alt.text  # offload is the one thing it cannot run
+    assert alt.line.endswith(f"The app cannot train this: {alt.trainable}.") if alt.trainable else alt.line == alt.text
+    assert (s.batch_size, s.grad_checkpointing, s.modules_to_save) == (1, True, ())  # the leanest
+    if s.sharding == "fsdp":
+        n = s.num_gpus
+        assert (alt.model, alt.gpu_name, alt.gpu_memory_bytes) == (model_id, gpu.name, gpu.memory_bytes)
+        assert alt.text.startswith(f"{n} x {gpu.name} with FSDP" if n > 1 else f"one {gpu.name} with CPU offload")
+        offloads = ("none",) if s.offload == "none" else ("optimizer", "params")
+        counts = _GPU_COUNTS if s.offload == "none" else (1, *_GPU_COUNTS)
+        # the fewest GPUs: the next smaller count tried fits comfortably with none of the offloads
+        if counts.index(n) > 0:
+            fewer = counts[counts.index(n) - 1]
+            assert not any(_comfortable(model_id, replace(s, num_gpus=fewer, offload=o), gpu.memory_bytes)
+                           for o in offloads), alt.text
+        return "fsdp" if s.offload == "none" else "offload"
+    assert (s.num_gpus, s.sharding, s.offload) == (1, "none", "none")
+    if alt.gpu_name != gpu.name:
+        spec = find_gpu(alt.gpu_name)
+        assert alt.text.startswith(f"a single {spec.name} ({spec.datasheet_gb:g} GB datasheet")
+        assert alt.gpu_memory_bytes == spec.memory_bytes > gpu.memory_bytes, alt.text
+        assert (s.method, s.quant, alt.model) == ("qlora", "nf4", model_id)
+        # the smallest catalog GPU that holds it with headroom
+        assert not any(fits_comfortably(alt.device_used_bytes, g.memory_bytes)
+                       for g in gpu_catalog().values() if g.memory_bytes < spec.memory_bytes)
         return "bigger"
-    if m := _SHORTER.match(text):
-        seq = int(m[2].replace(",", ""))
-        assert m[1] == gpu.name and seq < int(m[3].replace(",", "")) == base.seq_len, text
-        assert dev <= gpu.memory_bytes, text
-        assert dev in _lean_estimates(model_id, base, method="qlora", quant="nf4", num_gpus=1, sharding="none",
-                                      offload="none", seq_len=seq), text
-        return "shorter"
-    if m := _SMALLER.match(text):
-        other, (method, quant) = m[1], _WORDS[m[2]]
-        assert model(other).total_params < model(model_id).total_params, text
-        assert dev <= gpu.memory_bytes, text
-        assert dev in _lean_estimates(other, base, method=method, quant=quant, num_gpus=1, sharding="none",
-                                      offload="none"), text
+    assert alt.gpu_memory_bytes == gpu.memory_bytes
+    if alt.model != model_id:
+        assert model(alt.model).total_params < model(model_id).total_params, alt.text
+        assert alt.text.startswith(f"a smaller model of the same family, {alt.model}")
         return "smaller"
-    raise AssertionError(f"unrecognised alternative: {text!r}")
+    assert s.seq_len < base.seq_len and (s.method, s.quant) == ("qlora", "nf4"), alt.text
+    assert f"up to {s.seq_len:,} tokens" in alt.text
+    assert not _comfortable(model_id, replace(s, seq_len=s.seq_len + 1), gpu.memory_bytes)
+    return "shorter"
 
 
 # ------------------------------------------------------------------ representative cases
@@ -115,7 +110,7 @@ def check_alternative(model_id: str, base: TrainSetup, gpu: GpuTarget, alt) -> s
 @pytest.mark.parametrize("model_id", ["meta-llama/Llama-3.1-8B", "meta-llama/Llama-2-7b-hf"])
 def test_8b_on_24gb_gets_lora_with_checkpointing_and_headroom(model_id):
     gpu = target("RTX 4090")
-    assert gpu.memory_bytes == 24 * GiB
+    assert gpu.memory_bytes == 24564 * MiB  # what nvidia-smi reports for a "24 GB" card
     rec = recommend(model(model_id), TrainSetup(), gpu)
     best = rec.best
     assert best is not None, rec.explanation
@@ -143,7 +138,7 @@ def test_70b_on_4090_fits_nowhere_and_suggests_fsdp_and_a_bigger_gpu():
     assert any("x RTX 4090 with FSDP" in t and "QLoRA" in t for t in texts), texts
     assert any(t.startswith("a single ") for t in texts), texts
     kinds = [check_alternative(model_id, base, gpu, a) for a in rec.alternatives]
-    assert "fsdp" in kinds and "bigger" in kinds
+    assert {"fsdp", "offload", "bigger", "smaller"} <= set(kinds)
 
 
 @pytest.mark.parametrize("gpu_name", ["A100 80GB SXM", "H100 SXM"])
@@ -151,7 +146,7 @@ def test_mixtral_8x22b_on_80gb(gpu_name):
     model_id = "mistralai/Mixtral-8x22B-v0.1"
     base = TrainSetup()
     gpu = target(gpu_name)
-    assert gpu.memory_bytes == 80 * GiB
+    assert 79.5 * GiB < gpu.memory_bytes <= 80 * GiB  # "80 GB": 81,920 MiB (A100), 81,559 MiB (H100)
     rec = recommend(model(model_id), base, gpu)
     if rec.best is not None:
         assert (rec.best.setup.method, rec.best.setup.quant) == ("qlora", "nf4"), rec.explanation
@@ -351,15 +346,67 @@ def test_recommend_is_fast():
 
 
 def test_more_gpus_means_the_fewest_that_fit():
-    """FSDP shards over any count: 70B QLoRA on 4090s needs 3, and 2 really do not fit."""
-    from planner.alternatives import _lean, what_would_fit
-    from planner.memory import estimate
+    """FSDP shards over any count: 70B QLoRA on 4090s needs 3 (with the headroom the recommendation
+    asks for), and 2 really do not fit. The count is the planned setup's, not parsed from the text."""
+    from planner.alternatives import what_would_fit
 
-    model, gpu = resolve_model("meta-llama/Llama-2-70b-hf"), target("RTX 4090")
-    alternatives = [a.text for a in what_would_fit(model, TrainSetup(), gpu)]
-    qlora = next(t for t in alternatives if "QLoRA" in t and "offload" not in t)
-    n = int(qlora.split(" x ")[0])
-    lean = replace(_lean(TrainSetup(), "qlora", "nf4"), sharding="fsdp")
-    assert estimate(model, replace(lean, num_gpus=n)).device_used_bytes <= gpu.memory_bytes
-    assert estimate(model, replace(lean, num_gpus=n - 1)).device_used_bytes > gpu.memory_bytes
+    spec, gpu = resolve_model("meta-llama/Llama-2-70b-hf"), target("RTX 4090")
+    alternatives = what_would_fit(spec, TrainSetup(), gpu)
+    qlora = next(a for a in alternatives if a.setup.method == "qlora" and a.setup.sharding == "fsdp"
+                 and a.setup.offload == "none")
+    n = qlora.setup.num_gpus
+    assert qlora.text.startswith(f"{n} x RTX 4090 with FSDP")
+    assert fits_comfortably(estimate(spec, qlora.setup).device_used_bytes, gpu.memory_bytes)
+    assert not fits_comfortably(estimate(spec, replace(qlora.setup, num_gpus=n - 1)).device_used_bytes,
+                                gpu.memory_bytes)
     assert n == 3
+
+
+@pytest.mark.parametrize("model_id, gpu_name", [
+    ("meta-llama/Llama-2-70b-hf", "RTX 4090"),  # the issue's "16 x RTX 4090 with FSDP + LoRA: 24.0 GiB" (0% free)
+    ("meta-llama/Llama-3.1-8B", "T4"),
+    ("mistralai/Mixtral-8x22B-v0.1", "RTX 3060 12GB"),
+])
+def test_alternatives_keep_the_recommendations_headroom(model_id, gpu_name):
+    """Issue 13.5: every alternative leaves HEADROOM free, as the recommendation would."""
+    gpu = target(gpu_name)
+    base = TrainSetup(seq_len=4096) if gpu_name == "T4" else TrainSetup()
+    rec = recommend(model(model_id), base, gpu)
+    assert rec.best is None and rec.alternatives
+    for alt in rec.alternatives:
+        assert alt.gpu_memory_bytes - alt.device_used_bytes >= HEADROOM * alt.gpu_memory_bytes, alt.text
+        check_alternative(model_id, base, gpu, alt)
+
+
+def test_one_gpu_with_offload_is_offered_and_marked_untrainable():
+    """Issue 13.5: one GPU with CPU offload is considered, and said to be beyond the app's trainer."""
+    gpu = target("RTX 4090")
+    rec = recommend(model("meta-llama/Llama-2-70b-hf"), TrainSetup(), gpu)
+    single = [a for a in rec.alternatives if a.setup.num_gpus == 1 and a.setup.offload != "none"]
+    assert single, [a.text for a in rec.alternatives]
+    for alt in single:
+        assert alt.trainable is not None and "offload" in alt.trainable
+        assert "The app cannot train this" in alt.line and alt.line in rec.to_json()["alternatives"]
+        assert alt.setup.sharding == "fsdp" and alt.gpu_name == gpu.name
+    trainable = [a for a in rec.alternatives if a.trainable is None]
+    assert trainable and all(a.setup.offload == "none" for a in trainable)
+
+
+def test_headroom_has_one_definition_and_no_import_circle():
+    """recommend and alternatives share planner.headroom; alternatives never imports recommend,
+    not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    import planner.headroom
+    import planner.recommend
+
+    assert planner.recommend.HEADROOM is planner.headroom.HEADROOM
+    root = Path(planner.headroom.__file__).parent
+    for name in ("alternatives", "headroom"):
+        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "planner.recommend" not in imported, name
+        assert not any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "HEADROOM" for t in n.targets)
+                       for n in ast.walk(tree)) or name == "headroom"

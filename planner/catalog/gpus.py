@@ -1,5 +1,10 @@
 """The GPU catalog (``resources/gpus.json``): memory, speed, power and a dated price per GPU.
 
+Memory is what the driver reports (nvidia-smi's total, NVML's ``memory.total``), cited per card;
+the datasheet's GB is kept beside it for display only. A "24 GB" RTX 4090 reports 24,564 MiB, a
+"16 GB" T4 15,360 MiB (ECC on: the driver keeps 1/16), so planning against the datasheet figure
+read as GiB calls plans fits that do not fit.
+
 Prices are snapshots that go stale: each carries its date and source, and the user can override
 them (settings). NVML names map to entries with :func:`match_nvml`; ``--gpu NAME`` with
 :func:`find_gpu`.
@@ -17,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.units import GiB
+from planner.units import GiB, MiB
 
 GPUS_JSON = Path(__file__).resolve().parents[2] / "resources" / "gpus.json"
 SEGMENTS = ("consumer", "workstation", "datacenter")
 PRICE_KINDS = ("on-demand", "spot", "community")
 
-MEMORY_TOLERANCE = 0.10
-"""NVML totals sit below the nominal size (ECC carve-out: 1/16 on T4, A10G, L40S), and a 12 GiB
-and an 8 GiB RTX 3060 share one name: a match must be within this fraction of the entry's memory."""
+MEMORY_TOLERANCE = 0.08
+"""How far NVML's total may sit from the catalog's and still be that card. The catalog holds the
+total the driver reports with the card's default ECC setting; toggling ECC moves it by 1/16 (an A40
+reports 46,068 MiB with ECC on, 49,140 MiB off: 6.7%), and older drivers reported a little less
+(T4 15,109 MiB before 510). Well below the 33% between the 8 and 12 GB RTX 3060, which share a name."""
 
 _VARIANT_SUFFIXES = frozenset({"ti", "super", "d", "laptop", "mobile", "max", "nvl"})
 """A token right after a matched name that makes it another product (``RTX 3060 Ti``, ``RTX 4080
@@ -52,6 +59,8 @@ class GpuSpec:
     name: str
     """Catalog name, e.g. ``RTX 4090`` or ``A100 80GB SXM``."""
     memory_bytes: int
+    """Total device memory as the driver reports it (nvidia-smi / NVML), what plans are checked
+    against; ``memory_source`` says where the figure comes from."""
     bandwidth_bytes_per_s: float
     bf16_flops: float | None
     """Dense tensor-core FLOP/s that PyTorch's 16-bit matmuls reach at best (fp32 accumulation:
@@ -69,6 +78,10 @@ class GpuSpec:
     notes: str = ""
     aliases: tuple[str, ...] = ()
     """Extra ``--gpu`` spellings, e.g. ``a100-80g`` or ``h100``, for the common name of a family."""
+    datasheet_gb: float = 0.0
+    """The memory size the vendor advertises (decimal-ish GB), shown beside ``memory_bytes``."""
+    memory_source: str = ""
+    """Where ``memory_bytes`` comes from: a published nvidia-smi output, cloud or vendor docs."""
 
     @property
     def peak_flops(self) -> float:
@@ -87,7 +100,7 @@ def _spec(raw: dict[str, Any]) -> GpuSpec:
     bf16 = raw["bf16_tflops_dense"]
     return GpuSpec(
         name=raw["name"],
-        memory_bytes=round(raw["memory_gib"] * GiB),
+        memory_bytes=int(raw["memory_mib"]) * MiB,
         bandwidth_bytes_per_s=raw["bandwidth_gb_s"] * 1e9,
         bf16_flops=None if bf16 is None else bf16 * 1e12,
         fp16_flops=raw["fp16_tflops_dense"] * 1e12,
@@ -100,7 +113,14 @@ def _spec(raw: dict[str, Any]) -> GpuSpec:
         source=raw["source"],
         notes=raw.get("notes", ""),
         aliases=tuple(raw.get("aliases", ())),
+        datasheet_gb=float(raw["memory_gb"]),
+        memory_source=raw["memory_source"],
     )
+
+
+def memory_text(spec: GpuSpec) -> str:
+    """The datasheet size and what plans use, e.g. ``24 GB datasheet, 23.99 GiB usable``."""
+    return f"{spec.datasheet_gb:g} GB datasheet, {spec.memory_bytes / GiB:.2f} GiB usable"
 
 
 @lru_cache(maxsize=1)

@@ -11,22 +11,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from planner import targets
 from planner.catalog.gpus import GpuSpec, gpu_catalog, match_nvml
 from planner.hardware import Gpu
-from planner.targets import GpuTarget
-from planner.settings import load_prices, with_user_price
-from planner.units import GiB
+from planner.settings import load_prices
+from planner.targets import DEFAULT_CATALOG_GPU, GpuTarget, nearest_spec  # noqa: F401  (the pages import them from here)
 
-DEFAULT_CATALOG_GPU = "RTX 4090"
-"""What a machine without a GPU plans for until the user picks: the most common fine-tuning card."""
 CUSTOM_PREFIX = "custom:"
 """``plan/gpu`` holds a catalog name, or ``custom:<GiB>`` for memory typed in."""
-
-
-def nearest_spec(memory_bytes: int) -> GpuSpec:
-    """The catalog GPU closest in memory (the faster one on a tie), as the CLI picks for
-    ``--gpu-memory-gib``: its speed, power and price stand in for a GPU the catalog lacks."""
-    return min(gpu_catalog().values(), key=lambda g: (abs(g.memory_bytes - memory_bytes), -g.peak_flops))
 
 
 def catalog_entry(gpu: Gpu) -> GpuSpec | None:
@@ -35,24 +27,18 @@ def catalog_entry(gpu: Gpu) -> GpuSpec | None:
 
 
 def nvml_target(gpu: Gpu, count: int = 1) -> GpuTarget:
-    """Plan for this detected GPU: NVML's name and total memory, the catalog's speed and price."""
-    spec = catalog_entry(gpu)
-    if spec is None:
-        spec = nearest_spec(gpu.memory_total) if gpu.memory_total else gpu_catalog()[DEFAULT_CATALOG_GPU]
-    memory = gpu.memory_total or spec.memory_bytes
-    return GpuTarget(gpu.name or f"GPU {gpu.index}", memory, count, "nvml", with_user_price(spec, load_prices()))
+    """Plan for this detected GPU: NVML's name and total memory (it wins over the catalog's), the
+    catalog's speed and price."""
+    return targets.detected_target(gpu.name, gpu.memory_total, gpu.index, count, load_prices())
 
 
 def catalog_target(name: str, count: int = 1) -> GpuTarget:
-    spec = with_user_price(gpu_catalog()[name], load_prices())
-    return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
+    return targets.catalog_target(gpu_catalog()[name], count, load_prices())
 
 
 def custom_target(gib: float, count: int = 1) -> GpuTarget:
     """A GPU known only by its memory; named as the CLI names ``--gpu-memory-gib`` targets."""
-    memory = int(gib * GiB)
-    spec = with_user_price(nearest_spec(memory), load_prices())
-    return GpuTarget(f"custom {gib:g} GiB GPU", memory, count, "custom", spec)
+    return targets.custom_target(gib, count, load_prices())
 
 
 def parse_choice(raw: object) -> tuple[str, float | None] | None:

@@ -58,28 +58,45 @@ class CostRow:
 
 
 def cost_rows(values: FormValues, model: ModelSpec, this_gpu: GpuSpec | None, this_memory: int,
-              usd_per_kwh: float | None = None) -> tuple[CostRow, ...]:
-    """Hours, kWh and $ of the user's setup on their GPU, then on every catalog GPU with a price."""
+              usd_per_kwh: float | None = None, *, local: bool = False) -> tuple[CostRow, ...]:
+    """Hours, kWh and $ of the user's setup on the GPU planned for, then on every catalog GPU with a price.
+
+    ``this_gpu`` (with ``this_memory``, the memory planned against) is the planned GPU's spec;
+    ``local`` says NVML sees that GPU on this machine (a ``GpuTarget`` from NVML). Only then is it
+    "this GPU", costed in electricity; otherwise it is the GPU planned for, costed at its price.
+    """
     setup = my_setup(values)
     used = estimate(model, setup).device_used_bytes
     rows = []
     candidates: list[tuple[GpuSpec, int, bool]] = []
     if this_gpu is not None:
         candidates.append((this_gpu, this_memory, True))
-    candidates += [(g, g.memory_bytes, False) for g in gpu_catalog().values() if g.prices and g is not this_gpu]
-    for spec, memory, local in candidates:
+    candidates += [(g, g.memory_bytes, False) for g in gpu_catalog().values()
+                   if g.prices and (this_gpu is None or g.name != this_gpu.name)]
+    for spec, memory, planned in candidates:
+        mine = planned and local
         # your own card costs electricity; a catalog card costs its rental price
-        own_power = local and usd_per_kwh is not None
+        own_power = mine and usd_per_kwh is not None
         cost = run_cost(model.arch, setup, replace(spec, prices=()) if own_power else spec,
                         values.dataset_tokens, values.epochs, usd_per_kwh=usd_per_kwh if own_power else None)
         price = spec.price()
         note = (f"your GPU: electricity at {usd_per_kwh:.2f} $/kWh" if own_power else
                 f"{price.usd_per_hour:.2f} $/h, {price.source}, {price.date}" if price else "no price")
-        if local and usd_per_kwh is None and price is None:
+        if mine and usd_per_kwh is None and price is None:
             note = "your GPU: set an electricity price for its cost"
-        rows.append(CostRow(("this GPU: " if local else "") + spec.name, setup.num_gpus, used <= memory,
-                            used / GiB, cost.tokens_per_second, cost.hours or 0.0, cost.energy_kwh or 0.0,
-                            cost.cost_usd, note))
-    local_rows, cloud = rows[:1] if this_gpu else [], rows[1:] if this_gpu else rows
+        rows.append(CostRow(_label(spec, memory, planned, mine), setup.num_gpus, used <= memory, used / GiB,
+                            cost.tokens_per_second, cost.hours or 0.0, cost.energy_kwh or 0.0, cost.cost_usd, note))
+    first, cloud = (rows[:1], rows[1:]) if this_gpu is not None else ([], rows)
     cloud.sort(key=lambda r: (not r.fits, r.cost_usd if r.cost_usd is not None else float("inf")))
-    return tuple(local_rows + cloud)
+    return tuple(first + cloud)
+
+
+def _label(spec: GpuSpec, memory: int, planned: bool, mine: bool) -> str:
+    """``this GPU: RTX 4090`` only for a GPU NVML sees here; otherwise the GPU planned for, with
+    its memory when that is not the catalog's (a custom size borrowing this entry's speed)."""
+    if not planned:
+        return spec.name
+    if mine:
+        return f"this GPU: {spec.name}"
+    size = f"{memory / GiB:.1f}"
+    return "planned: " + (spec.name if size == f"{spec.memory_bytes / GiB:.1f}" else f"{spec.name} at {size} GiB")

@@ -1,11 +1,14 @@
 """The GPU catalog: every entry is sane and cited, NVML names map to the right entry (and the
 look-alikes to none), ``--gpu`` spellings resolve, and unknown names fail in one line."""
 
+import json
 import re
 
 import pytest
 
-from planner.catalog.gpus import PRICE_KINDS, SEGMENTS, find_gpu, gpu_catalog, match_nvml
+from planner.catalog.gpus import (
+    GPUS_JSON, MEMORY_TOLERANCE, PRICE_KINDS, SEGMENTS, find_gpu, gpu_catalog, match_nvml, memory_text,
+)
 from planner.errors import PlannerError
 from planner.units import GiB, MiB
 
@@ -40,11 +43,49 @@ def test_entry(gpu):
         assert p.kind in PRICE_KINDS
     assert gpu.source.strip(), "every entry cites where its facts come from"
     assert gpu.nvml_names
-    # its own NVML names, as NVML prints them and with NVML's memory total, come back to it
+    # its own NVML names, as NVML prints them and with NVML's memory total (the catalog's, or with
+    # ECC toggled: 1/16 more or less), come back to it
     for nvml in gpu.nvml_names:
-        assert match_nvml(f"NVIDIA {nvml}", int(gpu.memory_bytes * 0.95)) is gpu
+        for total in (gpu.memory_bytes, gpu.memory_bytes * 15 // 16, gpu.memory_bytes * 16 // 15):
+            assert match_nvml(f"NVIDIA {nvml}", total) is gpu
     assert find_gpu(gpu.name) is gpu
     assert find_gpu(gpu.name.lower().replace(" ", "-")) is gpu
+
+
+RAW = {raw["name"]: raw for raw in json.loads(GPUS_JSON.read_text(encoding="utf-8"))["entries"]}
+
+
+@pytest.mark.parametrize("gpu", ENTRIES, ids=[g.name for g in ENTRIES])
+def test_memory_is_the_driver_total_with_a_source_and_the_datasheet_beside_it(gpu):
+    """Issue 13.4: every card stores what nvidia-smi reports (MiB) with where that comes from, and
+    the datasheet's GB as a separate field; the GB figure is never read as GiB."""
+    raw = RAW[gpu.name]
+    assert "memory_gib" not in raw
+    assert isinstance(raw["memory_mib"], int) and raw["memory_mib"] * MiB == gpu.memory_bytes
+    assert raw["memory_gb"] == gpu.datasheet_gb > 0
+    assert "MiB" in gpu.memory_source and str(raw["memory_mib"]) in gpu.memory_source.replace(",", "")
+    # the driver never reports more than the datasheet figure read as GiB, and keeps at least 15/16
+    # of it (the ECC carve-out; GPU-reserved memory is smaller still)
+    assert 15 / 16 * 0.99 <= gpu.memory_bytes / (gpu.datasheet_gb * GiB) <= 1.0
+    assert memory_text(gpu) == f"{gpu.datasheet_gb:g} GB datasheet, {gpu.memory_bytes / GiB:.2f} GiB usable"
+
+
+@pytest.mark.parametrize("name, mib", [
+    # the issue's figures: nvidia-smi totals on real cards (ECC on for T4, L4, A10, A10G, L40S)
+    ("T4", 15360), ("L4", 23034), ("A10", 23028), ("A10G", 23028), ("L40S", 46068), ("H100 SXM", 81559),
+    ("RTX 4090", 24564), ("A100 80GB SXM", 81920),
+])
+def test_driver_reported_totals(name, mib):
+    assert find_gpu(name).memory_bytes == mib * MiB
+
+
+def test_memory_text_is_compact():
+    assert memory_text(find_gpu("RTX 4090")) == "24 GB datasheet, 23.99 GiB usable"
+    assert memory_text(find_gpu("T4")) == "16 GB datasheet, 15.00 GiB usable"
+
+
+def test_tolerance_spans_an_ecc_toggle_but_not_a_smaller_card():
+    assert 16 / 15 - 1 < MEMORY_TOLERANCE < 1 - 8 / 12
 
 
 @pytest.mark.parametrize("name, tflops", [
@@ -98,6 +139,10 @@ NVML_CASES = [
     ("NVIDIA H200 NVL", 143771 * MiB, "H200 NVL"),
     ("NVIDIA B200", 183359 * MiB, "B200"),
     ("Tesla T4", 15360 * MiB, "T4"),
+    ("Tesla T4", 15109 * MiB, "T4"),  # drivers before 510
+    ("NVIDIA A40", 49140 * MiB, "A40"),  # ECC turned off
+    ("NVIDIA RTX 6000 Ada Generation", 46068 * MiB, "RTX 6000 Ada"),  # ECC turned on
+    ("Tesla V100-SXM2-16GB", 16160 * MiB, "V100 16GB"),  # older drivers
     ("NVIDIA A10G", 23028 * MiB, "A10G"),
     ("NVIDIA A10", 23028 * MiB, "A10"),
     ("NVIDIA L4", 23034 * MiB, "L4"),

@@ -156,7 +156,8 @@ def test_no_gpu_banner_and_catalog_default(install, make_page):
     assert page.cards == [] and page.host_card is not None
     assert len(page.chart.curves) == 1  # host RAM only
     gpu = page.state.gpu
-    assert (gpu.name, gpu.memory_bytes, gpu.count, gpu.source) == ("RTX 4090", 24 * GiB, 1, "catalog")
+    # the driver-reported 24,564 MiB, not "24 GB" read as GiB
+    assert (gpu.name, gpu.memory_bytes, gpu.count, gpu.source) == ("RTX 4090", 24564 * 2**20, 1, "catalog")
     assert gpu.spec.name == "RTX 4090"
     assert page.state.settings.value("plan/gpu") is None  # a default is not a choice: not stored
 
@@ -267,6 +268,20 @@ def test_identical_gpus_count(install, make_page):
     assert page.picker.count_spin.maximum() == 2
     page.picker.count_spin.setValue(2)
     assert (page.state.gpu.count, page.state.gpu.source) == (2, "nvml")
+
+
+@pytest.mark.parametrize("name, total, entry", [
+    ("NVIDIA GeForce RTX 4090", 24 * GiB, "RTX 4090"),  # 24,576 MiB: a driver that reports 12 MiB more
+    ("NVIDIA A40", 49140 * 2**20, "A40"),  # ECC turned off: 1/16 more than the catalog's ECC-on total
+])
+def test_detected_gpu_plans_with_nvmls_total_not_the_catalogs(install, make_page, name, total, entry):
+    """Issue 13.4: when NVML sees the GPU, its own total wins; the catalog gives speed and price."""
+    install([a100(name=name, total=total)])
+    page = make_page()
+    gpu = page.state.gpu
+    assert gpu.source == "nvml" and gpu.spec.name == entry
+    assert gpu.memory_bytes == total != find_gpu(entry).memory_bytes
+    assert page.cards[0].catalog_label.text().startswith(f"Catalog: {entry}")
 
 
 def test_unknown_gpu_uses_nearest_catalog_spec(install, make_page):
