@@ -52,7 +52,8 @@ FENCE = "```"
 PROMPT = "$ "
 TIMEOUT_S = 300
 
-HIDDEN_NVML = 'raise ImportError("NVML hidden by scripts/readme_examples.py: outputs must not depend on this machine")\n'
+HIDDEN_NVML = ('raise ImportError("NVML hidden by scripts/readme_examples.py: '
+               'outputs must not depend on this machine")\n')
 """A ``pynvml`` module placed first on PYTHONPATH: planner.nvml then reports no NVML, as on a
 machine without the NVIDIA driver."""
 
@@ -139,12 +140,16 @@ def run(command: str, env: dict[str, str]) -> str:
 def render(example: Example, outputs: list[str]) -> list[str]:
     """The lines that replace ``example``'s region."""
     if not example.fenced:
-        return outputs[0].rstrip("\n").splitlines()
+        return _lines(outputs[0])
     body: list[str] = []
     for command, out in zip(example.commands, outputs):
-        body.append(PROMPT + command)
-        body.extend(line.rstrip() for line in out.rstrip("\n").splitlines())
+        body += [PROMPT + command, *_lines(out)]
     return [FENCE, *body, FENCE]
+
+
+def _lines(out: str) -> list[str]:
+    # trailing blanks are invisible on the page and would only make diffs noisy
+    return [line.rstrip() for line in out.rstrip("\n").splitlines()]
 
 
 def regenerate(text: str) -> tuple[str, list[tuple[Example, list[str], list[str]]]]:
