@@ -224,7 +224,7 @@ def _read(path: Path) -> RunSummary:
         peak_measured_bytes=_int(pick("peak_measured_bytes", measured_from_steps)),
         peak_kind=_str(pick("peak_kind", kind_from_steps)),
         predicted_peak_bytes=_int(pick("predicted_peak_bytes", _get(start, "predicted_peak_bytes"))),
-        runtime_s=_float(pick("runtime_s", _get(tail[-1] if ended else None, "runtime_s"), last_t)),
+        runtime_s=_runtime(pick("runtime_s", _get(tail[-1] if ended else None, "runtime_s")), last_step, last_t),
         started=_started(path, last_t),
         pid=pid if status in ("running", "orphaned") else None,
         resumable=checkpoint is not None and (status in RESUMABLE or oom),
@@ -274,6 +274,18 @@ def _peak_from_steps(last_step: Event | None) -> tuple[int | None, str | None]:
     if alloc:
         return alloc, "cuda_max_allocated"
     return (rss, "host_rss") if rss else (None, None)
+
+
+def _runtime(recorded: Any, last_step: Event | None, last_t: float | None) -> float | None:
+    """The run's total seconds, every session included: run.json or the end event when it ended;
+    while it trains, or after a kill, the total its last step recorded plus the time since (the
+    trainer's event clock restarts at each resume, so ``t`` alone is only the last session's)."""
+    if (total := _float(recorded)) is not None:
+        return total
+    step_total = _float(_get(last_step, "runtime_s"))
+    if step_total is not None and last_step is not None and last_t is not None:
+        return step_total + max(last_t - last_step.t, 0.0)
+    return last_t  # a history from before the trainer recorded totals: its last session's time
 
 
 def _signature(path: Path) -> tuple[Any, ...]:

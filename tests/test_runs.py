@@ -127,6 +127,28 @@ def test_orphaned_run_with_dead_pid_is_resumable_from_a_complete_checkpoint(tmp_
     assert s.final_loss == 1.5 and s.predicted_peak_bytes == 2 * GiB and s.runtime_s == 1.0
 
 
+def test_a_resumed_run_shows_the_time_of_every_session(tmp_path, trainer_process):
+    """Issue 13, point 9: the trainer's event clock restarts at each resume; a run that trained 35 s,
+    stopped and resumed for 8 s shows 43 s (it showed 8), while training and after a kill too."""
+    first = [encode("start", 0, **START), step(1), end("stopped", 1).replace('"runtime_s":9.0', '"runtime_s":35.0')]
+    resumed = encode("start", 2.0, **START, runtime_before_s=35.0)
+    later = encode("step", 7.0, step=2, epoch=0.2, loss=1.0, lr=1e-4, grad_norm=1.0, tokens_per_s=100.0,
+                   peak_alloc_bytes=0, peak_reserved_bytes=0, rss_bytes=GiB, max_steps=10, runtime_s=42.0)
+    checkpoint = encode("checkpoint", 8.0, step=2, path="x")
+    live = make_run(tmp_path, "live", first + [resumed, later, checkpoint], dict(status="stopped", runtime_s=35.0),
+                    pid=trainer_process.pid)
+    assert read_run(live).status == "running" and read_run(live).runtime_s == 43.0  # 42 at the step + 1 s since
+    trainer_process.kill()
+    trainer_process.wait()
+    assert read_run(live).status == "orphaned" and read_run(live).runtime_s == 43.0
+    done = make_run(tmp_path, "done", first + [resumed, later, encode("end", 8.0, status="completed", steps=2,
+                                                                     runtime_s=43.0, output_dir="x")],
+                    dict(status="completed", runtime_s=43.0, session_runtime_s=8.0))
+    assert read_run(done).runtime_s == 43.0
+    old = make_run(tmp_path, "old", [encode("start", 0, **START), step(1), step(2)])  # no totals recorded
+    assert read_run(old).runtime_s == 1.0
+
+
 def test_orphaned_without_pid_file_and_partial_checkpoint_is_not_resumable(tmp_path):
     path = make_run(tmp_path, "k", [encode("start", 0, **START), step(1)], checkpoint="partial")
     s = read_run(path)

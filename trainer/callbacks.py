@@ -7,11 +7,13 @@ own; the callback only reports and flips ``TrainerControl`` flags when a command
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from trainer.clock import Pace
 from trainer.config import TrainConfig
 from trainer.events import Commands, EventSink, rss_bytes
 from trainer.faults import ensure_present
@@ -21,10 +23,13 @@ from trainer.rundir import mark_complete
 class EventCallback(TrainerCallback):
     """Turns Trainer logs into protocol events and commands into control flags."""
 
-    def __init__(self, sink: EventSink, commands: Commands, device: str, watch: Path | None = None):
-        """``watch``: the run directory, checked at every step (one stat) so a run whose folder was
+    def __init__(self, sink: EventSink, commands: Commands, device: str, total_s: Callable[[], float],
+                 watch: Path | None = None):
+        """``total_s``: the run's seconds so far, every session included (each step event carries it).
+        ``watch``: the run directory, checked at every step (one stat) so a run whose folder was
         deleted ends at once as an ``io`` error instead of training on into the void."""
         self.watch = watch
+        self.total_s = total_s
         self.sink = sink
         self.commands = commands
         self.device = device
@@ -32,7 +37,13 @@ class EventCallback(TrainerCallback):
         """completed | stopped | cancelled: how the loop ended, decided by commands."""
         self._last_tokens = 0
         self._last_time = time.monotonic()
-        self._train_start = time.monotonic()
+        self.pace = Pace()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the starting line: loading, and a resume's checkpoint, are not training steps
+        self._last_time = time.monotonic()
+        self._last_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        self.pace.mark(state.global_step, self._last_time)
 
     # -- commands ---------------------------------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
@@ -74,9 +85,8 @@ class EventCallback(TrainerCallback):
         dt = max(now - self._last_time, 1e-9)
         tokens_per_s = (tokens - self._last_tokens) / dt
         self._last_tokens, self._last_time = tokens, now
-        elapsed = now - self._train_start
-        done = max(state.global_step, 1)
-        eta = elapsed / done * max(state.max_steps - state.global_step, 0) if state.max_steps else None
+        self.pace.mark(state.global_step, now)
+        eta = self.pace.eta(state.max_steps - state.global_step) if state.max_steps else None
         from trainer.distributed import gather
 
         ranks = gather((*self._memory(), rss_bytes()))
@@ -89,7 +99,7 @@ class EventCallback(TrainerCallback):
             lr=float(logs.get("learning_rate", 0.0)), grad_norm=_float(logs.get("grad_norm")),
             tokens_per_s=round(tokens_per_s, 2), peak_alloc_bytes=alloc, peak_reserved_bytes=reserved,
             rss_bytes=rss, max_steps=state.max_steps, eta_s=None if eta is None else round(eta, 1),
-            **per_rank)
+            runtime_s=round(self.total_s(), 2), **per_rank)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_loss" in metrics:

@@ -211,6 +211,34 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
     return _with_lora(cfg, model)
 
 
+def param_counts(model: Any) -> tuple[int, int]:
+    """(total, trainable) parameters, counted as the planner counts them: the model's own weights
+    by their logical shape, and what the optimizer updates. Full, LoRA and QLoRA runs of one model
+    report one total, and the planner's.
+
+    LoRA adapters and peft's trained copies of ``modules_to_save`` are no part of the total (they
+    are in the trainable count); a 4-bit weight counts its values, not its packed bytes."""
+    from peft import PeftModel
+
+    added = ("modules_to_save", model.base_model.prefix) if isinstance(model, PeftModel) else ()
+    total = trainable = 0
+    for name, param in model.named_parameters():
+        count = logical_numel(param)
+        trainable += count if param.requires_grad else 0
+        if not any(part.startswith(added) for part in name.split(".")):  # startswith(()) is False
+            total += count
+    return total, trainable
+
+
+def logical_numel(param: Any) -> int:
+    """How many values a parameter holds. bitsandbytes' ``Params4bit`` stores two 4-bit values per
+    uint8 element (more in a wider ``quant_storage``); its ``quant_state`` keeps the real shape."""
+    import math
+
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else int(param.numel())
+
+
 def _with_lora(cfg: TrainConfig, model: Any) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

@@ -20,15 +20,19 @@ from typing import Any, TextIO
 from trainer.config import ConfigError, TrainConfig
 from trainer.files import atomic_dir, atomic_write_text
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
+from trainer.quiet import quiet, say
 from trainer.rundir import SUMMARY, claimed, latest_checkpoint
 
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
-        from trainer.events import Commands, EventSink, SilentSink
+        from trainer.clock import runtime_before
         from trainer.distributed import COMMANDS_FILE, follow, rank, world_size
+        from trainer.events import Commands, EventSink, SilentSink
 
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
         self.t0 = time.monotonic()
+        self.before_s = runtime_before(run_dir) if resume else 0.0
+        """Seconds the earlier sessions of this run took (it resumes): the run's time adds up."""
         self.lead = rank() == 0
         """Rank 0 (or the only process): the one that speaks and writes the run's files."""
         self.sink = EventSink(run_dir / "metrics.jsonl", out=out, t0=self.t0) if self.lead else SilentSink()
@@ -55,9 +59,10 @@ class Run:
     def setup(self) -> None:
         from transformers import Trainer
 
+        from trainer.arguments import training_args
         from trainer.callbacks import EventCallback, test_hooks
         from trainer.data import collate, prepare_data
-        from trainer.loading import load_model, load_tokenizer, model_layout, resolve_runtime
+        from trainer.loading import load_model, load_tokenizer, model_layout, param_counts, resolve_runtime
         from trainer.prediction import predict
 
         from transformers import set_seed
@@ -75,7 +80,7 @@ class Run:
         from trainer.distributed import world_size
 
         # one process watches its folder every step; several would disagree on the step it vanished
-        self.callback = EventCallback(self.sink, self.commands, self.runtime.device,
+        self.callback = EventCallback(self.sink, self.commands, self.runtime.device, self.total_s,
                                       watch=self.run_dir if world_size() == 1 else None)
         # hooks run before the event callback so a command they send acts at this very step
         callbacks = test_hooks(cfg, self.commands) + [self.callback]
@@ -84,7 +89,7 @@ class Run:
 
         self.trainer = Trainer(
             model=model,
-            args=self._training_args(has_eval=data.eval is not None),
+            args=training_args(cfg, self.run_dir, self.runtime, has_eval=data.eval is not None),
             train_dataset=data.train,
             eval_dataset=data.eval,
             data_collator=collate(tokenizer),
@@ -95,8 +100,7 @@ class Run:
             _fsdp_on_cpu(self.trainer)
         # a resumed run killed before its first checkpoint starts over (and says so in `start`)
         self.checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
-        params_total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        params_total, trainable = param_counts(model)
         steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
         max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
         self.sink.emit(
@@ -105,44 +109,7 @@ class Run:
             predicted_peak_bytes=self.predicted, device=self.runtime.device, precision=self.runtime.precision,
             data_format=data.format, template=data.template, masking=data.masking, examples=data.n_examples,
             truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume,
-            resumed_from=str(self.checkpoint) if self.checkpoint else None)
-
-    def _training_args(self, has_eval: bool) -> Any:
-        from transformers import TrainingArguments
-
-        cfg, precision = self.cfg, self.runtime.precision
-        eval_strategy = "no" if not has_eval else ("steps" if cfg.eval_steps else "epoch")
-        return TrainingArguments(
-            output_dir=str(self.run_dir / "checkpoints"),
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            learning_rate=cfg.learning_rate,
-            lr_scheduler_type=cfg.lr_scheduler_type,
-            warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps,
-            optim=cfg.optimizer,
-            bf16=precision.startswith("bf16"),
-            fp16=precision.startswith("fp16"),
-            **_parallel_args(cfg, self.runtime.device),
-            logging_steps=cfg.logging_steps,
-            eval_strategy=eval_strategy,
-            eval_steps=cfg.eval_steps or None,
-            save_strategy="steps" if cfg.save_steps else "no",
-            save_steps=cfg.save_steps or 500,
-            save_total_limit=cfg.save_total_limit,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            use_cpu=self.runtime.device == "cpu",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            include_num_input_tokens_seen="non_padding",
-            remove_unused_columns=False,
-        )
+            resumed_from=str(self.checkpoint) if self.checkpoint else None, runtime_before_s=round(self.before_s, 2))
 
     # -- train ------------------------------------------------------------------------------
     def train(self) -> None:
@@ -168,14 +135,15 @@ class Run:
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         # the GPU that came closest to its limit is the one to compare with the prediction
         peak = max(gather(measured_peak(self.runtime.device)))
-        self.write_summary(status, state.global_step, losses[-1] if losses else None, peak=peak)
-        self.sink.emit("end", status=status, steps=state.global_step, runtime_s=round(self.elapsed(), 2),
-                       output_dir=str(self.run_dir))
+        times = self.times()  # run.json and the end event say the same
+        self.write_summary(status, state.global_step, losses[-1] if losses else None, peak=peak, times=times)
+        self.sink.emit("end", status=status, steps=state.global_step, output_dir=str(self.run_dir), **times)
         return status
 
     def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None,
-                      peak: int | None = None) -> None:
-        """``peak``: the largest rank's measured peak (this process's own when not given)."""
+                      peak: int | None = None, times: dict[str, float] | None = None) -> None:
+        """``peak``: the largest rank's measured peak (this process's own when not given); ``times``:
+        :meth:`times`, taken now when not given."""
         if not self.lead or not claimed(self.run_dir):
             return  # the run directory is gone: writing would recreate a stray folder
         summary = {
@@ -183,16 +151,26 @@ class Run:
             "peak_measured_bytes": peak if peak is not None else measured_peak(
                 self.runtime.device if self.runtime else "cpu"),
             "peak_kind": "cuda_max_allocated" if self.runtime and self.runtime.device == "cuda" else "host_rss",
-            "predicted_peak_bytes": self.predicted, "runtime_s": round(self.elapsed(), 2),
+            "predicted_peak_bytes": self.predicted, **(times or self.times()),
             "model": self.cfg.model, "method": self.cfg.method, "error": error,
         }
         try:
             atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
         except OSError as exc:  # disk full: the error event already says what went wrong
-            _say(f"warning: could not write {self.run_dir / SUMMARY}: {exc.strerror or exc}")
+            say(f"warning: could not write {self.run_dir / SUMMARY}: {exc.strerror or exc}")
 
     def elapsed(self) -> float:
+        """This session's seconds."""
         return time.monotonic() - self.t0
+
+    def total_s(self) -> float:
+        """The run's seconds: every session so far, this one included."""
+        return self.before_s + self.elapsed()
+
+    def times(self) -> dict[str, float]:
+        """``runtime_s``: the run's total (what run.json, the end event and the Runs page say);
+        ``session_runtime_s``: this session's share."""
+        return {"runtime_s": round(self.total_s(), 2), "session_runtime_s": round(self.elapsed(), 2)}
 
     def fail(self, kind: str, message: str, hint: str, **extra: Any) -> None:
         if not self.lead:
@@ -202,26 +180,9 @@ class Run:
             return
         self.sink.emit("error", type=kind, message=message, hint=hint, **extra)
         steps = self.trainer.state.global_step if self.trainer else 0
-        self.write_summary("failed", steps, None, error=f"{kind}: {message}")
-        self.sink.emit("end", status="failed", steps=steps, runtime_s=round(self.elapsed(), 2),
-                       output_dir=str(self.run_dir))
-
-
-def _parallel_args(cfg: TrainConfig, device: str) -> dict[str, Any]:
-    """Checkpointing, and how several processes share the work (none with one process)."""
-    if cfg.num_processes == 1:
-        return _checkpointing_args(cfg.grad_checkpointing)
-    common: dict[str, Any] = {"ddp_backend": "gloo" if device == "cpu" else "nccl"}
-    if cfg.sharding == "ddp":
-        # every parameter takes part in every step (LoRA's frozen base has no gradient at all)
-        return {**_checkpointing_args(cfg.grad_checkpointing), **common, "ddp_find_unused_parameters": False}
-    # FSDP2 shards parameters, gradients and optimizer state per decoder layer, and saves sharded
-    # checkpoints: each rank writes its own part, and resume needs the same world size.
-    # Checkpointing stays transformers' own: FSDP's wrapper renames the layers, and accelerate's
-    # sharded save of a peft model then keeps no adapter weight (resume would restart them).
-    return {**_checkpointing_args(cfg.grad_checkpointing), **common, "fsdp": True,
-            "fsdp_config": {"version": 2, "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT",
-                            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
+        times = self.times()
+        self.write_summary("failed", steps, None, error=f"{kind}: {message}", times=times)
+        self.sink.emit("end", status="failed", steps=steps, output_dir=str(self.run_dir), **times)
 
 
 def _full_weights(model: Any) -> dict[str, Any]:
@@ -242,26 +203,6 @@ def _fsdp_on_cpu(trainer: Any) -> None:
     state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
     state.distributed_type = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
-
-
-def _checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing."""
-    from dataclasses import fields
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in fields(TrainingArguments)}
-    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {key: enabled, f"{key}_kwargs": {"use_reentrant": False}}
-
-
-def _say(text: str) -> None:
-    """A human line on stderr; a run the app left in the background has no reader, and that must
-    not turn a reported error into a BrokenPipeError."""
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (BrokenPipeError, ValueError):
-        pass
 
 
 def measured_peak(device: str) -> int:
@@ -289,6 +230,7 @@ def main(config_path: str | None, resume_dir: str | None = None,
          stdin: TextIO | None = None, out: TextIO | None = None, worker: str | None = None) -> int:
     """``worker``: the run directory a torchrun worker trains in (``resume_dir`` then only says
     whether to resume); the launcher prepared it and holds its lock."""
+    from trainer.clock import runtime_before
     from trainer.distributed import forget_inherited_launch
     from trainer.protocol import encode
     from trainer.rundir import PID_FILE, RunDirError, write_pid
@@ -301,9 +243,11 @@ def main(config_path: str | None, resume_dir: str | None = None,
     try:
         session = open_resume(resume_dir) if resume_dir else open_new(config_path)
     except AlreadyComplete as done:
-        _say(f"note: {done}")
-        out.write(encode("end", 0.0, status="completed", steps=done.steps, runtime_s=0.0,
-                         output_dir=str(resume_dir), note="already complete; nothing changed") + "\n")
+        say(f"note: {done}")
+        # the run's total as its sessions recorded it: this session added nothing
+        out.write(encode("end", 0.0, status="completed", steps=done.steps, runtime_s=runtime_before(Path(resume_dir)),
+                         session_runtime_s=0.0, output_dir=str(resume_dir),
+                         note="already complete; nothing changed") + "\n")
         out.flush()
         return EXIT_OK
     except (ConfigError, RunDirError) as exc:
@@ -311,7 +255,7 @@ def main(config_path: str | None, resume_dir: str | None = None,
         hint = getattr(exc, "hint", "fix the run config")
         out.write(encode("error", 0.0, type="config", message=str(exc), hint=hint) + "\n")
         out.flush()
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return EXIT_INPUT
     cfg, run_dir = session.cfg, session.run_dir
     try:
@@ -332,14 +276,15 @@ def main(config_path: str | None, resume_dir: str | None = None,
 def _work(run_dir: Path, resume: bool, out: TextIO, cfg: TrainConfig | None = None,
           stdin: TextIO | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run = Run(cfg or TrainConfig.load(run_dir / "config.json"), run_dir, resume, stdin, out)
-    # Libraries print to stdout (warnings, progress); only the sink may write events there.
-    real_stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        return _run(run)
-    finally:
-        sys.stdout = real_stdout
-        run.close()
+    with quiet(run_dir):  # library warnings and progress bars to debug.log; ours still to stderr
+        run = Run(cfg or TrainConfig.load(run_dir / "config.json"), run_dir, resume, stdin, out)
+        # Libraries print to stdout (warnings, progress); only the sink may write events there.
+        real_stdout, sys.stdout = sys.stdout, sys.stderr
+        try:
+            return _run(run)
+        finally:
+            sys.stdout = real_stdout
+            run.close()
 
 
 def _run(run: Run) -> int:
@@ -354,20 +299,20 @@ def _run(run: Run) -> int:
         return EXIT_OK
     except (ConfigError, DataError, ModelError) as exc:
         kind = "config" if isinstance(exc, ConfigError) else "data" if isinstance(exc, DataError) else "model"
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         run.fail(kind, str(exc), "fix the " + {"config": "run config", "data": "dataset", "model": "model path"}[kind])
         return EXIT_INPUT
     except BaseException as exc:  # noqa: BLE001 - classify OOM and I/O, report everything else as internal
         if is_oom(exc):
             return _report_oom(run, exc)
         if (problem := io_fault(exc)) is not None:
-            _say(f"error: {problem}")
+            say(f"error: {problem}")
             run.fail("io", problem, "free disk space or fix the folder's permissions, then resume with --resume")
             return EXIT_INPUT
         if isinstance(exc, KeyboardInterrupt):
             run.fail("internal", "interrupted", "resume the run with --resume")
             return 130
-        _say(traceback.format_exc().rstrip())
+        say(traceback.format_exc().rstrip())
         peer = _failed_peer(run)
         if peer:  # a collective broke because another rank died first: report what killed it
             kind = peer.pop("type")
@@ -391,7 +336,7 @@ def _report_oom(run: Run, exc: BaseException) -> int:
     peak = measured_peak(device)
     budget = device_budget(device)
     hint, changes = oom_hint(run.cfg, run.runtime.precision if run.runtime else "fp32", budget)
-    _say(f"error: out of memory: {exc}")
+    say(f"error: out of memory: {exc}")
     run.fail("oom", f"out of memory at {peak / 2**30:.2f} GiB measured ({device})", hint,
              peak_bytes=peak, budget_bytes=budget, fix=json.dumps(changes) if changes else None)
     return EXIT_OOM

@@ -37,7 +37,10 @@ COMMANDS_FILE = "commands"
 PEER_ERROR = ".rank{}.error.json"
 COMPLETE_MARKER = ".complete"
 """Written into a checkpoint once every rank finished every file of it."""
-WRITTEN = (CONFIG, METRICS, SUMMARY, PID_FILE, COMMANDS_FILE, "checkpoints", "adapter", "model", MARKER, LOCK)
+DEBUG_LOG = "debug.log"
+"""Third-party warnings, logging and progress bars of every session (trainer/quiet.py)."""
+WRITTEN = (CONFIG, METRICS, SUMMARY, PID_FILE, COMMANDS_FILE, DEBUG_LOG, "checkpoints", "adapter", "model", MARKER,
+           LOCK)
 """Every name the trainer writes directly in a run directory; deleting a run removes these only."""
 _COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 

@@ -153,8 +153,11 @@ class RunModel:
     def fold(self, event: Event) -> None:
         f = event.fields
         if event.kind == "start":
-            # a resumed process restarts its clock at 0: keep the run's total time growing
-            self._t_before += self._t
+            # a resumed process restarts its clock at 0: the run's total time keeps growing, from
+            # the earlier sessions' total as the trainer recorded it (what run.json and the Runs
+            # page say, even when this model saw none of them), else from what was folded here
+            before = _num(f.get("runtime_before_s"))
+            self._t_before = before if before is not None else self._t_before + self._t
             self._t = 0.0
             self.start = dict(f)
             self.run_dir = str(f["run_dir"])

@@ -94,6 +94,23 @@ def test_resume_rewinds_superseded_steps_and_adds_time():
     assert m.progress().elapsed_s == 5.0  # 3 s before the kill + 2 s after the resume
 
 
+def test_a_resumed_run_shows_its_total_time():
+    """Issue 13, point 9: a run stopped after 35 s and resumed for 8 s trained 43 s, not "8 s"."""
+    first = history(step(1, t=20.0), step(2, t=34.0),
+                    encode("end", 35.0, status="stopped", steps=2, runtime_s=35.0, output_dir="/r"))
+    second = [encode("start", 3.0, **{**START, "resumed": True, "runtime_before_s": 35.0}),
+              step(3, t=6.0, runtime_s=41.0), step(4, t=7.5, runtime_s=42.5),
+              encode("end", 8.0, status="completed", steps=4, runtime_s=43.0, session_runtime_s=8.0, output_dir="/r")]
+    m = replay(first + second)  # the Train page's replay of the whole history
+    assert m.progress().elapsed_s == 43.0
+    assert m.status_text() == "Completed: 4 steps in 0:43."
+    live = RunModel()  # following the resumed session alone (the page never saw the first)
+    live.begin("/r")
+    for line in second[:2]:
+        live.fold_line(line)
+    assert live.progress().elapsed_s == 41.0
+
+
 def ranks(alloc: list[int], rss: list[int]) -> dict:
     """A multi-process step's per-rank fields; the unsuffixed ones are the max, as the trainer sends."""
     out = {f"{key}_rank{i}": v for key, values in (("peak_alloc_bytes", alloc), ("rss_bytes", rss))

@@ -24,6 +24,11 @@ def test_every_method_learns(demo_dir, tmp_path, method, lr):
     start = events[0]
     assert start["method"] == method and start["data_format"] == "messages" and start["max_steps"] == 60
     assert start["predicted_peak_bytes"] > 0 and 0 < start["params_trainable"] <= start["params_total"]
+    # logical counts, the planner's: QLoRA's packed 4-bit storage once read 2.40M for this 3.49M model,
+    # and LoRA's total once included its adapters (3.98M); every method now reports the same total
+    planned = _planned(run_dir)
+    assert (start["params_total"], start["params_trainable"]) == (planned.params_total, planned.params_trainable)
+    assert start["params_total"] == 3_493_120
     losses = [e["loss"] for e in steps(events)]
     assert len(losses) == 60
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0], f"loss {losses[0]:.3f} -> {losses[-5:]}"
@@ -73,6 +78,13 @@ def test_adapter_reproduces_trained_logits(demo_dir, tmp_path):
     run.sink.close()
 
 
+def _planned(run_dir):
+    from trainer.config import TrainConfig
+    from trainer.prediction import predict
+
+    return predict(TrainConfig.load(run_dir / "config.json"), "fp32")[2]
+
+
 def _losses_by_step(events):
     return {e["step"]: e["loss"] for e in steps(events)}
 
@@ -103,6 +115,17 @@ def test_stop_then_resume_matches_uninterrupted(demo_dir, tmp_path):
         assert loss == pytest.approx(want[step], abs=1e-4), step
     # the run's history holds both parts
     assert [e["event"] for e in read_metrics(run_dir)].count("start") == 2
+    # and its time is both parts' (it once was the last part's alone: "8 s" for a run that trained 43 s)
+    first_s, second_s = first[-1]["runtime_s"], resumed[-1]["session_runtime_s"]
+    assert resumed[0]["runtime_before_s"] == first_s
+    assert 0 < second_s < resumed[-1]["runtime_s"]
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["runtime_s"] == resumed[-1]["runtime_s"] == pytest.approx(first_s + second_s, abs=0.02)
+    from planner.runs import read_run
+
+    assert read_run(run_dir).runtime_s == summary["runtime_s"]
+    steps_after = steps(resumed)
+    assert steps_after[0]["runtime_s"] > first_s  # a step's total counts the earlier session too
 
 
 def test_cancel_ends_without_saving(demo_dir, tmp_path):
