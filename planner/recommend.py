@@ -16,10 +16,11 @@ from planner.catalog import ModelSpec
 from planner.alternatives import Alternative, what_would_fit
 from planner.cost import run_cost
 from planner.headroom import HEADROOM, fits, fits_comfortably
+from planner.launch import why_not_trainable
 from planner.memory import estimate
 from planner.options import TrainSetup
 from planner.targets import GpuTarget
-from planner.units import GiB
+from planner.units import GiB, fmt_gib
 
 METHODS = (("full", None), ("lora", None), ("qlora", "int8"), ("qlora", "nf4"))
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
@@ -40,6 +41,8 @@ class Option:
     hours: float | None
     energy_kwh: float | None
     cost_usd: float | None
+    warnings: tuple[str, ...] = ()
+    """Its estimate's warnings (a sequence beyond the context...), said before anything else."""
 
     def to_json(self) -> dict:
         s = self.setup
@@ -65,6 +68,15 @@ class Recommendation:
     def best(self) -> Option | None:
         return None if self.recommended is None else self.options[self.recommended]
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the recommended plan's own estimate warns about, and a plan the app's trainer
+        cannot run: shown first, wherever the recommendation is."""
+        if self.best is None:
+            return ()
+        problem = why_not_trainable(self.best.setup)
+        return self.best.warnings + ((f"the app's trainer cannot run this plan: {problem}",) if problem else ())
+
     def to_json(self) -> dict:
         g = self.gpu
         return {
@@ -72,6 +84,7 @@ class Recommendation:
             "options": [o.to_json() for o in self.options],
             "recommended": self.recommended,
             "explanation": self.explanation,
+            "warnings": list(self.warnings),
             "alternatives": [a.line for a in self.alternatives],
         }
 
@@ -104,7 +117,7 @@ def _option(model: ModelSpec, setup: TrainSetup, gpu: GpuTarget, max_batch: int,
         fits=fits(est.device_used_bytes, gpu.memory_bytes), headroom_bytes=gpu.memory_bytes - est.device_used_bytes,
         max_batch_size=max_batch, max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit),
         tokens_per_second=cost.tokens_per_second, hours=cost.hours, energy_kwh=cost.energy_kwh,
-        cost_usd=cost.cost_usd)
+        cost_usd=cost.cost_usd, warnings=est.warnings)
 
 
 def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
@@ -187,11 +200,11 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
     if chosen is None:
         leanest = min(options, key=lambda o: o.device_used_bytes)
         # no parentheses after the name: GUI names carry their own ("RTX 4090 (catalog)")
-        return (f"Nothing fits on {where} with {mem:.1f} GiB per GPU: even the leanest option, "
+        return (f"Nothing fits on {where} with {fmt_gib(mem)} per GPU: even the leanest option, "
                 f"{_label(leanest.setup)}, needs {leanest.device_used_bytes / GiB:.1f} GiB per GPU.")
     o = options[chosen]
     s = o.setup
-    text = (f"{_label(s)}. On {where} it needs {o.device_used_bytes / GiB:.1f} of {mem:.1f} GiB per GPU "
+    text = (f"{_label(s)}. On {where} it needs {o.device_used_bytes / GiB:.1f} GiB of {fmt_gib(mem)} per GPU "
             f"({o.headroom_bytes / GiB:.1f} GiB, {o.headroom_bytes / gpu.memory_bytes:.0%} free), "
             f"~{o.tokens_per_second:,.0f} tokens/s")
     if o.hours is not None:
@@ -210,5 +223,5 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
     elif s.method == "qlora" and lora is not None:
         room = "does not fit" if not lora.fits else f"fits without {HEADROOM:.0%} headroom"
         text += (f" LoRA on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
-                 f"on {mem:.1f} GiB), so the base is quantized.")
+                 f"on {fmt_gib(mem)}), so the base is quantized.")
     return text

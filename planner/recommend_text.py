@@ -30,7 +30,7 @@ def _cost(value: float | None) -> str:
 
 
 def recommendation_lines(rec: Recommendation) -> list[str]:
-    lines = [gpu_line(rec.gpu), rec.explanation]
+    lines = [gpu_line(rec.gpu), *(f"warning: {w}" for w in rec.warnings), rec.explanation]
     fitting = sorted((o for o in rec.options if o.fits), key=lambda o: -o.tokens_per_second)
     if fitting:
         rows = [[" method", "quant", "optimizer", "ckpt", "batch", "GiB", "free", "max batch", "max seq", "tok/s",

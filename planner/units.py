@@ -14,6 +14,12 @@ def fmt_bytes(n: float, unit: int = GiB, digits: int = 2) -> str:
     return f"{n / unit:.{digits}f} {name}"
 
 
+def fmt_gib(gib: float) -> str:
+    """A GPU's memory as plans use it, to 0.01 GiB without trailing zeros: ``23.99 GiB``, ``80 GiB``
+    (one spelling everywhere, so a card never reads 23.99 in one place and 24.0 in the next)."""
+    return f"{f'{gib:.2f}'.rstrip('0').rstrip('.')} GiB"
+
+
 def fmt_count(n: int) -> str:
     """Parameter counts the way papers write them: 6.74B, 143.2M, 52.4K."""
     for div, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):

@@ -27,7 +27,7 @@ from planner.memory import estimate
 from planner.options import TrainSetup
 from planner.recommend import BATCHES, HEADROOM, METHODS, OPTIMIZERS, recommend, search
 from planner.targets import GpuTarget
-from planner.units import GiB, MiB
+from planner.units import GiB, MiB, fmt_gib
 
 
 @lru_cache(maxsize=None)
@@ -122,7 +122,7 @@ def test_8b_on_24gb_gets_lora_with_checkpointing_and_headroom(model_id):
     # the explanation gives the deciding numbers in GiB
     assert "GiB" in rec.explanation and "GB " not in rec.explanation
     assert f"{best.device_used_bytes / GiB:.1f}" in rec.explanation
-    assert f"{gpu.memory_bytes / GiB:.1f} GiB" in rec.explanation
+    assert fmt_gib(gpu.memory_bytes / GiB) in rec.explanation  # 23.99 GiB: the summary's own spelling
     assert "LoRA" in rec.explanation
 
 
@@ -410,3 +410,22 @@ def test_headroom_has_one_definition_and_no_import_circle():
         assert "planner.recommend" not in imported, name
         assert not any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "HEADROOM" for t in n.targets)
                        for n in ast.walk(tree)) or name == "headroom"
+
+
+def test_the_recommendation_says_its_warnings_first():
+    """Issue 13 point 3: a plan whose own estimate warns (here: far beyond the model's context), or
+    that the app's trainer cannot run, says so with the recommendation, in JSON and in words."""
+    from planner.recommend_text import recommendation_lines
+
+    model = resolve_model("meta-llama/Llama-2-7b-hf")  # 4,096 positions
+    gpu = GpuTarget("H200", find_gpu("H200").memory_bytes, 1, "catalog", find_gpu("H200"))
+    rec = recommend(model, TrainSetup(seq_len=8192), gpu, alternatives=False)
+    assert rec.best is not None and any("exceeds the model's context" in w for w in rec.warnings)
+    assert rec.to_json()["warnings"] == list(rec.warnings)
+    lines = recommendation_lines(rec)
+    assert lines[1].startswith("warning: ") and lines.index(rec.explanation) > 1
+    quiet = recommend(model, TrainSetup(seq_len=2048), gpu, alternatives=False)
+    assert quiet.warnings == ()
+    sharded = GpuTarget("H200", find_gpu("H200").memory_bytes, 2, "catalog", find_gpu("H200"))
+    zero2 = recommend(model, TrainSetup(seq_len=2048, num_gpus=2, sharding="zero2"), sharded, alternatives=False)
+    assert any("trainer cannot run" in w for w in zero2.warnings)

@@ -91,7 +91,7 @@ class PlanForm(QWidget):
         self.offload_box = _combo(OFFLOADS, d.offload, "Move optimizer state (or also weights) to host RAM.")
         self.gpu_spin = StrictDoubleSpinBox()
         self.gpu_spin.setRange(1.0, 4096.0)
-        self.gpu_spin.setDecimals(1)
+        self.gpu_spin.setDecimals(2)  # 23.99 GiB is an RTX 4090 as the driver reports it; 24.0 is not
         self.gpu_spin.setValue(d.gpu_gib)
         self.gpu_spin.setSuffix(" GiB")
         self.gpu_spin.setToolTip("Memory per GPU (as nvidia-smi shows it): the dashed line. Set by the "

@@ -9,15 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from planner.catalog import resolve_model
+from planner.catalog.gpus import find_gpu
 from planner.memory import Breakdown, Estimate, estimate
 from planner.launch import why_not_trainable
 from planner.options import TrainSetup
-from planner.units import GiB
+from planner.targets import DEFAULT_CATALOG_GPU
+from planner.units import GiB, fmt_gib
 
 _D = TrainSetup()
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
-DEFAULT_GPU_GIB = 24.0
+DEFAULT_GPU_GIB = find_gpu(DEFAULT_CATALOG_GPU).memory_bytes / GiB
+"""The default card's memory as the driver reports it (23.99 GiB for an RTX 4090)."""
 
 TERMS: tuple[str, ...] = tuple(f.name for f in fields(Breakdown))
 """Stack order, bottom to top: the persistent state first, then what the step adds."""
@@ -209,8 +212,8 @@ def summary_lines(plan: Plan, gpu_gib: float) -> tuple[str, ...]:
     lines = []
     for label, used, fits in zip(plan.labels, plan.device_used_gib, plan.fits(gpu_gib)):
         margin = abs(gpu_gib - used)
-        verdict = (f"fits on {gpu_gib:g} GiB ({margin:.1f} GiB free)" if fits
-                   else f"does not fit on {gpu_gib:g} GiB ({margin:.1f} GiB over)")
+        verdict = (f"fits on {fmt_gib(gpu_gib)} ({margin:.1f} GiB free)" if fits
+                   else f"does not fit on {fmt_gib(gpu_gib)} ({margin:.1f} GiB over)")
         lines.append(f"{label}: device used {used:.1f} GiB — {verdict}")
     return tuple(lines)
 

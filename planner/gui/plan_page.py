@@ -16,7 +16,9 @@ from PySide6.QtWidgets import (
 )
 
 from planner.catalog import resolve_model
-from planner.catalog.gpus import find_gpu
+from dataclasses import replace
+
+from planner.catalog.gpus import find_gpu, memory_text
 from planner.errors import PlannerError
 from planner.gui.plan_chart import PlanChart
 from planner.gui.plan_extras import cost_rows, sizes_table
@@ -29,8 +31,9 @@ from planner.gui.precise import PrecisePanel
 from planner.gui.state import AppState
 from planner.gui.worker import LatestOnly
 from planner.recommend import recommend
-from planner.targets import GpuTarget
-from planner.units import GiB, fmt_count
+from planner.settings import load_prices
+from planner.targets import DEFAULT_CATALOG_GPU, GpuTarget, catalog_target, custom_target
+from planner.units import GiB, fmt_count, fmt_gib
 
 DEBOUNCE_MS = 30
 RECOMMEND_AFTER_MS = 250
@@ -50,8 +53,9 @@ class PlanPage(QWidget):
                      "lora_r_spin", "ckpt_box", "attention_box", "gpu_spin"):
             setattr(self, name, getattr(self.form, name))
         self.error_label = self.form.errors[self.form.model_box]
-        self._gpu_spec = find_gpu("RTX 4090")
-        self._gpu_name = "RTX 4090 (catalog)"
+        self._target = catalog_target(find_gpu(DEFAULT_CATALOG_GPU), 1, load_prices())
+        """The GPU planned for: its memory in bytes as the driver reports it is the one that plans
+        (the spin box shows it rounded to 0.01 GiB), its name and source label it."""
 
         self.stale_label = QLabel("The chart still shows the last valid setup.")
         self.stale_label.setWordWrap(True)
@@ -123,6 +127,9 @@ class PlanPage(QWidget):
             if state.gpu is not None:
                 self.set_gpu(state.gpu)
         self.form.gpu_spin.valueChanged.connect(self._gpu_edited)
+        if round(self._target.memory_bytes / GiB, 2) != self.form.gpu_spin.value():
+            self._gpu_edited()  # a size restored from the last session that is not the default card's
+        self._show_gpu()
         self.form.changed.connect(self._schedule)
         self.recompute()  # draw at once, so the first frame (and a screenshot) has bars
 
@@ -130,37 +137,48 @@ class PlanPage(QWidget):
     def set_gpu(self, gpu: GpuTarget | None) -> None:
         if gpu is None:
             return
-        self._gpu_spec = gpu.spec
-        self._gpu_name = f"{gpu.name} ({gpu.source})"
-        self.form.gpu_label.setText(self._gpu_name)
+        self._target = gpu
         with _blocked(self.form.gpu_spin):
             self.form.gpu_spin.setValue(gpu.memory_bytes / GiB)
+        self._show_gpu()
         if gpu.count != self.form.gpus_spin.value():
             self.form.gpus_spin.setValue(gpu.count)
         self._schedule()
 
     def _gpu_edited(self) -> None:
-        self._gpu_name = f"custom {self.form.gpu_spin.value():g} GiB (speed and price of {self._gpu_spec.name})"
-        self.form.gpu_label.setText(self._gpu_name)
+        self._target = custom_target(self.form.gpu_spin.value(), self.form.gpus_spin.value(), load_prices())
+        self._show_gpu()
+
+    def _show_gpu(self) -> None:
+        t = self._target
+        if t.source == "custom":
+            text = f"{t.name} (speed and price of {t.spec.name})"
+        elif t.source == "nvml":  # NVML's own total plans, whatever the datasheet says
+            text = f"{t.name} · {fmt_gib(t.memory_bytes / GiB)} (nvml: detected here)"
+        else:
+            text = f"{t.name} · {memory_text(t.spec)} (catalog)"
+        self.form.gpu_label.setText(text)
 
     def gpu_target(self) -> GpuTarget:
-        v = self.form.values()
-        return GpuTarget(self._gpu_name, int(v.gpu_gib * GiB), v.num_gpus, "custom", self._gpu_spec)
+        """The planned GPU, as many as the form says."""
+        return replace(self._target, count=self.form.gpus_spin.value())
 
     # -- recompute --------------------------------------------------------------------------
     def _schedule(self, *_: object) -> None:
         self._debounce.start()  # restarts a pending countdown: one recompute per burst
 
     def recompute(self) -> None:
-        values = self.form.values()
+        # the exact bytes the driver reports, not the spin box's rounded GiB
+        values = replace(self.form.values(), gpu_gib=self._target.memory_bytes / GiB)
         try:
             if (refused := self.form.input_problem()) is not None:
                 raise _FieldProblem(*refused)
             plan = compute_plan(values)
             spec = resolve_model(values.model)
             mine = my_setup(values)
-            table = sizes_table(values, int(values.gpu_gib * GiB))
-            rows = cost_rows(values, spec, self._gpu_spec, int(values.gpu_gib * GiB), self._electricity())
+            table = sizes_table(values, self._target.memory_bytes)
+            rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes, self._electricity(),
+                             local=self._target.source == "nvml")
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
             self.form.show_error(str(exc), getattr(exc, "widget", None))
@@ -193,8 +211,6 @@ class PlanPage(QWidget):
             self.form.save(self.state.settings)
 
     def _electricity(self) -> float | None:
-        from planner.settings import load_prices
-
         return load_prices().electricity_usd_per_kwh
 
     def use_plan(self) -> None:
@@ -208,7 +224,7 @@ class PlanPage(QWidget):
         if rec is None or not 0 <= index < len(rec.alternatives):
             return
         alt = rec.alternatives[index]
-        if why_not_trainable(alt.setup) is None:
+        if alt.trainable is None:
             self._to_train(alt.setup, alt.model)
 
     def use_my_settings(self) -> None:

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 from planner.gui.plan_extras import CostRow, SizesTable
 from planner.launch import why_not_trainable
+from planner.units import fmt_gib
 from planner.recommend import Recommendation
 
 FITS = QColor(46, 160, 67, 90)  # translucent: readable over light and dark bases
@@ -60,9 +61,10 @@ class RecommendationPanel(QWidget):
 
     def show_recommendation(self, rec: Recommendation) -> None:
         self.rec = rec
-        parts = [f"<p>{html.escape(rec.explanation)}</p>"]
+        parts = [f"<p style='color:#d32f2f'><b>Warning:</b> {html.escape(w)}</p>" for w in rec.warnings]
+        parts.append(f"<p>{html.escape(rec.explanation)}</p>")
         if rec.alternatives:
-            items = "".join(f"<li>{html.escape(a.text)} {_use_link(i, why_not_trainable(a.setup))}</li>"
+            items = "".join(f"<li>{html.escape(a.text)} {_use_link(i, a.trainable)}</li>"
                             for i, a in enumerate(rec.alternatives))
             parts.append(f"<p>What would fit:</p><ul>{items}</ul>")
         self.text.setHtml("".join(parts))
@@ -120,7 +122,7 @@ class SizesPanel(QTableWidget):
             for c, cell in enumerate(cells):
                 verdict = "fits" if cell.fits else "does not fit"
                 item = _item(f"{cell.device_used_gib:,.1f}", f"{label}, {table.columns[c]}: "
-                             f"{cell.device_used_gib:.1f} GiB, {verdict} on {gpu_gib:g} GiB\n{table.column_notes[c]}".strip())
+                             f"{cell.device_used_gib:.1f} GiB, {verdict} on {fmt_gib(gpu_gib)}\n{table.column_notes[c]}".strip())
                 item.setBackground(QBrush(FITS if cell.fits else MISSES))
                 self.setItem(r, c, item)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)

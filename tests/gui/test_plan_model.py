@@ -10,7 +10,7 @@ from planner.errors import PlannerError
 from planner.gui.plan_model import (
     TERMS, VARIANTS, FormValues, build_setups, compute_plan, stack_bottoms, summary_lines, variant_label,
 )
-from planner.units import GiB
+from planner.units import GiB, fmt_gib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,8 +70,8 @@ def test_summary_says_fits_or_not():
     assert len(lines) == 4
     assert lines[0].startswith("Full 16-bit: device used ")
     biggest, smallest = used.index(max(used)), used.index(min(used))
-    assert f"does not fit on {gpu:g} GiB" in lines[biggest]
-    assert f"— fits on {gpu:g} GiB" in lines[smallest]
+    assert f"does not fit on {fmt_gib(gpu)}" in lines[biggest]
+    assert f"— fits on {fmt_gib(gpu)}" in lines[smallest]
     assert plan.fits(gpu)[biggest] is False and plan.fits(gpu)[smallest] is True
     assert all("— fits on 10000 GiB" in line for line in summary_lines(plan, 10_000.0))
 

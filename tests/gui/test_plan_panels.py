@@ -39,7 +39,7 @@ def test_size_table_is_coloured_by_fit(page):
     assert (page.sizes.rowCount(), page.sizes.columnCount()) == (6, 7)
     first, last = page.sizes.item(4, 0), page.sizes.item(0, 6)  # QLoRA 4 at 7B, Full AMP at 8x22B
     assert first.background().color() != last.background().color()
-    assert "fits on 24 GiB" in first.toolTip() and "does not fit" in last.toolTip()
+    assert "fits on 23.99 GiB" in first.toolTip() and "does not fit" in last.toolTip()
     # the MoE columns say which expert layout they assume
     assert "one nn.Linear per expert" in last.toolTip() and "expert" not in first.toolTip()
     assert "mixture of experts" in page.sizes.horizontalHeaderItem(6).toolTip()
@@ -171,3 +171,14 @@ def test_recompute_is_under_50_ms(page):
     median = sorted(times)[1]
     print(f"plan recompute: {median * 1000:.1f} ms")
     assert median < 0.15  # target 50 ms; margin for the shared CI machine
+
+
+def test_the_recommendation_shows_its_warnings_first(page, qtbot):
+    page.model_box.setEditText("meta-llama/Llama-2-7b-hf")  # 4,096 positions
+    page.seq_spin.setValue(8192)
+    page.form.gpu_spin.setValue(200.0)
+    page.recompute()
+    qtbot.waitUntil(lambda: page.recommendation.rec is not None, timeout=10_000)
+    text = page.recommendation.text.toPlainText()
+    assert text.startswith("Warning: seq_len 8,192 exceeds the model's context")
+    assert page.recommendation.rec.explanation in text
