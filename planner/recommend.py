@@ -83,8 +83,8 @@ class Recommendation:
             "gpu": {"name": g.name, "memory_bytes": g.memory_bytes, "count": g.count, "source": g.source},
             "options": [o.to_json() for o in self.options],
             "recommended": self.recommended,
-            "explanation": self.explanation,
-            "warnings": list(self.warnings),
+            # DESIGN.md's schema has no warnings key: they lead the explanation, as on screen
+            "explanation": " ".join([*(f"Warning: {w}." for w in self.warnings), self.explanation]),
             "alternatives": [a.line for a in self.alternatives],
         }
 

@@ -7,15 +7,15 @@ from planner.catalog.gpus import memory_text
 from planner.hardware_text import table
 from planner.recommend import Recommendation
 from planner.targets import GpuTarget
-from planner.units import GiB
+from planner.units import GiB, fmt_gib
 
 SHOWN_OPTIONS = 12
 """Fitting options listed under a recommendation, fastest first (the JSON has them all)."""
 
 
 def gpu_line(g: GpuTarget) -> str:
-    """``1 x T4 (16 GB datasheet, 15.00 GiB usable; catalog)``: the memory plans are checked against."""
-    memory = memory_text(g.spec) if g.source == "catalog" else f"{g.memory_bytes / GiB:.2f} GiB"
+    """``1 x T4 (16 GB datasheet, 15 GiB usable; catalog)``: the memory plans are checked against."""
+    memory = memory_text(g.spec) if g.source == "catalog" else fmt_gib(g.memory_bytes / GiB)
     if g.source == "custom":
         memory += f", speed and price of {g.spec.name}"
     return f"{g.count} x {g.name} ({memory}; {g.source})"

@@ -181,7 +181,7 @@ def test_t4_plans_against_the_15_gib_the_driver_reports(capsys):
     assert 15 * GiB < leanest["device_used_bytes"] < 16 * GiB  # fitted the old 16 GiB, not the real card
     assert doc["recommended"] is None and not leanest["fits"]
     out = run_ok(capsys, "recommend", "--model", MODEL, "--gpu", "T4")
-    assert out.splitlines()[0] == "1 x T4 (16 GB datasheet, 15.00 GiB usable; catalog)"
+    assert out.splitlines()[0] == "1 x T4 (16 GB datasheet, 15 GiB usable; catalog)"
     assert "Nothing fits on T4 with 15 GiB per GPU" in out and "of 16.0 GiB" not in out
 
 

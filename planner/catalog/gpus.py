@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.units import GiB, MiB
+from planner.units import GiB, MiB, fmt_gib
 
 GPUS_JSON = Path(__file__).resolve().parents[2] / "resources" / "gpus.json"
 SEGMENTS = ("consumer", "workstation", "datacenter")
@@ -120,7 +120,7 @@ def _spec(raw: dict[str, Any]) -> GpuSpec:
 
 def memory_text(spec: GpuSpec) -> str:
     """The datasheet size and what plans use, e.g. ``24 GB datasheet, 23.99 GiB usable``."""
-    return f"{spec.datasheet_gb:g} GB datasheet, {spec.memory_bytes / GiB:.2f} GiB usable"
+    return f"{spec.datasheet_gb:g} GB datasheet, {fmt_gib(spec.memory_bytes / GiB)} usable"
 
 
 @lru_cache(maxsize=1)

@@ -15,13 +15,13 @@ from PySide6.QtWidgets import (
     QComboBox, QCompleter, QDoubleSpinBox, QHBoxLayout, QLabel, QSpinBox, QWidget,
 )
 
-from planner.catalog.gpus import gpu_catalog
+from planner.catalog.gpus import gpu_catalog, memory_text
 from planner.gui.hardware_model import (
     CUSTOM_PREFIX, DEFAULT_CATALOG_GPU, catalog_entry, catalog_target, custom_target, nvml_target, parse_choice, same_kind,
 )
 from planner.hardware import Gpu
 from planner.targets import GpuTarget
-from planner.units import GiB
+from planner.units import GiB, fmt_gib
 
 MAX_COUNT = 64
 """GPUs a catalog or custom plan may assume (a multi-node job; DeepSpeed/FSDP plans go that far)."""
@@ -43,7 +43,7 @@ class GpuPicker(QWidget):
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         completer, edit = self.combo.completer(), self.combo.lineEdit()
         assert completer is not None and edit is not None  # an editable combo has both
-        completer.setFilterMode(Qt.MatchFlag.MatchContains)  # "4090" finds "RTX 4090 · 24 GiB"
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)  # "4090" finds "RTX 4090 · 24 GB datasheet..."
         completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
         edit.setPlaceholderText("type to search GPUs")
@@ -87,12 +87,12 @@ class GpuPicker(QWidget):
         with QSignalBlocker(self.combo):
             self.combo.clear()
             for g in self._gpus:
-                memory = f" · {g.memory_total / GiB:.0f} GiB" if g.memory_total else ""
+                memory = f" · {fmt_gib(g.memory_total / GiB)}" if g.memory_total else ""
                 self.combo.addItem(f"GPU {g.index}: {g.name or 'unknown'}{memory} (this machine)", ("nvml", g.index))
             if self._gpus:
                 self.combo.insertSeparator(self.combo.count())
             for spec in gpu_catalog().values():
-                self.combo.addItem(f"{spec.name} · {spec.memory_bytes / GiB:.0f} GiB", ("catalog", spec.name))
+                self.combo.addItem(f"{spec.name} · {memory_text(spec)}", ("catalog", spec.name))
             self.combo.addItem("Custom memory…", ("custom", None))
         if previous is not None and self._find(previous[0]) >= 0:
             self._select(*previous)  # a rescan keeps the user's choice when it still exists
@@ -212,7 +212,7 @@ class GpuPicker(QWidget):
 
     def _detail(self, t: GpuTarget) -> str:
         """Memory, then what the time and cost figures will assume, and where that comes from."""
-        per = f"{t.memory_bytes / GiB:.1f} GiB" + (" per GPU" if t.count > 1 else "")
+        per = fmt_gib(t.memory_bytes / GiB) + (" per GPU" if t.count > 1 else "")
         speed = f"{t.spec.peak_flops / 1e12:.0f} TFLOPS 16-bit"
         price = t.spec.price()
         if price is not None:

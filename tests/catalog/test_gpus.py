@@ -10,7 +10,7 @@ from planner.catalog.gpus import (
     GPUS_JSON, MEMORY_TOLERANCE, PRICE_KINDS, SEGMENTS, find_gpu, gpu_catalog, match_nvml, memory_text,
 )
 from planner.errors import PlannerError
-from planner.units import GiB, MiB
+from planner.units import GiB, MiB, fmt_gib
 
 ENTRIES = list(gpu_catalog().values())
 
@@ -67,7 +67,7 @@ def test_memory_is_the_driver_total_with_a_source_and_the_datasheet_beside_it(gp
     # the driver never reports more than the datasheet figure read as GiB, and keeps at least 15/16
     # of it (the ECC carve-out; GPU-reserved memory is smaller still)
     assert 15 / 16 * 0.99 <= gpu.memory_bytes / (gpu.datasheet_gb * GiB) <= 1.0
-    assert memory_text(gpu) == f"{gpu.datasheet_gb:g} GB datasheet, {gpu.memory_bytes / GiB:.2f} GiB usable"
+    assert memory_text(gpu) == f"{gpu.datasheet_gb:g} GB datasheet, {fmt_gib(gpu.memory_bytes / GiB)} usable"
 
 
 @pytest.mark.parametrize("name, mib", [
@@ -81,7 +81,7 @@ def test_driver_reported_totals(name, mib):
 
 def test_memory_text_is_compact():
     assert memory_text(find_gpu("RTX 4090")) == "24 GB datasheet, 23.99 GiB usable"
-    assert memory_text(find_gpu("T4")) == "16 GB datasheet, 15.00 GiB usable"
+    assert memory_text(find_gpu("T4")) == "16 GB datasheet, 15 GiB usable"
 
 
 def test_tolerance_spans_an_ecc_toggle_but_not_a_smaller_card():

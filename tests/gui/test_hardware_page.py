@@ -172,7 +172,7 @@ def test_no_gpu_search_a_catalog_gpu(install, make_page, settings_file, qtbot):
     gpu = page.state.gpu
     assert (gpu.name, gpu.memory_bytes, gpu.source) == ("A100 80GB PCIe", 80 * GiB, "catalog")
     assert gpu.spec == find_gpu("A100 80GB PCIe")
-    assert page.picker.combo.currentText() == "A100 80GB PCIe · 80 GiB"
+    assert page.picker.combo.currentText() == "A100 80GB PCIe · 80 GB datasheet, 80 GiB usable"
     assert QSettings(settings_file, QSettings.Format.IniFormat).value("plan/gpu") == "A100 80GB PCIe"
     again = make_page()  # the next start restores it
     assert again.state.gpu.name == "A100 80GB PCIe" and again.state.gpu.source == "catalog"
@@ -186,7 +186,7 @@ def test_no_gpu_unknown_text_is_undone(install, make_page, qtbot):
     qtbot.keyClicks(edit, "no such gpu")
     edit.editingFinished.emit()
     assert page.state.gpu.name == "RTX 4090"
-    assert page.picker.combo.currentText() == "RTX 4090 · 24 GiB"
+    assert page.picker.combo.currentText() == "RTX 4090 · 24 GB datasheet, 23.99 GiB usable"
 
 
 def test_no_gpu_custom_memory_and_count(install, make_page, settings_file):
