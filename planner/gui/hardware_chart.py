@@ -14,12 +14,20 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from planner.gui.chart_style import (
+    EmptyNote,
+    keep_whole,
+    series_colour,
+    style_legend,
+    style_plot,
+)
 from planner.gui.hardware_model import History
 from planner.units import GiB
-from planner.gui.chart_style import series_colour, style_legend, style_plot
 
 _NICE = (1, 1.5, 2, 3, 4, 5, 6, 8)
 """Y-axis tops: 1-2-5 style steps, dense enough that a 77 GiB peak gets 80, not 100 or 128."""
+MIN_VIEW = (240, 90)
+"""The data area's smallest size (px): room for the y ticks to stay apart."""
 
 
 class MemoryChart(pg.PlotWidget):
@@ -38,6 +46,8 @@ class MemoryChart(pg.PlotWidget):
         self.legend = pg.LegendItem(frame=False)
         self.legend.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         item.layout.addItem(self.legend, 2, 3, alignment=Qt.AlignmentFlag.AlignVCenter)
+        item.getViewBox().setMinimumSize(*MIN_VIEW)
+        self.empty_note = EmptyNote(item, "no sample yet")
         self.curves: list[pg.PlotDataItem] = []
         self.markers: list[pg.ScatterPlotItem] = []
         """A dot on each curve's newest value: the first second already shows something, and the
@@ -66,6 +76,7 @@ class MemoryChart(pg.PlotWidget):
             # a click would hide a curve with no way to tell it is hidden rather than at zero
             sample.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
         self._apply_palette()
+        keep_whole(self, item, [self.legend])
 
     def _curve(self, pen: object, colour: object) -> pg.PlotDataItem:
         # "finite": a NaN (value not reported that second) leaves a gap instead of a drop to 0.
@@ -95,6 +106,7 @@ class MemoryChart(pg.PlotWidget):
             marker.setData(x[-len(last):] if len(last) else x[:0], last)
             if len(y) and not np.isnan(y).all():
                 top = max(top, float(np.nanmax(y)))
+        self.empty_note.set_empty(len(t) == 0)
         self._set_top(top)
 
     def _set_top(self, top: float) -> None:
@@ -114,6 +126,7 @@ class MemoryChart(pg.PlotWidget):
         fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
         style_plot(self.getPlotItem(), fg)
         style_legend(self.legend, fg)
+        self.empty_note.set_colour(fg)
         if self.host_curve is not None:
             self.host_curve.setPen(self._host_pen())
             self.markers[self.curves.index(self.host_curve)].setBrush(pg.mkBrush(fg))

@@ -1,18 +1,22 @@
 """The Plan page's chart: one stacked bar per method, segments = breakdown terms, GPU line.
 
 Bar items are created once and only updated with ``setOpts`` (DESIGN.md: charts create their
-items once), so a recompute never rebuilds the scene.
+items once), so a recompute never rebuilds the scene. Totals are placed in pixels, after each
+plan and resize: a total the dashed GPU line (or its label) would cross moves above them.
 """
 
 from __future__ import annotations
 
+import html
+
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt
-from PySide6.QtGui import QColor, QPalette, QPen
+from PySide6.QtCore import QEvent, QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from planner.gui.chart_style import keep_whole, style_legend, style_plot
 from planner.gui.plan_model import DEFAULT_GPU_GIB, TERM_LABELS, TERMS, VARIANTS, Plan
-from planner.gui.chart_style import style_legend, style_plot
+from planner.units import fmt_gib
 
 # Tableau 10: a qualitative palette that stays distinguishable on light and dark backgrounds.
 # Blue-greens for the model (weights, quant state, adapters), orange-red for training state,
@@ -31,6 +35,42 @@ TERM_COLOURS: dict[str, str] = {
 }
 
 BAR_WIDTH = 0.6
+HEADROOM = 1.12
+"""Y range top over the tallest of bars and GPU line, before the totals ask for more."""
+LINE_WIDTH = 2
+CLEARANCE_PX = 3
+"""Space kept between a total and the dashed line or its label."""
+MIN_VIEW = (4 * 78, 130)
+"""The bars' area never shrinks below this (px): room for four "QLoRA 4-bit" ticks and totals."""
+TITLE_POINT_SIZE = 11  # pyqtgraph's PlotItem title size
+TITLE_MARGIN_PX = 16
+"""The title label's document margins and a little air."""
+
+
+class ElidedTitle(pg.LabelItem):
+    """A plot title that may be narrower than its text: the chart elides the text to the width it
+    gets. (A LabelItem makes its text width its minimum, so a long model path would set the
+    chart's minimum width, and the window's.)"""
+
+    def updateMin(self) -> None:  # noqa: N802 (pyqtgraph's name)
+        super().updateMin()
+        self.setMinimumWidth(0)
+
+
+def _use_elided_title(item: pg.PlotItem) -> None:
+    """Put an ElidedTitle where PlotItem keeps its title (``setTitle`` keeps working)."""
+    old = item.titleLabel
+    item.layout.removeItem(old)
+    old.setParentItem(None)
+    if old.scene() is not None:
+        old.scene().removeItem(old)
+    item.titleLabel = ElidedTitle("", size=f"{TITLE_POINT_SIZE}pt", parent=item)
+    item.layout.addItem(item.titleLabel, 0, 1)
+    item.setTitle(None)
+
+
+def gpu_key_text(gpu_gib: float) -> str:
+    return f"your GPU: {fmt_gib(gpu_gib)}"
 
 
 class PlanChart(pg.PlotWidget):
@@ -62,14 +102,16 @@ class PlanChart(pg.PlotWidget):
         for text in self.totals:
             item.addItem(text)
 
-        self.gpu_line = pg.InfiniteLine(pos=DEFAULT_GPU_GIB, angle=0, movable=False,
-                                        label="your GPU: {value:g} GiB",
-                                        labelOpts={"position": 0.98, "anchors": [(1, 1), (1, 1)]})
+        # The GPU's size is named in the legend, not on the line: there it would sit on a bar or a total.
+        self.gpu_line = pg.InfiniteLine(pos=DEFAULT_GPU_GIB, angle=0, movable=False)
         item.addItem(self.gpu_line)
+        self.gpu_key = pg.PlotDataItem()
+        """Never plotted: the legend's sample of the dashed line."""
 
         # The legend sits in its own layout column right of the plot so it never covers a bar;
-        # listed top-down in stack order, as the eye reads the bars.
+        # the GPU first, then the terms top-down in stack order, as the eye reads the bars.
         self.legend = pg.LegendItem(frame=False)
+        self.legend.addItem(self.gpu_key, gpu_key_text(DEFAULT_GPU_GIB))
         for term in reversed(TERMS):
             self.legend.addItem(self.bars[term], TERM_LABELS[term])
         for sample, _label in self.legend.items:
@@ -78,6 +120,12 @@ class PlanChart(pg.PlotWidget):
         # Fixed size: otherwise the grid stretches the legend to the plot's height.
         self.legend.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         item.layout.addItem(self.legend, 2, 3, alignment=Qt.AlignmentFlag.AlignVCenter)
+        item.getViewBox().setMinimumSize(*MIN_VIEW)
+        item.getViewBox().sigResized.connect(self._layout_text)
+        _use_elided_title(item)
+        self._title = ""
+        """The full title (HTML-escaped); drawn elided to the width there is."""
+        self._used: tuple[float, ...] = ()
 
         # The user's own method: one outline around its whole stack, drawn over the segments.
         self.outline = pg.BarGraphItem(x=self._x, height=[0.0] * n, width=BAR_WIDTH, brush=None,
@@ -86,6 +134,7 @@ class PlanChart(pg.PlotWidget):
         item.addItem(self.outline)
         self._apply_palette()
         self._ready = True
+        keep_whole(self, item)
 
     def show_plan(self, plan: Plan, highlight: tuple[bool, ...], gpu_gib: float, title: str) -> None:
         """Update every item in place from a freshly computed plan."""
@@ -93,19 +142,79 @@ class PlanChart(pg.PlotWidget):
         for term, bar in self.bars.items():
             bar.setOpts(height=list(plan.heights[term]), y0=list(plan.bottoms[term]))
         self.outline.setOpts(height=list(plan.device_used_gib), pens=self._outline_pens())
-        for text, x, used in zip(self.totals, self._x, plan.device_used_gib):
+        for text, used in zip(self.totals, plan.device_used_gib):
             text.setText(f"{used:.1f} GiB")
-            text.setPos(x, used)
+        self._used = tuple(plan.device_used_gib)
         self.getAxis("bottom").setTicks([list(zip(self._x, plan.labels))])
-        self.getPlotItem().setTitle(title)
+        self._title = title
         self._plan_top = max(plan.device_used_gib)
         self.set_gpu_gib(gpu_gib)
 
     def set_gpu_gib(self, gpu_gib: float) -> None:
         self.gpu_line.setValue(gpu_gib)
-        # Headroom above the tallest of bars and line so the totals and line label are not clipped.
-        top = max(self._plan_top, gpu_gib)
-        self.setYRange(0, top * 1.12, padding=0)
+        label = self.legend.items[0][1]
+        if label.text != gpu_key_text(gpu_gib):
+            label.setText(gpu_key_text(gpu_gib))
+            keep_whole(self, self.getPlotItem(), [self.legend])  # "your GPU: 141 GiB" may widen it
+        self._layout_text()
+
+    def _layout_text(self, *_: object) -> None:
+        """Y range, totals and title for the plan and the view's current size in pixels."""
+        self._show_title()
+        height = self.getPlotItem().getViewBox().height()
+        top = max(self._plan_top, float(self.gpu_line.value())) * HEADROOM
+        for _ in range(3):  # a taller range can free a total from the line: settles in a pass or two
+            # every total inside the view: gib * height / top + offset + text height <= height
+            need = max([top] + [gib * height / (height - span) for gib, span in
+                                ((gib, offset + text.boundingRect().height())
+                                 for (gib, offset), text in zip(self._total_anchors(top, height), self.totals))
+                                if span < height])
+            if need <= top * 1.0001:
+                break
+            top = need
+        self.setYRange(0, top, padding=0)
+        for text, x, (gib, offset) in zip(self.totals, self._x, self._total_anchors(top, height)):
+            text.setPos(x, gib + (offset * top / height if height > 0 else 0.0))
+
+    def _total_anchors(self, top: float, height: float) -> list[tuple[float, float]]:
+        """Where each total's bottom edge goes, as (GiB, pixels above it): on its bar, or just above
+        the dashed GPU line when the line would cross the text."""
+        if height <= 0 or top <= 0 or not self._used:
+            return [(0.0, 0.0)] * len(self.totals)
+        gpu = float(self.gpu_line.value())
+        line = gpu * height / top
+        band = LINE_WIDTH / 2 + CLEARANCE_PX
+        anchors = []
+        for text, used in zip(self.totals, self._used):
+            # the glyphs, not the document margins around them, must stay off the line
+            margin = text.textItem.document().documentMargin()
+            bottom = used * height / top + margin
+            glyph_top = used * height / top + text.boundingRect().height() - margin
+            crossed = bottom < line + band and glyph_top > line - band
+            anchors.append((gpu, band - margin) if crossed else (used, 0.0))
+        return anchors
+
+    def _show_title(self) -> None:
+        """The title elided in the middle to the room beside the axis and legend: a label's text
+        width is its minimum, so a long model path would otherwise push the legend out of view."""
+        item = self.getPlotItem()
+        if item is None:  # closing: pyqtgraph has let go of it
+            return
+        font = QFont(item.titleLabel.item.font())
+        font.setPointSizeF(TITLE_POINT_SIZE)
+        room = self.viewport().width() - item.getAxis("left").width() - self.legend.width() - TITLE_MARGIN_PX
+        plain = html.unescape(self._title)
+        elided = QFontMetricsF(font).elidedText(plain, Qt.TextElideMode.ElideMiddle, max(room, 0.0))
+        text = html.escape(elided, quote=False) if elided != plain else self._title
+        if text != item.titleLabel.text or item.titleLabel.isVisible() != bool(text):
+            item.setTitle(text or None)
+            # the view sized the plot while the old title was its minimum: size it again
+            item.setGeometry(QRectF(self.viewport().rect()))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        if getattr(self, "_ready", False):
+            self._show_title()
 
     def bar_heights(self, term: str) -> tuple[float, ...]:
         """Segment heights as drawn (what tests read back)."""
@@ -121,13 +230,9 @@ class PlanChart(pg.PlotWidget):
         fg: QColor = pal.color(QPalette.ColorRole.WindowText)
         style_plot(self.getPlotItem(), fg)
         style_legend(self.legend, fg)
-        self.gpu_line.setPen(pg.mkPen(fg, width=2, style=Qt.PenStyle.DashLine))
-        self.gpu_line.label.setColor(fg)
-        # The label often sits over a bar taller than the card: give it the window's background.
-        backdrop = QColor(pal.color(QPalette.ColorRole.Window))
-        backdrop.setAlpha(220)
-        self.gpu_line.label.fill = pg.mkBrush(backdrop)  # TextItem has no setter for its fill
-        self.gpu_line.label.update()
+        dashed = pg.mkPen(fg, width=LINE_WIDTH, style=Qt.PenStyle.DashLine)
+        self.gpu_line.setPen(dashed)
+        self.gpu_key.setPen(dashed)
         for text in self.totals:
             text.setColor(fg)
         # A hairline in the background colour separates adjacent segments (and frames the swatches).
@@ -142,3 +247,4 @@ class PlanChart(pg.PlotWidget):
         if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
             self._apply_palette()
         super().changeEvent(event)
+

@@ -11,15 +11,25 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt
+from PySide6.QtCore import QEvent
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
 
+from planner.gui.chart_style import (
+    EmptyNote,
+    PredictionLine,
+    keep_whole,
+    legend_below,
+    set_entries,
+    style_legend,
+    style_plot,
+)
 from planner.units import GiB
-from planner.gui.chart_style import style_legend, style_plot
 from trainer.protocol import Event
 
 LOSS, EVAL, MEASURED, RESERVED = "#4e79a7", "#f28e2b", "#e15759", "#76b7b2"  # Tableau 10, as elsewhere
+MIN_VIEW = (160, 90)
+"""The data area's smallest size (px): below it the curves no longer show a trend."""
 
 
 class Replay:
@@ -68,7 +78,8 @@ def _num(v: object) -> float:
 
 
 class ReplayChart(QWidget):
-    """Loss beside memory, x (step) linked; the prediction is a dashed line."""
+    """Loss beside memory, x (step) linked; the prediction is a dashed line. Legends sit under the
+    plots (never on a curve or the dashed line) and list only what is drawn."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -77,30 +88,27 @@ class ReplayChart(QWidget):
         for plot in (self.loss_plot, self.memory_plot):
             plot.setLabel("bottom", "step")
         self.memory_plot.setXLink(self.loss_plot)
-        self.loss_legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextSize="8pt")
-        self.memory_legend = self.memory_plot.addLegend(offset=(-10, -10), labelTextSize="8pt")
+        self.loss_legend = legend_below(self.loss_plot.getPlotItem(), columns=2)
+        self.memory_legend = legend_below(self.memory_plot.getPlotItem(), columns=3)
         # created once; every update is setData
-        self.loss_curve = self._curve(self.loss_plot, LOSS, "train loss")
+        self.loss_curve = self._curve(self.loss_plot, LOSS)
         self.eval_curve = self.loss_plot.plot([], [], pen=None, symbol="o", symbolSize=6,
-                                              symbolBrush=EVAL, symbolPen=None, name="eval loss")
+                                              symbolBrush=EVAL, symbolPen=None)
         # the legend draws the scatter's own brush, which setData leaves at the default while empty
         self.eval_curve.scatter.setBrush(pg.mkBrush(EVAL))
         self.eval_curve.scatter.setPen(pg.mkPen(None))
-        self.measured_curve = self._curve(self.memory_plot, MEASURED, "measured")
-        self.reserved_curve = self._curve(self.memory_plot, RESERVED, "reserved")
-        # the prediction's number lives in the legend (an item that is never plotted, only listed):
-        # a label on the line itself would sit on the measured curves it is compared with
-        self.predicted_line = pg.InfiniteLine(angle=0, movable=False)
-        self.memory_plot.addItem(self.predicted_line)
-        self.predicted_key = pg.PlotDataItem()
-        self.memory_legend.addItem(self.predicted_key, "predicted")
-        self.predicted_line.hide()
+        self.measured_curve = self._curve(self.memory_plot, MEASURED)
+        self.reserved_curve = self._curve(self.memory_plot, RESERVED)
+        self.prediction = PredictionLine(self.memory_plot.getPlotItem())
+        self.predicted_line = self.prediction.line
+        self.empty_notes = [EmptyNote(plot.getPlotItem()) for plot in (self.loss_plot, self.memory_plot)]
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.loss_plot, 1)
         layout.addWidget(self.memory_plot, 1)
         self._apply_palette()
         self._ready = True
+        self.clear()
 
     def _plot(self, label: str) -> pg.PlotWidget:
         plot = pg.PlotWidget(background=None)
@@ -110,12 +118,12 @@ class ReplayChart(QWidget):
         plot.getAxis("left").enableAutoSIPrefix(False)  # GiB stay GiB, not "(x0.001)"
         plot.showGrid(x=True, y=True, alpha=0.2)
         plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        plot.setMinimumHeight(120)
+        plot.getViewBox().setMinimumSize(*MIN_VIEW)
         return plot
 
     @staticmethod
-    def _curve(plot: pg.PlotWidget, colour: str, name: str) -> pg.PlotDataItem:
-        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), name=name, connect="finite")
+    def _curve(plot: pg.PlotWidget, colour: str) -> pg.PlotDataItem:
+        curve = plot.plot([], [], pen=pg.mkPen(colour, width=2), connect="finite")
         curve.setClipToView(True)
         curve.setDownsampling(auto=True, method="peak")
         return curve
@@ -127,30 +135,30 @@ class ReplayChart(QWidget):
         measured = replay.alloc if replay.on_gpu else replay.rss
         self.measured_curve.setData(x, np.asarray(measured, dtype=float) / GiB)
         self.reserved_curve.setData(x, np.asarray(replay.reserved, dtype=float) / GiB if replay.on_gpu else [])
-        self._rename(self.memory_legend, self.measured_curve, "peak allocated" if replay.on_gpu else "host RSS")
         self.reserved_curve.setVisible(replay.on_gpu)
-        listed = any(sample.item is self.reserved_curve for sample, _ in self.memory_legend.items)
-        if replay.on_gpu and not listed:
-            self.memory_legend.addItem(self.reserved_curve, "reserved")
-        elif not replay.on_gpu and listed:  # a CPU run has no reserved pool: no empty legend key
-            self.memory_legend.removeItem(self.reserved_curve)
         top = float(np.nanmax(measured)) / GiB if measured and not np.isnan(measured).all() else 0.0
+        has_steps = bool(replay.steps)
+        self.prediction.set_peak(replay.predicted, shown=has_steps)
         if replay.predicted:
-            self.predicted_line.setValue(replay.predicted / GiB)
             top = max(top, replay.predicted / GiB)
-        self.predicted_line.setVisible(bool(replay.predicted))
-        self._rename(self.memory_legend, self.predicted_key,
-                     f"predicted {replay.predicted / GiB:.2f} GiB" if replay.predicted else "no prediction")
+        for note in self.empty_notes:
+            note.set_empty(not has_steps)
         self.memory_plot.setYRange(0, max(top, 0.1) * 1.1, padding=0)
+        loss = [(self.loss_curve, "train loss")] if has_steps else []
+        if replay.eval_steps:  # no eval points, no "eval loss" key
+            loss.append((self.eval_curve, "eval loss"))
+        memory = [(self.measured_curve, "peak allocated" if replay.on_gpu else "host RSS")] if has_steps else []
+        if replay.on_gpu:  # a CPU run has no reserved pool: no key for an empty curve
+            memory.append((self.reserved_curve, "reserved"))
+        if has_steps or replay.predicted:
+            memory.append(self.prediction.entry)
+        for plot, legend, entries in ((self.loss_plot, self.loss_legend, loss),
+                                      (self.memory_plot, self.memory_legend, memory)):
+            if set_entries(legend, entries):
+                keep_whole(plot, plot.getPlotItem(), [legend])
 
     def clear(self) -> None:
         self.show_replay(Replay())
-
-    @staticmethod
-    def _rename(legend: pg.LegendItem, curve: pg.PlotDataItem, name: str) -> None:
-        for sample, label in legend.items:
-            if sample.item is curve and label.text != name:
-                label.setText(name)
 
     def _apply_palette(self) -> None:
         """Axes, legends and the prediction line in the palette's text colour (light or dark)."""
@@ -158,9 +166,9 @@ class ReplayChart(QWidget):
         for plot, legend in ((self.loss_plot, self.loss_legend), (self.memory_plot, self.memory_legend)):
             style_plot(plot.getPlotItem(), fg)
             style_legend(legend, fg)
-        dashed = pg.mkPen(fg, width=1.5, style=Qt.PenStyle.DashLine)
-        self.predicted_line.setPen(dashed)
-        self.predicted_key.setPen(dashed)
+        for note in self.empty_notes:
+            note.set_colour(fg)
+        self.prediction.set_colour(fg)
 
     def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
         if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):

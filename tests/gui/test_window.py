@@ -68,3 +68,40 @@ def test_geometry_is_remembered(qtbot, tmp_path, monkeypatch):
     again = MainWindow(state=AppState(settings))
     qtbot.addWidget(again)
     assert restored == [bytes(saved)]
+
+
+def test_screenshot_waits_for_the_recommendation(qapp, tmp_path, monkeypatch):
+    """`gui --screenshot` pictures the Plan page once its recommendation is in, not "Computing..."."""
+    from planner.gui import app as app_module
+
+    seen = []
+
+    class Recording(MainWindow):
+        def grab(self, *args):
+            page = self.pages["plan"]
+            seen.append((page.recommendation.text.toPlainText(), app_module.settled(self)))
+            return super().grab(*args)
+
+    monkeypatch.setattr(app_module, "MainWindow", Recording)
+    out = tmp_path / "plan.png"
+    assert app_module.run(page="plan", screenshot=str(out)) == 0
+    assert out.stat().st_size > 0
+    [(text, settled)] = seen
+    assert settled and text.strip() and not text.startswith("Computing")
+    assert "GiB" in text  # the recommendation's numbers
+
+
+def test_settle_gives_up_after_its_timeout(qtbot, tmp_path):
+    from PySide6.QtCore import QTimer
+
+    from planner.gui.app import settle, settled
+
+    w = MainWindow(state=AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)))
+    qtbot.addWidget(w)
+    assert settle(w)
+    pending = QTimer(w)
+    pending.setSingleShot(True)
+    pending.start(60_000)  # a debounce that will not fire during the test
+    assert not settled(w) and not settle(w, timeout_s=0.05)
+    pending.stop()
+    assert settled(w)
