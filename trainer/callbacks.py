@@ -23,13 +23,15 @@ from trainer.rundir import mark_complete
 class EventCallback(TrainerCallback):
     """Turns Trainer logs into protocol events and commands into control flags."""
 
-    def __init__(self, sink: EventSink, commands: Commands, device: str, total_s: Callable[[], float],
-                 watch: Path | None = None):
-        """``total_s``: the run's seconds so far, every session included (each step event carries it).
-        ``watch``: the run directory, checked at every step (one stat) so a run whose folder was
-        deleted ends at once as an ``io`` error instead of training on into the void."""
+    def __init__(self, sink: EventSink, commands: Commands, device: str, watch: Path | None = None,
+                 total_s: Callable[[], float] | None = None):
+        """``watch``: the run directory, checked at every step (one stat) so a run whose folder was
+        deleted ends at once as an ``io`` error instead of training on into the void.
+        ``total_s``: the run's seconds so far, every session included (each step event carries it);
+        by default the time since this callback was made."""
         self.watch = watch
-        self.total_s = total_s
+        created = time.monotonic()
+        self.total_s = total_s or (lambda: time.monotonic() - created)
         self.sink = sink
         self.commands = commands
         self.device = device

@@ -23,6 +23,7 @@ from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_
 from trainer.quiet import quiet, say
 from trainer.rundir import SUMMARY, claimed, latest_checkpoint
 
+
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
         from trainer.clock import runtime_before
@@ -57,15 +58,13 @@ class Run:
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
-        from transformers import Trainer
+        from transformers import Trainer, set_seed
 
         from trainer.arguments import training_args
         from trainer.callbacks import EventCallback, test_hooks
         from trainer.data import collate, prepare_data
         from trainer.loading import load_model, load_tokenizer, model_layout, param_counts, resolve_runtime
         from trainer.prediction import predict
-
-        from transformers import set_seed
 
         cfg = self.cfg
         # seeded before the model exists: LoRA's A matrices are initialised at random
@@ -80,8 +79,8 @@ class Run:
         from trainer.distributed import world_size
 
         # one process watches its folder every step; several would disagree on the step it vanished
-        self.callback = EventCallback(self.sink, self.commands, self.runtime.device, self.total_s,
-                                      watch=self.run_dir if world_size() == 1 else None)
+        self.callback = EventCallback(self.sink, self.commands, self.runtime.device,
+                                      watch=self.run_dir if world_size() == 1 else None, total_s=self.total_s)
         # hooks run before the event callback so a command they send acts at this very step
         callbacks = test_hooks(cfg, self.commands) + [self.callback]
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
