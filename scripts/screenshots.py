@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import tempfile
 from pathlib import Path
 
@@ -47,7 +46,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         run_dir = train_demo(tmp_path / "runs")
-        app = QApplication.instance() or QApplication([])
+        _app = QApplication.instance() or QApplication([])  # held: the window needs a live application
+        from planner.gui.app import capture
         from planner.gui.state import AppState
         from planner.gui.window import MainWindow
 
@@ -60,18 +60,9 @@ def main() -> int:
         state.open_run.emit(str(run_dir))
         for page in ("hardware", "plan", "train", "runs"):
             window.show_page(page)
-            for _ in range(20):  # layout, async recommendation, chart paints
-                app.processEvents()
-            plan = window.pages["plan"]
-            if page == "plan":
-                plan.recommender.wait()
-                # the result reaches the page on the worker's polling timer, not at once
-                deadline = time.monotonic() + 2.0
-                while time.monotonic() < deadline:
-                    app.processEvents()
-                    time.sleep(0.02)
             target = OUT / f"{page}.png"
-            if not window.grab().save(str(target), "PNG"):
+            # as `gui --screenshot`: the recommendation computed, the replay loaded, the charts painted
+            if not capture(window, target):
                 print(f"error: cannot write {target}", file=sys.stderr)
                 return 2
             print(target.relative_to(ROOT))
