@@ -97,6 +97,7 @@ class PlanForm(QWidget):
         self.gpu_spin.setToolTip("Memory per GPU (as nvidia-smi shows it): the dashed line. Set by the "
                                  "Hardware page; edit it to plan for another card.")
         self.gpu_label = QLabel("RTX 4090 (catalog)")
+        self.gpu_label.setWordWrap(True)  # "RTX 4090 · 24 GB datasheet, 23.99 GiB usable (catalog)" must not widen the form
         self.tokens_spin = _spin(1, 2_000_000_000, d.dataset_tokens, "Tokens in your data set (time and cost).",
                                  step=1_000_000)
         self.epochs_spin = StrictDoubleSpinBox()
