@@ -213,6 +213,9 @@ def make_demo(out: str | Path, arch: str = "llama", force: bool = False) -> Path
         model = build_model(tokenizer, arch=arch)
         n_params = sum(p.numel() for p in model.parameters())
         # save_pretrained writes the Hub's layout: MoE experts one tensor per expert projection
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a 3.5M-parameter save needs no progress bar in the log
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         written = {f"model/{rel}": _sha256(tmp / rel) for rel in _tree(tmp)}
