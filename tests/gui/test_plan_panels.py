@@ -35,6 +35,31 @@ def test_nothing_fits_lists_alternatives(page, qtbot):
     assert "with FSDP" in page.recommendation.text.toPlainText()
 
 
+def test_each_alternative_the_trainer_can_run_has_its_own_use(page, qtbot, state):
+    """Issue 13 points 1 and 5: nothing fits, so "Use the recommended plan" is off; an alternative
+    the trainer can run goes to the Train page as planned; one it cannot run has no Use link."""
+    from PySide6.QtCore import QUrl
+
+    page.model_box.setEditText("meta-llama/Llama-2-70b-hf")
+    qtbot.waitUntil(lambda: page.recommendation.rec is not None, timeout=15_000)
+    rec = page.recommendation.rec
+    assert rec.best is None and not page.recommendation.use_button.isEnabled()
+    assert "nothing fits" in page.recommendation.use_button.toolTip()
+    runnable = [i for i, a in enumerate(rec.alternatives) if a.trainable is None]
+    blocked = [i for i, a in enumerate(rec.alternatives) if a.trainable is not None]
+    assert runnable and blocked  # e.g. more GPUs with FSDP; one GPU with CPU offload
+    page_html = page.recommendation.text.toHtml()
+    assert all(f"use:{i}" in page_html for i in runnable) and not any(f"use:{i}\"" in page_html for i in blocked)
+    alt = rec.alternatives[runnable[0]]
+    with qtbot.waitSignal(state.plan_to_train) as handed:
+        page.recommendation.text.anchorClicked.emit(QUrl(f"use:{runnable[0]}"))
+    fields = handed.args[0]
+    assert (fields["model"], fields["method"], fields["num_processes"]) == (alt.model, alt.setup.method,
+                                                                            alt.setup.num_gpus)
+    with qtbot.assertNotEmitted(state.plan_to_train):
+        page.recommendation.text.anchorClicked.emit(QUrl(f"use:{blocked[0]}"))
+
+
 def test_size_table_is_coloured_by_fit(page):
     assert (page.sizes.rowCount(), page.sizes.columnCount()) == (6, 7)
     first, last = page.sizes.item(4, 0), page.sizes.item(0, 6)  # QLoRA 4 at 7B, Full AMP at 8x22B
