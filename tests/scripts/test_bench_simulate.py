@@ -1,18 +1,10 @@
 """Precise mode's footprint: simulating a 7B step stays far below 2 GiB of RSS (no weights exist)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_simulate.py"
+from scripttools import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("bench_simulate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_simulate")
 
 
 def test_a_7b_simulation_stays_under_2_gib_of_rss():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripttools import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -149,10 +149,7 @@ def test_trainer_command_parses(argv, monkeypatch):
 def fresh_clone(tmp_path_factory):
     """An empty working folder after the README's `make-demo` commands ran in it, and the
     examples' environment (NVML hidden, no user settings), as on a fresh machine."""
-    spec = importlib.util.spec_from_file_location("readme_examples", ROOT / "scripts" / "readme_examples.py")
-    examples = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = examples
-    spec.loader.exec_module(examples)
+    examples = load_script("readme_examples")
     scratch = tmp_path_factory.mktemp("readme-env")
     env = examples.example_env(scratch)
     cwd = tmp_path_factory.mktemp("fresh")

@@ -1,12 +1,12 @@
 """scripts/readme_examples.py: the README's example outputs are what the commands print today."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scripttools import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "readme_examples.py"
@@ -14,11 +14,7 @@ SCRIPT = ROOT / "scripts" / "readme_examples.py"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("readme_examples", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("readme_examples")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

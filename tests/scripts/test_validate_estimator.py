@@ -1,12 +1,8 @@
 """scripts/validate_estimator.py on a small CSV written here, so the test needs no shared data."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from scripttools import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "validate_estimator.py"
 HEADER = ("id,source,framework,model,method,quant,double_quant,precision,adapter_dtype,optimizer,"
           "batch_size,seq_len,grad_checkpointing,attention,lora_r,lora_targets,modules_to_save,"
           "num_gpus,sharding,offload,kind,value,unit,gpu,notes")
@@ -19,11 +15,7 @@ def _row(id_: str, source: str, seq: int, gib: float) -> str:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("validate_estimator", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate_estimator")
 
 
 def test_cross_source_slopes_compare_what_each_source_measured(script, tmp_path):
