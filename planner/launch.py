@@ -2,7 +2,8 @@
 would start from. One place for both, used by "Use this plan", each alternative's "Use" and the
 recommender's notes, so nothing on screen offers a run the trainer would silently change.
 
-Qt-free and torch-free; the trainer's choices come from its contract module ``trainer.config``.
+The mapping itself (and what the trainer cannot run) is the trainer's contract module's:
+``trainer.config.fields_of`` / ``why_not_trainable``. Qt-free and torch-free.
 """
 
 from __future__ import annotations
@@ -10,26 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from planner.options import TrainSetup
-from trainer.config import SHARDINGS as TRAINER_SHARDINGS
+from trainer.config import fields_of, why_not_trainable
 
-SHARDING_AS_RUN = {"none": "ddp", "ddp": "ddp", "fsdp": "fsdp", "zero3": "fsdp"}
-"""How the trainer runs a planned sharding. ZeRO-3 and FSDP's full shard keep the same state per
-GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan runs as FSDP; ZeRO-2
-(sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
-
-
-def why_not_trainable(setup: TrainSetup) -> str | None:
-    """Why the app's trainer cannot run ``setup`` as planned (one line), or None when it can."""
-    if setup.offload != "none":
-        return f"the trainer has no CPU offload (planned: offload {setup.offload}); plan without offload to train here"
-    if setup.sharding not in SHARDING_AS_RUN:
-        return (f"the trainer shards with {' or '.join(TRAINER_SHARDINGS)} only (planned: {setup.sharding}); "
-                "plan with fsdp or ddp to train here")
-    if setup.method == "qlora" and setup.quant == "2bit":
-        return "the trainer quantizes with bitsandbytes (nf4, fp4, int8); 2-bit is an estimate only"
-    if setup.method == "qlora" and not setup.kbit_prepare:
-        return "the trainer always runs prepare_model_for_kbit_training for QLoRA"
-    return None
+__all__ = ["accumulation_for", "train_config_fields", "why_not_trainable"]
 
 
 def accumulation_for(planned_batch: int, micro_batch: int) -> int:
@@ -41,17 +25,6 @@ def accumulation_for(planned_batch: int, micro_batch: int) -> int:
 def train_config_fields(setup: TrainSetup, model: str, epochs: float,
                         gradient_accumulation_steps: int = 1) -> dict[str, Any]:
     """The TrainConfig fields a planned setup starts the Train page from (the page adds the data
-    and the run directory). Call only when :func:`why_not_trainable` says None."""
-    problem = why_not_trainable(setup)
-    if problem:
-        raise ValueError(problem)
-    s = setup
-    return {
-        "model": model, "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
-        "precision": s.precision, "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer,
-        "batch_size": s.batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
-        "attention": s.attention, "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
-        "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "epochs": epochs,
-        "num_processes": s.num_gpus, "sharding": SHARDING_AS_RUN[s.sharding],
-    }
+    and the run directory); raises trainer.config.ConfigError when the trainer cannot run it."""
+    return {"model": model, **fields_of(setup), "gradient_accumulation_steps": gradient_accumulation_steps,
+            "epochs": epochs}

@@ -2,9 +2,9 @@
 
 import pytest
 
-from planner.launch import SHARDING_AS_RUN, accumulation_for, train_config_fields, why_not_trainable
+from planner.launch import accumulation_for, train_config_fields, why_not_trainable
 from planner.options import TrainSetup
-from trainer.config import TrainConfig
+from trainer.config import SHARDING_OF_PLAN, ConfigError, TrainConfig
 
 
 @pytest.mark.parametrize("planned, trained", [("fsdp", "fsdp"), ("zero3", "fsdp"), ("ddp", "ddp"), ("none", "ddp")])
@@ -12,7 +12,7 @@ def test_shardings_the_trainer_runs(planned, trained):
     setup = TrainSetup(num_gpus=2, sharding=planned) if planned != "none" else TrainSetup()
     assert why_not_trainable(setup) is None
     fields = train_config_fields(setup, "meta-llama/Llama-3.1-8B", 1.0)
-    assert fields["sharding"] == trained == SHARDING_AS_RUN[planned]
+    assert fields["sharding"] == trained == SHARDING_OF_PLAN[planned]
 
 
 @pytest.mark.parametrize("setup, words", [
@@ -24,7 +24,7 @@ def test_shardings_the_trainer_runs(planned, trained):
 def test_what_the_trainer_cannot_run_is_named_and_never_silently_changed(setup, words):
     problem = why_not_trainable(setup)
     assert problem is not None and words in problem
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         train_config_fields(setup, "m", 1.0)
 
 

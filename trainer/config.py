@@ -15,7 +15,7 @@ from typing import Any
 
 # The planner plans exactly what the trainer can run: one list of choices for both.
 from planner.errors import shown
-from planner.options import ATTENTIONS, BOUNDS, METHODS, OPTIMIZERS, QUANTS, Bound
+from planner.options import ATTENTIONS, BOUNDS, METHODS, OPTIMIZERS, QUANTS, Bound, TrainSetup
 from planner.options import PRECISIONS as _PLANNED_PRECISIONS
 
 PRECISIONS = ("auto",) + _PLANNED_PRECISIONS
@@ -211,6 +211,63 @@ class TrainConfig:
             atomic_write_text(p, yaml.safe_dump(self.to_dict(), sort_keys=False))
         else:
             atomic_write_text(p, self.to_json())
+
+
+# ---- a plan and a run: the one mapping between planner.options.TrainSetup and TrainConfig ----------
+
+SHARDING_OF_PLAN = {"none": "ddp", "ddp": "ddp", "fsdp": "fsdp", "zero3": "fsdp"}
+"""How the trainer runs a planned sharding. ZeRO-3 and FSDP's full shard keep the same state per
+GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan runs as FSDP; ZeRO-2
+(sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
+
+SETUP_FIELDS = ("method", "quant", "double_quant", "precision", "adapter_dtype", "optimizer", "batch_size",
+                "max_seq_len", "grad_checkpointing", "attention", "lora_r", "lora_alpha", "lora_dropout",
+                "lora_targets", "modules_to_save", "num_processes", "sharding")
+"""The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says)."""
+
+
+def why_not_trainable(setup: TrainSetup) -> str | None:
+    """Why this trainer cannot run ``setup`` as planned (one line), or None when it can."""
+    if setup.offload != "none":
+        return f"the trainer has no CPU offload (planned: offload {setup.offload}); plan without offload to train here"
+    if setup.sharding not in SHARDING_OF_PLAN:
+        return (f"the trainer shards with {' or '.join(SHARDINGS)} only (planned: {setup.sharding}); "
+                "plan with fsdp or ddp to train here")
+    if setup.method == "qlora" and setup.quant == "2bit":
+        return "the trainer quantizes with bitsandbytes (nf4, fp4, int8); 2-bit is an estimate only"
+    if setup.method == "qlora" and not setup.kbit_prepare:
+        return "the trainer always runs prepare_model_for_kbit_training for QLoRA"
+    return None
+
+
+def fields_of(setup: TrainSetup) -> dict[str, Any]:
+    """The TrainConfig fields (:data:`SETUP_FIELDS`) that run ``setup``; raises ConfigError when
+    the trainer cannot (:func:`why_not_trainable`)."""
+    problem = why_not_trainable(setup)
+    if problem:
+        raise ConfigError(problem)
+    s = setup
+    return {
+        "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant, "precision": s.precision,
+        "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "batch_size": s.batch_size,
+        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing, "attention": s.attention,
+        "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
+        "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save),
+        "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
+    }
+
+
+def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
+    """What the planner estimates for ``cfg`` run at ``precision`` (``auto`` resolved by the
+    trainer: it depends on the device)."""
+    return TrainSetup(
+        method=cfg.method, quant=cfg.quant if cfg.method == "qlora" else None, double_quant=cfg.double_quant,
+        precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
+        seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention,
+        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
+        modules_to_save=cfg.modules_to_save, num_gpus=cfg.num_processes,
+        sharding="none" if cfg.num_processes == 1 else cfg.sharding,
+    )
 
 
 RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",

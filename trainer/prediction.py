@@ -6,43 +6,19 @@ against the same prediction the Plan page showed.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from planner.catalog import ModelSpec, resolve_model
 from planner.errors import PlannerError
 from planner.fit import Fix, nearest_fit
 from planner.memory import Estimate, estimate
 from planner.options import TrainSetup
-from trainer.config import TrainConfig
-
-
-def planner_setup(cfg: TrainConfig, precision: str) -> TrainSetup:
-    return TrainSetup(
-        method=cfg.method,
-        quant=cfg.quant if cfg.method == "qlora" else None,
-        double_quant=cfg.double_quant,
-        precision=precision,
-        adapter_dtype=cfg.adapter_dtype,
-        optimizer=cfg.optimizer,
-        batch_size=cfg.batch_size,
-        seq_len=cfg.max_seq_len,
-        grad_checkpointing=cfg.grad_checkpointing,
-        attention=cfg.attention,
-        lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=min(cfg.lora_dropout, 0.99),
-        lora_targets=cfg.lora_targets,
-        modules_to_save=cfg.modules_to_save,
-        num_gpus=cfg.num_processes,
-        sharding="none" if cfg.num_processes == 1 else cfg.sharding,
-    )
+from trainer.config import TrainConfig, fields_of, setup_of
 
 
 def predict(cfg: TrainConfig, precision: str) -> tuple[ModelSpec, TrainSetup, Estimate] | None:
     """The planner's estimate for this run, or None when the planner cannot model it."""
     try:
         spec = resolve_model(cfg.model)
-        setup = planner_setup(cfg, precision)
+        setup = setup_of(cfg, precision)
         return spec, setup, estimate(spec, setup)
     except PlannerError:
         return None
@@ -59,19 +35,9 @@ def oom_hint(cfg: TrainConfig, precision: str, budget_bytes: int) -> tuple[str, 
     if fix is None:
         return ("nothing fits on this device even with QLoRA, micro-batch 1 and 256 tokens: "
                 "use a bigger GPU or more GPUs", None)
-    s = fix.setup
-    changes = {
-        "grad_checkpointing": s.grad_checkpointing,
-        "batch_size": s.batch_size,
-        "gradient_accumulation_steps": cfg.gradient_accumulation_steps * fix.accumulation_factor,
-        "optimizer": s.optimizer,
-        "method": s.method,
-        "max_seq_len": s.seq_len,
-    }
-    changes = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
+    # the fields the fix changes, through the one mapping (precision as resolved, on both sides)
+    before, after = fields_of(setup), fields_of(fix.setup)
+    changes = {k: v for k, v in after.items() if before[k] != v}
+    if fix.accumulation_factor > 1:
+        changes["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps * fix.accumulation_factor
     return fix.change, changes
-
-
-def apply_fix(cfg: TrainConfig, changes: dict) -> TrainConfig:
-    """The config the app restarts with after "Apply and restart"."""
-    return replace(cfg, **changes)

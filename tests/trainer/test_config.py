@@ -1,5 +1,6 @@
 """TrainConfig: validated at construction, JSON and YAML round trips, one-line errors."""
 
+import dataclasses
 import json
 import math
 
@@ -91,7 +92,7 @@ JSON_VALUES = st.recursive(
     | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=6)
-FIELDS = [f.name for f in __import__("dataclasses").fields(TrainConfig)]
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
@@ -105,3 +106,41 @@ def test_any_json_values_are_a_config_or_one_config_error(values):
         assert exc.field == "" or exc.field in FIELDS
         return
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg  # what is accepted round-trips
+
+
+# ---- the one TrainSetup <-> TrainConfig mapping, round trips both ways ----------------------------
+from dataclasses import replace  # noqa: E402
+
+from planner.options import ATTENTIONS, METHODS, OPTIMIZERS, QUANTS, TrainSetup  # noqa: E402
+from trainer.config import SETUP_FIELDS, fields_of, setup_of  # noqa: E402
+
+PLANNED = st.builds(
+    lambda method, quant, optimizer, precision, batch, seq, ckpt, attention, r, alpha, dropout, targets, gpus,
+    sharding: TrainSetup(method=method, quant=quant if method == "qlora" else None, optimizer=optimizer,
+                         precision=precision, batch_size=batch, seq_len=seq, grad_checkpointing=ckpt,
+                         attention=attention, lora_r=r, lora_alpha=alpha, lora_dropout=dropout,
+                         lora_targets=targets, num_gpus=gpus, sharding=sharding if gpus > 1 else "none"),
+    st.sampled_from(METHODS), st.sampled_from(QUANTS), st.sampled_from(OPTIMIZERS),
+    st.sampled_from(("bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")), st.integers(1, 64),
+    st.integers(1, 1 << 16), st.booleans(), st.sampled_from(ATTENTIONS), st.integers(1, 256), st.integers(1, 512),
+    st.sampled_from((0.0, 0.05, 0.1)), st.sampled_from((("all-linear",), ("q_proj", "v_proj"))),
+    st.integers(1, 8), st.sampled_from(("ddp", "fsdp", "zero3")))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(PLANNED)
+def test_a_plan_survives_the_trip_to_a_run_and_back(setup):
+    """Setup -> run config -> setup: what the trainer runs is what was planned (zero3 runs as FSDP)."""
+    cfg = TrainConfig.from_dict({**BASE, **fields_of(setup)})
+    back = setup_of(cfg, setup.precision)
+    expected = setup if setup.sharding != "zero3" else replace(setup, sharding="fsdp")
+    assert back == expected
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(PLANNED)
+def test_a_run_survives_the_trip_to_a_plan_and_back(planned):
+    """Run config -> setup -> run config: every field a plan decides comes back unchanged."""
+    cfg = TrainConfig.from_dict({**BASE, **fields_of(planned), "seed": 7, "learning_rate": 1e-4})
+    again = fields_of(setup_of(cfg, cfg.precision))
+    assert {k: again[k] for k in SETUP_FIELDS} == {k: json.loads(json.dumps(cfg.to_dict()[k])) for k in SETUP_FIELDS}
