@@ -26,14 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from trainer.protocol import END_STATUSES, Event, ProtocolError, decode
-from trainer.rundir import (CONFIG, METRICS, PID_FILE, SUMMARY, RunDirBusy, RunLock, is_run_dir, latest_checkpoint,
-                            locked, read_json, read_pid_record, remove_run,
-                            trainer_alive)
-STATUSES = END_STATUSES + ("running", "orphaned", "unknown")
-RESUMABLE = ("stopped", "orphaned")
-"""Statuses a complete checkpoint can continue from (plus a failed run whose failure was OOM)."""
+from trainer.rundir import (CONFIG, METRICS, PID_FILE, RESUMABLE, SUMMARY, RunDirBusy, RunLock, is_run_dir,
+                            latest_checkpoint, locked, read_json, read_pid_record, remove_run, trainer_alive)
+
 TAIL_BYTES = 64 * 1024
 """How much of the end of metrics.jsonl a summary reads: the last step, error and end events."""
 
@@ -49,7 +45,7 @@ class RunSummary:
     path: Path
     name: str
     status: str
-    """One of :data:`STATUSES`."""
+    """One of :data:`trainer.rundir.STATUSES`."""
     model: str | None = None
     method: str | None = None
     steps: int | None = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.atomic import atomic_write_text
-from trainer.protocol import ProtocolError, decode
+from trainer.protocol import END_STATUSES, ProtocolError, decode
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "run.json"
 PID_FILE = "trainer.pid"
@@ -43,6 +43,13 @@ WRITTEN = (CONFIG, METRICS, SUMMARY, PID_FILE, COMMANDS_FILE, DEBUG_LOG, "checkp
            LOCK)
 """Every name the trainer writes directly in a run directory; deleting a run removes these only."""
 _COMPLETE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+STATUSES = END_STATUSES + ("running", "orphaned", "unknown")
+"""A run's status, the one vocabulary of the app: how it ended (completed, stopped, cancelled,
+failed: its ``end`` event), ``running`` (a trainer holds its lock), ``orphaned`` (its history
+stops without an end: the trainer was killed or crashed) or ``unknown`` (unreadable)."""
+RESUMABLE = ("stopped", "orphaned")
+"""Statuses a complete checkpoint continues from (and a failed run whose failure was an OOM)."""
 
 
 class RunDirError(ValueError):
