@@ -7,7 +7,7 @@ Names and defaults follow Hugging Face (``TrainingArguments``, ``LoraConfig``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from planner.errors import PlannerError, shown
 
@@ -130,7 +130,6 @@ class TrainSetup:
     kbit_prepare: bool = True
     """QLoRA runs ``prepare_model_for_kbit_training``, which casts every non-quantized weight
     (embeddings, LM head, norms) to fp32."""
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)

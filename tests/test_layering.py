@@ -113,7 +113,7 @@ def test_static_imports(path):
 
 
 CONTRACT = ("trainer.protocol", "trainer.config", "trainer.rundir")
-CONTRACT_MAY_IMPORT = CONTRACT + ("trainer.files", "planner.options", "planner.errors", "planner.units",
+CONTRACT_MAY_IMPORT = CONTRACT + ("planner.options", "planner.errors", "planner.units",
                                   "planner.atomic", "psutil", "yaml")
 
 

@@ -202,7 +202,7 @@ class TrainConfig:
         return cls.from_dict(data)
 
     def dump(self, path: str | Path) -> None:
-        from trainer.files import atomic_write_text
+        from planner.atomic import atomic_write_text
 
         p = Path(path)
         if p.suffix.lower() in (".yaml", ".yml"):

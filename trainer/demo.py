@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.config import TrainConfig
-from trainer.files import atomic_dir, atomic_write_bytes, atomic_write_text
+from planner.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 
 SEED = 42
 N_EXAMPLES = 2000

@@ -109,7 +109,7 @@ def report_peer_error(run_dir: Path, fields: dict[str, Any]) -> None:
     """A failing rank other than 0 leaves its error event's fields for rank 0 and the launcher."""
     import json
 
-    from trainer.files import atomic_write_text
+    from planner.atomic import atomic_write_text
 
     atomic_write_text(run_dir / PEER_ERROR.format(rank()), json.dumps({**fields, "rank": rank()}))
 
@@ -136,7 +136,7 @@ def peer_error(run_dir: Path, wait_s: float = 0.0) -> dict[str, Any] | None:
 def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None, out: TextIO) -> int:
     """Start the workers and relay their events; returns the run's exit code."""
     from trainer.events import Commands
-    from trainer.files import atomic_write_text
+    from planner.atomic import atomic_write_text
 
     commands_file = run_dir / COMMANDS_FILE
     atomic_write_text(commands_file, "")

@@ -103,9 +103,6 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def rss_bytes() -> int:
-    try:
-        import psutil
+    import psutil
 
-        return int(psutil.Process(os.getpid()).memory_info().rss)
-    except Exception:  # psutil missing: report 0 rather than fail a training step
-        return 0
+    return int(psutil.Process(os.getpid()).memory_info().rss)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trainer.config import ConfigError, TrainConfig
-from trainer.files import atomic_dir, atomic_write_text
+from planner.atomic import atomic_dir, atomic_write_text
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
 from trainer.quiet import quiet, say
 from trainer.rundir import SUMMARY, claimed, latest_checkpoint
