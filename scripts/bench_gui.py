@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 PROBE = """
@@ -66,7 +65,7 @@ def plan_recompute_ms() -> float:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from planner.gui.plan_page import PlanPage
+    from planner.gui.plan.page import PlanPage
     from planner.gui.state import AppState
 
     app = QApplication.instance() or QApplication([])

@@ -9,8 +9,8 @@ from pathlib import Path
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
+from planner.gui.common.worker import LatestOnly
 from planner.gui.window import PAGE_KEYS, MainWindow
-from planner.gui.worker import LatestOnly
 
 SETTLE_TIMEOUT_S = 30.0
 """The longest a screenshot waits for the window to settle (the recommendation takes ~60 ms)."""

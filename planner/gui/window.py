@@ -9,11 +9,11 @@ from typing import Callable
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
-from planner.gui.hardware_page import HardwarePage
-from planner.gui.plan_page import PlanPage
-from planner.gui.runs_page import RunsPage
+from planner.gui.hardware.page import HardwarePage
+from planner.gui.plan.page import PlanPage
+from planner.gui.runs.page import RunsPage
 from planner.gui.state import AppState
-from planner.gui.train_page import TrainPage
+from planner.gui.train.page import TrainPage
 
 
 @dataclass(frozen=True)

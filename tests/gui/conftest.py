@@ -1,8 +1,13 @@
 """GUI tests never read or write the user's real settings: QSettings go to a temporary folder."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# the trainer's test-only hooks (a run told to OOM at a step through its config's `extra`) in the
+# trainers the GUI tests start: they inherit this environment (trainer/plugins.py)
+os.environ.setdefault("FINETUNE_TRAINER_PLUGIN",
+                      f"{Path(__file__).resolve().parents[1] / 'trainer' / 'trainer_test_hooks.py'}:callbacks")
 
 import pytest  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
@@ -20,7 +25,7 @@ def isolated_settings(tmp_path, monkeypatch):
 def train_page(qtbot, tmp_path):
     """A Train page over a private runs folder; a trainer still running at the end is killed."""
     from planner.gui.state import AppState
-    from planner.gui.train_page import TrainPage
+    from planner.gui.train.page import TrainPage
 
     state = AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     state.set_runs_root(tmp_path / "runs")

@@ -20,15 +20,15 @@ from PySide6.QtGui import QFont, QFontMetricsF, QImage, QPainter
 from test_runs_page import START, make_run, step
 
 from planner.gui.app import settle
-from planner.gui.chart_style import EMPTY_TEXT
-from planner.gui.hardware_chart import MemoryChart
-from planner.gui.hardware_model import History
-from planner.gui.plan_chart import PlanChart
-from planner.gui.plan_model import FormValues, compute_plan
-from planner.gui.run_model import replay as run_model_of
-from planner.gui.runs_chart import Replay, ReplayChart
+from planner.gui.common.chart_style import EMPTY_TEXT
+from planner.gui.hardware.chart import MemoryChart
+from planner.gui.hardware.model import History
+from planner.gui.plan.chart import PlanChart
+from planner.gui.plan.model import FormValues, compute_plan
+from planner.gui.runs.chart import Replay, ReplayChart
 from planner.gui.state import AppState
-from planner.gui.train_charts import TrainCharts
+from planner.gui.train.charts import TrainCharts
+from planner.gui.train.run_model import replay as run_model_of
 from planner.gui.window import PAGE_KEYS, MainWindow
 from trainer.protocol import Event, decode, encode
 

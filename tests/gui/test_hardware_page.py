@@ -18,8 +18,8 @@ from PySide6.QtCore import QObject, QSettings, Qt, Signal  # noqa: E402
 
 import planner.nvml as nvml  # noqa: E402
 from planner.catalog.gpus import find_gpu  # noqa: E402
-from planner.gui.hardware_model import History, catalog_target, nearest_spec  # noqa: E402
-from planner.gui.hardware_page import HardwarePage  # noqa: E402
+from planner.gui.hardware.model import History, catalog_target, nearest_spec  # noqa: E402
+from planner.gui.hardware.page import HardwarePage  # noqa: E402
 from planner.gui.state import AppState  # noqa: E402
 from planner.targets import GpuTarget  # noqa: E402
 

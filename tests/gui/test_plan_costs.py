@@ -1,12 +1,12 @@
-"""planner/gui/plan_extras.cost_rows: the time-and-cost rows, without widgets (issue 13.12: "this
+"""planner/gui/plan/extras.cost_rows: the time-and-cost rows, without widgets (issue 13.12: "this
 GPU: RTX 4090" on a machine with no GPU)."""
 
 from __future__ import annotations
 
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu, gpu_catalog
-from planner.gui.plan_extras import cost_rows
-from planner.gui.plan_model import FormValues
+from planner.gui.plan.extras import cost_rows
+from planner.gui.plan.model import FormValues
 from planner.units import GiB
 
 VALUES = FormValues()

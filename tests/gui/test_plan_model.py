@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import PlannerError
-from planner.gui.plan_model import (
+from planner.gui.plan.model import (
     TERMS, VARIANTS, FormValues, build_setups, compute_plan, stack_bottoms, summary_lines, variant_label,
 )
 from planner.units import GiB, fmt_gib
@@ -77,6 +77,6 @@ def test_summary_says_fits_or_not():
 
 
 def test_plan_model_does_not_import_qt():
-    code = "import sys, planner.gui.plan_model; print([m for m in ('PySide6', 'pyqtgraph') if m in sys.modules])"
+    code = "import sys, planner.gui.plan.model; print([m for m in ('PySide6', 'pyqtgraph') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

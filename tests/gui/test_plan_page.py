@@ -9,7 +9,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QColor, QPalette  # noqa: E402
 
 from planner.gui.app import run  # noqa: E402
-from planner.gui.plan_page import PlanPage  # noqa: E402
+from planner.gui.plan.page import PlanPage  # noqa: E402
 from planner.gui.window import MainWindow  # noqa: E402
 
 LORA = 1  # bar index: Full, LoRA, QLoRA 8-bit, QLoRA 4-bit
@@ -130,7 +130,7 @@ def test_qlora_highlights_one_bar_and_the_precise_check_compares_that_one(page, 
     assert page.plan.highlight == tuple(i == bar for i in range(4))
     assert page.plan.estimates[bar].setup.quant == quant
     assert page.precise.analytic is page.plan.estimates[bar]
-    from planner.gui.precise import simulate_args
+    from planner.gui.plan.precise import simulate_args
 
     args = simulate_args(page.precise.values)
     assert args[args.index("--quant") + 1] == quant

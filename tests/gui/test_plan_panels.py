@@ -6,7 +6,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 
 from planner.catalog.gpus import find_gpu
-from planner.gui.plan_page import PlanPage
+from planner.gui.plan.page import PlanPage
 from planner.gui.state import AppState
 from planner.targets import GpuTarget
 from planner.units import GiB

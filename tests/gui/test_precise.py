@@ -6,8 +6,8 @@ import pytest
 from PySide6.QtCore import QSettings
 
 from planner.catalog import resolve_model
-from planner.gui.plan_model import CATEGORY_LABELS, analytic_categories, compare_categories, largest_difference
-from planner.gui.plan_page import PlanPage
+from planner.gui.plan.model import CATEGORY_LABELS, analytic_categories, compare_categories, largest_difference
+from planner.gui.plan.page import PlanPage
 from planner.gui.state import AppState
 from planner.memory import estimate
 from planner.options import TrainSetup

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QSettings, Qt
 
-from planner.gui.runs_model import COLUMN
-from planner.gui.runs_page import RunsPage
+from planner.gui.runs.model import COLUMN
+from planner.gui.runs.page import RunsPage
 from planner.gui.state import AppState
 from trainer.protocol import encode
 
@@ -217,7 +217,7 @@ def test_open_folder_asks_the_desktop(page, root):
 
 
 def test_a_resumed_history_replaces_the_steps_it_repeats():
-    from planner.gui.runs_chart import Replay
+    from planner.gui.runs.chart import Replay
     from trainer.protocol import decode
 
     replay = Replay()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from planner.gui.train_fields import validate
+from planner.gui.train.fields import validate
 from trainer.config import ConfigError, TrainConfig
 
 

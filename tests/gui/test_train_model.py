@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from planner.gui.run_model import (
-    RunModel, describe_exit, ema, fmt_duration, gpu_process_bytes, parse_fix, replay,
-)
-from planner.gui.train_fields import (
+from planner.gui.train.fields import (
     FieldError, config_text, launch_file, model_slug, new_run_dir, peek_dataset, resolve_paths, validate,
+)
+from planner.gui.train.run_model import (
+    RunModel, describe_exit, ema, fmt_duration, gpu_process_bytes, parse_fix, replay,
 )
 from trainer.protocol import decode, encode
 
@@ -216,7 +216,7 @@ def test_the_process_tree_holds_the_children():
     import subprocess
     import sys
 
-    from planner.gui.run_model import process_tree
+    from planner.gui.train.run_model import process_tree
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -13,8 +13,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from planner.gui.run_process import PROJECT_ROOT, _take_lines  # noqa: E402
-from planner.gui.train_page import TrainPage  # noqa: E402
+from planner.gui.train.page import TrainPage  # noqa: E402
+from planner.gui.train.run_process import PROJECT_ROOT, _take_lines  # noqa: E402
 from trainer.protocol import encode  # noqa: E402
 
 
@@ -235,7 +235,7 @@ def test_partial_lines_wait_for_their_newline():
 
 
 def test_importing_the_page_loads_no_torch():
-    code = ("import planner.gui.train_page, sys; heavy = [m for m in ('torch', 'transformers', 'peft', "
+    code = ("import planner.gui.train.page, sys; heavy = [m for m in ('torch', 'transformers', 'peft', "
             "'bitsandbytes', 'datasets') if m in sys.modules]; assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
@@ -247,7 +247,7 @@ def test_nvml_sampler_follows_the_hardware(monkeypatch):
     from types import SimpleNamespace
 
     import planner.hardware as hardware
-    from planner.gui.run_model import nvml_sampler
+    from planner.gui.train.run_model import nvml_sampler
 
     monkeypatch.setattr(hardware, "sample", lambda: SimpleNamespace(gpus=()))
     assert nvml_sampler() is None

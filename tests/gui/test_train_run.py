@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from planner.gui.state import AppState  # noqa: E402
-from planner.gui.train_page import TrainPage  # noqa: E402
+from planner.gui.train.page import TrainPage  # noqa: E402
 
 RUN_TIMEOUT_MS = 120_000
 pytestmark = pytest.mark.slow  # trains the demo model for real (each trainer start-up ~8 s)
@@ -213,7 +213,7 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 app = QApplication([])
 from planner.gui.state import AppState
-from planner.gui.train_page import TrainPage
+from planner.gui.train.page import TrainPage
 ini, root, demo, action = sys.argv[1:5]
 state = AppState(QSettings(ini, QSettings.Format.IniFormat))
 state.set_runs_root(Path(root))
@@ -248,7 +248,7 @@ def test_the_trainer_outlives_the_app(qtbot, demo, tmp_path, action):
     import subprocess
     import sys
 
-    from planner.gui.run_process import PROJECT_ROOT
+    from planner.gui.train.run_process import PROJECT_ROOT
 
     child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "s.ini"), str(tmp_path / "runs"), str(demo),
                             action], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)

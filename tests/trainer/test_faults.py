@@ -312,7 +312,7 @@ def test_a_full_disk_during_a_checkpoint_is_an_io_error(demo_dir, tmp_path):
 
 # -- 11. smaller ones ---------------------------------------------------------------------------
 def test_a_reused_pid_is_not_the_trainer(tmp_path):
-    from planner.gui.train_follow import RunFollower
+    from planner.gui.train.follow import RunFollower
     from planner.runs import read_run
 
     run_dir = tmp_path / "run"

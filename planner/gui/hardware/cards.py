@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from planner.gui.hardware_model import catalog_entry, nearest_spec
+from planner.gui.hardware.model import catalog_entry, nearest_spec
 from planner.hardware import Gpu, GpuProcess, HostInfo
 from planner.units import GiB, MiB
 

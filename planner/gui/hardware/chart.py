@@ -14,14 +14,14 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from planner.gui.chart_style import (
+from planner.gui.common.chart_style import (
     EmptyNote,
     keep_whole,
     series_colour,
     style_legend,
     style_plot,
 )
-from planner.gui.hardware_model import History
+from planner.gui.hardware.model import History
 from planner.units import GiB
 
 _NICE = (1, 1.5, 2, 3, 4, 5, 6, 8)

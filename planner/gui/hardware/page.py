@@ -20,10 +20,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
-from planner.gui.hardware_cards import GpuCard, HostCard
-from planner.gui.hardware_chart import MemoryChart
-from planner.gui.hardware_model import History
-from planner.gui.hardware_picker import GpuPicker
+from planner.gui.hardware.cards import GpuCard, HostCard
+from planner.gui.hardware.chart import MemoryChart
+from planner.gui.hardware.model import History
+from planner.gui.hardware.picker import GpuPicker
 from planner.gui.state import AppState
 from planner.hardware import Inventory, inventory, sample
 from planner.targets import GpuTarget

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 )
 
 from planner.catalog.gpus import gpu_catalog, memory_text
-from planner.gui.hardware_model import (
+from planner.gui.hardware.model import (
     CUSTOM_PREFIX, DEFAULT_CATALOG_GPU, catalog_entry, catalog_target, custom_target, nvml_target, parse_choice, same_kind,
 )
 from planner.hardware import Gpu

@@ -14,8 +14,8 @@ from PySide6.QtCore import QEvent, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from planner.gui.chart_style import keep_whole, style_legend, style_plot
-from planner.gui.plan_model import DEFAULT_GPU_GIB, TERM_LABELS, TERMS, VARIANTS, Plan
+from planner.gui.common.chart_style import keep_whole, style_legend, style_plot
+from planner.gui.plan.model import DEFAULT_GPU_GIB, TERM_LABELS, TERMS, VARIANTS, Plan
 from planner.units import fmt_gib
 
 # Tableau 10: a qualitative palette that stays distinguishable on light and dark backgrounds.

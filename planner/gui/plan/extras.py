@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from planner.catalog import ModelSpec
 from planner.catalog.gpus import GpuSpec, gpu_catalog
 from planner.cost import run_cost
-from planner.gui.plan_model import FormValues, my_setup
+from planner.gui.plan.model import FormValues, my_setup
 from planner.memory import estimate
 from planner.table import COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 from planner.units import GiB

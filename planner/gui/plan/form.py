@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (
 )
 
 from planner.catalog import catalog
-from planner.gui.number_box import StrictDoubleSpinBox, StrictSpinBox
-from planner.gui.plan_model import FormValues
+from planner.gui.common.number_box import StrictDoubleSpinBox, StrictSpinBox
+from planner.gui.plan.model import FormValues
 from planner.options import ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, SHARDINGS
 
 ERROR_STYLE = "color: #d32f2f;"  # a foreground colour, legible on light and dark palettes

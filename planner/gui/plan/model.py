@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields
 
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu
-from planner.memory import Breakdown, Estimate, estimate
 from planner.launch import why_not_trainable
+from planner.memory import Breakdown, Estimate, estimate
 from planner.options import TrainSetup
 from planner.targets import DEFAULT_CATALOG_GPU
 from planner.units import GiB, fmt_gib

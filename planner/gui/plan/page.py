@@ -20,16 +20,16 @@ from dataclasses import replace
 
 from planner.catalog.gpus import find_gpu, memory_text
 from planner.errors import PlannerError
-from planner.gui.plan_chart import PlanChart
-from planner.gui.plan_extras import cost_rows, sizes_table
-from planner.gui.plan_form import PlanForm
-from planner.gui.plan_model import Plan, compute_plan, my_setup, summary_lines
+from planner.gui.common.worker import LatestOnly
+from planner.gui.plan.chart import PlanChart
+from planner.gui.plan.extras import cost_rows, sizes_table
+from planner.gui.plan.form import PlanForm
+from planner.gui.plan.model import Plan, compute_plan, my_setup, summary_lines
+from planner.gui.plan.panels import CostPanel, RecommendationPanel, SizesPanel
+from planner.gui.plan.precise import PrecisePanel
+from planner.gui.state import AppState
 from planner.launch import accumulation_for, train_config_fields, why_not_trainable
 from planner.options import TrainSetup
-from planner.gui.plan_panels import CostPanel, RecommendationPanel, SizesPanel
-from planner.gui.precise import PrecisePanel
-from planner.gui.state import AppState
-from planner.gui.worker import LatestOnly
 from planner.recommend import recommend
 from planner.settings import load_prices
 from planner.targets import DEFAULT_CATALOG_GPU, GpuTarget, catalog_target, custom_target

@@ -1,6 +1,6 @@
 """The Plan page's panels under the chart: recommendation, model-size table, time and cost.
 
-They only render what planner.recommend and planner.gui.plan_extras computed.
+They only render what planner.recommend and planner.gui.plan.extras computed.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from PySide6.QtWidgets import (
     QHBoxLayout, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget,
 )
 
-from planner.gui.plan_extras import CostRow, SizesTable
+from planner.gui.plan.extras import CostRow, SizesTable
 from planner.launch import why_not_trainable
-from planner.units import fmt_gib
 from planner.recommend import Recommendation
+from planner.units import fmt_gib
 
 FITS = QColor(46, 160, 67, 90)  # translucent: readable over light and dark bases
 MISSES = QColor(218, 54, 51, 70)

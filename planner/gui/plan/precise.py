@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
-from planner.gui.plan_model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup
+from planner.gui.plan.model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup
 from planner.memory import Estimate
 from planner.units import GiB
 

@@ -15,7 +15,7 @@ from PySide6.QtCore import QEvent
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
 
-from planner.gui.chart_style import (
+from planner.gui.common.chart_style import (
     EmptyNote,
     PredictionLine,
     keep_whole,

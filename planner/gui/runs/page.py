@@ -20,10 +20,10 @@ from PySide6.QtWidgets import (
     QSplitter, QTableView, QVBoxLayout, QWidget,
 )
 
-from planner.gui.runs_chart import Replay, ReplayChart
-from planner.gui.runs_model import COLUMN, SORT_ROLE, RunsTableModel, fmt_duration, fmt_gib, status_text
+from planner.gui.common.worker import LatestOnly
+from planner.gui.runs.chart import Replay, ReplayChart
+from planner.gui.runs.model import COLUMN, SORT_ROLE, RunsTableModel, fmt_duration, fmt_gib, status_text
 from planner.gui.state import AppState
-from planner.gui.worker import LatestOnly
 from planner.runs import EventReader, RunError, RunScanner, RunSummary, delete_run
 
 REFRESH_MS = 2000

@@ -14,7 +14,7 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QWidget
 
-from planner.gui.chart_style import (
+from planner.gui.common.chart_style import (
     LEGEND_ROW,
     EmptyNote,
     PredictionLine,
@@ -25,7 +25,7 @@ from planner.gui.chart_style import (
     style_legend,
     style_plot,
 )
-from planner.gui.run_model import RunModel, Series
+from planner.gui.train.run_model import RunModel, Series
 from planner.units import GiB
 
 # Tableau 10, as the other pages: distinguishable on light and dark backgrounds.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
 
-from planner.gui.run_process import PROJECT_ROOT
+from planner.gui.train.run_process import PROJECT_ROOT
 
 TAIL_LINES = 8
 

@@ -1,7 +1,7 @@
 """The Train form's GPU box: a checkbox per GPU NVML reports, and how several GPUs share the model.
 
 It only shows and reads the choice; what a choice means (processes, environment, messages) is
-:mod:`planner.gui.train_gpus`.
+:mod:`planner.gui.train.gpus`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
+from planner.gui.train.gpus import NO_GPU_NOTE, GpuOption, check_choice, first_gpus
 from trainer.config import SHARDINGS
-from planner.gui.train_gpus import NO_GPU_NOTE, GpuOption, check_choice, first_gpus
 
 SHARDING_TIP = ("How 2 or more GPUs share the work (one process per GPU):\n"
                 "ddp: a full replica of the model on every GPU; each trains on its share of the batches.\n"

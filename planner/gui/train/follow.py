@@ -12,7 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-from planner.gui.run_model import RunModel, replay
+from planner.gui.train.run_model import RunModel, replay
 from planner.runs import EventReader, read_run
 from trainer.protocol import Event
 from trainer.rundir import CONFIG, read_json

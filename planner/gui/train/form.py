@@ -4,7 +4,7 @@ It reads widgets into TrainConfig field values on top of a *base* (the demo's ru
 from the Plan page, an opened run's config), so fields the form does not show are kept, not
 reset; they are all in the config preview beside the form. Two never ride along unseen: test
 hooks (``extra``) are dropped, and ``trust_remote_code`` has its own checkbox, off unless the
-config that filled the form turned it on, and off again whenever the model changes. Validation is :func:`planner.gui.train_fields.validate`; its message appears under the
+config that filled the form turned it on, and off again whenever the model changes. Validation is :func:`planner.gui.train.fields.validate`; its message appears under the
 field it names.
 """
 
@@ -21,10 +21,10 @@ from PySide6.QtWidgets import (
     QPushButton, QVBoxLayout, QWidget,
 )
 
-from planner.gui.number_box import StrictSpinBox
-from planner.gui.train_devices import DevicesBox
-from planner.gui.train_fields import FieldError, parse_number, peek_dataset
-from planner.gui.train_gpus import GpuOption, num_processes
+from planner.gui.common.number_box import StrictSpinBox
+from planner.gui.train.devices import DevicesBox
+from planner.gui.train.fields import FieldError, parse_number, peek_dataset
+from planner.gui.train.gpus import GpuOption, num_processes
 from planner.options import METHODS, QUANTS
 
 DEMO_ARCHS = (("Llama (dense)", "llama"), ("Mixtral (MoE)", "mixtral"))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from planner.gui.train_fields import FieldError
+from planner.gui.train.fields import FieldError
 from planner.units import GiB
 
 NO_GPU_NOTE = "No GPU: trains on the CPU, one process"

@@ -2,7 +2,7 @@
 
 Training runs in a subprocess (:class:`RunProcess`); its events are folded into a Qt-free
 :class:`RunModel`, and a ~10 Hz timer redraws the charts only when the model changed. The page
-never imports torch: ``python -c "import planner.gui.train_page"`` loads none of it.
+never imports torch: ``python -c "import planner.gui.train.page"`` loads none of it.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QVBoxLayout, QWidget
 
-from planner.gui.run_model import RunModel, nvml_sampler
-from planner.gui.run_process import RunProcess
 from planner.gui.state import AppState
-from planner.gui.train_demo import DemoBuilder
-from planner.gui.train_dialogs import OomDialog
-from planner.gui.train_fields import (
+from planner.gui.train.demo import DemoBuilder
+from planner.gui.train.dialogs import OomDialog
+from planner.gui.train.fields import (
     FieldError, config_text, launch_file, new_run_dir, resolve_paths, validate,
 )
-from planner.gui.train_follow import RunFollower, open_history, read_config
-from planner.gui.train_form import TrainForm
-from planner.gui.train_gpus import detected_gpus, env_prefix, launch_env, mismatch_note, resume_gpus
-from planner.gui.train_panel import RunPanel, RunViews
+from planner.gui.train.follow import RunFollower, open_history, read_config
+from planner.gui.train.form import TrainForm
+from planner.gui.train.gpus import detected_gpus, env_prefix, launch_env, mismatch_note, resume_gpus
+from planner.gui.train.panel import RunPanel, RunViews
+from planner.gui.train.run_model import RunModel, nvml_sampler
+from planner.gui.train.run_process import RunProcess
 from trainer.protocol import Event
 
 FRAME_MS = 100

@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (
     QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget,
 )
 
-from planner.gui.run_model import RunModel, fmt_duration
-from planner.gui.train_charts import TrainCharts
+from planner.gui.train.charts import TrainCharts
+from planner.gui.train.run_model import RunModel, fmt_duration
 from planner.units import fmt_count
 
 CRASH_TAIL = 8
