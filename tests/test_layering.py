@@ -5,6 +5,9 @@
 3. The trainer's contract modules (protocol, config, rundir) are the only trainer modules planner
    imports, and they import nothing but the standard library, each other and planner's small
    stdlib-only modules (no torch, no transformers: the GUI reads run directories through them).
+4. Within planner/gui, a page package (plan/, train/, hardware/, runs/) imports only itself,
+   common/ and the shell (the modules directly in planner/gui: app, window, state); common/
+   imports no page. Pages talk through the shell's AppState, never through each other.
 Plus the budget that rule 2 buys: `python -m planner table` starts and finishes fast.
 """
 
@@ -162,6 +165,64 @@ def test_static_checker_sees_what_it_should():
     assert _trainer_violations(ast.parse(ok)) == []
     bad = "import trainer\nfrom trainer import run\nfrom trainer.session import open_new\nimport trainer.data\n"
     assert _trainer_violations(ast.parse(bad)) == [1, 2, 3, 4]
+
+
+GUI_DIR = PLANNER / "gui"
+GUI_PACKAGES = sorted(p.parent.name for p in GUI_DIR.glob("*/__init__.py"))
+SHARED = "common"
+
+
+def _gui_targets(tree: ast.Module, package: str) -> list[tuple[str, int]]:
+    """(planner.gui subpackage, line) for every import in a module of ``planner.gui.<package>``,
+    lazy ones included and relative ones resolved; the shell's own modules are not listed."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative to planner.gui.<package>
+                base = ["planner", "gui", package][: 3 - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # `from planner.gui import plan` names the package in the imported names
+            modules = [f"{module}.{a.name}" for a in node.names] if module == "planner.gui" else [module]
+        else:
+            continue
+        for m in modules:
+            parts = m.split(".")
+            if parts[:2] == ["planner", "gui"] and len(parts) > 2 and parts[2] in GUI_PACKAGES:
+                found.append((parts[2], node.lineno))
+    return sorted(found, key=lambda t: t[1])
+
+
+def _page_violations(tree: ast.Module, package: str) -> list[tuple[str, int]]:
+    allowed = {SHARED} if package == SHARED else {package, SHARED}
+    return [(target, line) for target, line in _gui_targets(tree, package) if target not in allowed]
+
+
+def test_gui_packages_found():
+    assert {"common", "hardware", "plan", "runs", "train"} <= set(GUI_PACKAGES)
+
+
+@pytest.mark.parametrize("path", sorted(GUI_DIR.glob("*/*.py")), ids=_rel)
+def test_gui_pages_import_no_other_page(path):
+    package = path.parent.name
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=_rel(path))
+    bad = _page_violations(tree, package)
+    assert not bad, f"{_rel(path)} imports other GUI packages (page -> page, or common -> page): {bad}"
+
+
+def test_gui_page_checker_sees_what_it_should():
+    ok = ("from planner.gui.plan.model import FormValues\nfrom planner.gui.common.worker import LatestOnly\n"
+          "from planner.gui.state import AppState\nimport planner.gui.plan.chart\nfrom . import form\n"
+          "from ..common import number_box\n")
+    assert _page_violations(ast.parse(ok), "plan") == []
+    bad = ("from planner.gui.train.fields import validate\n"
+           "def f():\n    import planner.gui.runs.model\n"
+           "from planner.gui import hardware\nfrom ..train import form\n")
+    assert _page_violations(ast.parse(bad), "plan") == [("train", 1), ("runs", 3), ("hardware", 4), ("train", 5)]
+    assert _page_violations(ast.parse("from planner.gui.plan import chart\n"), "common") == [("plan", 1)]
 
 
 def test_table_command_is_fast():
