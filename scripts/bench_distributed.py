@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from trainer.demo import make_demo
 
-from trainer.demo import make_demo  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch(config: Path) -> tuple[float, float, int]:

@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from planner.catalog import catalog, resolve_model
+from planner.memory import estimate
+from planner.options import TrainSetup
 
-from planner.catalog import catalog, resolve_model  # noqa: E402
-from planner.memory import estimate  # noqa: E402
-from planner.options import TrainSetup  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def per_estimate_us() -> tuple[float, int]:

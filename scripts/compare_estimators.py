@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from planner.catalog import resolve_model  # noqa: E402
-from planner.errors import PlannerError  # noqa: E402
-from planner.memory import estimate  # noqa: E402
-from planner.options import TrainSetup  # noqa: E402
-from planner.simulate import simulate  # noqa: E402
+from planner.catalog import resolve_model
+from planner.errors import PlannerError
+from planner.memory import estimate
+from planner.options import TrainSetup
+from planner.simulate import simulate
 
 MODELS = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "google/gemma-2-9b",
           "mistralai/Mistral-7B-v0.1", "Qwen/Qwen2.5-0.5B", "mistralai/Mixtral-8x7B-v0.1")

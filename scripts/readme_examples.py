@@ -38,12 +38,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.units import GiB
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-
-sys.path.insert(0, str(ROOT))
-
-from planner.units import GiB  # noqa: E402
 
 EXAMPLE = re.compile(r"^<!-- example: (?P<command>.+?) -->$")
 OUTPUT = re.compile(r"^<!-- output: (?P<command>.+?) -->$")

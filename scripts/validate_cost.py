@@ -20,13 +20,11 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from planner import calibration  # noqa: E402
-from planner.catalog import resolve_model  # noqa: E402
-from planner.catalog.gpus import GpuSpec, find_gpu  # noqa: E402
-from planner.cost import run_cost  # noqa: E402
-from planner.options import TrainSetup  # noqa: E402
+from planner import calibration
+from planner.catalog import resolve_model
+from planner.catalog.gpus import GpuSpec, find_gpu
+from planner.cost import run_cost
+from planner.options import TrainSetup
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "throughput.csv"
 

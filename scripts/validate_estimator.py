@@ -18,11 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from planner.catalog import resolve_model  # noqa: E402
-from planner.memory import estimate  # noqa: E402
-from planner.options import TrainSetup  # noqa: E402
+from planner.catalog import resolve_model
+from planner.memory import estimate
+from planner.options import TrainSetup
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "measurements.csv"
 

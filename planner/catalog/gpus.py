@@ -18,13 +18,13 @@ import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
+from planner.resource_files import resource
 from planner.units import GiB, MiB, fmt_gib
 
-GPUS_JSON = Path(__file__).resolve().parents[2] / "resources" / "gpus.json"
+GPUS_JSON = resource("gpus.json")
 SEGMENTS = ("consumer", "workstation", "datacenter")
 PRICE_KINDS = ("on-demand", "spot", "community")
 

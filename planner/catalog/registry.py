@@ -16,8 +16,7 @@ from typing import Any
 from planner.catalog.arch import Architecture
 from planner.catalog.hf_config import architecture_from_config
 from planner.errors import PlannerError
-
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+from planner.resource_files import resource
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,9 @@ class ModelSpec:
 @lru_cache(maxsize=1)
 def catalog() -> dict[str, CatalogEntry]:
     entries: dict[str, CatalogEntry] = {}
-    for path in sorted((RESOURCES / "models").glob("*.json")):
-        for raw in json.loads(path.read_text())["entries"]:
+    files = sorted((f for f in resource("models").iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+    for file in files:
+        for raw in json.loads(file.read_text(encoding="utf-8"))["entries"]:
             entry = CatalogEntry(
                 id=raw["id"],
                 config=raw["config"],
