@@ -14,7 +14,6 @@ from typing import Any
 from transformers import TrainerCallback
 
 from trainer.clock import Pace
-from trainer.config import TrainConfig
 from trainer.events import Commands, EventSink, rss_bytes
 from trainer.faults import ensure_present
 from trainer.rundir import mark_complete
@@ -122,30 +121,3 @@ def _float(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def test_hooks(cfg: TrainConfig, commands: Commands) -> list[Any]:
-    """Callbacks that tests switch on through ``extra`` (never set by the app).
-
-    ``test_oom_at_step``: raise torch.OutOfMemoryError at that step (or ``{"step", "rank"}``: on
-    that rank only).
-    ``test_command_at_step``: {"step": N, "command": "stop"|"cancel"|"checkpoint"} sends the
-    command through the same queue stdin feeds, at a deterministic step.
-    """
-    oom_at = cfg.extra.get("test_oom_at_step")
-    if isinstance(oom_at, dict):  # {"step": N, "rank": R}: only that rank runs out
-        from trainer.distributed import rank
-
-        oom_at = oom_at["step"] if rank() == oom_at["rank"] else None
-    command_at = cfg.extra.get("test_command_at_step")
-
-    class Hooks(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if oom_at is not None and state.global_step >= int(oom_at):
-                import torch
-
-                raise torch.OutOfMemoryError("out of memory (test hook)")
-            if command_at and state.global_step == int(command_at["step"]):
-                commands.put(command_at["command"])
-
-    return [Hooks()] if (oom_at is not None or command_at) else []

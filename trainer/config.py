@@ -93,7 +93,8 @@ class TrainConfig:
     trust_remote_code: bool = False
     """Run code shipped with the model. Off unless you trust its author."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
-    """Test hooks and future fields; ignored by the trainer unless documented."""
+    """Free-form notes and future fields; the trainer itself reads none of them (test hooks
+    plugged in through FINETUNE_TRAINER_PLUGIN read theirs here)."""
 
     def __post_init__(self) -> None:
         for name, allowed in (("method", METHODS), ("quant", QUANTS), ("precision", PRECISIONS),

@@ -1,8 +1,6 @@
-"""Several processes on PyTorch's own stack: torchrun starts one trainer per GPU (or CPU process).
+"""Several processes on PyTorch's own stack, as the workers see it (trainer/launcher.py starts them).
 
-The process the app starts is the launcher: it writes the run directory, starts
-``python -m torch.distributed.run``, and hands it nothing but the run directory. Every worker
-runs the same ``Run``; rank 0 alone speaks (events on the inherited stdout, ``metrics.jsonl``,
+Every worker runs the same ``Run``; rank 0 alone speaks (events on the inherited stdout, ``metrics.jsonl``,
 the summary and the final save). Commands reach the ranks through ``<run_dir>/commands``, where
 the launcher appends what stdin and SIGTERM send. Every rank acts on a command at the same step
 (an all-reduce of its code): a rank that stopped alone would leave the others waiting in a
@@ -12,13 +10,11 @@ collective forever.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from trainer.rundir import COMMANDS_FILE, PEER_ERROR
+from trainer.rundir import PEER_ERROR
 
 # PEER_ERROR: what a rank other than 0 failed with. Only rank 0 speaks, so it (or the launcher,
 # when rank 0 was killed) reports a peer's own error, e.g. an out-of-memory on GPU 1, rather than
@@ -133,84 +129,21 @@ def peer_error(run_dir: Path, wait_s: float = 0.0) -> dict[str, Any] | None:
         time.sleep(0.1)
 
 
-def launch(run_dir: Path, num_processes: int, resume: bool, stdin: TextIO | None, out: TextIO) -> int:
-    """Start the workers and relay their events; returns the run's exit code."""
-    from trainer.events import Commands
-    from planner.atomic import atomic_write_text
+def full_weights(model: Any) -> dict[str, Any]:
+    """The whole state dict of a sharded model, on rank 0's CPU (a collective every rank joins;
+    the others get an empty dict). Checkpoints stay sharded; the final model is whole."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    commands_file = run_dir / COMMANDS_FILE
-    atomic_write_text(commands_file, "")
-    for stale in run_dir.glob(PEER_ERROR.format("*")):  # a previous session's
-        stale.unlink(missing_ok=True)
-    metrics = run_dir / "metrics.jsonl"
-    before = metrics.stat().st_size if metrics.is_file() else 0  # a resumed run appends
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-            "-m", "trainer", "run", "--worker", str(run_dir)] + (["--resume", str(run_dir)] if resume else [])
-    commands = Commands(stdin)
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, bufsize=1)
-    done = threading.Event()
-
-    def forward() -> None:
-        while not done.wait(0.1):
-            pending = commands.drain()
-            if pending:
-                with open(commands_file, "a", encoding="utf-8") as fh:
-                    fh.write("".join(c + "\n" for c in pending))
-
-    forwarder = threading.Thread(target=forward, daemon=True, name="commands-forward")
-    forwarder.start()
-    try:
-        for line in child.stdout:
-            try:
-                out.write(line)
-                out.flush()
-            except (BrokenPipeError, ValueError):
-                pass
-        code = child.wait()
-    finally:
-        done.set()
-        forwarder.join()
-        commands.close()
-    ended, error = _outcome(metrics, before)
-    if not ended:  # the workers died before rank 0 could say so: the protocol still ends
-        from trainer.events import EventSink
-
-        peer = peer_error(run_dir)
-        if peer:
-            peer["message"] = f"rank {peer['rank']}: {peer['message']}"
-        else:
-            peer = {"type": "internal", "message": f"the training processes exited with code {code}",
-                    "hint": "this is a bug; the traceback is in the log"}
-        sink = EventSink(metrics, out=out)
-        sink.emit("error", **peer)
-        sink.emit("end", status="failed", steps=0, runtime_s=0.0, output_dir=str(run_dir))
-        sink.close()
-        error = peer["type"]
-    from trainer.protocol import exit_code
-
-    return exit_code(error)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def _outcome(metrics: Path, offset: int) -> tuple[bool, str | None]:
-    """Whether this session's events (those past ``offset``) ended, and the error they reported:
-    the workers' verdict, since torchrun folds every failure into exit code 1."""
-    import json
+def fsdp_on_cpu(trainer: Any) -> None:
+    """torch's FSDP2 shards over gloo on the CPU too, but accelerate enables its FSDP plugin on
+    GPU-like devices only (a CPU run would silently replicate instead). Switch it on: the CPU
+    then runs the very FSDP path GPUs run, which is how the tests check it without a GPU."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    ended, error = False, None
-    try:
-        with open(metrics, "rb") as fh:
-            fh.seek(offset)
-            lines = fh.read().decode(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "error":
-            error = event.get("type")
-        elif event.get("event") == "end":
-            ended = True
-    return ended, error
-
+    state = trainer.accelerator.state
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state.distributed_type = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True

@@ -17,17 +17,19 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainer.config import ConfigError, TrainConfig
 from planner.atomic import atomic_dir, atomic_write_text
+from trainer.config import ConfigError, TrainConfig
+from trainer.distributed import (follow, forget_inherited_launch, fsdp_on_cpu, full_weights, gather, peer_error, rank,
+                                 report_peer_error, world_size)
+from trainer.measure import device_budget, measured_peak
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
 from trainer.quiet import quiet, say
-from trainer.rundir import SUMMARY, claimed, latest_checkpoint
+from trainer.rundir import COMMANDS_FILE, SUMMARY, claimed, latest_checkpoint
 
 
 class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool, stdin: TextIO | None, out: TextIO | None):
         from trainer.clock import runtime_before
-        from trainer.distributed import COMMANDS_FILE, follow, rank, world_size
         from trainer.events import Commands, EventSink, SilentSink
 
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
@@ -61,7 +63,7 @@ class Run:
         from transformers import Trainer, set_seed
 
         from trainer.arguments import training_args
-        from trainer.callbacks import EventCallback, test_hooks
+        from trainer.callbacks import EventCallback
         from trainer.data import collate, prepare_data
         from trainer.loading import load_model, load_tokenizer, model_layout, param_counts, resolve_runtime
         from trainer.prediction import predict
@@ -76,13 +78,13 @@ class Run:
         model = load_model(cfg, self.runtime)
         predicted = predict(cfg, self.runtime.precision)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
-        from trainer.distributed import world_size
-
         # one process watches its folder every step; several would disagree on the step it vanished
         self.callback = EventCallback(self.sink, self.commands, self.runtime.device,
                                       watch=self.run_dir if world_size() == 1 else None, total_s=self.total_s)
-        # hooks run before the event callback so a command they send acts at this very step
-        callbacks = test_hooks(cfg, self.commands) + [self.callback]
+        from trainer.plugins import plugin_callbacks
+
+        # plugged-in callbacks run before the event callback: a command they send acts at this very step
+        callbacks = plugin_callbacks(cfg, self.commands) + [self.callback]
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
         from transformers.trainer_callback import PrinterCallback
 
@@ -96,7 +98,7 @@ class Run:
         )
         self.trainer.remove_callback(PrinterCallback)
         if cfg.num_processes > 1 and cfg.sharding == "fsdp" and not self.trainer.is_fsdp_enabled:
-            _fsdp_on_cpu(self.trainer)
+            fsdp_on_cpu(self.trainer)
         # a resumed run killed before its first checkpoint starts over (and says so in `start`)
         self.checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
         params_total, trainable = param_counts(model)
@@ -123,14 +125,12 @@ class Run:
         if self.lead:
             ensure_present(self.run_dir)
         if status == "completed":
-            weights = _full_weights(self.trainer.model) if self.trainer.is_fsdp_enabled else None
+            weights = full_weights(self.trainer.model) if self.trainer.is_fsdp_enabled else None
             if self.lead:
                 final = self.run_dir / ("adapter" if self.cfg.method != "full" else "model")
                 with atomic_dir(final, replace=True) as tmp:  # inside our own run directory
                     self.trainer.accelerator.unwrap_model(self.trainer.model).save_pretrained(
                         str(tmp), safe_serialization=True, state_dict=weights)
-        from trainer.distributed import gather
-
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         # the GPU that came closest to its limit is the one to compare with the prediction
         peak = max(gather(measured_peak(self.runtime.device)))
@@ -173,8 +173,6 @@ class Run:
 
     def fail(self, kind: str, message: str, hint: str, **extra: Any) -> None:
         if not self.lead:
-            from trainer.distributed import report_peer_error
-
             report_peer_error(self.run_dir, {"type": kind, "message": message, "hint": hint, **extra})
             return
         self.sink.emit("error", type=kind, message=message, hint=hint, **extra)
@@ -184,53 +182,11 @@ class Run:
         self.sink.emit("end", status="failed", steps=steps, output_dir=str(self.run_dir), **times)
 
 
-def _full_weights(model: Any) -> dict[str, Any]:
-    """The whole state dict of a sharded model, on rank 0's CPU (a collective every rank joins;
-    the others get an empty dict). Checkpoints stay sharded; the final model is whole."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def _fsdp_on_cpu(trainer: Any) -> None:
-    """torch's FSDP2 shards over gloo on the CPU too, but accelerate enables its FSDP plugin on
-    GPU-like devices only (a CPU run would silently replicate instead). Switch it on: the CPU
-    then runs the very FSDP path GPUs run, which is how the tests check it without a GPU."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    state = trainer.accelerator.state
-    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
-    state.distributed_type = DistributedType.FSDP
-    trainer.is_fsdp_enabled = True
-
-
-def measured_peak(device: str) -> int:
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def device_budget(device: str) -> int:
-    """Memory the run may use: the GPU's total, or the host RAM available on the CPU."""
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
 def main(config_path: str | None, resume_dir: str | None = None,
          stdin: TextIO | None = None, out: TextIO | None = None, worker: str | None = None) -> int:
     """``worker``: the run directory a torchrun worker trains in (``resume_dir`` then only says
     whether to resume); the launcher prepared it and holds its lock."""
     from trainer.clock import runtime_before
-    from trainer.distributed import forget_inherited_launch
     from trainer.protocol import encode
     from trainer.rundir import PID_FILE, RunDirError, write_pid
     from trainer.session import AlreadyComplete, open_new, open_resume
@@ -262,7 +218,7 @@ def main(config_path: str | None, resume_dir: str | None = None,
         write_pid(run_dir)
         try:
             if cfg.num_processes > 1:
-                from trainer.distributed import launch
+                from trainer.launcher import launch
 
                 return launch(run_dir, cfg.num_processes, session.resume, stdin, out)
             return _work(run_dir, session.resume, out, cfg=cfg, stdin=stdin)
@@ -323,8 +279,6 @@ def _run(run: Run) -> int:
 
 
 def _failed_peer(run: Run) -> dict[str, Any] | None:
-    from trainer.distributed import peer_error, world_size
-
     return peer_error(run.run_dir, wait_s=2.0) if run.lead and world_size() > 1 else None
 
 

@@ -17,6 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# the test-only hooks (a run told to OOM or stop at a step through its config's `extra`), for
+# in-process runs and every trainer subprocess the tests start (they inherit the environment)
+from trainer_test_hooks import PLUGIN  # noqa: E402
+
+os.environ.setdefault("FINETUNE_TRAINER_PLUGIN", PLUGIN)
+
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
