@@ -10,6 +10,8 @@ recommendation itself would warn against.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, replace
 
 from planner.catalog import ModelSpec, catalog, resolve_model
@@ -27,7 +29,8 @@ _OFFLOADS = ("optimizer", "params")
 """Tried in this order for each GPU count: offloading the optimizer state alone moves less over PCIe."""
 _OFFLOAD_WORDS = {"optimizer": "CPU offload of the optimizer state",
                   "params": "CPU offload of parameters, gradients and optimizer state"}
-_LEANEST = dict(grad_checkpointing=True, batch_size=1, optimizer="paged_adamw_8bit", modules_to_save=())
+_LEANEST: dict[str, Any] = dict(grad_checkpointing=True, batch_size=1, optimizer="paged_adamw_8bit",
+                                modules_to_save=())
 _METHOD_WORDS = {("qlora", "nf4"): "QLoRA 4-bit", ("lora", None): "LoRA", ("full", None): "full fine-tuning"}
 
 

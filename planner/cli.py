@@ -264,7 +264,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     prices = load_prices()  # once per command: a bad settings file warns once
     if a.gpu == "any":
         return _recommend_any(a, model, base, prices)
-    methods = METHODS
+    methods: tuple[tuple[str, str | None], ...] = METHODS
     if a.method:  # DESIGN: with --method given, only that method's options (an empty one: the default)
         methods = tuple((m, q) for m, q in METHODS if m == base.method and (a.quant is None or q == base.quant))
         if not methods:  # e.g. qlora with fp4: recommend compares the bases the trainer offers
@@ -294,18 +294,18 @@ def _recommend_any(a: argparse.Namespace, model, base, prices) -> int:
     from planner.targets import catalog_target
 
     kwargs = _recommend_kwargs(a, prices)
-    ranked = []
+    ranked = []  # (recommendation, its best option): only GPUs something fits on
     for spec in gpu_catalog().values():
         rec = recommend(model, base, catalog_target(spec, base.num_gpus, prices), alternatives=False, **kwargs)
         if rec.best is not None:
-            ranked.append(rec)
+            ranked.append((rec, rec.best))
     # cheapest total cost first; without a price or dataset size, fastest first
-    ranked.sort(key=lambda r: (r.best.cost_usd is None, r.best.cost_usd or 0.0, -r.best.tokens_per_second))
+    ranked.sort(key=lambda pair: (pair[1].cost_usd is None, pair[1].cost_usd or 0.0, -pair[1].tokens_per_second))
     if a.json:
-        print_json({"ranking": [{**r.to_json()["gpu"], "option": r.best.to_json(),
-                                 "explanation": r.explanation} for r in ranked]})
+        print_json({"ranking": [{**r.to_json()["gpu"], "option": best.to_json(), "explanation": r.explanation}
+                                for r, best in ranked]})
         return 0
-    print("\n".join(ranking_lines(ranked)))
+    print("\n".join(ranking_lines([r for r, _ in ranked])))
     return 0
 
 

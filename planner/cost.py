@@ -138,8 +138,9 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         seconds = dataset_tokens * epochs / tps
         energy = _power_watts(gpu, util) * n * seconds / 3.6e6
         price = usd_per_hour
-        if price is None and gpu.price() is not None:
-            price = gpu.price().usd_per_hour
+        listed = gpu.price()
+        if price is None and listed is not None:
+            price = listed.usd_per_hour
         if price is not None:
             cost = price * n * seconds / 3600
         elif usd_per_kwh is not None:

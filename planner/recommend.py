@@ -9,6 +9,8 @@ driver-reported total (``GpuTarget.memory_bytes``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, replace
 from itertools import product
 
@@ -95,12 +97,16 @@ def _fits(model: ModelSpec, setup: TrainSetup, budget: int) -> bool:
 
 def _largest(model: ModelSpec, setup: TrainSetup, field: str, budget: int, limit: int) -> int:
     """Largest value of ``field`` that fits (0 if even 1 does not): memory grows with it."""
-    if not _fits(model, replace(setup, **{field: 1}), budget):
+    def at(value: int) -> TrainSetup:
+        changed: dict[str, Any] = {field: value}
+        return replace(setup, **changed)
+
+    if not _fits(model, at(1), budget):
         return 0
     lo, hi = 1, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _fits(model, replace(setup, **{field: mid}), budget):
+        if _fits(model, at(mid), budget):
             lo = mid
         else:
             hi = mid - 1

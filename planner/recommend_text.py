@@ -54,6 +54,7 @@ def ranking_lines(ranked: list[Recommendation]) -> list[str]:
     rows = [["GPU", "datasheet", "usable", "method", "quant", "needs", "free", "tok/s", "hours", "$"]]
     for r in ranked:
         o, g = r.best, r.gpu
+        assert o is not None, "the ranking holds only GPUs something fits on"
         rows.append([g.name, f"{g.spec.datasheet_gb:g} GB", f"{g.memory_bytes / GiB:.2f} GiB", o.setup.method,
                      o.setup.quant or "-", f"{o.device_used_bytes / GiB:.1f} GiB",
                      f"{o.headroom_bytes / g.memory_bytes:.0%}", f"{o.tokens_per_second:,.0f}", _hours(o.hours),

@@ -6,6 +6,8 @@ README): sizes 7B..8x22B by Full AMP / Full 16 / LoRA 16 / QLoRA 8 / QLoRA 4 / Q
 
 from __future__ import annotations
 
+from typing import Any
+
 import functools
 from dataclasses import dataclass, replace
 
@@ -51,9 +53,9 @@ class TableRow:
     estimates: tuple[Estimate, ...]
 
 
-def _row_setup(base: TrainSetup, fields: dict) -> TrainSetup:
+def _row_setup(base: TrainSetup, fields: dict[str, Any]) -> TrainSetup:
     # modules_to_save and adapter settings only mean something for adapter methods
-    extra = {} if fields["method"] != "full" else {"modules_to_save": ()}
+    extra: dict[str, Any] = {} if fields["method"] != "full" else {"modules_to_save": ()}
     return replace(base, **fields, **extra)
 
 

@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,9 +188,7 @@ class RunLock:
 
 
 def _try_lock(fd: int) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows: the C runtime's byte-range lock on the file's first byte
+    if sys.platform == "win32":  # the C runtime's byte-range lock on the file's first byte
         import msvcrt
 
         try:
@@ -197,6 +196,8 @@ def _try_lock(fd: int) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

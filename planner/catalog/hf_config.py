@@ -183,6 +183,7 @@ def _deepseek(cfg: Config, d: _Dims) -> Architecture:
     kv_rank = fields.size(cfg, "kv_lora_rank")
     q_rank = fields.count(cfg, "q_lora_rank")
     qk = nope + rope
+    attn: tuple[Linear, ...]
     if q_rank:
         attn = (Linear("q_a_proj", d.h, q_rank), Linear("q_b_proj", q_rank, d.heads * qk))
     else:
