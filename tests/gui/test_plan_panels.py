@@ -87,28 +87,28 @@ def test_gpu_from_the_hardware_page_moves_the_line(page, qtbot, state):
 
 def test_errors_appear_beside_their_field(page, qtbot):
     page.form.targets_edit.setText("no_such_proj")
-    qtbot.waitUntil(lambda: page.form.errors[page.form.targets_edit].text() != "")
-    assert "no_such_proj" in page.form.errors[page.form.targets_edit].text()
-    assert page.form.errors[page.form.model_box].text() == ""
+    qtbot.waitUntil(lambda: page.form.errors["lora_targets"].text() != "")
+    assert "no_such_proj" in page.form.errors["lora_targets"].text()
+    assert page.form.errors["model"].text() == ""
     page.form.targets_edit.setText("q_proj,v_proj")
-    qtbot.waitUntil(lambda: page.form.errors[page.form.targets_edit].text() == "")
+    qtbot.waitUntil(lambda: page.form.errors["lora_targets"].text() == "")
 
 
-@pytest.mark.parametrize("box, typed", [("seq_spin", "4k"), ("seq_spin", "1e3"), ("batch_spin", "-4"),
-                                        ("gpu_spin", "24,5")])
-def test_a_number_qt_would_mangle_is_refused_beside_its_field(page, qtbot, box, typed):
+@pytest.mark.parametrize("name, typed", [("seq_len", "4k"), ("seq_len", "1e3"), ("batch_size", "-4"),
+                                         ("gpu_gib", "24,5")])
+def test_a_number_qt_would_mangle_is_refused_beside_its_field(page, qtbot, name, typed):
     """Issue 13 point 6: "4k" never becomes 4, "1e3" never 13, "-4" never 4, "24,5" never 245."""
     from PySide6.QtTest import QTest
 
-    spin = getattr(page.form, box)
+    spin = page.form.table[name].widget
     before, plan = spin.value(), page.plan
     spin.setFocus()
     spin.lineEdit().selectAll()
     QTest.keyClicks(spin.lineEdit(), typed)
     page.recompute()
-    label = page.form.errors[spin]
+    label = page.form.errors[name]
     assert not label.isHidden() and f"'{typed}' is not" in label.text(), label.text()
-    assert label.text().startswith(page.form.labels[spin] + ":")
+    assert label.text().startswith(page.form.table[name].label + ":")
     assert spin.value() == before and page.plan is plan  # nothing was planned with a mangled number
 
 
@@ -126,7 +126,7 @@ def test_a_decimal_comma_is_read_where_the_locale_writes_one(page):
 def test_messages_name_the_field_not_the_cli_option(page, qtbot):
     page.form.targets_edit.setText("no_such_proj")
     page.recompute()
-    text = page.form.errors[page.form.targets_edit].text()
+    text = page.form.errors["lora_targets"].text()
     assert "no_such_proj" in text and "--lora-targets" not in text and "LoRA targets" in text
 
 

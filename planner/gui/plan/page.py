@@ -52,7 +52,7 @@ class PlanPage(QWidget):
         for name in ("model_box", "method_box", "precision_box", "optimizer_box", "batch_spin", "seq_spin",
                      "lora_r_spin", "ckpt_box", "attention_box", "gpu_spin"):
             setattr(self, name, getattr(self.form, name))
-        self.error_label = self.form.errors[self.form.model_box]
+        self.error_label = self.form.errors["model"]
         self._target = catalog_target(find_gpu(DEFAULT_CATALOG_GPU), 1, load_prices())
         """The GPU planned for: its memory in bytes as the driver reports it is the one that plans
         (the spin box shows it rounded to 0.01 GiB), its name and source label it."""
@@ -181,7 +181,7 @@ class PlanPage(QWidget):
                              local=self._target.source == "nvml")
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
-            self.form.show_error(str(exc), getattr(exc, "widget", None))
+            self.form.show_error(str(exc), getattr(exc, "field", None))
             self.stale_label.setVisible(self.plan is not None)
             self._pending = None  # no recommendation for a form that does not hold a setup
             self.recommendation.computing()
@@ -268,9 +268,9 @@ def _notes_html(warnings: tuple[str, ...], assumptions: tuple[str, ...]) -> str:
 class _FieldProblem(Exception):
     """A number box holds text that is not a value: its message goes beside that box."""
 
-    def __init__(self, widget: QWidget, message: str) -> None:
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
-        self.widget = widget
+        self.field = field
 
 
 class _blocked:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
+from planner.gui.common.binding import ERROR_STYLE
 from planner.gui.train.gpus import NO_GPU_NOTE, GpuOption, check_choice, first_gpus
 from trainer.config import SHARDINGS
 
@@ -24,7 +25,7 @@ class DevicesBox(QGroupBox):
     changed = Signal()
     """A GPU was checked or unchecked, or the sharding changed."""
 
-    def __init__(self, options: Sequence[GpuOption], error_style: str, parent: QWidget | None = None) -> None:
+    def __init__(self, options: Sequence[GpuOption], parent: QWidget | None = None) -> None:
         super().__init__("GPUs", parent)
         self.options = tuple(options)
         self.checks: list[QCheckBox] = []
@@ -38,7 +39,7 @@ class DevicesBox(QGroupBox):
         self.note = QLabel(f"<i>{NO_GPU_NOTE}</i>")
         self.note.setToolTip("NVML reports no NVIDIA GPU (see the Hardware page for why).")
         self.error_label = QLabel()
-        self.error_label.setStyleSheet(error_style)
+        self.error_label.setStyleSheet(ERROR_STYLE)
         self.error_label.hide()
         self.sharding_box = QComboBox()
         self.sharding_box.addItems(list(SHARDINGS))

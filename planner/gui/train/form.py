@@ -4,14 +4,16 @@ It reads widgets into TrainConfig field values on top of a *base* (the demo's ru
 from the Plan page, an opened run's config), so fields the form does not show are kept, not
 reset; they are all in the config preview beside the form. Two never ride along unseen: test
 hooks (``extra``) are dropped, and ``trust_remote_code`` has its own checkbox, off unless the
-config that filled the form turned it on, and off again whenever the model changes. Validation is :func:`planner.gui.train.fields.validate`; its message appears under the
-field it names.
+config that filled the form turned it on, and off again whenever the model changes. The fields
+the form shows are one table (:mod:`planner.gui.common.binding`). Validation is
+:func:`planner.gui.train.fields.validate`; its message appears under the field it names.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from PySide6.QtWidgets import (
     QPushButton, QVBoxLayout, QWidget,
 )
 
+from planner.gui.common.binding import CHOICE, FLAG, TEXT, WHOLE, Access, Field, FieldTable, Row, error_label
 from planner.gui.common.number_box import StrictSpinBox
 from planner.gui.train.devices import DevicesBox
 from planner.gui.train.fields import FieldError, parse_number, peek_dataset
@@ -29,7 +32,6 @@ from planner.options import METHODS, QUANTS
 
 DEMO_ARCHS = (("Llama (dense)", "llama"), ("Mixtral (MoE)", "mixtral"))
 """``make-demo --arch`` choices the form offers (the command has the other MoE kinds too)."""
-ERROR_STYLE = "color: #d32f2f;"  # as the Plan page: legible on light and dark palettes
 
 DEFAULTS: dict[str, Any] = {
     "method": "qlora", "quant": "nf4", "learning_rate": 2e-4, "batch_size": 1, "gradient_accumulation_steps": 1,
@@ -37,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "sharding": "ddp",
 }
 """TrainConfig's defaults for the fields on the form. Not num_processes: every GPU starts checked."""
+LEADING = ("model", "dataset", "output_dir")
+"""Listed first, in TrainConfig's order, so the preview reads like the trainer's config.json."""
 NOT_CARRIED = ("extra", "trust_remote_code")
 """Never kept in the base: test hooks are not the app's to pass on, and running a model's own code
 is decided by the checkbox the user sees."""
@@ -52,6 +56,23 @@ def _spin(low: int, high: int, tip: str, special: str | None = None) -> StrictSp
     return spin
 
 
+def _number_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+PATH = replace(TEXT, read=lambda w: w.text().strip())
+"""A folder or file typed into a line edit."""
+NUMBER_TEXT = Access(lambda w: parse_number(w.text()), lambda w, v: w.setText(_number_text(v)),
+                     lambda w: (w.textChanged,))
+"""A number in a line edit ("2e-4"); the raw text while it is not one (validation names it)."""
+TRUST = replace(FLAG, write=lambda w, v: w.setChecked(v is True), accepts=lambda v: True)
+"""Checked only by a literal true: anything else in a config leaves the model's code unrun."""
+PROCESSES = Access(lambda w: num_processes(w.chosen()), lambda w, v: w.choose_count(v), lambda w: (w.changed,),
+                   lambda v: isinstance(v, int) and not isinstance(v, bool))
+"""The GPU box's checked GPUs, as a process count (a config's count checks its first GPUs)."""
+SHARDING = Access(lambda w: w.sharding(), lambda w, v: w.set_sharding(str(v)), lambda w: (w.changed,))
+
+
 class TrainForm(QWidget):
     changed = Signal()
     """Any field changed (by the user or by set_fields)."""
@@ -61,7 +82,7 @@ class TrainForm(QWidget):
     def __init__(self, gpus: Sequence[GpuOption] = (), parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.base: dict[str, Any] = {}
-        self.devices = DevicesBox(gpus, ERROR_STYLE)
+        self.devices = DevicesBox(gpus)
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("local model folder or Hub id")
         self.model_edit.setToolTip("A folder with config.json and weights, or a Hugging Face Hub id "
@@ -113,52 +134,47 @@ class TrainForm(QWidget):
         self.ckpt_box = QCheckBox("gradient checkpointing")
         self.ckpt_box.setToolTip("Recompute activations in the backward pass: far less memory, ~30% slower.")
 
-        # TrainConfig field name -> the error label under its widget
+        source: tuple[Field | Row, ...] = (
+            Field("model", "Model", self.model_edit, PATH, shown=self._row(self.model_edit, self.model_browse)),
+            Field("trust_remote_code", "", self.trust_box, TRUST),
+            Row("", self._row(self.demo_button, self.demo_arch)),
+            Field("dataset", "Dataset", self.dataset_edit, PATH,
+                  shown=self._row(self.dataset_edit, self.dataset_browse)),
+            Row("Format", self.format_label),
+            Row("Preview", self.preview),
+            Field("output_dir", "Run dir", self.output_edit, PATH, shown=self._row(self.output_edit, self.output_new)),
+        )
+        knobs: tuple[Field | Row, ...] = (
+            Field("method", "Method", self.method_box, CHOICE),
+            Field("quant", "Quant", self.quant_box, CHOICE),
+            Field("learning_rate", "Learning rate", self.lr_edit, NUMBER_TEXT),
+            Field("batch_size", "Batch size", self.batch_spin, WHOLE),
+            Field("gradient_accumulation_steps", "Grad accumulation", self.accum_spin, WHOLE),
+            Field("max_steps", "Max steps", self.steps_spin, WHOLE),
+            Field("epochs", "Epochs", self.epochs_edit, NUMBER_TEXT),
+            Field("max_seq_len", "Max seq len", self.seq_spin, WHOLE),
+            Field("lora_r", "LoRA r", self.lora_r_spin, WHOLE),
+            Field("grad_checkpointing", "", self.ckpt_box, FLAG),
+        )
+        # the GPU box is a group of its own, with its own message under the checkboxes
+        gpus = (Field("num_processes", "GPUs", self.devices, PROCESSES),
+                Field("sharding", "Sharding", self.devices, SHARDING))
+        # TrainConfig's fields, in the order the preview lists those not in the base
+        self.table = FieldTable(f for f in source + knobs + gpus if isinstance(f, Field))
         self.errors: dict[str, QLabel] = {}
-        source = QGroupBox("Source")
-        sf = QFormLayout(source)
-        sf.addRow("Model", self._with_error("model", self._row(self.model_edit, self.model_browse)))
-        sf.addRow("", self._with_error("trust_remote_code", self.trust_box))
-        sf.addRow("", self._row(self.demo_button, self.demo_arch))
-        sf.addRow("Dataset", self._with_error("dataset", self._row(self.dataset_edit, self.dataset_browse)))
-        sf.addRow("Format", self.format_label)
-        sf.addRow("Preview", self.preview)
-        sf.addRow("Run dir", self._with_error("output_dir", self._row(self.output_edit, self.output_new)))
-        knobs = QGroupBox("Training")
-        kf = QFormLayout(knobs)
-        for label, name, widget in (
-            ("Method", "method", self.method_box), ("Quant", "quant", self.quant_box),
-            ("Learning rate", "learning_rate", self.lr_edit), ("Batch size", "batch_size", self.batch_spin),
-            ("Grad accumulation", "gradient_accumulation_steps", self.accum_spin),
-            ("Max steps", "max_steps", self.steps_spin), ("Epochs", "epochs", self.epochs_edit),
-            ("Max seq len", "max_seq_len", self.seq_spin), ("LoRA r", "lora_r", self.lora_r_spin),
-            ("", "grad_checkpointing", self.ckpt_box),
-        ):
-            kf.addRow(label, self._with_error(name, widget))
-        self.general_error = QLabel()
-        self.general_error.setStyleSheet(ERROR_STYLE)
-        self.general_error.setWordWrap(True)
-        self.general_error.hide()
+        """TrainConfig field name -> the error label under its widget."""
+        self.general_error = error_label()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(source)
+        layout.addWidget(self._group("Source", source))
         layout.addWidget(self.devices)
-        layout.addWidget(knobs)
+        layout.addWidget(self._group("Training", knobs))
         layout.addWidget(self.general_error)
         layout.addStretch(1)
 
         self.set_fields(DEFAULTS)
-        for edit in (self.model_edit, self.dataset_edit, self.output_edit, self.lr_edit, self.epochs_edit):
-            edit.textChanged.connect(self.changed)
-        for box in (self.method_box, self.quant_box):
-            box.currentTextChanged.connect(self.changed)
-        for spin in self._numbers().values():
-            spin.valueChanged.connect(self.changed)
-            spin.lineEdit().textEdited.connect(self.changed)  # a refused entry is said at once
-        self.ckpt_box.toggled.connect(self.changed)
-        self.trust_box.toggled.connect(self.changed)
+        self.table.connect(self.changed)
         self.model_edit.textEdited.connect(lambda _text: self.trust_box.setChecked(False))
-        self.devices.changed.connect(self.changed)
         self.method_box.currentTextChanged.connect(self._method_changed)
         self.dataset_edit.textChanged.connect(self.refresh_preview)
         self.output_edit.textEdited.connect(self.output_edited)
@@ -176,85 +192,47 @@ class TrainForm(QWidget):
             row.addWidget(w, 1 if i == 0 else 0)
         return box
 
-    def _with_error(self, name: str, widget: QWidget) -> QWidget:
-        label = QLabel()
-        label.setStyleSheet(ERROR_STYLE)
-        label.setWordWrap(True)
-        label.hide()
-        self.errors[name] = label
-        box = QWidget()
-        col = QVBoxLayout(box)
-        col.setContentsMargins(0, 0, 0, 0)
-        col.setSpacing(2)
-        col.addWidget(widget)
-        col.addWidget(label)
-        return box
-
-    def _numbers(self) -> dict[str, StrictSpinBox]:
-        return {"batch_size": self.batch_spin, "gradient_accumulation_steps": self.accum_spin,
-                "max_steps": self.steps_spin, "max_seq_len": self.seq_spin, "lora_r": self.lora_r_spin}
+    def _group(self, title: str, rows: Sequence[Field | Row]) -> QGroupBox:
+        """A titled box of rows; each field's error label sits right under its widget."""
+        group = QGroupBox(title)
+        form = QFormLayout(group)
+        for row in rows:
+            if isinstance(row, Row):
+                form.addRow(row.label, row.widget)
+                continue
+            self.errors[row.name] = error_label()
+            box = QWidget()
+            col = QVBoxLayout(box)
+            col.setContentsMargins(0, 0, 0, 0)
+            col.setSpacing(2)
+            col.addWidget(row.shown or row.widget)
+            col.addWidget(self.errors[row.name])
+            form.addRow(row.label, box)
+        return group
 
     def input_problem(self) -> FieldError | None:
         """A number box whose text is not a value ("4k"): said beside it, never read as another number."""
-        for name, spin in self._numbers().items():
-            if (problem := spin.problem()) is not None:
-                return FieldError(name, f"{name}: {problem}")
-        return None
+        if (refused := self.table.input_problem()) is None:
+            return None
+        field, problem = refused
+        return FieldError(field.name, f"{field.name}: {problem}")
 
     # -- values ------------------------------------------------------------------------------------
     def fields(self) -> dict[str, Any]:
         """TrainConfig field values: the base overlaid with the widgets (raw text where unparsable)."""
-        # the source first, in TrainConfig's order, so the preview reads like the trainer's config.json
-        out: dict[str, Any] = {"model": self.model_edit.text().strip(), "dataset": self.dataset_edit.text().strip(),
-                               "output_dir": self.output_edit.text().strip()}
+        shown = self.table.values()
+        out = {name: shown[name] for name in LEADING}
         out.update((k, v) for k, v in self.base.items() if k not in out)
-        out.update(
-            method=self.method_box.currentText(),
-            quant=self.quant_box.currentText(), learning_rate=parse_number(self.lr_edit.text()),
-            batch_size=self.batch_spin.value(), gradient_accumulation_steps=self.accum_spin.value(),
-            max_steps=self.steps_spin.value(), epochs=parse_number(self.epochs_edit.text()),
-            max_seq_len=self.seq_spin.value(), lora_r=self.lora_r_spin.value(),
-            grad_checkpointing=self.ckpt_box.isChecked(), trust_remote_code=self.trust_box.isChecked(),
-            num_processes=num_processes(self.devices.chosen()), sharding=self.devices.sharding(),
-        )
+        out.update(shown)
         return out
 
     def set_fields(self, values: dict[str, Any]) -> None:
         """Fill the form (a plan, the demo, an opened run); unknown-to-the-form fields join the base."""
         self.base.update((k, v) for k, v in values.items() if k not in NOT_CARRIED)
-        widgets = (self.trust_box, self.model_edit, self.dataset_edit, self.output_edit, self.lr_edit, self.epochs_edit,
-                   self.method_box, self.quant_box, self.batch_spin, self.accum_spin, self.steps_spin,
-                   self.seq_spin, self.lora_r_spin, self.ckpt_box, self.devices)
-        for w in widgets:
-            w.blockSignals(True)  # one `changed` for the lot, not fourteen
-        try:
-            for key, edit in (("model", self.model_edit), ("dataset", self.dataset_edit),
-                              ("output_dir", self.output_edit)):
-                if key in values:
-                    edit.setText(str(values[key]))
-            for key, edit in (("learning_rate", self.lr_edit), ("epochs", self.epochs_edit)):
-                if key in values:
-                    edit.setText(f"{values[key]:g}" if isinstance(values[key], (int, float)) else str(values[key]))
-            for key, box in (("method", self.method_box), ("quant", self.quant_box)):
-                if key in values and box.findText(str(values[key])) >= 0:
-                    box.setCurrentText(str(values[key]))
-            for key, spin in (("batch_size", self.batch_spin), ("gradient_accumulation_steps", self.accum_spin),
-                              ("max_steps", self.steps_spin), ("max_seq_len", self.seq_spin),
-                              ("lora_r", self.lora_r_spin)):
-                if isinstance(values.get(key), int):
-                    spin.setValue(values[key])
-            if "model" in values or "trust_remote_code" in values:  # a new model starts distrusted
-                self.trust_box.setChecked(values.get("trust_remote_code") is True)
-            if isinstance(values.get("grad_checkpointing"), bool):
-                self.ckpt_box.setChecked(values["grad_checkpointing"])
-            processes = values.get("num_processes")
-            if isinstance(processes, int) and not isinstance(processes, bool):
-                self.devices.choose_count(processes)
-            if "sharding" in values:
-                self.devices.set_sharding(str(values["sharding"]))
-        finally:
-            for w in widgets:
-                w.blockSignals(False)
+        if "model" in values:  # a new model starts distrusted
+            values = {"trust_remote_code": False, **values}
+        with self.table.blocked():  # one `changed` for the lot, not fifteen
+            self.table.set_values(values)
         self._method_changed(self.method_box.currentText())
         self.refresh_preview()
         self.changed.emit()
