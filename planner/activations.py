@@ -79,7 +79,8 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # 16 bits for every matmul that reads it (one copy per consumer).
     adapter_cast = setup.is_peft and setup.adapter_dtype == "fp32" and c != FP32
     residual_cast = rb != c
-    readers = [l for l in block.linears if l.role not in ("expert",) and l.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
+    readers = [lin for lin in block.linears
+               if lin.role not in ("expert",) and lin.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
     # Norms: the fp32 upcast input (RMSNorm) or the input (LayerNorm), plus the normalised output
     # when something keeps that very tensor (a frozen norm weight's mul needs only the weight).
     norm_input = FP32 if arch.norm_kind == "rms" else rb
@@ -103,7 +104,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         attention += c * o_w
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
     down_needs_input = full or (setup.is_peft and not adapter_cast and any(
-        lora_targeted(l, setup.lora_targets) for l in block.linears if _is_down(l)))
+        lora_targeted(lin, setup.lora_targets) for lin in block.linears if _is_down(lin)))
     # bitsandbytes' Linear4bit returns its input's dtype: after prepare_model_for_kbit_training
     # the fp32 residual makes gate/up outputs, and everything the MLP computes from them, fp32.
     mlp_bytes = rb if setup.method == "qlora" else c
@@ -129,7 +130,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # Under mixed precision autocast casts each fp32 weight to 16 bits per matmul, and the matmul
     # keeps that copy to compute its input's gradient: trainable or frozen alike.
     if setup.weight_bytes == FP32 and c != FP32 and setup.method != "qlora":
-        saved += c * sum(l.weight_params for l in block.linears)
+        saved += c * sum(lin.weight_params for lin in block.linears)
 
     backward = tokens * c * (2 * block.ffn_width + 2 * h)
     if setup.attention == "eager":

@@ -10,9 +10,8 @@ recommendation itself would warn against.
 
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import dataclass, replace
+from typing import Any
 
 from planner.catalog import ModelSpec, catalog, resolve_model
 from planner.catalog.gpus import gpu_catalog, memory_text

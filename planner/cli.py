@@ -11,11 +11,21 @@ import math
 import os
 import sys
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from planner.errors import PlannerError
-from planner.options import (ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, SHARDINGS,
-                             TrainSetup, check_bound)
+from planner.options import (
+    ADAPTER_DTYPES,
+    ATTENTIONS,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SHARDINGS,
+    TrainSetup,
+    check_bound,
+)
 from planner.units import GiB, fmt_count
 
 
@@ -90,7 +100,8 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         if value is not None:
             check_bound(name, value)
     return TrainSetup(
-        method=getattr(a, "method", None) or TrainSetup().method, quant=getattr(a, "quant", None), double_quant=a.double_quant,
+        method=getattr(a, "method", None) or TrainSetup().method, quant=getattr(a, "quant", None),
+        double_quant=a.double_quant,
         precision=getattr(a, "precision", "bf16"),
         adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
         grad_checkpointing=a.grad_checkpointing, attention=a.attention, lora_r=a.lora_r,
@@ -170,7 +181,8 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     for category, value in sim.categories.items():
         print(f"  {category.replace('_', ' '):<17}{_gib(value)}")
     print("  " + "-" * 29)
-    print(f"  {'peak allocated':<17}{_gib(sim.peak_allocated_bytes)}   (analytic estimate {_gib(est.peak_allocated_bytes).strip()})")
+    analytic = _gib(est.peak_allocated_bytes).strip()
+    print(f"  {'peak allocated':<17}{_gib(sim.peak_allocated_bytes)}   (analytic estimate {analytic})")
     print(f"  {'peak reserved':<17}{_gib(sim.peak_reserved_bytes)}")
     print(f"  {'device used':<17}{_gib(sim.device_used_bytes)}")
     print("assumptions:")

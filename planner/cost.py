@@ -128,7 +128,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     dequant_s = 0.0
     if setup.method == "qlora":
         passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
-        dequant_s = passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"] / gpu.bandwidth_bytes_per_s
+        dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
+                     / gpu.bandwidth_bytes_per_s)
     per_gpu_tps = tokens_per_step / (compute_s + dequant_s)
     n = setup.num_gpus
     tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)

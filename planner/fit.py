@@ -12,8 +12,8 @@ predicted device memory fits the budget wins:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 from planner.catalog import ModelSpec
 from planner.memory import Estimate, estimate

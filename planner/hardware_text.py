@@ -46,7 +46,7 @@ def inventory_lines(inv: Inventory) -> list[str]:
                 f"{num(g.memory_used, '.1f', GiB)} / {num(g.memory_total, '.1f', GiB)} GiB",
                 num(g.utilization_gpu, ".0f", unit=" %"), num(g.temperature_c, ".0f", unit=" C"),
                 f"{num(g.power_w, '.0f')} / {num(g.power_limit_w, '.0f')} W",
-                "%d.%d" % g.compute_capability if g.compute_capability else "n/a",
+                "{}.{}".format(*g.compute_capability) if g.compute_capability else "n/a",
                 "n/a" if g.mig_enabled is None else ("on" if g.mig_enabled else "off"),
             ])
         lines += table(rows, right={0, 2, 3, 4, 5})

@@ -142,8 +142,8 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
     wb = setup.weight_bytes
     embed = arch.vocab_size * arch.hidden_size
     if setup.method == "full":
-        dims = sum(b.count * l.copies * (l.d_in + l.d_out) for b in arch.blocks for l in b.linears)
-        largest = max([embed] + [l.d_in * l.d_out for b in arch.blocks for l in b.linears])
+        dims = sum(b.count * lin.copies * (lin.d_in + lin.d_out) for b in arch.blocks for lin in b.linears)
+        largest = max([embed] + [lin.d_in * lin.d_out for b in arch.blocks for lin in b.linears])
         return _Params(total * wb, 0, 0, total, total * wb, dims, largest)
 
     lora, dims, lora_largest = _lora_params(arch, setup)
@@ -172,7 +172,7 @@ def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) ->
         return FP32 * blocks
     if setup.quant == "int8":
         # LLM.int8: one fp32 scale (SCB) per output row
-        return FP32 * sum(b.count * l.copies * l.d_out for b in arch.blocks for l in b.linears)
+        return FP32 * sum(b.count * lin.copies * lin.d_out for b in arch.blocks for lin in b.linears)
     # 2-bit HQQ-style: fp16 scale and zero point per group of 64
     return 2 * 2 * (quantized // _HQQ_GROUP)
 
@@ -232,7 +232,7 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         weights, quant_state, adapters = weights // n, quant_state // n, adapters // n
         # the current and the prefetched layer are gathered whole (quantized weights stay packed)
         def layer_bytes(block) -> float:
-            linear = sum(l.weight_params for l in block.linears)
+            linear = sum(lin.weight_params for lin in block.linears)
             packed = linear * QUANT_BITS[setup.quant or "nf4"] / 8 if setup.method == "qlora" else linear * wb_compute
             return packed + (block.params - linear) * wb_compute
 

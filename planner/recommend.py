@@ -9,13 +9,12 @@ driver-reported total (``GpuTarget.memory_bytes``).
 
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import dataclass, replace
 from itertools import product
+from typing import Any
 
-from planner.catalog import ModelSpec
 from planner.alternatives import Alternative, what_would_fit
+from planner.catalog import ModelSpec
 from planner.cost import run_cost
 from planner.headroom import HEADROOM, fits, fits_comfortably
 from planner.launch import why_not_trainable

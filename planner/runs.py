@@ -3,7 +3,8 @@
 Qt-free (stdlib, psutil and the trainer's contract modules ``trainer.protocol`` and
 ``trainer.rundir``, where the run directory's names, lock and PID record live) so the status
 logic is tested without a display. Only directories the trainer made are runs: a model folder
-dropped into the runs root is neither listed nor deletable here. Listing must stay fast with hundreds of runs and 100 MB histories: a summary reads
+dropped into the runs root is neither listed nor deletable here. Listing must stay fast with
+hundreds of runs and 100 MB histories: a summary reads
 ``run.json`` and ``config.json`` (small) and only the head and tail of ``metrics.jsonl``; the full
 history is read only for the one run being replayed (:func:`load_events`, :class:`EventReader`).
 
@@ -27,8 +28,22 @@ from pathlib import Path
 from typing import Any
 
 from trainer.protocol import END_STATUSES, Event, ProtocolError, decode
-from trainer.rundir import (CONFIG, METRICS, PID_FILE, RESUMABLE, SUMMARY, RunDirBusy, RunLock, is_run_dir,
-                            latest_checkpoint, locked, read_json, read_pid_record, remove_run, trainer_alive)
+from trainer.rundir import (
+    CONFIG,
+    METRICS,
+    PID_FILE,
+    RESUMABLE,
+    SUMMARY,
+    RunDirBusy,
+    RunLock,
+    is_run_dir,
+    latest_checkpoint,
+    locked,
+    read_json,
+    read_pid_record,
+    remove_run,
+    trainer_alive,
+)
 
 TAIL_BYTES = 64 * 1024
 """How much of the end of metrics.jsonl a summary reads: the last step, error and end events."""

@@ -6,10 +6,9 @@ README): sizes 7B..8x22B by Full AMP / Full 16 / LoRA 16 / QLoRA 8 / QLoRA 4 / Q
 
 from __future__ import annotations
 
-from typing import Any
-
 import functools
 from dataclasses import dataclass, replace
+from typing import Any
 
 from planner.catalog import resolve_model
 from planner.memory import MOE_FUSED, MOE_PER_EXPERT, Estimate, estimate

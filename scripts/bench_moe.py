@@ -89,13 +89,14 @@ def weights_table() -> list[str]:
     from planner.memory import estimate
     from planner.options import TrainSetup
 
-    lines = ["| model | ours: experts 4-bit per expert | stock: fused experts, fp32 after prepare | stock 16-bit load |",
+    lines = ["| model | ours: experts 4-bit per expert | stock: fused experts, fp32 after prepare "
+             "| stock 16-bit load |",
              "|---|---:|---:|---:|"]
     for model_id in ("mistralai/Mixtral-8x7B-v0.1", "mistralai/Mixtral-8x22B-v0.1"):
         spec = resolve_model(model_id)
         ours = estimate(spec, TrainSetup(method="qlora")).breakdown
         arch = spec.arch
-        experts = sum(b.count * l.weight_params for b in arch.blocks for l in b.linears if l.role == "expert")
+        experts = sum(b.count * lin.weight_params for b in arch.blocks for lin in b.linears if lin.role == "expert")
         others_quantized = arch.linear_weight_params - experts
         # the same bitsandbytes 4-bit (+ double-quantized scales) for the attention projections;
         # experts, embeddings, LM head, norms and routers in fp32 after prepare
@@ -171,7 +172,8 @@ def main() -> int:
             print(f"| {label} | " + " | ".join(f"{found[k][key] / MiB:,.0f} MiB" for k in found) + " |")
 
         print("\nsteps/s on this CPU (one thread, batch 4 x 64, fp32; median of "
-              f"{args.steps} steps):\n| method | fused grouped_mm (stock) | per-expert loop | ratio |\n|---|---:|---:|---:|")
+              f"{args.steps} steps):\n| method | fused grouped_mm (stock) | per-expert loop | ratio |\n"
+              "|---|---:|---:|---:|")
         for method, label in (("lora", "LoRA (dropout 0)"), ("full", "full (the trainer keeps it fused)")):
             stock, mine = (speed(path, layout, method, args.steps) for layout in ("stock", "per-expert"))
             print(f"| {label} | {stock:.2f} | {mine:.2f} | {mine / stock:.2f} |")

@@ -59,7 +59,8 @@ def main() -> int:
                     except PlannerError as exc:
                         skipped += 1
                         cells = ("-", "not simulated: " + str(exc).split(":")[1].split("(")[0].strip())
-                    row = (model_id, method, str(seq), "on" if ckpt else "off", attention, cells[0], f"{est / gib:.2f}", cells[1])
+                    row = (model_id, method, str(seq), "on" if ckpt else "off", attention, cells[0],
+                           f"{est / gib:.2f}", cells[1])
                     print("| " + " | ".join(row) + " |" if args.markdown else
                           "{:30} {:5} {:>5} {:3} {:17} {:>8} {:>8}  {}".format(*row))
     if errors:

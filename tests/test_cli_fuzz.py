@@ -154,7 +154,8 @@ def config_text(draw) -> str:
     if kind == "deep":
         return draw(st.sampled_from(["[", '{"a":', '{"hidden_size": ['])) * draw(st.integers(500, 50_000))
     if kind == "bad":
-        return draw(st.sampled_from(["", "{", "[1]", "null", '"x"', "NaN", '{"hidden_size": ' + "9" * 5000 + "}"]) | TEXT)
+        junk = ["", "{", "[1]", "null", '"x"', "NaN", '{"hidden_size": ' + "9" * 5000 + "}"]
+        return draw(st.sampled_from(junk) | TEXT)
     if kind == "random":
         return json.dumps(draw(st.dictionaries(st.sampled_from(CONFIG_FIELDS), FIELD_VALUES, max_size=12)))
     cfg = dict(draw(st.sampled_from(BASE_CONFIGS)))
@@ -210,7 +211,8 @@ def no_user_settings():
 
 
 @fuzz(300)
-@given(command=st.sampled_from(["estimate"] * 3 + ["recommend"] * 3 + ["table", "gpus"]), model=MODEL_NAMES, options=COMMON,
+@given(command=st.sampled_from(["estimate"] * 3 + ["recommend"] * 3 + ["table", "gpus"]), model=MODEL_NAMES,
+       options=COMMON,
        gpu=gpu_choice(), as_json=st.booleans())
 def test_cli_options_never_crash(command, model, options, gpu, as_json):
     argv = [command]

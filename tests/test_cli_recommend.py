@@ -6,15 +6,12 @@ In-process through ``planner.cli.main`` with capsys: exit code, stdout, and exac
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from clitools import run_error, run_json, run_ok  # noqa: E402
 
 from planner.catalog.gpus import find_gpu
-from planner.cli import main
 from planner.options import METHODS, OPTIMIZERS
 from planner.units import GiB, MiB
-from clitools import run_error, run_json, run_ok  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B"
 

@@ -200,7 +200,8 @@ def test_qlora_dequant_is_memory_bound():
     assert run_cost(arch, setup, replace(g, bandwidth_bytes_per_s=g.bandwidth_bytes_per_s / 3)
                     ).dequant_seconds_per_step == pytest.approx(base * 3)
     # compute speed does not change a memory-bound term
-    assert run_cost(arch, setup, replace(g, bf16_flops=4 * g.bf16_flops)).dequant_seconds_per_step == pytest.approx(base)
+    faster = run_cost(arch, setup, replace(g, bf16_flops=4 * g.bf16_flops))
+    assert faster.dequant_seconds_per_step == pytest.approx(base)
     # nor does the micro-batch: weights are dequantized once per pass, whatever the tokens
     assert run_cost(arch, replace(setup, batch_size=8), g).dequant_seconds_per_step == pytest.approx(base)
 
@@ -307,7 +308,8 @@ def test_cost_falls_back_to_catalog_price():
     c = run_cost(arch, TrainSetup(), g, dataset_tokens=10**8)
     assert c.cost_usd == pytest.approx(price.usd_per_hour * c.hours)
     # a catalog price beats electricity
-    assert run_cost(arch, TrainSetup(), g, dataset_tokens=10**8, usd_per_kwh=100.0).cost_usd == pytest.approx(c.cost_usd)
+    power_priced = run_cost(arch, TrainSetup(), g, dataset_tokens=10**8, usd_per_kwh=100.0)
+    assert power_priced.cost_usd == pytest.approx(c.cost_usd)
 
 
 def test_cost_falls_back_to_electricity_then_none():

@@ -13,24 +13,22 @@ import sys
 import time
 
 import pytest
-
-import planner.hardware as hw
-
 from fake_nvml import (  # noqa: E402
-    fresh_nvml,  # autouse: every test starts from a fresh NVML boundary
-    install,
     A100,
     GONE_PID,
+    RTX4090,
     GiB,
     MiB,
     NoPermission,
     NotSupported,
-    RTX4090,
+    fresh_nvml,  # noqa: F401 - autouse: every test starts from a fresh NVML boundary
     gpu,
+    install,
     make_pynvml,
     proc,
 )
 
+import planner.hardware as hw
 
 # --- GPUs: 0, 1, 4 -------------------------------------------------------------------------------
 
@@ -68,7 +66,8 @@ def test_one_gpu_every_field(monkeypatch):
 
 
 def test_four_gpus(monkeypatch):
-    gpus = [gpu(A100, uuid=f"GPU-{i}", used=i * GiB) for i in range(2)] + [gpu(RTX4090, uuid=f"GPU-{i}") for i in (2, 3)]
+    gpus = ([gpu(A100, uuid=f"GPU-{i}", used=i * GiB) for i in range(2)]
+            + [gpu(RTX4090, uuid=f"GPU-{i}") for i in (2, 3)])
     install(monkeypatch, make_pynvml(gpus=gpus))
     inv = hw.inventory()
     assert [g.index for g in inv.gpus] == [0, 1, 2, 3]
@@ -85,7 +84,8 @@ def test_sample_sees_dynamic_changes_but_not_static_ones(monkeypatch):
     g = gpu()
     install(monkeypatch, make_pynvml(gpus=[g]))
     hw.inventory()
-    g.update(used=70 * GiB, free=10 * GiB, temp=80, power=399_000, util=(100, 90), name="renamed", compute=[proc(7, GiB)])
+    g.update(used=70 * GiB, free=10 * GiB, temp=80, power=399_000, util=(100, 90), name="renamed",
+             compute=[proc(7, GiB)])
     s = hw.sample().gpus[0]
     assert (s.memory_used, s.temperature_c, s.power_w, s.utilization_gpu) == (70 * GiB, 80, 399.0, 100)
     assert [p.pid for p in s.processes] == [7]

@@ -9,21 +9,26 @@ import collections
 import json
 import os
 import sys
-import time
-import types
-from types import SimpleNamespace
 
-import pytest
+from fake_nvml import (  # noqa: E402,F401
+    A100,
+    GONE_PID,
+    RTX4090,
+    FunctionNotFound,
+    GiB,
+    MiB,
+    NoPermission,
+    NotSupported,
+    NVMLLibraryMismatchError,
+    fresh_nvml,
+    gpu,
+    install,
+    make_pynvml,
+    proc,
+)
 
 import planner.hardware as hw
 import planner.nvml as nvml
-
-from fake_nvml import (  # noqa: E402,F401
-    A100, GONE_PID, RTX4090, FunctionNotFound, GiB, MiB, NoPermission, NotSupported, NVMLLibraryMismatchError,
-    fresh_nvml, gpu, install,
-    make_pynvml, proc,
-)
-
 
 # --- processes -------------------------------------------------------------------------------------
 

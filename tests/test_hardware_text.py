@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 
-
-
 from fake_nvml import (  # noqa: E402
-    fresh_nvml,  # autouse: every test starts from a fresh NVML boundary
-    install,
     A100,
-    FakeNVMLError,
     GONE_PID,
+    RTX4090,
+    FakeNVMLError,
     GiB,
     NoPermission,
     NotSupported,
-    RTX4090,
+    fresh_nvml,  # noqa: F401 - autouse: every test starts from a fresh NVML boundary
     gpu,
+    install,
     make_pynvml,
     proc,
 )
-
 
 # --- CLI -------------------------------------------------------------------------------------------
 

@@ -7,26 +7,24 @@ import sys
 import types
 
 import pytest
-
-import planner.hardware as hw
-import planner.nvml as nvml
-
 from fake_nvml import (  # noqa: E402
-    fresh_nvml,
-    install,
     A100,
-    FakeNVMLError,
     GONE_PID,
+    RTX4090,
+    FakeNVMLError,
     GiB,
     GpuIsLost,
     NoPermission,
     NotSupported,
-    RTX4090,
+    fresh_nvml,  # noqa: F401 - autouse: every test starts from a fresh NVML boundary
     gpu,
+    install,
     make_pynvml,
     proc,
 )
 
+import planner.hardware as hw
+import planner.nvml as nvml
 
 # --- starting NVML ---------------------------------------------------------------------------------
 

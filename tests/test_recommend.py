@@ -11,7 +11,7 @@ import re
 import statistics
 import time
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 from itertools import product
 
 import pytest
@@ -30,7 +30,7 @@ from planner.targets import GpuTarget
 from planner.units import GiB, MiB, fmt_gib
 
 
-@lru_cache(maxsize=None)
+@cache
 def model(name: str):
     return resolve_model(name)
 
@@ -195,7 +195,7 @@ GRID_CASES = [
 ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def grid(i: int):
     model_id, gpu_name, count, base = GRID_CASES[i]
     return model_id, target(gpu_name, count), base, search(model(model_id), base, target(gpu_name, count))

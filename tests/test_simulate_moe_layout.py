@@ -85,8 +85,8 @@ def test_the_planner_names_experts_as_the_trainer_builds_them():
 def test_stock_stack_still_needs_the_workaround(checkpoints):
     """Pins the behaviours planner/simulate/moe_layout.py works around (transformers 5.24, peft 0.21.2,
     bitsandbytes 0.50.2). When this fails, the library changed: recheck the module's docstring."""
-    import torch
     import peft
+    import torch
     import transformers
     from peft import LoraConfig, get_peft_model
 

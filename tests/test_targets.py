@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fake_nvml import A100, RTX4090, fresh_nvml, gpu, install, make_pynvml  # noqa: F401  (fresh_nvml: autouse)
+
 from planner.catalog.gpus import find_gpu
 from planner.cli import main
 from planner.settings import Prices

@@ -121,7 +121,8 @@ class TrainConfig:
             if not bound.contains(value):
                 raise ConfigError(f"{name}: expected {bound.describe(with_why=False)}, got {shown(value)}", name)
         if self.max_steps == 0:
-            raise ConfigError("max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count", "max_steps")
+            raise ConfigError("max_steps: 0 trains nothing; use -1 (train for `epochs`) or a positive count",
+                              "max_steps")
         for name in ("lora_targets", "modules_to_save"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -161,7 +162,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TrainConfig":
+    def from_dict(cls, data: Any) -> TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError("a run config must be a mapping of field names to values")
         known = {f.name for f in fields(cls)}
@@ -182,7 +183,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")

@@ -75,9 +75,9 @@ _HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### 
 
 @dataclass(frozen=True)
 class PreparedData:
-    train: "datasets.Dataset"
+    train: datasets.Dataset
     """Columns ``input_ids``, ``attention_mask``, ``labels`` (-100 where there is no loss)."""
-    eval: "datasets.Dataset | None"
+    eval: datasets.Dataset | None
     format: str
     """The detected or declared format: alpaca, sharegpt, messages or text."""
     template: str
@@ -129,7 +129,7 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
                         n_examples=n_rows, n_truncated=n_truncated, n_skipped=n_skipped, masking=mode)
 
 
-def collate(tokenizer: Any) -> "_Collator":
+def collate(tokenizer: Any) -> _Collator:
     """A data collator for ``Trainer(data_collator=...)``: pads ``input_ids`` with the pad token
     (EOS when the tokenizer has none, else 0), ``attention_mask`` with 0 and ``labels`` with -100,
     on the tokenizer's ``padding_side``; returns int64 torch tensors. The tokenizer is not modified.
@@ -284,7 +284,7 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _to_dataset(rows: list[tuple[list[int], list[int], list[int]]]) -> "datasets.Dataset":
+def _to_dataset(rows: list[tuple[list[int], list[int], list[int]]]) -> datasets.Dataset:
     import datasets
 
     return datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "attention_mask": [r[2] for r in rows],

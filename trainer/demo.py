@@ -13,11 +13,12 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from trainer.config import TrainConfig
 from planner.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
+from trainer.config import TrainConfig
 
 SEED = 42
 N_EXAMPLES = 2000
@@ -255,7 +256,8 @@ def _check_target(root: Path, force: bool) -> dict[str, list[str]]:
 
 
 def _record(root: Path, files: dict[str, list[str]]) -> None:
-    atomic_write_text(root / DEMO_MARKER, json.dumps({"kind": "finetune-planner demo", "files": files}, indent=1) + "\n")
+    record = {"kind": "finetune-planner demo", "files": files}
+    atomic_write_text(root / DEMO_MARKER, json.dumps(record, indent=1) + "\n")
 
 
 def _tree(folder: Path) -> list[str]:

@@ -12,11 +12,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from trainer.config import ConfigError, TrainConfig
 from planner.atomic import atomic_dir
+from trainer.config import ConfigError, TrainConfig
+from trainer.loading import (
+    ModelError,
+    load_tokenizer,
+    model_class,
+    model_layout,
+    per_expert,
+    quantization_config,
+    weight_dtype,
+)
 from trainer.rundir import is_run_dir, latest_checkpoint
-from trainer.loading import (ModelError, load_tokenizer, model_class, model_layout, per_expert, quantization_config,
-                             weight_dtype)
 
 
 class ExportError(RuntimeError):

@@ -19,8 +19,17 @@ from typing import Any, TextIO
 
 from planner.atomic import atomic_dir, atomic_write_text
 from trainer.config import ConfigError, TrainConfig
-from trainer.distributed import (follow, forget_inherited_launch, fsdp_on_cpu, full_weights, gather, peer_error, rank,
-                                 report_peer_error, world_size)
+from trainer.distributed import (
+    follow,
+    forget_inherited_launch,
+    fsdp_on_cpu,
+    full_weights,
+    gather,
+    peer_error,
+    rank,
+    report_peer_error,
+    world_size,
+)
 from trainer.measure import device_budget, measured_peak
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
 from trainer.quiet import quiet, say

@@ -159,7 +159,7 @@ class RunLock:
         self.run_dir = run_dir
         self._fd: int | None = None
 
-    def acquire(self, wait_s: float = 2.0) -> "RunLock":
+    def acquire(self, wait_s: float = 2.0) -> RunLock:
         try:
             fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
@@ -180,7 +180,7 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire() if self._fd is None else self
 
     def __exit__(self, *exc: Any) -> None:

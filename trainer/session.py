@@ -12,8 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
-from trainer.rundir import (CONFIG, LOCK, SUMMARY, RunDirError, RunLock, check_new, read_json,
-                            read_marker, remove_written, state, write_marker)
+from trainer.rundir import (
+    CONFIG,
+    LOCK,
+    SUMMARY,
+    RunDirError,
+    RunLock,
+    check_new,
+    read_json,
+    read_marker,
+    remove_written,
+    state,
+    write_marker,
+)
 
 
 @dataclass

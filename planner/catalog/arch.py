@@ -54,7 +54,7 @@ class Block:
 
     @property
     def params(self) -> int:
-        return self.norm_params + sum(l.weight_params + l.bias_params for l in self.linears)
+        return self.norm_params + sum(lin.weight_params + lin.bias_params for lin in self.linears)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Architecture:
     def linear_weight_params(self) -> int:
         """Weights of the decoder Linears: what 4-bit/8-bit quantization replaces (MoE routers
         are transformers' own modules, not ``nn.Linear``: left alone)."""
-        return sum(b.count * l.weight_params for b in self.blocks for l in b.linears if l.role != "router")
+        return sum(b.count * lin.weight_params for b in self.blocks for lin in b.linears if lin.role != "router")
 
     @property
     def total_params(self) -> int:
@@ -115,7 +115,7 @@ class Architecture:
 
     def linear_names(self) -> set[str]:
         """Names LoRA can target (an MoE router is not an ``nn.Linear``)."""
-        return {l.name for b in self.blocks for l in b.linears if l.role != "router"}
+        return {lin.name for b in self.blocks for lin in b.linears if lin.role != "router"}
 
     def largest_linear(self) -> Linear:
-        return max((l for b in self.blocks for l in b.linears), key=lambda l: l.d_in * l.d_out)
+        return max((lin for b in self.blocks for lin in b.linears), key=lambda lin: lin.d_in * lin.d_out)

@@ -7,8 +7,9 @@ gives them; anything unknown falls back to the generic decoder and says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import planner.catalog.config_fields as fields
 from planner.catalog.arch import Architecture, Block, Linear
@@ -223,7 +224,8 @@ def _arch(cfg: Config, d: _Dims, blocks: tuple[Block, ...], tie_default: bool = 
     if max_pos is not None:
         max_pos = fields.size(cfg, "max_position_embeddings", "seq_length", "n_positions")
     # transformers' Gemma2Config defaults the soft-cap to 30.0 when config.json leaves it out
-    softcap = fields.number(cfg, "final_logit_softcapping", 30.0 if fields.text(cfg, "model_type") == "gemma2" else None)
+    gemma2 = fields.text(cfg, "model_type") == "gemma2"
+    softcap = fields.number(cfg, "final_logit_softcapping", 30.0 if gemma2 else None)
     return Architecture(
         model_type=fields.text(cfg, "model_type") or "unknown",
         hidden_size=d.h,

@@ -191,7 +191,8 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     transient = max(peak - min(phases.values()), 0)
     reserved = peak + int(ALLOCATOR_SLACK * transient)
     notes = [f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
-             "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the analytic estimate"]
+             "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the "
+             "analytic estimate"]
     if model.arch.is_moe:
         notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each); layout: "
                      + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))

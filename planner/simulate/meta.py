@@ -69,7 +69,8 @@ def live_bytes_class() -> type:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if self.gpu_kernels and func.__name__.startswith("gemm_4bit") and args[0].numel() // args[0].shape[-1] > 512:
+            gemm = self.gpu_kernels and func.__name__.startswith("gemm_4bit")
+            if gemm and args[0].numel() // args[0].shape[-1] > 512:
                 # bitsandbytes' CUDA gemm_4bit dequantizes the whole weight, then calls F.linear,
                 # for more than 512 rows: a 16-bit (N, K) transient beside the output
                 n, k = args[2]

@@ -7,7 +7,14 @@ import re
 import pytest
 
 from planner.catalog.gpus import (
-    GPUS_JSON, MEMORY_TOLERANCE, PRICE_KINDS, SEGMENTS, find_gpu, gpu_catalog, match_nvml, memory_text,
+    GPUS_JSON,
+    MEMORY_TOLERANCE,
+    PRICE_KINDS,
+    SEGMENTS,
+    find_gpu,
+    gpu_catalog,
+    match_nvml,
+    memory_text,
 )
 from planner.errors import PlannerError
 from planner.units import GiB, MiB, fmt_gib

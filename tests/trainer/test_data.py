@@ -5,19 +5,33 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
-
-from trainer.data import DataError, PreparedData, collate, detect_format, prepare_data
-
 from datatools import (  # noqa: E402,F401
-    CASES, CHAT, GEN_TEMPLATE, PLAIN_TEMPLATE, ROWS, SPECIALS, STRICT_TEMPLATE, WORDS, _wrap, backend, cfg, error, runs, tok_gen, tok_none, tok_plain, train_backend, write,
+    CASES,
+    CHAT,
+    GEN_TEMPLATE,
+    PLAIN_TEMPLATE,
+    ROWS,
+    SPECIALS,
+    STRICT_TEMPLATE,
+    WORDS,
+    _wrap,
+    backend,
+    cfg,
+    error,
+    runs,
+    tok_gen,
+    tok_none,
+    tok_plain,
+    train_backend,
+    write,
 )
 
+from trainer.data import DataError, PreparedData, collate, detect_format, prepare_data
 
 # ---- detection and conversion -------------------------------------------------------------------
 

@@ -11,15 +11,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
+from datatools import (  # noqa: E402,F401
+    CASES,
+    CHAT,
+    GEN_TEMPLATE,
+    PLAIN_TEMPLATE,
+    ROWS,
+    SPECIALS,
+    STRICT_TEMPLATE,
+    WORDS,
+    _wrap,
+    backend,
+    cfg,
+    error,
+    runs,
+    tok_gen,
+    tok_none,
+    tok_plain,
+    train_backend,
+    write,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from trainer.data import DataError, prepare_data
-
-from datatools import (  # noqa: E402,F401
-    CASES, CHAT, GEN_TEMPLATE, PLAIN_TEMPLATE, ROWS, SPECIALS, STRICT_TEMPLATE, WORDS, _wrap, backend, cfg, error, runs, tok_gen, tok_none, tok_plain, train_backend, write,
-)
-
 
 # ---- errors -------------------------------------------------------------------------------------
 
@@ -48,7 +63,8 @@ MSG = lambda *m: json.dumps({"messages": list(m)})  # noqa: E731
     ("data.json", '[{"text": "a"}, 3]', "data.json item 1: expected a JSON object, got number", None),
     ("data.json", '{\n "data": [{"text": "a"}]\n}', "data.json line 1: malformed JSON lines", 1),
     ("data.csv", "instruction,input,answer\na,b,c\n", "data.csv line 2: alpaca row lacks 'output'", 2),
-    ("data.csv", "instruction,input,output\na,b,c\nd,e,f,g\n", "data.csv line 3: this row has 4 fields but the header has 3", 3),
+    ("data.csv", "instruction,input,output\na,b,c\nd,e,f,g\n",
+     "data.csv line 3: this row has 4 fields but the header has 3", 3),
     ("data.csv", "instruction,input,output\na,b,c\nd,e\n", "data.csv line 3: this row has 2 fields but the header "
                                                           "has 3", 3),
     ("data.csv", "messages\nhello\n", "data.csv line 2: 'messages' must be a list of {role, content} objects, "

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import read_metrics, run_inprocess, steps, trainer_cmd, write_config
 
 STEPS = 10
