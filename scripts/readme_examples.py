@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate the README's example outputs by running the commands that print them.
+"""Regenerate the README's and docs/'s example outputs by running the commands that print them.
 
-    python scripts/readme_examples.py            rewrite every example in README.md
+    python scripts/readme_examples.py            rewrite every example in README.md and docs/*.md
     python scripts/readme_examples.py --check    list the examples that drifted (exit 1), write nothing
     python scripts/readme_examples.py --markdown-table   (a filter: `planner table --json` on stdin)
 
@@ -15,9 +15,9 @@ Two kinds of example, each marked by an HTML comment (invisible on GitHub):
 
 One or more ``example:`` lines, then a fenced block showing each command after ``$ `` and what it
 prints. ``output:`` instead marks a region that *is* the command's output (a command that prints
-Markdown), up to ``<!-- /output -->``. Commands run through bash from the repository root, so a
-``| head -n 8`` is real and the reader can run exactly what the block shows; ``python`` is this
-interpreter.
+Markdown), up to ``<!-- /output -->``. Commands run through bash from the repository root, in
+README.md and in docs/ alike, so a ``| head -n 8`` is real and the reader can run exactly what the
+block shows; ``python`` is this interpreter.
 
 The outputs must not depend on the machine: the commands run with NVML hidden (``import pynvml``
 fails, so no GPU is ever seen), no CUDA device, and a settings file that does not exist (catalog
@@ -42,6 +42,7 @@ from planner.units import GiB
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 EXAMPLE = re.compile(r"^<!-- example: (?P<command>.+?) -->$")
 OUTPUT = re.compile(r"^<!-- output: (?P<command>.+?) -->$")
@@ -56,26 +57,39 @@ HIDDEN_NVML = ('raise ImportError("NVML hidden by scripts/readme_examples.py: '
 machine without the NVIDIA driver."""
 
 
+def documents() -> list[Path]:
+    """The pages users read: README.md, then docs/*.md. Their examples are regenerated here and
+    their commands, paths and links are checked by tests/scripts."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def display_name(path: Path) -> str:
+    """``docs/training.md`` for a page of this repository, the bare file name for any other."""
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
+
+
 class ExampleError(Exception):
-    """A malformed marker or a command that failed: the README cannot be regenerated."""
+    """A malformed marker or a command that failed: the page cannot be regenerated."""
 
 
 @dataclass(frozen=True)
 class Example:
-    """One marked region of the README: lines [start, end) are replaced by what the commands print."""
+    """One marked region of a page: lines [start, end) are replaced by what the commands print."""
 
     commands: tuple[str, ...]
     fenced: bool  # True: a ``` block with "$ command" lines; False: the raw output (Markdown)
     start: int
     end: int
     marker_line: int  # 1-based line of the first marker, for messages
+    page: str = "README.md"
 
     def label(self) -> str:
-        return f"README.md:{self.marker_line}: {' ; '.join(self.commands)}"
+        return f"{self.page}:{self.marker_line}: {' ; '.join(self.commands)}"
 
 
-def find_examples(lines: list[str]) -> list[Example]:
-    """Every marked example in ``lines`` (the README without line ends), in order."""
+def find_examples(lines: list[str], page: str = "README.md") -> list[Example]:
+    """Every marked example in ``lines`` (the page ``page`` without line ends), in order."""
     found: list[Example] = []
     i = 0
     while i < len(lines):
@@ -83,8 +97,8 @@ def find_examples(lines: list[str]) -> list[Example]:
             try:
                 end = lines.index(OUTPUT_END, i + 1)
             except ValueError:
-                raise ExampleError(f"README.md:{i + 1}: `output:` marker without a closing {OUTPUT_END}") from None
-            found.append(Example((m["command"],), False, i + 1, end, i + 1))
+                raise ExampleError(f"{page}:{i + 1}: `output:` marker without a closing {OUTPUT_END}") from None
+            found.append(Example((m["command"],), False, i + 1, end, i + 1, page))
             i = end + 1
             continue
         commands: list[str] = []
@@ -96,11 +110,11 @@ def find_examples(lines: list[str]) -> list[Example]:
             i += 1
             continue
         if i >= len(lines) or not lines[i].startswith(FENCE):
-            raise ExampleError(f"README.md:{first + 1}: `example:` marker not followed by a ``` block")
+            raise ExampleError(f"{page}:{first + 1}: `example:` marker not followed by a ``` block")
         close = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(FENCE)), None)
         if close is None:
-            raise ExampleError(f"README.md:{i + 1}: unclosed ``` block")
-        found.append(Example(tuple(commands), True, i, close + 1, first + 1))
+            raise ExampleError(f"{page}:{i + 1}: unclosed ``` block")
+        found.append(Example(tuple(commands), True, i, close + 1, first + 1, page))
         i = close + 1
     return found
 
@@ -150,14 +164,20 @@ def _lines(out: str) -> list[str]:
     return [line.rstrip() for line in out.rstrip("\n").splitlines()]
 
 
-def regenerate(text: str) -> tuple[str, list[tuple[Example, list[str], list[str]]]]:
+def _outputs(example: Example, env: dict[str, str]) -> list[str]:
+    try:
+        return [run(c, env) for c in example.commands]
+    except ExampleError as exc:
+        raise ExampleError(f"{example.page}:{example.marker_line}: {exc}") from None
+
+
+def regenerate(text: str, env: dict[str, str], page: str = "README.md"
+               ) -> tuple[str, list[tuple[Example, list[str], list[str]]]]:
     """``text`` with every example rewritten, and the examples that changed (with old and new lines)."""
     lines = text.splitlines()
-    examples = find_examples(lines)
+    examples = find_examples(lines, page)
     drifted: list[tuple[Example, list[str], list[str]]] = []
-    with tempfile.TemporaryDirectory(prefix="readme-examples-") as scratch:
-        env = example_env(Path(scratch))
-        replacements = [(ex, render(ex, [run(c, env) for c in ex.commands])) for ex in examples]
+    replacements = [(ex, render(ex, _outputs(ex, env))) for ex in examples]
     # bottom up, so earlier line numbers stay valid
     for ex, new in reversed(replacements):
         old = lines[ex.start:ex.end]
@@ -184,30 +204,42 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 listing drifted examples; write nothing")
     mode.add_argument("--markdown-table", action="store_true",
                       help="read `python -m planner table --json` on stdin, print it as a Markdown table")
-    ap.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)  # tests point it elsewhere
+    # tests point it at pages of their own (repeatable); by default every page of documents()
+    ap.add_argument("--readme", type=Path, action="append", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown_table:
         sys.stdout.write(markdown_table(json.load(sys.stdin)))
         return 0
-    text = args.readme.read_text(encoding="utf-8")
+    pages = args.readme or documents()
+    texts = {path: path.read_text(encoding="utf-8") for path in pages}
+    rewritten: dict[Path, str] = {}
+    drifted: list[tuple[Example, list[str], list[str]]] = []
+    count = 0
     try:
-        new_text, drifted = regenerate(text)
+        with tempfile.TemporaryDirectory(prefix="readme-examples-") as scratch:
+            env = example_env(Path(scratch))
+            for path, text in texts.items():
+                page = display_name(path)
+                count += len(find_examples(text.splitlines(), page))
+                rewritten[path], changed = regenerate(text, env, page)
+                drifted += changed
     except ExampleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    count = len(find_examples(text.splitlines()))
     if args.check:
         for ex, old, new in drifted:
             print(f"drifted: {ex.label()}")
             sys.stdout.writelines(line + "\n" for line in difflib.unified_diff(
-                old, new, "README.md", "regenerated", lineterm="", n=1))
+                old, new, ex.page, "regenerated", lineterm="", n=1))
         if drifted:
             print(f"{len(drifted)} of {count} examples drifted; run `python scripts/readme_examples.py`")
             return 1
         print(f"{count} examples up to date")
         return 0
-    if new_text != text:
-        args.readme.write_text(new_text, encoding="utf-8")
+    # written only once every page regenerated: a failing command leaves all of them as they were
+    for path, new_text in rewritten.items():
+        if new_text != texts[path]:
+            path.write_text(new_text, encoding="utf-8")
     print(f"{count} examples, {len(drifted)} rewritten")
     return 0
 

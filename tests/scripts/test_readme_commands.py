@@ -1,7 +1,9 @@
-"""Every command in the README's bash blocks works as written after the two set-up commands.
+"""Every command in the bash blocks of the README and docs/*.md works as written after the two
+set-up commands.
 
-The commands are read from README.md itself, so a new one is checked the day it is added (or
-fails `test_every_readme_command_is_one_we_check` until this file knows how to check it). The
+The commands are read from the pages themselves (readme_examples.documents()), so a new one is
+checked the day it is added (or fails `test_every_readme_command_is_one_we_check` until this file
+knows how to check it); a command moved from the README into docs/ stays checked. The
 planner's commands and `make-demo` really run, in an empty folder as on a fresh clone; the
 trainer's training commands are checked by the trainer's own argument parser (training is
 tests/trainer's job).
@@ -24,6 +26,7 @@ from scripttools import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+PAGES = load_script("readme_examples").documents()
 VENV_BIN = Path(sys.executable).parent
 
 SET_UP = ("scripts/run.sh", "scripts/test.sh")
@@ -51,10 +54,10 @@ def bash_blocks(text: str) -> list[list[str]]:
     return blocks
 
 
-def readme_commands() -> list[list[str]]:
-    """Each command as argv, comments and leading VAR=value assignments dropped."""
+def readme_commands(page: Path = README) -> list[list[str]]:
+    """Each command of ``page`` as argv, comments and leading VAR=value assignments dropped."""
     commands = []
-    for block in bash_blocks(README.read_text(encoding="utf-8")):
+    for block in bash_blocks(page.read_text(encoding="utf-8")):
         for line in block:
             argv = shlex.split(line, comments=True)
             while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
@@ -64,7 +67,8 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-COMMANDS = readme_commands()
+README_COMMANDS = readme_commands()
+COMMANDS = [argv for page in PAGES for argv in readme_commands(page)]
 
 
 def _module(argv: list[str]) -> tuple[str, list[str]] | None:
@@ -89,14 +93,21 @@ PLANNER = _of("planner")
 TRAINER = _of("trainer")
 
 
+def test_the_pages_are_the_readme_and_docs():
+    names = [p.relative_to(ROOT).as_posix() for p in PAGES]
+    assert names[0] == "README.md" and len(names) > 1 and all(n.startswith("docs/") for n in names[1:])
+
+
 def test_every_readme_command_is_one_we_check():
     assert len(COMMANDS) >= 20
     for argv in COMMANDS:
         known = (argv[0] in SET_UP or argv == ACTIVATE or argv[0] in SHELL_BUILTINS
                  or (m := _module(argv)) is not None and m[0] in ("planner", "trainer"))
-        assert known, f"README command this test cannot check: {shlex.join(argv)}"
-    assert [a[0] for a in COMMANDS[:2]] == list(SET_UP)  # the two set-up commands come first
-    assert COMMANDS[2] == ACTIVATE  # then, once, how the rest find `python`
+        assert known, f"README or docs/ command this test cannot check: {shlex.join(argv)}"
+    assert [a[0] for a in README_COMMANDS[:2]] == list(SET_UP)  # the two set-up commands come first
+    assert README_COMMANDS[2] == ACTIVATE  # then, once, how the rest find `python`
+    later = [argv for page in PAGES[1:] for argv in readme_commands(page)]
+    assert not any(argv[0] in SET_UP or argv == ACTIVATE for argv in later)  # said once, in the README
 
 
 def test_no_command_needs_an_activated_venv_it_does_not_mention():
@@ -194,8 +205,9 @@ def test_trainer_files_the_readme_names_are_the_ones_make_demo_writes(fresh_clon
 
 
 def test_every_repository_path_the_readme_names_exists():
-    text = README.read_text(encoding="utf-8")
-    named = {m.group(1).rstrip(".,") for m in REPO_PATH.finditer(text)}
+    """Paths are from the repository root on every page (as the commands run), docs/ included."""
+    named = {(page.relative_to(ROOT).as_posix(), m.group(1).rstrip(".,"))
+             for page in PAGES for m in REPO_PATH.finditer(page.read_text(encoding="utf-8"))}
     assert len(named) > 30
-    missing = sorted(p for p in named if not glob.glob(str(ROOT / p)))
-    assert not missing, f"README names paths that are not in the repository: {missing}"
+    missing = sorted(f"{page}: {p}" for page, p in named if not glob.glob(str(ROOT / p)))
+    assert not missing, f"README or docs/ name paths that are not in the repository: {missing}"

@@ -1,4 +1,5 @@
-"""scripts/readme_examples.py: the README's example outputs are what the commands print today."""
+"""scripts/readme_examples.py: the example outputs of the README and docs/ are what the commands
+print today."""
 
 import json
 import subprocess
@@ -28,13 +29,46 @@ def test_readme_examples_match_what_the_commands_print():
 
 
 def test_the_readme_marks_the_examples_it_shows(script):
-    examples = script.find_examples((ROOT / "README.md").read_text().splitlines())
-    commands = [c for ex in examples for c in ex.commands]
-    assert any("planner estimate" in c for c in commands)
-    assert any("planner table" in c for c in commands)
-    assert sum("planner recommend" in c for c in commands) == 2
-    assert any("validate_estimator.py" in c for c in commands)
-    assert any("validate_cost.py" in c for c in commands)
+    def commands(path):
+        return [c for ex in script.find_examples(path.read_text().splitlines()) for c in ex.commands]
+
+    everywhere = [c for page in script.documents() for c in commands(page)]
+    assert any("planner table" in c for c in everywhere)
+    assert sum("planner recommend" in c for c in everywhere) == 2
+    assert any("validate_estimator.py" in c for c in everywhere)
+    assert any("validate_cost.py" in c for c in everywhere)
+    tour = commands(ROOT / "README.md")  # the README's tour shows a real estimate and recommendation
+    assert any("planner estimate" in c for c in tour) and any("planner recommend" in c for c in tour)
+
+
+def test_every_page_is_regenerated(script):
+    """docs/ pages take part: their examples are checked (and rewritten) with the README's."""
+    pages = script.documents()
+    assert pages[0] == ROOT / "README.md"
+    assert {p.relative_to(ROOT).as_posix() for p in pages[1:]} >= {"docs/validation.md", "docs/recommend.md"}
+    assert script.display_name(ROOT / "docs" / "validation.md") == "docs/validation.md"
+
+
+def test_check_names_the_page_of_a_drifted_example(tmp_path):
+    docs = tmp_path / "docs.md"
+    readme = tmp_path / "README.md"
+    docs.write_text(SAMPLE)
+    readme.write_text(FRESH)
+    done = _run("--check", "--readme", str(readme), "--readme", str(docs))
+    assert done.returncode == 1
+    assert "drifted: docs.md:3: " in done.stdout and "drifted: README.md" not in done.stdout
+    assert "2 of 4 examples drifted" in done.stdout
+    assert _run("--readme", str(readme), "--readme", str(docs)).returncode == 0
+    assert docs.read_text() == FRESH and readme.read_text() == FRESH
+
+
+def test_a_failing_command_rewrites_no_page(tmp_path):
+    first, second = tmp_path / "a.md", tmp_path / "b.md"
+    first.write_text(SAMPLE)
+    second.write_text("<!-- example: exit 3 -->\n```\n```\n")
+    done = _run("--readme", str(first), "--readme", str(second))
+    assert done.returncode == 2 and done.stderr.startswith("error: b.md:1: ") and "exited 3" in done.stderr
+    assert first.read_text() == SAMPLE
 
 
 SAMPLE = """# Title
