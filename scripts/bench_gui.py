@@ -73,9 +73,9 @@ def plan_recompute_ms() -> float:
         page = PlanPage(AppState(QSettings(str(Path(tmp) / "s.ini"), QSettings.Format.IniFormat)))
         times = []
         for seq in (1024, 2048, 4096, 8192, 2048, 1024, 4096):
-            page.seq_spin.blockSignals(True)
-            page.seq_spin.setValue(seq)
-            page.seq_spin.blockSignals(False)
+            page.form.seq_spin.blockSignals(True)
+            page.form.seq_spin.setValue(seq)
+            page.form.seq_spin.blockSignals(False)
             page.recommender.wait()  # an idle app: no recommendation running in the background
             t0 = time.perf_counter()
             page.recompute()

@@ -142,7 +142,7 @@ def window(qtbot, tmp_path):
     qtbot.addWidget(w)
     w.persist_geometry = False
     plan = w.pages["plan"]
-    plan.model_box.setCurrentText(MODEL)
+    plan.form.model_box.setCurrentText(MODEL)
     w.show()
     state.open_run.emit(str(run))  # the Train page replays it; the Runs page selects the newest
     assert settle(w)

@@ -59,12 +59,12 @@ def test_default_plan_is_drawn_at_once(page):
     assert len(heights) == 4 and all(h > 0 for h in heights)
     assert page.chart.gpu_line.value() == pytest.approx(24_564 / 1024)  # an RTX 4090 as nvidia-smi reports it
     assert "LoRA" in page.summary_label.text() and "fits on 23.99 GiB" in page.summary_label.text()
-    assert page.error_label.text() == ""
+    assert page.form.errors["model"].text() == ""
 
 
 def test_batch_size_grows_activation_segments(page, qtbot):
     before = page.chart.bar_heights("activations")
-    page.batch_spin.setValue(8)
+    page.form.batch_spin.setValue(8)
     qtbot.waitUntil(lambda: page.chart.bar_heights("activations") != before)
     after = page.chart.bar_heights("activations")
     assert after[LORA] > before[LORA]
@@ -73,7 +73,7 @@ def test_batch_size_grows_activation_segments(page, qtbot):
 
 def test_seq_len_moves_the_stack(page, qtbot):
     before = _all_heights(page)
-    page.seq_spin.setValue(8192)
+    page.form.seq_spin.setValue(8192)
     qtbot.waitUntil(lambda: _all_heights(page) != before)
     assert page.chart.bar_heights("logits")[LORA] > before["logits"][LORA]
     # segments above a grown one start higher: the bars really are stacked
@@ -87,7 +87,7 @@ def test_edits_in_a_burst_compute_once(page, qtbot, monkeypatch):
     page._debounce.timeout.disconnect()
     page._debounce.timeout.connect(page.recompute)
     for value in (2, 3, 4, 5):
-        page.batch_spin.setValue(value)
+        page.form.batch_spin.setValue(value)
     qtbot.waitUntil(lambda: calls == [1])
     assert page.plan.estimates[0].setup.batch_size == 5
 
@@ -95,26 +95,26 @@ def test_edits_in_a_burst_compute_once(page, qtbot, monkeypatch):
 def test_unknown_model_shows_error_and_keeps_bars(page, qtbot):
     before = _all_heights(page)
     plan = page.plan
-    page.model_box.setEditText("no-such-org/no-such-model")
-    qtbot.waitUntil(lambda: page.error_label.text() != "")
-    assert "no-such" in page.error_label.text() and "\n" not in page.error_label.text()
+    page.form.model_box.setEditText("no-such-org/no-such-model")
+    qtbot.waitUntil(lambda: page.form.errors["model"].text() != "")
+    assert "no-such" in page.form.errors["model"].text() and "\n" not in page.form.errors["model"].text()
     assert _all_heights(page) == before and page.plan is plan
     assert page.stale_label.isVisibleTo(page)
     # fixing the input clears the error and draws the new model
-    page.model_box.setEditText("Qwen/Qwen2.5-0.5B")
-    qtbot.waitUntil(lambda: page.error_label.text() == "")
+    page.form.model_box.setEditText("Qwen/Qwen2.5-0.5B")
+    qtbot.waitUntil(lambda: page.form.errors["model"].text() == "")
     assert page.plan.model == "Qwen/Qwen2.5-0.5B" and not page.stale_label.isVisibleTo(page)
     assert page.chart.bar_heights("weights")[LORA] < before["weights"][LORA]
 
 
 def test_gpu_memory_moves_line_and_verdict(page, qtbot):
-    page.gpu_spin.setValue(80.0)
+    page.form.gpu_spin.setValue(80.0)
     qtbot.waitUntil(lambda: page.chart.gpu_line.value() == pytest.approx(80.0))
     assert "on 80 GiB" in page.summary_label.text()
 
 
 def test_own_method_is_outlined(page, qtbot):
-    page.method_box.setCurrentText("full")
+    page.form.method_box.setCurrentText("full")
     qtbot.waitUntil(lambda: page.chart.outline.opts["pens"][0].style() != Qt.PenStyle.NoPen)
     pens = page.chart.outline.opts["pens"]
     assert [p.style() == Qt.PenStyle.NoPen for p in pens] == [False, True, True, True]
@@ -124,7 +124,7 @@ def test_own_method_is_outlined(page, qtbot):
 @pytest.mark.parametrize("quant, bar", [("nf4", 3), ("fp4", 3), ("int8", 2)])
 def test_qlora_highlights_one_bar_and_the_precise_check_compares_that_one(page, qtbot, quant, bar):
     """Issue 13 point 2: the 4-bit simulation is compared with the 4-bit estimate, not the 8-bit one."""
-    page.method_box.setCurrentText("qlora")
+    page.form.method_box.setCurrentText("qlora")
     page.form.quant_box.setCurrentText(quant)
     page.recompute()
     assert page.plan.highlight == tuple(i == bar for i in range(4))
@@ -140,7 +140,7 @@ def test_qlora_highlights_one_bar_and_the_precise_check_compares_that_one(page, 
 
 def test_warnings_and_assumptions_show_under_the_chart(page, qtbot):
     """Issue 13 point 3: the estimate's own assumptions are on screen, warnings first."""
-    page.seq_spin.setValue(200_000)
+    page.form.seq_spin.setValue(200_000)
     page.recompute()
     text = page.notes_label.text()
     assert "Warning:" in text and "exceeds the model" in text
@@ -153,18 +153,18 @@ def test_warnings_and_assumptions_show_under_the_chart(page, qtbot):
 
 
 def test_model_completer_matches_any_part_any_case(page):
-    completer = page.model_box.completer()
+    completer = page.form.model_box.completer()
     completer.setCompletionPrefix("llama-3.1-8")
     matches = [completer.completionModel().index(i, 0).data() for i in range(completer.completionCount())]
     assert "meta-llama/Llama-3.1-8B" in matches
-    assert page.model_box.currentText() == "meta-llama/Llama-3.1-8B"
+    assert page.form.model_box.currentText() == "meta-llama/Llama-3.1-8B"
 
 
 def test_every_field_has_a_tooltip(page):
-    for widget in (page.model_box, page.method_box, page.precision_box, page.optimizer_box, page.batch_spin,
-                   page.seq_spin, page.lora_r_spin, page.ckpt_box, page.attention_box, page.gpu_spin):
-        assert widget.toolTip()
-    assert (page.seq_spin.minimum(), page.seq_spin.maximum(), page.seq_spin.singleStep()) == (1, 1_048_576, 256)
+    for field in page.form.table:
+        assert field.widget.toolTip(), field.name
+    seq = page.form.seq_spin
+    assert (seq.minimum(), seq.maximum(), seq.singleStep()) == (1, 1_048_576, 256)
 
 
 def test_run_screenshot_writes_png(qapp, tmp_path):

@@ -30,7 +30,7 @@ def test_recommendation_arrives_from_the_worker(page, qtbot):
 
 
 def test_nothing_fits_lists_alternatives(page, qtbot):
-    page.model_box.setEditText("meta-llama/Llama-2-70b-hf")
+    page.form.model_box.setEditText("meta-llama/Llama-2-70b-hf")
     qtbot.waitUntil(lambda: "What would fit" in page.recommendation.text.toPlainText(), timeout=15000)
     assert "with FSDP" in page.recommendation.text.toPlainText()
 
@@ -40,7 +40,7 @@ def test_each_alternative_the_trainer_can_run_has_its_own_use(page, qtbot, state
     the trainer can run goes to the Train page as planned; one it cannot run has no Use link."""
     from PySide6.QtCore import QUrl
 
-    page.model_box.setEditText("meta-llama/Llama-2-70b-hf")
+    page.form.model_box.setEditText("meta-llama/Llama-2-70b-hf")
     qtbot.waitUntil(lambda: page.recommendation.rec is not None, timeout=15_000)
     rec = page.recommendation.rec
     assert rec.best is None and not page.recommendation.use_button.isEnabled()
@@ -137,7 +137,7 @@ def test_use_the_recommended_plan_sends_exactly_the_recommendation(page, qtbot, 
 
     page.form.method_box.setCurrentText("lora")
     page.form.optimizer_box.setCurrentText("adamw_torch")
-    page.seq_spin.setValue(4096)
+    page.form.seq_spin.setValue(4096)
     page.recompute()
     assert not page.recommendation.use_button.isEnabled()  # nothing to use while it is computed
     qtbot.waitUntil(lambda: page.recommendation.use_button.isEnabled(), timeout=10_000)
@@ -175,21 +175,21 @@ def test_use_buttons_are_off_for_a_form_error_and_a_plan_the_trainer_cannot_run(
 def test_knobs_persist(qtbot, state):
     first = PlanPage(state)
     qtbot.addWidget(first)
-    first.seq_spin.setValue(4096)
+    first.form.seq_spin.setValue(4096)
     first.form.method_box.setCurrentText("qlora")
     first.recompute()
     again = PlanPage(state)
     qtbot.addWidget(again)
-    assert again.seq_spin.value() == 4096 and again.form.method_box.currentText() == "qlora"
+    assert again.form.seq_spin.value() == 4096 and again.form.method_box.currentText() == "qlora"
 
 
 def test_recompute_is_under_50_ms(page):
     page.recompute()  # warm caches
     times = []
     for seq in (1024, 2048, 4096):
-        page.seq_spin.blockSignals(True)
-        page.seq_spin.setValue(seq)
-        page.seq_spin.blockSignals(False)
+        page.form.seq_spin.blockSignals(True)
+        page.form.seq_spin.setValue(seq)
+        page.form.seq_spin.blockSignals(False)
         t0 = time.perf_counter()
         page.recompute()
         times.append(time.perf_counter() - t0)
@@ -199,8 +199,8 @@ def test_recompute_is_under_50_ms(page):
 
 
 def test_the_recommendation_shows_its_warnings_first(page, qtbot):
-    page.model_box.setEditText("meta-llama/Llama-2-7b-hf")  # 4,096 positions
-    page.seq_spin.setValue(8192)
+    page.form.model_box.setEditText("meta-llama/Llama-2-7b-hf")  # 4,096 positions
+    page.form.seq_spin.setValue(8192)
     page.form.gpu_spin.setValue(200.0)
     page.recompute()
     qtbot.waitUntil(lambda: page.recommendation.rec is not None, timeout=10_000)

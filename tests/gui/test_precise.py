@@ -18,8 +18,8 @@ from planner.units import GiB
 def page(qtbot, tmp_path):
     p = PlanPage(AppState(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)))
     qtbot.addWidget(p)
-    p.model_box.setEditText("Qwen/Qwen2.5-0.5B")
-    p.seq_spin.setValue(256)
+    p.form.model_box.setEditText("Qwen/Qwen2.5-0.5B")
+    p.form.seq_spin.setValue(256)
     p.recompute()
     return p
 
@@ -74,7 +74,7 @@ def test_cancel_kills_the_child(page, qtbot):
 
 
 def test_unsupported_setups_show_the_reason(page, qtbot):
-    page.model_box.setEditText("deepseek-ai/DeepSeek-V2-Lite")
+    page.form.model_box.setEditText("deepseek-ai/DeepSeek-V2-Lite")
     page.recompute()
     page.precise.run_button.click()
     qtbot.waitUntil(lambda: "MoE" in page.precise.result.text(), timeout=60_000)
@@ -84,7 +84,7 @@ def test_unsupported_setups_show_the_reason(page, qtbot):
 
 
 def test_mixtral_is_simulated(page, qtbot):
-    page.model_box.setEditText("mistralai/Mixtral-8x7B-v0.1")
+    page.form.model_box.setEditText("mistralai/Mixtral-8x7B-v0.1")
     page.recompute()
     page.precise.run_button.click()
     qtbot.waitUntil(lambda: page.precise.table.isVisibleTo(page.precise), timeout=90_000)

@@ -73,7 +73,7 @@ def test_one_checkbox_per_gpu_all_checked(two):
     assert "fsdp" in devices.sharding_box.toolTip() and "replica" in devices.sharding_box.toolTip()
     f = two.fields()
     assert (f["num_processes"], f["sharding"]) == (2, "ddp")
-    assert json.loads(two.config_preview.toPlainText())["num_processes"] == 2
+    assert json.loads(two.views.config_preview.toPlainText())["num_processes"] == 2
 
 
 def test_unchecking_a_gpu_means_one_process_and_no_sharding(two, sources):
@@ -82,13 +82,13 @@ def test_unchecking_a_gpu_means_one_process_and_no_sharding(two, sources):
     devices.checks[0].setChecked(False)
     assert devices.chosen() == (1,) and two.fields()["num_processes"] == 1
     assert not devices.sharding_box.isEnabled()
-    assert json.loads(two.config_preview.toPlainText())["num_processes"] == 1
-    assert two.start_button.isEnabled()
+    assert json.loads(two.views.config_preview.toPlainText())["num_processes"] == 1
+    assert two.panel.start_button.isEnabled()
     devices.checks[1].setChecked(False)
     assert two.form.shown_error() == "Choose at least one GPU" and not devices.error_label.isHidden()
-    assert not two.start_button.isEnabled() and two.start() is False
+    assert not two.panel.start_button.isEnabled() and two.start() is False
     devices.checks[0].setChecked(True)
-    assert devices.error_label.isHidden() and two.start_button.isEnabled()
+    assert devices.error_label.isHidden() and two.panel.start_button.isEnabled()
 
 
 def test_start_writes_processes_and_sharding_and_picks_the_gpus(two, sources, monkeypatch):
@@ -104,7 +104,7 @@ def test_start_writes_processes_and_sharding_and_picks_the_gpus(two, sources, mo
     TrainConfig.from_dict(config)  # the trainer takes it as is
     assert env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
     assert two.model.devices == (0, 1)
-    assert "CUDA_VISIBLE_DEVICES=0,1 " in two.log_view.toPlainText()
+    assert "CUDA_VISIBLE_DEVICES=0,1 " in two.views.log_view.toPlainText()
     qenv = trainer_environment(env)  # what the QProcess gets
     assert qenv.value("CUDA_VISIBLE_DEVICES") == "0,1" and qenv.value("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
     assert qenv.value("PYTHONUNBUFFERED") == "1"
@@ -122,7 +122,7 @@ def test_no_gpu_trains_on_the_cpu_without_touching_cuda_visible_devices(make_pag
     assert devices.checks == [] and not devices.note.isHidden() and "No GPU" in devices.note.text()
     assert not devices.sharding_box.isEnabled()
     fill(page, *sources)
-    assert page.fields()["num_processes"] == 1 and page.start_button.isEnabled()
+    assert page.fields()["num_processes"] == 1 and page.panel.start_button.isEnabled()
     started: list[dict] = []
     monkeypatch.setattr(page.process, "start", lambda path, env=None: started.append(dict(env or {})))
     monkeypatch.setattr(TrainPage, "_launch", lambda self, run_dir, how: how())
@@ -137,10 +137,10 @@ def test_a_plan_for_more_gpus_checks_all_and_says_so(two, sources):
     two.state.plan_to_train.emit({"method": "lora", "num_processes": 4, "sharding": "fsdp"})
     devices = two.form.devices
     assert devices.chosen() == (0, 1) and devices.sharding() == "fsdp" and devices.sharding_box.isEnabled()
-    assert "asks for 4 GPUs; this machine has 2: both are checked" in two.status_label.text()
+    assert "asks for 4 GPUs; this machine has 2: both are checked" in two.panel.status_label.text()
     two.state.plan_to_train.emit({"method": "lora", "num_processes": 1, "sharding": "ddp"})
     assert devices.chosen() == (0,) and not devices.sharding_box.isEnabled()
-    assert "asks for" not in two.status_label.text()  # the earlier note is gone
+    assert "asks for" not in two.panel.status_label.text()  # the earlier note is gone
     assert two.fields()["num_processes"] == 1
 
 

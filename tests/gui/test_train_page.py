@@ -42,32 +42,32 @@ def fill(page: TrainPage, model: Path, data: Path) -> None:
 
 def test_page_builds_and_waits_for_a_model(page):
     assert page.form.shown_error().startswith("model: empty")
-    assert not page.start_button.isEnabled()
-    assert not page.stop_button.isEnabled() and not page.cancel_button.isEnabled()
-    assert not page.resume_button.isEnabled() and not page.is_running()
+    assert not page.panel.start_button.isEnabled()
+    assert not page.panel.stop_button.isEnabled() and not page.panel.cancel_button.isEnabled()
+    assert not page.panel.resume_button.isEnabled() and not page.is_running()
     assert page.form.output_edit.text().startswith(str(page.state.runs_root))
 
 
 def test_bad_value_shows_beside_the_field_and_disables_start(page, sources):
     fill(page, *sources)
-    assert page.form.shown_error() == "" and page.start_button.isEnabled()
+    assert page.form.shown_error() == "" and page.panel.start_button.isEnabled()
     page.form.lr_edit.setText("abc")
     label = page.form.errors["learning_rate"]
     assert not label.isHidden() and label.text().startswith("learning_rate: expected a number > 0") and "got 'abc'" in label.text()
-    assert not page.start_button.isEnabled()
+    assert not page.panel.start_button.isEnabled()
     page.form.lr_edit.setText("0")
-    assert "got 0.0" in label.text() and not page.start_button.isEnabled()
+    assert "got 0.0" in label.text() and not page.panel.start_button.isEnabled()
     page.form.lr_edit.setText("1e-4")
-    assert label.isHidden() and page.start_button.isEnabled()
+    assert label.isHidden() and page.panel.start_button.isEnabled()
     page.form.dataset_edit.setText(str(sources[1].with_name("missing.jsonl")))
-    assert "does not exist" in page.form.errors["dataset"].text() and not page.start_button.isEnabled()
+    assert "does not exist" in page.form.errors["dataset"].text() and not page.panel.start_button.isEnabled()
 
 
 def test_preview_is_the_exact_json_and_follows_the_form(page, sources):
     fill(page, *sources)
     page.form.batch_spin.setValue(6)
     page.form.steps_spin.setValue(42)
-    text = page.config_preview.toPlainText()
+    text = page.views.config_preview.toPlainText()
     config = json.loads(text)
     assert config == page.fields() and text == json.dumps(page.fields(), indent=2) + "\n"
     assert list(config)[:3] == ["model", "dataset", "output_dir"]
@@ -106,8 +106,8 @@ def test_plan_to_train_fills_the_form(page, sources):
         "meta-llama/Llama-2-7b-hf", "lora", 4, 1024, 64)
     assert f["grad_checkpointing"] is False and f["optimizer"] == "paged_adamw_8bit" and f["epochs"] == 2.0
     assert f["dataset"] == str(sources[1])  # the plan has no data: the chosen file stays
-    assert json.loads(page.config_preview.toPlainText())["optimizer"] == "paged_adamw_8bit"
-    assert page.start_button.isEnabled()
+    assert json.loads(page.views.config_preview.toPlainText())["optimizer"] == "paged_adamw_8bit"
+    assert page.panel.start_button.isEnabled()
 
 
 def test_open_run_replays_metrics_and_loads_the_config(page, sources, tmp_path):
@@ -123,10 +123,10 @@ def test_open_run_replays_metrics_and_loads_the_config(page, sources, tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"v":1,"event":"st')  # killed mid-write
     page.state.open_run.emit(str(run))
     assert page.model.torn_lines == 1 and page.model.status == "incomplete"
-    assert len(page.charts.loss_raw.xData) == 3 and len(page.charts.rss.yData) == 3
-    assert page.charts.predicted.isVisible() and page.charts.predicted.value() == pytest.approx(1.0)
-    assert page.progress.value() == 3 and page.progress.maximum() == 10
-    assert page.resume_button.isEnabled() and "no end" in page.status_label.text()
+    assert len(page.views.charts.loss_raw.xData) == 3 and len(page.views.charts.rss.yData) == 3
+    assert page.views.charts.predicted.isVisible() and page.views.charts.predicted.value() == pytest.approx(1.0)
+    assert page.panel.progress.value() == 3 and page.panel.progress.maximum() == 10
+    assert page.panel.resume_button.isEnabled() and "no end" in page.panel.status_label.text()
     f = page.fields()
     assert f["method"] == "lora" and f["batch_size"] == 3 and f["output_dir"] != str(run)
 
@@ -137,14 +137,14 @@ def test_a_mangled_number_is_refused_and_start_is_never_a_keypress(page, sources
     from PySide6.QtTest import QTest
 
     fill(page, *sources)
-    assert page.start_button.isEnabled()
+    assert page.panel.start_button.isEnabled()
     page.form.seq_spin.lineEdit().selectAll()
     QTest.keyClicks(page.form.seq_spin.lineEdit(), "4k")
     label = page.form.errors["max_seq_len"]
     assert not label.isHidden() and "'4k' is not a whole number" in label.text()
-    assert not page.start_button.isEnabled() and page.fields()["max_seq_len"] != 4
-    assert not page.start_button.isDefault() and not page.start_button.autoDefault()
-    assert page.start_button.focusPolicy() == Qt.FocusPolicy.NoFocus
+    assert not page.panel.start_button.isEnabled() and page.fields()["max_seq_len"] != 4
+    assert not page.panel.start_button.isDefault() and not page.panel.start_button.autoDefault()
+    assert page.panel.start_button.focusPolicy() == Qt.FocusPolicy.NoFocus
 
 
 def test_an_opened_runs_hidden_keys_do_not_ride_into_later_runs(page, sources, tmp_path):
@@ -171,7 +171,7 @@ def test_an_opened_runs_hidden_keys_do_not_ride_into_later_runs(page, sources, t
     assert not page.form.trust_box.isChecked() and page.fields()["trust_remote_code"] is False
     page.form.set_fields({"model": str(sources[0])})  # a plan or the demo: distrusted too
     assert page.fields()["trust_remote_code"] is False
-    assert json.loads(page.config_preview.toPlainText())["trust_remote_code"] is False
+    assert json.loads(page.views.config_preview.toPlainText())["trust_remote_code"] is False
 
 
 FAKE_TRAINER = """
@@ -211,18 +211,18 @@ def test_a_run_training_in_the_background_is_followed_and_stopped(qtbot, page, f
     metrics = run / "metrics.jsonl"
     metrics.write_text(encode("start", 0.1, **start) + "\n" + encode("step", 1.0, step=1, **step)[:20])
     page.open_run(str(run))
-    assert page.model.status == "background" and not page.resume_button.isEnabled()
-    assert f"pid {proc.pid}" in page.status_label.text() and page.model.step == 0
-    assert page.stop_button.isEnabled() and not page.cancel_button.isEnabled() and not page.is_running()
+    assert page.model.status == "background" and not page.panel.resume_button.isEnabled()
+    assert f"pid {proc.pid}" in page.panel.status_label.text() and page.model.step == 0
+    assert page.panel.stop_button.isEnabled() and not page.panel.cancel_button.isEnabled() and not page.is_running()
     with open(metrics, "a") as fh:  # the trainer finishes its line and writes the next step
         fh.write(encode("step", 1.0, step=1, **step)[20:] + "\n" + encode("step", 2.0, step=2, **step) + "\n")
     qtbot.waitUntil(lambda: page.model.step == 2, timeout=5000)
-    assert page.model.loss.x == [1.0, 2.0] and "in the background" in page.status_label.text()
+    assert page.model.loss.x == [1.0, 2.0] and "in the background" in page.panel.status_label.text()
     changed: list[str] = []
     page.state.run_changed.connect(changed.append)
-    page.stop_button.click()  # SIGTERM: the fake writes its end event, as the trainer would
+    page.panel.stop_button.click()  # SIGTERM: the fake writes its end event, as the trainer would
     qtbot.waitUntil(lambda: page.model.status == "stopped" and page.follower is None, timeout=5000)
-    assert page.resume_button.isEnabled() and changed == [str(run)]
+    assert page.panel.resume_button.isEnabled() and changed == [str(run)]
     assert proc.wait(timeout=10) == 0
 
 

@@ -46,7 +46,7 @@ def fill(page: TrainPage, demo: Path, **overrides: Any) -> None:
     config = json.loads((demo / "run.json").read_text())
     config.pop("output_dir")
     page.form.set_fields({**config, **overrides})
-    assert page.start_button.isEnabled(), page.form.shown_error()
+    assert page.panel.start_button.isEnabled(), page.form.shown_error()
 
 
 def click(qtbot, button) -> None:
@@ -57,65 +57,65 @@ def click(qtbot, button) -> None:
 def test_real_run_completes_with_charts_progress_and_run_changed(qtbot, page, demo):
     fill(page, demo, method="qlora", max_steps=8, save_steps=0)
     run_dir = page.fields()["output_dir"]
-    preview = page.config_preview.toPlainText()
+    preview = page.views.config_preview.toPlainText()
     changed: list[str] = []
     page.state.run_changed.connect(changed.append)
     with qtbot.waitSignal(page.process.finished, timeout=RUN_TIMEOUT_MS) as done:
-        click(qtbot, page.start_button)
-        assert page.is_running() and not page.start_button.isEnabled() and page.stop_button.isEnabled()
+        click(qtbot, page.panel.start_button)
+        assert page.is_running() and not page.panel.start_button.isEnabled() and page.panel.stop_button.isEnabled()
         assert not page.form.isEnabled()
     assert done.args == [0, "completed"]
     launched = json.loads((Path(run_dir) / "config.json").read_text())
     assert {k: launched[k] for k in json.loads(preview)} == json.loads(preview)  # the trainer got the preview
     assert not Path(run_dir + ".json").exists() and page.launched is None  # nothing left beside it
     assert page.model.status == "completed"
-    assert len(page.charts.loss_raw.xData) == 8 and len(page.charts.loss_ema.xData) == 8
-    assert page.progress.value() == page.progress.maximum() == 8
-    assert page.status_label.text().startswith("Completed: 8 steps")
+    assert len(page.views.charts.loss_raw.xData) == 8 and len(page.views.charts.loss_ema.xData) == 8
+    assert page.panel.progress.value() == page.panel.progress.maximum() == 8
+    assert page.panel.status_label.text().startswith("Completed: 8 steps")
     assert changed.count(run_dir) >= 2  # on start and on end
     assert (Path(run_dir) / "adapter").is_dir()
-    assert page.start_button.isEnabled() and not page.resume_button.isEnabled()
+    assert page.panel.start_button.isEnabled() and not page.panel.resume_button.isEnabled()
     assert page.fields()["output_dir"] != run_dir  # the next Start gets a new directory
 
 
 def test_stop_and_save_then_resume_then_cancel(qtbot, page, demo):
     fill(page, demo, max_steps=200, save_steps=0)
     run_dir = Path(page.fields()["output_dir"])
-    click(qtbot, page.start_button)
+    click(qtbot, page.panel.start_button)
     qtbot.waitUntil(lambda: page.model.step >= 1, timeout=RUN_TIMEOUT_MS)
     saved: list[int] = []
     page.process.event.connect(lambda e: saved.append(e["step"]) if e.kind == "checkpoint" else None)
-    click(qtbot, page.checkpoint_button)
+    click(qtbot, page.panel.checkpoint_button)
     qtbot.waitUntil(lambda: bool(saved), timeout=30_000)
     assert page.is_running()  # a checkpoint on request does not end the run
     with qtbot.waitSignal(page.process.finished, timeout=60_000) as done:
-        click(qtbot, page.stop_button)
-        assert not page.stop_button.isEnabled() and page.status_label.text().startswith("Stopping")
+        click(qtbot, page.panel.stop_button)
+        assert not page.panel.stop_button.isEnabled() and page.panel.status_label.text().startswith("Stopping")
     assert done.args == [0, "stopped"] and page.model.status == "stopped"
     stopped_at = int(page.model.end["steps"])
     assert (run_dir / "checkpoints" / f"checkpoint-{stopped_at}").is_dir()
-    assert page.resume_button.isEnabled() and "resumable checkpoint" in page.status_label.text()
+    assert page.panel.resume_button.isEnabled() and "resumable checkpoint" in page.panel.status_label.text()
 
     resumed: list[int] = []
     page.process.event.connect(lambda e: resumed.append(e["step"]) if e.kind == "step" else None)
-    click(qtbot, page.resume_button)
+    click(qtbot, page.panel.resume_button)
     qtbot.waitUntil(lambda: bool(resumed), timeout=RUN_TIMEOUT_MS)
     assert resumed[0] == stopped_at + 1
     assert page.model.start["resumed"] is True and page.model.loss.x[-1] == resumed[-1]
     with qtbot.waitSignal(page.process.finished, timeout=60_000) as done:
-        click(qtbot, page.cancel_button)
+        click(qtbot, page.panel.cancel_button)
     assert done.args == [0, "cancelled"] and page.model.status == "cancelled"
 
 
 def test_killed_trainer_is_reported_within_two_seconds(qtbot, page, demo):
     fill(page, demo, max_steps=200, save_steps=0)
-    click(qtbot, page.start_button)
+    click(qtbot, page.panel.start_button)
     qtbot.waitUntil(lambda: page.model.status == "running", timeout=RUN_TIMEOUT_MS)
     os.kill(page.process.pid, signal.SIGKILL)
-    qtbot.waitUntil(lambda: "exit code -9" in page.status_label.text(), timeout=2000)
-    text = page.status_label.text()
+    qtbot.waitUntil(lambda: "exit code -9" in page.panel.status_label.text(), timeout=2000)
+    text = page.panel.status_label.text()
     assert "crashed" in text and "SIGKILL" in text
-    assert page.model.status == "crashed" and page.resume_button.isEnabled() and not page.is_running()
+    assert page.model.status == "crashed" and page.panel.resume_button.isEnabled() and not page.is_running()
 
 
 def test_malformed_dataset_shows_the_data_error(qtbot, page, demo, tmp_path):
@@ -124,12 +124,12 @@ def test_malformed_dataset_shows_the_data_error(qtbot, page, demo, tmp_path):
     bad.write_text("\n".join(good[:3] + ['{"messages": [broken'] + good[3:6]) + "\n")
     fill(page, demo, dataset=str(bad), max_steps=8)
     with qtbot.waitSignal(page.process.finished, timeout=RUN_TIMEOUT_MS) as done:
-        click(qtbot, page.start_button)
+        click(qtbot, page.panel.start_button)
     assert done.args == [2, "failed"]
-    text = page.status_label.text()
+    text = page.panel.status_label.text()
     assert "data error: bad.jsonl line 4: malformed JSON" in text and "exit code 2" in text
     assert "Hint: fix the dataset" in text
-    assert page.start_button.isEnabled()  # fix the file and go again
+    assert page.panel.start_button.isEnabled()  # fix the file and go again
 
 
 def test_oom_dialog_applies_the_fix_and_restarts(qtbot, page, demo):
@@ -137,7 +137,7 @@ def test_oom_dialog_applies_the_fix_and_restarts(qtbot, page, demo):
     # the form never carries test hooks from a config (issue 12): the test puts one in by hand
     page.form.base["extra"] = {"test_oom_at_step": 2}
     first_dir = page.fields()["output_dir"]
-    click(qtbot, page.start_button)
+    click(qtbot, page.panel.start_button)
     qtbot.waitUntil(lambda: page.oom_dialog is not None and page.oom_dialog.isVisible(), timeout=RUN_TIMEOUT_MS)
     dialog = page.oom_dialog
     error = page.model.error
@@ -159,13 +159,13 @@ def test_oom_dialog_applies_the_fix_and_restarts(qtbot, page, demo):
 
 def test_make_demo_button_fills_the_form(qtbot, page):
     click(qtbot, page.form.demo_button)
-    assert not page.form.demo_button.isEnabled() and not page.start_button.isEnabled()
+    assert not page.form.demo_button.isEnabled() and not page.panel.start_button.isEnabled()
     demo = page.state.runs_root / "demo"
     qtbot.waitUntil(lambda: page.form.demo_button.isEnabled(), timeout=RUN_TIMEOUT_MS)
     f = page.fields()
     assert f["model"] == str(demo / "model") and f["dataset"] == str(demo / "data.jsonl")
     assert f["batch_size"] == 8 and f["max_seq_len"] == 64 and f["modules_to_save"] == ["lm_head"]
-    assert Path(f["output_dir"]).parent == page.state.runs_root and page.start_button.isEnabled()
+    assert Path(f["output_dir"]).parent == page.state.runs_root and page.panel.start_button.isEnabled()
     assert page.form.format_label.text() == "messages"
 
 
@@ -197,12 +197,12 @@ def test_the_moe_demo_trains_from_the_page(qtbot, page):
     click(qtbot, page.form.demo_button)
     qtbot.waitUntil(lambda: page.form.demo_button.isEnabled(), timeout=RUN_TIMEOUT_MS)
     assert page.fields()["model"] == str(page.state.runs_root / "demo-mixtral" / "model")
-    assert "Mixtral" in page.status_label.text()
+    assert "Mixtral" in page.panel.status_label.text()
     page.form.set_fields({"max_steps": 6, "save_steps": 0, "batch_size": 4})
     with qtbot.waitSignal(page.process.finished, timeout=RUN_TIMEOUT_MS) as done:
-        click(qtbot, page.start_button)
+        click(qtbot, page.panel.start_button)
     assert done.args == [0, "completed"]
-    losses = list(page.charts.loss_raw.yData)
+    losses = list(page.views.charts.loss_raw.yData)
     assert len(losses) == 6 and losses[-1] < losses[0]
 
 

@@ -48,11 +48,6 @@ class PlanPage(QWidget):
         self.plan: Plan | None = None
         """The last valid result; kept on screen while the form holds an error."""
         self.form = PlanForm()
-        # the widgets tests and the window reach for, by their long-standing names
-        for name in ("model_box", "method_box", "precision_box", "optimizer_box", "batch_spin", "seq_spin",
-                     "lora_r_spin", "ckpt_box", "attention_box", "gpu_spin"):
-            setattr(self, name, getattr(self.form, name))
-        self.error_label = self.form.errors["model"]
         self._target = catalog_target(find_gpu(DEFAULT_CATALOG_GPU), 1, load_prices())
         """The GPU planned for: its memory in bytes as the driver reports it is the one that plans
         (the spin box shows it rounded to 0.01 GiB), its name and source label it."""

@@ -64,13 +64,13 @@ class TrainPage(QWidget):
         self.form.demo_button.clicked.connect(self.make_demo)
         self.demo.ready.connect(self._demo_ready)
         self.demo.failed.connect(self._demo_failed)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop_and_save)
-        self.cancel_button.clicked.connect(self.cancel_run)
-        self.checkpoint_button.clicked.connect(lambda: self._command("checkpoint"))
-        self.resume_button.clicked.connect(self.resume)
+        self.panel.start_button.clicked.connect(self.start)
+        self.panel.stop_button.clicked.connect(self.stop_and_save)
+        self.panel.cancel_button.clicked.connect(self.cancel_run)
+        self.panel.checkpoint_button.clicked.connect(lambda: self._command("checkpoint"))
+        self.panel.resume_button.clicked.connect(self.resume)
         self.process.event.connect(self._on_event)
-        self.process.log.connect(self.log_view.appendPlainText)
+        self.process.log.connect(self.views.log_view.appendPlainText)
         self.process.finished.connect(self._on_finished)
         self.timer = QTimer(self)
         self.timer.setInterval(FRAME_MS)
@@ -89,18 +89,10 @@ class TrainPage(QWidget):
         scroll.setFixedWidth(460)
 
         self.panel = RunPanel()
-        # the widgets tests and the window reach for, by short names
-        for name in ("status_label", "progress", "progress_label", "info_label", "start_button", "stop_button",
-                     "cancel_button", "checkpoint_button", "resume_button"):
-            setattr(self, name, getattr(self.panel, name))
-
-        split = RunViews()
-        self.charts, self.config_preview, self.log_view, self.tabs = (
-            split.charts, split.config_preview, split.log_view, split.tabs)
-
+        self.views = RunViews()
         right = QVBoxLayout()
         right.addWidget(self.panel)
-        right.addWidget(split, 1)
+        right.addWidget(self.views, 1)
         layout = QHBoxLayout(self)
         layout.addWidget(scroll)
         layout.addLayout(right, 1)
@@ -122,7 +114,7 @@ class TrainPage(QWidget):
         self.form.show_error(error)
         # the GPU choice has its own message under the checkboxes, shown alongside
         self._valid = error is None and not self.form.devices.error()
-        self.config_preview.setPlainText(config_text(fields))
+        self.views.config_preview.setPlainText(config_text(fields))
         self._update_buttons()
 
     def _set_output(self, path: Path) -> None:
@@ -172,8 +164,8 @@ class TrainPage(QWidget):
         devices = self.form.devices
         env = launch_env(devices.present, devices.chosen())
         self.model.devices = devices.chosen()
-        self.log_view.clear()
-        self.log_view.appendPlainText(f"$ {env_prefix(env)}{sys.executable} -m trainer run --config {path}")
+        self.views.log_view.clear()
+        self.views.log_view.appendPlainText(f"$ {env_prefix(env)}{sys.executable} -m trainer run --config {path}")
         self._launch(str(run_dir), lambda: self.process.start(path, env))
         return True
 
@@ -187,7 +179,7 @@ class TrainPage(QWidget):
         gpus = resume_gpus(devices.present, devices.chosen(), processes if isinstance(processes, int) else 1)
         env = launch_env(devices.present, gpus)
         self.model.devices = gpus
-        self.log_view.appendPlainText(f"$ {env_prefix(env)}{sys.executable} -m trainer run --resume {run_dir}")
+        self.views.log_view.appendPlainText(f"$ {env_prefix(env)}{sys.executable} -m trainer run --resume {run_dir}")
         self._launch(run_dir, lambda: self.process.resume(run_dir, env))
         return True
 
@@ -195,14 +187,14 @@ class TrainPage(QWidget):
         self.model.begin(run_dir)
         self._stopping = False
         self.form.setEnabled(False)
-        self.tabs.setCurrentWidget(self.log_view)
+        self.views.tabs.setCurrentWidget(self.views.log_view)
         how()
         self.timer.start()
         self._redraw()
 
     def _command(self, command: str) -> None:
         if self.process.send(command):
-            self.log_view.appendPlainText(f"> {command}")
+            self.views.log_view.appendPlainText(f"> {command}")
 
     def stop_and_save(self) -> None:
         """Ask for a resumable checkpoint and an end. The trainer finishes this even if the app closes."""
@@ -244,7 +236,7 @@ class TrainPage(QWidget):
         if event.kind == "start":
             self.state.run_changed.emit(str(event["run_dir"]))
         elif event.kind == "checkpoint":
-            self.log_view.appendPlainText(f"checkpoint saved: step {event['step']} -> {event['path']}")
+            self.views.log_view.appendPlainText(f"checkpoint saved: step {event['step']} -> {event['path']}")
         elif event.kind == "error":
             self._redraw()  # the message now, not at the next frame
             if event["type"] == "oom":
@@ -305,8 +297,8 @@ class TrainPage(QWidget):
         self.model, self.follower = open_history(path)
         if self.follower is not None:
             self.timer.start()
-        self.log_view.clear()
-        self.log_view.appendPlainText(f"replayed {path / 'metrics.jsonl'} "
+        self.views.log_view.clear()
+        self.views.log_view.appendPlainText(f"replayed {path / 'metrics.jsonl'} "
                                       f"({self.model.torn_lines} torn or foreign lines skipped)")
         self._redraw()
 
@@ -347,7 +339,7 @@ class TrainPage(QWidget):
         self._update_buttons()
 
     def _demo_ready(self, config: dict, output: str) -> None:
-        self.log_view.appendPlainText(output)
+        self.views.log_view.appendPlainText(output)
         self._demo_done()
         self.form.set_fields({k: v for k, v in config.items() if k != "output_dir"})
         self.new_output_dir()
@@ -379,7 +371,7 @@ class TrainPage(QWidget):
 
     def _redraw(self) -> None:
         self._drawn = self.model.revision
-        self.charts.show_model(self.model)
+        self.views.charts.show_model(self.model)
         self.panel.show_model(self.model, self.process.tail, keep_banner=self._stopping and self.model.end is None)
         self._update_buttons()
 
@@ -388,9 +380,9 @@ class TrainPage(QWidget):
 
     def _update_buttons(self) -> None:
         live = self.is_running()
-        self.start_button.setEnabled(not live and self._valid and not self.demo.is_running())
+        self.panel.start_button.setEnabled(not live and self._valid and not self.demo.is_running())
         # a background run (not our child) has no stdin: SIGTERM, which means stop, is all it takes
-        self.stop_button.setEnabled((live or self.follower is not None) and not self._stopping)
-        self.cancel_button.setEnabled(live)
-        self.checkpoint_button.setEnabled(live and not self._stopping and self.model.status == "running")
-        self.resume_button.setEnabled(not live and self.model.resumable)
+        self.panel.stop_button.setEnabled((live or self.follower is not None) and not self._stopping)
+        self.panel.cancel_button.setEnabled(live)
+        self.panel.checkpoint_button.setEnabled(live and not self._stopping and self.model.status == "running")
+        self.panel.resume_button.setEnabled(not live and self.model.resumable)
