@@ -1,17 +1,18 @@
 """Charts follow the system palette (light or dark): the axis, title and legend text take the
-window's text colour; only the data series keep fixed colours. One place for every page's charts,
+window's text colour, also after a live light/dark switch (:func:`follow_palette`); only the
+data series keep fixed colours. One place for every page's charts,
 and for the rules that keep them readable at any window size: legends outside the data area,
 views never smaller than their layout, empty plots that say so."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QGraphicsView, QGraphicsWidget, QSizePolicy
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QGraphicsView, QGraphicsWidget, QSizePolicy, QWidget
 
 from planner.units import GiB, fmt_bytes
 
@@ -29,6 +30,31 @@ def series_colour(i: int, taken: tuple[str, ...] = ()) -> str:
     used = {c.lower() for c in taken}
     free = [c for c in SERIES_COLOURS if c.lower() not in used] or list(SERIES_COLOURS)
     return free[i % len(free)]
+
+
+def text_colour(widget: QWidget) -> QColor:
+    """The palette's text colour: what axes, titles, legends and the chart's own lines are drawn in."""
+    return widget.palette().color(QPalette.ColorRole.WindowText)
+
+
+def follow_palette(chart: QWidget, restyle: Callable[[QColor], None]) -> None:
+    """Call ``restyle(text colour)`` now and after every palette change of ``chart`` (the desktop
+    switched between light and dark). Call it once the items it styles exist: Qt also sends a
+    palette change from inside the widget's constructor."""
+    _PaletteHook(chart, restyle)
+    restyle(text_colour(chart))
+
+
+class _PaletteHook(QObject):
+    def __init__(self, chart: QWidget, restyle: Callable[[QColor], None]) -> None:
+        super().__init__(chart)  # lives as long as the chart
+        self.restyle = restyle
+        chart.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.PaletteChange:
+            self.restyle(text_colour(watched))  # the new palette is in place when the event arrives
+        return False
 
 
 def style_plot(item: pg.PlotItem, fg: QColor) -> None:

@@ -10,16 +10,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from planner.gui.common.chart_style import (
     EmptyNote,
+    follow_palette,
     keep_whole,
     series_colour,
     style_legend,
     style_plot,
+    text_colour,
 )
 from planner.gui.hardware.model import History
 from planner.units import GiB
@@ -54,8 +56,7 @@ class MemoryChart(pg.PlotWidget):
         current value stands out at the right edge."""
         self.host_curve: pg.PlotDataItem | None = None
         self._top = 0.0
-        self._ready = True
-        self._apply_palette()
+        follow_palette(self, self._restyle)
 
     def set_series(self, gpu_names: Sequence[str], host: bool = True) -> None:
         """(Re)create the curves: at page creation and after a rescan found other GPUs, never per sample."""
@@ -69,13 +70,12 @@ class MemoryChart(pg.PlotWidget):
             self.legend.addItem(self._curve(pg.mkPen(colour, width=2), colour), name)
         self.host_curve = None
         if host:
-            fg = self.palette().color(QPalette.ColorRole.WindowText)
-            self.host_curve = self._curve(self._host_pen(), fg)
+            self.host_curve = self._curve(self._host_pen(), text_colour(self))
             self.legend.addItem(self.host_curve, "host RAM")
         for sample, _label in self.legend.items:
             # a click would hide a curve with no way to tell it is hidden rather than at zero
             sample.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
-        self._apply_palette()
+        self._restyle(text_colour(self))
         keep_whole(self, item, [self.legend])
 
     def _curve(self, pen: object, colour: object) -> pg.PlotDataItem:
@@ -118,21 +118,13 @@ class MemoryChart(pg.PlotWidget):
             self.setYRange(0, nice, padding=0)
 
     def _host_pen(self) -> object:
-        return pg.mkPen(self.palette().color(QPalette.ColorRole.WindowText), width=1.5,
-                        style=Qt.PenStyle.DashLine)
+        return pg.mkPen(text_colour(self), width=1.5, style=Qt.PenStyle.DashLine)
 
-    def _apply_palette(self) -> None:
+    def _restyle(self, fg: QColor) -> None:
         """Axes, legend and the host curve in the palette's text colour; GPU colours are fixed."""
-        fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
         style_plot(self.getPlotItem(), fg)
         style_legend(self.legend, fg)
         self.empty_note.set_colour(fg)
         if self.host_curve is not None:
             self.host_curve.setPen(self._host_pen())
             self.markers[self.curves.index(self.host_curve)].setBrush(pg.mkBrush(fg))
-
-    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
-        # Follow a live light/dark switch; Qt also sends one from the base constructor, before our items.
-        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
-            self._apply_palette()
-        super().changeEvent(event)

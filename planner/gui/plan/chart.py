@@ -10,11 +10,11 @@ from __future__ import annotations
 import html
 
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QRectF, Qt
+from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from planner.gui.common.chart_style import keep_whole, style_legend, style_plot
+from planner.gui.common.chart_style import follow_palette, keep_whole, style_legend, style_plot, text_colour
 from planner.gui.plan.model import DEFAULT_GPU_GIB, TERM_LABELS, TERMS, VARIANTS, Plan
 from planner.units import fmt_gib
 
@@ -132,7 +132,7 @@ class PlanChart(pg.PlotWidget):
                                        pens=[pg.mkPen(None)] * n)
         self.outline.setZValue(1)
         item.addItem(self.outline)
-        self._apply_palette()
+        follow_palette(self, self._restyle)
         self._ready = True
         keep_whole(self, item)
 
@@ -221,13 +221,11 @@ class PlanChart(pg.PlotWidget):
         return tuple(float(h) for h in self.bars[term].opts["height"])
 
     def _outline_pens(self) -> list[QPen]:
-        strong = pg.mkPen(self.palette().color(QPalette.ColorRole.WindowText), width=2)
+        strong = pg.mkPen(text_colour(self), width=2)
         return [strong if h else pg.mkPen(None) for h in self._highlight]
 
-    def _apply_palette(self) -> None:
+    def _restyle(self, fg: QColor) -> None:
         """Axes, labels and line in the system palette's text colour; only the segments are fixed."""
-        pal = self.palette()
-        fg: QColor = pal.color(QPalette.ColorRole.WindowText)
         style_plot(self.getPlotItem(), fg)
         style_legend(self.legend, fg)
         dashed = pg.mkPen(fg, width=LINE_WIDTH, style=Qt.PenStyle.DashLine)
@@ -236,15 +234,8 @@ class PlanChart(pg.PlotWidget):
         for text in self.totals:
             text.setColor(fg)
         # A hairline in the background colour separates adjacent segments (and frames the swatches).
-        hairline = pg.mkPen(pal.color(QPalette.ColorRole.Base), width=1)
+        hairline = pg.mkPen(self.palette().color(QPalette.ColorRole.Base), width=1)
         for bar in self.bars.values():
             bar.setOpts(pen=hairline)
         self.outline.setOpts(pens=self._outline_pens())
-
-    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
-        # Follow a live light/dark switch of the desktop.
-        # (Qt also sends one from inside the base constructor, before our items exist.)
-        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
-            self._apply_palette()
-        super().changeEvent(event)
 

@@ -11,13 +11,13 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
 
 from planner.gui.common.chart_style import (
     EmptyNote,
     PredictionLine,
+    follow_palette,
     keep_whole,
     legend_below,
     set_entries,
@@ -106,8 +106,7 @@ class ReplayChart(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.loss_plot, 1)
         layout.addWidget(self.memory_plot, 1)
-        self._apply_palette()
-        self._ready = True
+        follow_palette(self, self._restyle)
         self.clear()
 
     def _plot(self, label: str) -> pg.PlotWidget:
@@ -160,17 +159,11 @@ class ReplayChart(QWidget):
     def clear(self) -> None:
         self.show_replay(Replay())
 
-    def _apply_palette(self) -> None:
+    def _restyle(self, fg: QColor) -> None:
         """Axes, legends and the prediction line in the palette's text colour (light or dark)."""
-        fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
         for plot, legend in ((self.loss_plot, self.loss_legend), (self.memory_plot, self.memory_legend)):
             style_plot(plot.getPlotItem(), fg)
             style_legend(legend, fg)
         for note in self.empty_notes:
             note.set_colour(fg)
         self.prediction.set_colour(fg)
-
-    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
-            self._apply_palette()
-        super().changeEvent(event)

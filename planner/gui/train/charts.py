@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QWidget
 
 from planner.gui.common.chart_style import (
     LEGEND_ROW,
     EmptyNote,
     PredictionLine,
+    follow_palette,
     keep_whole,
     legend_below,
     series_colour,
@@ -77,8 +78,7 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         self.empty_notes = {key: EmptyNote(plot) for key, plot in self.plots.items()}
         self._memory_legend = self.legends[-1]
         self._memory_top = 0.0
-        self._ready = True
-        self._apply_palette()
+        follow_palette(self, self._restyle)
         self._fit()
 
     def _plot(self, key: str, row: int, col: int, title: str, legend_columns: int = 0) -> pg.PlotItem:
@@ -177,9 +177,8 @@ class TrainCharts(pg.GraphicsLayoutWidget):
             self._memory_top = nice
             self.plots["memory"].setYRange(0, nice, padding=0)
 
-    def _apply_palette(self) -> None:
+    def _restyle(self, fg: QColor) -> None:
         """Axes, titles, legends, the "no data yet" notes and the prediction line in the palette's text colour."""
-        fg: QColor = self.palette().color(QPalette.ColorRole.WindowText)
         for plot in self.plots.values():
             style_plot(plot, fg)
         for legend in self.legends:
@@ -187,9 +186,3 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         for note in self.empty_notes.values():
             note.set_colour(fg)
         self.prediction.set_colour(fg)
-
-    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
-        # Follow a live light/dark switch; Qt also sends one from the base constructor, before our items.
-        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_ready", False):
-            self._apply_palette()
-        super().changeEvent(event)
