@@ -62,7 +62,7 @@ def run_probe(page: str, idle_s: float) -> list[str]:
 
 
 def plan_recompute_ms() -> float:
-    from PySide6.QtCore import QSettings
+    from PySide6.QtCore import QSettings, QSignalBlocker
     from PySide6.QtWidgets import QApplication
 
     from planner.gui.plan.page import PlanPage
@@ -73,9 +73,8 @@ def plan_recompute_ms() -> float:
         page = PlanPage(AppState(QSettings(str(Path(tmp) / "s.ini"), QSettings.Format.IniFormat)))
         times = []
         for seq in (1024, 2048, 4096, 8192, 2048, 1024, 4096):
-            page.form.seq_spin.blockSignals(True)
-            page.form.seq_spin.setValue(seq)
-            page.form.seq_spin.blockSignals(False)
+            with QSignalBlocker(page.form.seq_spin):
+                page.form.seq_spin.setValue(seq)
             page.recommender.wait()  # an idle app: no recommendation running in the background
             t0 = time.perf_counter()
             page.recompute()

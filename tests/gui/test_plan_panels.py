@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, QSignalBlocker, Qt
 
 from planner.catalog.gpus import find_gpu
 from planner.gui.plan.page import PlanPage
@@ -187,9 +187,8 @@ def test_recompute_is_under_50_ms(page):
     page.recompute()  # warm caches
     times = []
     for seq in (1024, 2048, 4096):
-        page.form.seq_spin.blockSignals(True)
-        page.form.seq_spin.setValue(seq)
-        page.form.seq_spin.blockSignals(False)
+        with QSignalBlocker(page.form.seq_spin):
+            page.form.seq_spin.setValue(seq)
         t0 = time.perf_counter()
         page.recompute()
         times.append(time.perf_counter() - t0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSignalBlocker, Qt, QTimer
 from PySide6.QtWidgets import (
     QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget,
 )
@@ -133,7 +133,7 @@ class PlanPage(QWidget):
         if gpu is None:
             return
         self._target = gpu
-        with _blocked(self.form.gpu_spin):
+        with QSignalBlocker(self.form.gpu_spin):  # the Hardware page's GPU, not a user edit
             self.form.gpu_spin.setValue(gpu.memory_bytes / GiB)
         self._show_gpu()
         if gpu.count != self.form.gpus_spin.value():
@@ -266,16 +266,3 @@ class _FieldProblem(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
-
-
-class _blocked:
-    """Set a widget's value without announcing it as a user edit."""
-
-    def __init__(self, widget: QWidget) -> None:
-        self.widget = widget
-
-    def __enter__(self) -> None:
-        self.widget.blockSignals(True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.widget.blockSignals(False)

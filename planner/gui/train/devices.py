@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSignalBlocker, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from planner.gui.common.binding import ERROR_STYLE
@@ -74,9 +74,8 @@ class DevicesBox(QGroupBox):
     def choose(self, indices: Sequence[int]) -> None:
         """Check exactly these GPUs (one `changed`)."""
         for option, check in zip(self.options, self.checks):
-            check.blockSignals(True)
-            check.setChecked(option.index in indices)
-            check.blockSignals(False)
+            with QSignalBlocker(check):
+                check.setChecked(option.index in indices)
         self._toggled()
 
     def choose_count(self, wanted: int) -> None:
