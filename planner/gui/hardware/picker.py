@@ -198,18 +198,6 @@ class GpuPicker(QWidget):
             self._select(key, t.count)
             self.detail_label.setText(self._detail(t))
 
-    def choose_catalog(self, name: str) -> None:
-        self.combo.setCurrentIndex(self._find(("catalog", name)))
-
-    def choose_custom(self, gib: float) -> None:
-        with QSignalBlocker(self.custom_spin):
-            self.custom_spin.setValue(gib)
-        index = self._find(("custom", None))
-        if self.combo.currentIndex() == index:
-            self._chosen()
-        else:
-            self.combo.setCurrentIndex(index)
-
     def _detail(self, t: GpuTarget) -> str:
         """Memory, then what the time and cost figures will assume, and where that comes from."""
         per = fmt_gib(t.memory_bytes / GiB) + (" per GPU" if t.count > 1 else "")

@@ -216,9 +216,6 @@ class PlanForm(QWidget):
             label.setText(message)
             label.show()
 
-    def error_text(self) -> str:
-        return next((label.text() for label in self.errors.values() if not label.isHidden()), "")
-
     # -- persistence ------------------------------------------------------------------------
     def save(self, settings: QSettings) -> None:
         for key, value in asdict(self.values()).items():

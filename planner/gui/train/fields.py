@@ -216,10 +216,3 @@ def peek_dataset(path: str | Path, n: int = 3) -> DatasetPeek:
     note = "" if fmt else ("unknown format; supported: "
                            + "; ".join(f"{k} ({v})" for k, v in FORMAT_FIELDS.items()))
     return DatasetPeek(fmt, tuple(render_example(r, fmt) for r in rows), note, problem=note or None)
-
-
-def apply_changes(fields: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields with a fix applied (the OOM dialog's "Apply and restart")."""
-    out = dict(fields)
-    out.update(changes)
-    return out
