@@ -68,13 +68,13 @@ def legend_problems(view: pg.GraphicsView) -> list[str]:
     areas = [data_area(p.getViewBox()) for p in scene_items(view, pg.PlotItem)]
     for legend in scene_items(view, pg.LegendItem):
         box = legend.sceneBoundingRect()
-        for sample, label in legend.items:
+        for _sample, label in legend.items:
             if text_width(label) > label.width() + 0.01:
                 problems.append(f"{label.text!r} is {text_width(label):.1f} px wide in a {label.width():.1f} px box")
             if not shown.contains(label.sceneBoundingRect()):
                 problems.append(f"{label.text!r} is cut at the view's edge")
         if legend.items and any(box.intersects(area) for area in areas):
-            problems.append(f"legend {[l.text for _, l in legend.items]} lies on a data area")
+            problems.append(f"legend {[label.text for _, label in legend.items]} lies on a data area")
         for plot in scene_items(view, pg.PlotItem):
             vb = plot.getViewBox()
             for curve in plot.listDataItems():

@@ -8,7 +8,14 @@ import pytest
 
 from planner.errors import PlannerError
 from planner.gui.plan.model import (
-    TERMS, VARIANTS, FormValues, build_setups, compute_plan, stack_bottoms, summary_lines, variant_label,
+    TERMS,
+    VARIANTS,
+    FormValues,
+    build_setups,
+    compute_plan,
+    stack_bottoms,
+    summary_lines,
+    variant_label,
 )
 from planner.units import GiB, fmt_gib
 

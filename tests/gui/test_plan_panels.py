@@ -9,7 +9,6 @@ from planner.catalog.gpus import find_gpu
 from planner.gui.plan.page import PlanPage
 from planner.gui.state import AppState
 from planner.targets import GpuTarget
-from planner.units import GiB
 
 
 @pytest.fixture

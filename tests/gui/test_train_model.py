@@ -11,10 +11,23 @@ from types import SimpleNamespace
 import pytest
 
 from planner.gui.train.fields import (
-    FieldError, config_text, launch_file, model_slug, new_run_dir, peek_dataset, resolve_paths, validate,
+    FieldError,
+    config_text,
+    launch_file,
+    model_slug,
+    new_run_dir,
+    peek_dataset,
+    resolve_paths,
+    validate,
 )
 from planner.gui.train.run_model import (
-    RunModel, describe_exit, ema, fmt_duration, gpu_process_bytes, parse_fix, replay,
+    RunModel,
+    describe_exit,
+    ema,
+    fmt_duration,
+    gpu_process_bytes,
+    parse_fix,
+    replay,
 )
 from trainer.protocol import decode, encode
 
@@ -175,7 +188,8 @@ def test_statuses_after_the_process_exits():
                      encode("end", 0.3, status="failed", steps=0, runtime_s=0.3, output_dir="/r")])
     failed.finish(2)
     assert failed.status == "failed" and not failed.resumable
-    assert "data error: d.jsonl line 4: malformed JSON" in failed.status_text() and "exit code 2" in failed.status_text()
+    assert "data error: d.jsonl line 4: malformed JSON" in failed.status_text()
+    assert "exit code 2" in failed.status_text()
 
     # a config error before any run directory: an error event, no end
     early = RunModel()

@@ -18,9 +18,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 
-from planner.gui.state import AppState  # noqa: E402
 from planner.gui.train.page import TrainPage  # noqa: E402
 
 RUN_TIMEOUT_MS = 120_000

@@ -12,12 +12,25 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import QSettings, QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (
-    QComboBox, QCompleter, QDoubleSpinBox, QHBoxLayout, QLabel, QSpinBox, QWidget,
+    QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QWidget,
 )
 
 from planner.catalog.gpus import gpu_catalog, memory_text
 from planner.gui.hardware.model import (
-    CUSTOM_PREFIX, DEFAULT_CATALOG_GPU, catalog_entry, catalog_target, custom_target, nvml_target, parse_choice, same_kind,
+    CUSTOM_PREFIX,
+    DEFAULT_CATALOG_GPU,
+    catalog_entry,
+    catalog_target,
+    custom_target,
+    nvml_target,
+    parse_choice,
+    same_kind,
 )
 from planner.hardware import Gpu
 from planner.targets import GpuTarget

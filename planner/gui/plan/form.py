@@ -11,13 +11,31 @@ from dataclasses import asdict, fields
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-    QLineEdit, QMenu, QPushButton, QWidget,
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QWidget,
 )
 
 from planner.catalog import catalog
 from planner.gui.common.binding import (
-    CHOICE, DECIMAL, FLAG, TEXT, WHOLE, Access, Field, FieldTable, Row, error_label,
+    CHOICE,
+    DECIMAL,
+    FLAG,
+    TEXT,
+    WHOLE,
+    Access,
+    Field,
+    FieldTable,
+    Row,
+    error_label,
 )
 from planner.gui.common.number_box import StrictDoubleSpinBox, StrictSpinBox
 from planner.gui.plan.model import FormValues
@@ -98,7 +116,8 @@ class PlanForm(QWidget):
                                    "state; fsdp/zero3 also shard the weights.")
         self.offload_box = _combo(OFFLOADS, "Move optimizer state (or also weights) to host RAM.")
         self.gpu_label = QLabel("RTX 4090 (catalog)")
-        self.gpu_label.setWordWrap(True)  # "RTX 4090 · 24 GB datasheet, 23.99 GiB usable (catalog)" must not widen the form
+        # "RTX 4090 · 24 GB datasheet, 23.99 GiB usable (catalog)" must not widen the form
+        self.gpu_label.setWordWrap(True)
         self.gpu_spin = StrictDoubleSpinBox()
         self.gpu_spin.setRange(1.0, 4096.0)
         self.gpu_spin.setDecimals(2)  # 23.99 GiB is an RTX 4090 as the driver reports it; 24.0 is not

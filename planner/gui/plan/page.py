@@ -9,15 +9,21 @@ their batch and sequence limits, ~60 ms) runs on a worker thread, newest result 
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 from PySide6.QtCore import QSignalBlocker, Qt, QTimer
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QSplitter, QTabWidget, QVBoxLayout, QWidget,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
 )
 
 from planner.catalog import resolve_model
-from dataclasses import replace
-
 from planner.catalog.gpus import find_gpu, memory_text
 from planner.errors import PlannerError
 from planner.gui.common.worker import LatestOnly

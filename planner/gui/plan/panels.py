@@ -10,7 +10,14 @@ import html
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
-    QHBoxLayout, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget,
+    QHBoxLayout,
+    QHeaderView,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
 )
 
 from planner.gui.plan.extras import CostRow, SizesTable
@@ -94,7 +101,8 @@ class RecommendationPanel(QWidget):
         self.use_button.setEnabled(problem is None)
         self.use_button.setToolTip("Fill the Train page with exactly the recommended configuration: method, "
                                    "quantization, optimizer, micro-batch (accumulation keeps your batch), "
-                                   "checkpointing. Ctrl+3 goes there." if problem is None else f"Not available: {problem}.")
+                                   "checkpointing. Ctrl+3 goes there." if problem is None
+                                   else f"Not available: {problem}.")
         self.mine_button.setEnabled(self._mine_problem is None)
         self.mine_button.setToolTip("Fill the Train page with the form's own settings, as they are."
                                     if self._mine_problem is None else f"Not available: {self._mine_problem}.")
@@ -121,8 +129,9 @@ class SizesPanel(QTableWidget):
         for r, (label, cells) in enumerate(table.rows):
             for c, cell in enumerate(cells):
                 verdict = "fits" if cell.fits else "does not fit"
-                item = _item(f"{cell.device_used_gib:,.1f}", f"{label}, {table.columns[c]}: "
-                             f"{cell.device_used_gib:.1f} GiB, {verdict} on {fmt_gib(gpu_gib)}\n{table.column_notes[c]}".strip())
+                tip = (f"{label}, {table.columns[c]}: {cell.device_used_gib:.1f} GiB, {verdict} on "
+                       f"{fmt_gib(gpu_gib)}\n{table.column_notes[c]}")
+                item = _item(f"{cell.device_used_gib:,.1f}", tip.strip())
                 item.setBackground(QBrush(FITS if cell.fits else MISSES))
                 self.setItem(r, c, item)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)

@@ -13,8 +13,14 @@ from pathlib import Path
 from PySide6.QtCore import QElapsedTimer, QProcess, Qt, QTimer
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
-    QAbstractItemView, QHBoxLayout, QLabel, QPushButton, QTableWidget, QTableWidgetItem,
-    QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from planner.gui.plan.model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup

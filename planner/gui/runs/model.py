@@ -7,8 +7,9 @@ numbers; the display role is what a person reads (GiB, "12 min 05 s", local time
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor
@@ -26,6 +27,8 @@ OVER_PREDICTION = QColor("#d83b3b")
 """The ratio cell when the run needed more memory than predicted: the estimate was optimistic."""
 
 _Index = QModelIndex | QPersistentModelIndex
+_ROOT = QModelIndex()
+"""The invisible root: a table's rows and columns hang from it."""
 
 
 def status_text(s: RunSummary, resumable: bool = True) -> str:
@@ -126,10 +129,10 @@ class RunsTableModel(QAbstractTableModel):
         super().__init__(parent)
         self.runs: list[RunSummary] = []
 
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt's name
+    def rowCount(self, parent: _Index = _ROOT) -> int:  # noqa: N802 - Qt's name
         return 0 if parent.isValid() else len(self.runs)
 
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802
+    def columnCount(self, parent: _Index = _ROOT) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802

@@ -10,14 +10,24 @@ are read on later ticks.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtCore import QItemSelectionModel, QSortFilterProxyModel, Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton,
-    QSplitter, QTableView, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
 )
 
 from planner.gui.common.worker import LatestOnly
@@ -275,7 +285,8 @@ class RunsPage(QWidget):
         else:
             names = ", ".join(p.name for p in kept[:3]) + (", ..." if len(kept) > 3 else "")
             self.message.setText(f"Deleted {run.name}." if not kept else
-                                 f"Deleted what the run wrote in {run.name}; kept {len(kept)} file(s) of yours: {names}")
+                                 f"Deleted what the run wrote in {run.name}; "
+                                 f"kept {len(kept)} file(s) of yours: {names}")
         self.refresh(changed=run.path)
 
     def _ask_delete(self, run: RunSummary) -> bool:

@@ -19,7 +19,12 @@ from planner.gui.state import AppState
 from planner.gui.train.demo import DemoBuilder
 from planner.gui.train.dialogs import OomDialog
 from planner.gui.train.fields import (
-    FieldError, config_text, launch_file, new_run_dir, resolve_paths, validate,
+    FieldError,
+    config_text,
+    launch_file,
+    new_run_dir,
+    resolve_paths,
+    validate,
 )
 from planner.gui.train.follow import RunFollower, open_history, read_config
 from planner.gui.train.form import TrainForm

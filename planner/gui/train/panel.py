@@ -11,7 +11,15 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
 )
 
 from planner.gui.train.charts import TrainCharts
@@ -21,7 +29,8 @@ from planner.units import fmt_count
 CRASH_TAIL = 8
 """stderr lines quoted in a crash report."""
 _BOX = "padding: 6px; border-left: 4px solid {0}; background: rgba({1}, 0.12);"
-BANNER = {"ok": "padding: 6px; border-left: 4px solid transparent;", "error": _BOX.format("#d32f2f", "211, 47, 47"), "done": _BOX.format("#59a14f", "89, 161, 79"),
+BANNER = {"ok": "padding: 6px; border-left: 4px solid transparent;",
+          "error": _BOX.format("#d32f2f", "211, 47, 47"), "done": _BOX.format("#59a14f", "89, 161, 79"),
           "info": _BOX.format("#4e79a7", "78, 121, 167")}
 """Banner styles: a tinted strip that reads on light and dark palettes."""
 LOG_BLOCKS = 5000
