@@ -172,7 +172,7 @@ def test_replay_skips_torn_and_foreign_lines():
     lines.insert(1, "Some library printed this")
     m = replay(lines + [""])
     assert m.torn_lines == 2 and m.loss.x == [1.0, 2.0]
-    assert m.status == "incomplete" and m.resumable
+    assert m.status == "orphaned" and m.resumable
     assert "no end" in m.status_text()
 
 
@@ -181,7 +181,7 @@ def test_statuses_after_the_process_exits():
     m.begin("/r")
     m.fold_line(history()[0])
     m.finish(-9)
-    assert m.status == "crashed" and m.resumable
+    assert m.status == "orphaned" and m.resumable
     assert "exit code -9 (killed by SIGKILL)" in m.status_text()
 
     failed = replay([encode("error", 0.3, type="data", message="d.jsonl line 4: malformed JSON", hint="fix it"),

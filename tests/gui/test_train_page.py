@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from planner.gui.train.page import TrainPage  # noqa: E402
-from planner.gui.train.run_process import PROJECT_ROOT, _take_lines  # noqa: E402
+from planner.gui.train.run_process import _take_lines  # noqa: E402
 from trainer.protocol import encode  # noqa: E402
 
 
@@ -123,7 +123,7 @@ def test_open_run_replays_metrics_and_loads_the_config(page, sources, tmp_path):
     lines = [encode("start", 0.1, **start)] + [encode("step", float(i), step=i, **step) for i in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"v":1,"event":"st')  # killed mid-write
     page.state.open_run.emit(str(run))
-    assert page.model.torn_lines == 1 and page.model.status == "incomplete"
+    assert page.model.torn_lines == 1 and page.model.status == "orphaned"
     assert len(page.views.charts.loss_raw.xData) == 3 and len(page.views.charts.rss.yData) == 3
     assert page.views.charts.predicted.isVisible() and page.views.charts.predicted.value() == pytest.approx(1.0)
     assert page.panel.progress.value() == 3 and page.panel.progress.maximum() == 10
@@ -235,10 +235,10 @@ def test_partial_lines_wait_for_their_newline():
     assert _take_lines(buf) == ['{"b":2}'] and not buf
 
 
-def test_importing_the_page_loads_no_torch():
+def test_importing_the_page_loads_no_torch(tmp_path):
     code = ("import planner.gui.train.page, sys; heavy = [m for m in ('torch', 'transformers', 'peft', "
             "'bitsandbytes', 'datasets') if m in sys.modules]; assert not heavy, heavy")
-    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert done.returncode == 0, done.stderr
 

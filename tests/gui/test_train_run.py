@@ -114,7 +114,7 @@ def test_killed_trainer_is_reported_within_two_seconds(qtbot, page, demo):
     qtbot.waitUntil(lambda: "exit code -9" in page.panel.status_label.text(), timeout=2000)
     text = page.panel.status_label.text()
     assert "crashed" in text and "SIGKILL" in text
-    assert page.model.status == "crashed" and page.panel.resume_button.isEnabled() and not page.is_running()
+    assert page.model.status == "orphaned" and page.panel.resume_button.isEnabled() and not page.is_running()
 
 
 def test_malformed_dataset_shows_the_data_error(qtbot, page, demo, tmp_path):
@@ -247,10 +247,8 @@ def test_the_trainer_outlives_the_app(qtbot, demo, tmp_path, action):
     import subprocess
     import sys
 
-    from planner.gui.train.run_process import PROJECT_ROOT
-
     child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "s.ini"), str(tmp_path / "runs"), str(demo),
-                            action], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+                            action], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr
     run_dir = Path(child.stdout.strip().splitlines()[-1])
     if action == "detach":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from PySide6.QtCore import QElapsedTimer, QProcess, Qt, QTimer
 from PySide6.QtGui import QFont
@@ -26,8 +25,6 @@ from PySide6.QtWidgets import (
 from planner.gui.plan.model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup
 from planner.memory import Estimate
 from planner.units import GiB
-
-ROOT = Path(__file__).resolve().parents[2]
 
 COLUMNS = ("simulated GiB", "analytic GiB", "difference GiB", "difference %")
 ROW_TIPS = {
@@ -91,7 +88,6 @@ class PrecisePanel(QWidget):
         layout.addWidget(self.table)
         layout.addWidget(self.result, 1)
         self.process = QProcess(self)
-        self.process.setWorkingDirectory(str(ROOT))
         self.process.finished.connect(self._finished)
         self.elapsed = QElapsedTimer()
         self.ticker = QTimer(self)  # the child prints nothing until it is done: count the seconds instead

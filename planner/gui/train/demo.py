@@ -12,8 +12,6 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
 
-from planner.gui.train.run_process import PROJECT_ROOT
-
 TAIL_LINES = 8
 
 
@@ -52,7 +50,6 @@ class DemoBuilder(QObject):
         env.insert("PYTHONUNBUFFERED", "1")
         env.insert("HF_HUB_OFFLINE", "1")  # the demo is built from code: nothing to download
         proc.setProcessEnvironment(env)
-        proc.setWorkingDirectory(str(PROJECT_ROOT))
         proc.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         proc.finished.connect(lambda code, _status: self._done(proc, out, code))
         proc.errorOccurred.connect(lambda err: self._done(proc, out, -1)

@@ -11,6 +11,7 @@ the form shows are one table (:mod:`planner.gui.common.binding`). Validation is
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Sequence
 from dataclasses import replace
@@ -39,16 +40,17 @@ from planner.gui.train.devices import DevicesBox
 from planner.gui.train.fields import FieldError, parse_number, peek_dataset
 from planner.gui.train.gpus import GpuOption, num_processes
 from planner.options import METHODS, QUANTS
+from trainer.config import TrainConfig
 
 DEMO_ARCHS = (("Llama (dense)", "llama"), ("Mixtral (MoE)", "mixtral"))
 """``make-demo --arch`` choices the form offers (the command has the other MoE kinds too)."""
 
 DEFAULTS: dict[str, Any] = {
-    "method": "qlora", "quant": "nf4", "learning_rate": 2e-4, "batch_size": 1, "gradient_accumulation_steps": 1,
-    "max_steps": -1, "epochs": 1.0, "max_seq_len": 2048, "lora_r": 16, "grad_checkpointing": True,
-    "sharding": "ddp",
+    f.name: f.default for f in dataclasses.fields(TrainConfig)
+    if f.name in ("method", "quant", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps",
+                  "epochs", "max_seq_len", "lora_r", "grad_checkpointing", "sharding")
 }
-"""TrainConfig's defaults for the fields on the form. Not num_processes: every GPU starts checked."""
+"""TrainConfig's own defaults for the fields on the form (not num_processes: every GPU starts checked)."""
 LEADING = ("model", "dataset", "output_dir")
 """Listed first, in TrainConfig's order, so the preview reads like the trainer's config.json."""
 NOT_CARRIED = ("extra", "trust_remote_code")

@@ -326,7 +326,7 @@ class TrainPage(QWidget):
         self._stopping = False
         self.model.background_pid = None
         if self.model.end is None:
-            self.model.status = "incomplete"  # died without an end: resumable from its checkpoint
+            self.model.status = "orphaned"  # died without an end: resumable from its checkpoint
         self.model.revision += 1
         self._redraw()
 

@@ -35,7 +35,7 @@ BANNER = {"ok": "padding: 6px; border-left: 4px solid transparent;",
 """Banner styles: a tinted strip that reads on light and dark palettes."""
 LOG_BLOCKS = 5000
 """Log pane lines kept: a chatty run can't grow the GUI's memory without bound."""
-KINDS = {"failed": "error", "crashed": "error", "completed": "done", "idle": "ok"}
+KINDS = {"failed": "error", "orphaned": "error", "completed": "done", "idle": "ok"}
 
 
 class RunPanel(QWidget):
@@ -99,7 +99,7 @@ class RunPanel(QWidget):
         text = m.status_text()
         if m.status == "failed" and m.error and m.error.get("hint"):
             text += f"\nHint: {m.error['hint']}"
-        if m.status == "crashed" and log_tail:
+        if m.status == "orphaned" and m.exit_code is not None and log_tail:
             text += "\nLast log lines:\n" + "\n".join(list(log_tail)[-CRASH_TAIL:])
         self.set_banner(text, KINDS.get(m.status, "info"))
 

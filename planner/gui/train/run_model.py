@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.protocol import Event, ProtocolError, decode
+from trainer.rundir import RESUMABLE
 
 EMA_WEIGHT = 0.9
 """Smoothing of the loss curve (TensorBoard's slider, debiased): ~10 steps of memory."""
 
-RESUMABLE = ("stopped", "crashed", "incomplete")
-"""Ends after which ``--resume`` continues from the last complete checkpoint."""
 
 
 @dataclass
@@ -142,10 +141,11 @@ class RunModel:
         self.revision += 1
 
     def finish(self, exit_code: int) -> None:
-        """The process exited. Without an ``end`` event it crashed (or failed before it could say)."""
+        """The process exited. Without an ``end`` event the run is orphaned (it crashed or was
+        killed), or failed when it said so before dying."""
         self.exit_code = exit_code
         if self.end is None:
-            self.status = "failed" if self.error is not None else "crashed"
+            self.status = "failed" if self.error is not None else "orphaned"
         self.eta_s = None
         self.revision += 1
 
@@ -282,26 +282,26 @@ class RunModel:
         if s == "failed":
             code = f" ({describe_exit(self.exit_code)})" if self.exit_code is not None else ""
             return f"Failed{code}: {err.get('type', '?')} error: {err.get('message', 'no message')}"
-        if s == "crashed":
-            code = describe_exit(self.exit_code) if self.exit_code is not None else "no exit code"
-            return f"The trainer crashed ({code}) at step {self.step}; resume continues from the last checkpoint."
+        if s == "orphaned" and self.exit_code is not None:  # we saw its process end
+            return (f"The trainer crashed ({describe_exit(self.exit_code)}) at step {self.step}; resume continues "
+                    "from the last checkpoint.")
         if s == "background":
             return (f"Training in the background (pid {self.background_pid}): following its metrics.jsonl; "
                     "Stop & Save sends it SIGTERM.")
-        if s == "incomplete":
+        if s == "orphaned":  # a history read from disk
             return (f"This run has no end: it was killed at step {self.step}, or is still running elsewhere. "
                     "Resume continues from its last checkpoint.")
         return s
 
 
 def replay(lines: Iterable[str], model: RunModel | None = None) -> RunModel:
-    """Fold a ``metrics.jsonl`` history (torn lines skipped); a history without an end is incomplete."""
+    """Fold a ``metrics.jsonl`` history (torn lines skipped); a history without an end is orphaned."""
     model = model or RunModel()
     for line in lines:
         if line.strip():
             model.fold_line(line)
     if model.end is None and model.start is not None:
-        model.status = "incomplete"
+        model.status = "orphaned"
     model.eta_s = None
     return model
 

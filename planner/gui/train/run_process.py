@@ -7,7 +7,6 @@ here blocks: QProcess reports through the event loop.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import deque
 from collections.abc import Mapping
@@ -17,7 +16,6 @@ from PySide6.QtCore import QCoreApplication, QObject, QProcess, QProcessEnvironm
 
 from trainer.protocol import COMMANDS, ProtocolError, decode
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TAIL_LINES = 30
 """stderr lines kept for a crash report (the log pane keeps more)."""
 
@@ -28,7 +26,7 @@ class RunProcess(QObject):
     log = Signal(str)
     """One stderr line (or a stdout line that is not an event)."""
     finished = Signal(int, str)
-    """(exit code, status). Status is the ``end`` event's status, else "crashed" (or "failed" after
+    """(exit code, status). Status is the ``end`` event's status, else "orphaned" (or "failed" after
     an error event). The code is negative (-signal) for a process killed by a signal."""
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -59,7 +57,6 @@ class RunProcess(QObject):
         self._end_status, self._error_seen, self._detached = None, False, False
         proc = QProcess(self)
         proc.setProcessEnvironment(trainer_environment(extra))
-        proc.setWorkingDirectory(str(PROJECT_ROOT))
         if hasattr(QProcess, "UnixProcessParameters") and sys.platform != "win32":
             # its own session: closing the terminal the app was started from does not SIGHUP the run
             params = QProcess.UnixProcessParameters()
@@ -172,7 +169,7 @@ class RunProcess(QObject):
                 buf.clear()
         crashed = status == QProcess.ExitStatus.CrashExit
         exit_code = -code if crashed else code  # Qt reports the signal number; Python's convention is -N
-        result = self._end_status or ("failed" if self._error_seen else "crashed")
+        result = self._end_status or ("failed" if self._error_seen else "orphaned")
         self._proc = None
         proc.deleteLater()
         self.finished.emit(exit_code, result)
@@ -183,7 +180,7 @@ class RunProcess(QObject):
             self._log_line(message)
             proc, self._proc = self._proc, None
             proc.deleteLater()
-            self.finished.emit(-1, "crashed")
+            self.finished.emit(-1, "orphaned")
 
 
 def trainer_environment(extra: Mapping[str, str] | None = None) -> QProcessEnvironment:
@@ -191,8 +188,6 @@ def trainer_environment(extra: Mapping[str, str] | None = None) -> QProcessEnvir
     env = QProcessEnvironment.systemEnvironment()
     env.insert("PYTHONUNBUFFERED", "1")  # events must arrive as they happen, not per 8 KiB
     env.insert("TOKENIZERS_PARALLELISM", "false")
-    # the trainer package sits in the project root: importable even without an editable install
-    env.insert("PYTHONPATH", os.pathsep.join(p for p in (str(PROJECT_ROOT), env.value("PYTHONPATH")) if p))
     for key, value in (extra or {}).items():
         env.insert(key, value)
     return env
