@@ -7,6 +7,12 @@ The CLI turns it into a single stderr line and exit code 2; the GUI shows it bes
 class PlannerError(ValueError):
     """Bad user input: the message says what is wrong and how to fix it, in one line."""
 
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        """The TrainSetup field at fault (the GUI puts the message beside its widget); "" when the
+        input as a whole is (an unknown model, a config file that does not parse)."""
+
 
 def shown(value: object, limit: int = 40) -> str:
     """``value`` as a one-line error message quotes it: short, and never the whole of a 400-digit

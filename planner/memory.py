@@ -116,9 +116,8 @@ def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
         elif name in ("lm_head", "embed_out", "output"):
             total += arch.lm_head_params or arch.embed_params  # tied: peft unties a trainable copy
         else:
-            raise PlannerError(
-                f"--modules-to-save '{name}' is not supported; use embed_tokens and/or lm_head"
-            )
+            raise PlannerError(f"--modules-to-save '{name}' is not supported; use embed_tokens and/or lm_head",
+                               "modules_to_save")
     return total
 
 
@@ -134,7 +133,8 @@ def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
                 largest = max(largest, setup.lora_r * max(lin.d_in, lin.d_out))
     if not largest:
         names = ", ".join(sorted(arch.linear_names()))
-        raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}")
+        raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}",
+                           "lora_targets")
     return params, dims, largest
 
 
@@ -206,7 +206,7 @@ def check_setup(arch: Architecture, setup: TrainSetup) -> None:
     """
     if setup.is_peft and setup.lora_r > arch.hidden_size:
         raise PlannerError(f"--lora-r {setup.lora_r} exceeds the model's hidden size {arch.hidden_size}; "
-                           "LoRA rank must be at most the layer width")
+                           "LoRA rank must be at most the layer width", "lora_r")
 
 
 def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:

@@ -24,7 +24,7 @@ OFFLOADS = ("none", "optimizer", "params")
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise PlannerError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(allowed)}")
+        raise PlannerError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(allowed)}", name)
 
 
 def _compact(x: float) -> str:
@@ -94,7 +94,7 @@ def check_bound(name: str, value: object) -> None:
     """Raise PlannerError naming ``--name`` and its range unless ``value`` lies in ``BOUNDS[name]``."""
     bound = BOUNDS[name]
     if not bound.contains(value):
-        raise PlannerError(f"--{name.replace('_', '-')} must be {bound.describe()}, got {shown(value)}")
+        raise PlannerError(f"--{name.replace('_', '-')} must be {bound.describe()}, got {shown(value)}", name)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ class TrainSetup:
         _choice("method", self.method, METHODS)
         if self.quant is not None:
             if self.method != "qlora":
-                raise PlannerError(f"--quant {self.quant} only applies to --method qlora (this is a {self.method} run)")
+                raise PlannerError(f"--quant {self.quant} only applies to --method qlora (this is a {self.method} run)",
+                                   "quant")
             _choice("quant", self.quant, QUANTS + ("2bit",))
         elif self.method == "qlora":
             object.__setattr__(self, "quant", "nf4")
@@ -148,13 +149,14 @@ class TrainSetup:
         for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus"):
             check_bound(name, getattr(self, name))
         if not self.lora_targets or any(not t for t in self.lora_targets):
-            raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear")
+            raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear", "lora_targets")
         if self.num_gpus > 1 and self.sharding == "none":
             object.__setattr__(self, "sharding", "ddp")
         if self.offload != "none" and self.sharding not in ("fsdp", "zero2", "zero3"):
-            raise PlannerError(f"--offload {self.offload} needs --sharding fsdp, zero2 or zero3")
+            raise PlannerError(f"--offload {self.offload} needs --sharding fsdp, zero2 or zero3", "offload")
         if self.offload == "params" and self.sharding == "zero2":
-            raise PlannerError("--offload params needs --sharding fsdp or zero3 (ZeRO-2 keeps whole parameters)")
+            raise PlannerError("--offload params needs --sharding fsdp or zero3 (ZeRO-2 keeps whole parameters)",
+                               "offload")
 
     @property
     def fp32_unquantized(self) -> bool:

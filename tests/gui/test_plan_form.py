@@ -84,3 +84,17 @@ def test_a_refused_number_is_named_by_its_label(form):
     form.seq_spin.lineEdit().setText("4k")
     name, message = form.input_problem()
     assert name == "seq_len" and message.startswith("Sequence length: '4k' is not")
+
+
+def test_a_planner_error_goes_beside_the_field_it_names_by_name(qtbot):
+    """Issue 14 ("data as strings"): the field comes from PlannerError.field, not from parsing the
+    message; the message still reads in the form's words."""
+    from planner.errors import PlannerError
+
+    form = PlanForm()
+    qtbot.addWidget(form)
+    error = PlannerError("--offload params needs --sharding fsdp or zero3", "offload")
+    form.show_error(str(error), error.field)
+    label = form.errors["offload"]
+    assert not label.isHidden() and label.text().startswith(form.table["offload"].title)
+    assert form.errors["sharding"].isHidden()  # named second in the text, but not at fault

@@ -214,23 +214,27 @@ class PlanForm(QWidget):
         return field.name, f"{field.title}: {problem}"
 
     # -- errors -----------------------------------------------------------------------------
-    def _field_for(self, message: str) -> tuple[str, str]:
-        """The field an error is about (the planner names its option, ``--batch-size``; the model
-        when it names none of the form's), and the message in the form's words: the field's label
-        instead of the CLI option."""
-        if (named := self.table.named_in(message)) is None:
-            return "model", message
-        field, option = named
-        return field.name, message.replace(option, field.title, 1)
+    def _field_for(self, message: str, field: str = "") -> tuple[str, str]:
+        """The field an error is about: the one the planner's error names (``PlannerError.field``),
+        else the first option its message names (``--batch-size``), else the model; and the
+        message in the form's words, the field's label instead of the CLI option."""
+        named = self.table[field] if field in self.table.names() else None
+        if named is None:
+            found = self.table.named_in(message)
+            if found is None:
+                return "model", message
+            named = found[0]
+        return named.name, message.replace(named.cli_option, named.title, 1)
 
-    def show_error(self, message: str | None, field: str | None = None) -> None:
-        """Show ``message`` beside ``field`` (by default the field it names; None clears every error)."""
+    def show_error(self, message: str | None, field: str = "", as_is: bool = False) -> None:
+        """Show ``message`` beside its field (``field``, else the one it names); ``as_is`` keeps the
+        text as given. None clears every error."""
         for label in self.errors.values():
             label.clear()
             label.hide()
         if message:
-            if field is None:
-                field, message = self._field_for(message)
+            if not as_is:
+                field, message = self._field_for(message, field)
             label = self.errors[field]
             label.setText(message)
             label.show()

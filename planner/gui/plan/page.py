@@ -182,7 +182,7 @@ class PlanPage(QWidget):
                              local=self._target.source == "nvml")
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
-            self.form.show_error(str(exc), getattr(exc, "field", None))
+            self.form.show_error(str(exc), exc.field, as_is=isinstance(exc, _FieldProblem))
             self.stale_label.setVisible(self.plan is not None)
             self._pending = None  # no recommendation for a form that does not hold a setup
             self.recommendation.computing()
