@@ -15,6 +15,7 @@ from typing import Any
 
 # The planner plans exactly what the trainer can run: one list of choices for both.
 from planner.errors import shown
+from planner.loss import LOSSES
 from planner.options import ATTENTIONS, BOUNDS, METHODS, OPTIMIZERS, QUANTS, Bound, TrainSetup
 from planner.options import PRECISIONS as _PLANNED_PRECISIONS
 
@@ -71,6 +72,9 @@ class TrainConfig:
     max_seq_len: int = 2048
     grad_checkpointing: bool = True
     attention: str = "sdpa"
+    loss: str = "standard"
+    """``standard`` (transformers' loss over the whole logits) or ``chunked`` (LM head and
+    cross-entropy chunk by chunk: the logits never exist whole; planner/loss.py)."""
     data_format: str = "auto"
     assistant_only_loss: bool = True
     """Train only on assistant tokens (chat formats); the prompt is masked out of the loss."""
@@ -100,7 +104,7 @@ class TrainConfig:
         for name, allowed in (("method", METHODS), ("quant", QUANTS), ("precision", PRECISIONS),
                               ("optimizer", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS),
                               ("attention", ATTENTIONS), ("data_format", FORMATS), ("device", DEVICES),
-                              ("adapter_dtype", ("fp32", "bf16")), ("sharding", SHARDINGS)):
+                              ("adapter_dtype", ("fp32", "bf16")), ("sharding", SHARDINGS), ("loss", LOSSES)):
             value = getattr(self, name)
             if value not in allowed:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -273,10 +277,10 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
 
 
 RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-               "device", "grad_checkpointing", "attention", "lora_dropout", "extra")
+               "device", "grad_checkpointing", "attention", "loss", "lora_dropout", "extra")
 """Fields a run's config.json may change before ``--resume``: none of them is stored in a
-checkpoint or changes what it means (gradient checkpointing and the attention kernel compute the
-same function; dropout has no state). Everything else is refused, naming the fields."""
+checkpoint or changes what it means (gradient checkpointing, the attention kernel and the chunked
+loss compute the same function; dropout has no state). Everything else is refused, naming the fields."""
 
 _STEPS = Bound(0, 2**31 - 1)
 _BOUNDS = {
