@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from planner.catalog.arch import Architecture, Block, Linear
 from planner.catalog.hf_config import EXPERT_NAMES
+from planner.loss import loss_chunk_tokens
 from planner.options import TrainSetup
 
 FP32 = 4
@@ -165,10 +166,15 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     # Final norm (fp32 input + output) and the LM head's 16-bit input.
     saved += tokens * (FP32 + rb + c) * h
     # ForCausalLMLoss: logits.float() and log_softmax's output are fp32; at the start of backward
-    # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers.
-    logits = tokens * arch.vocab_size * 3 * FP32
+    # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers. The
+    # chunked loss (planner/loss.py) holds them for one chunk, plus the head's 16-bit output, and
+    # keeps the hidden states' gradient it computed for backward.
+    loss_tokens = tokens if setup.loss == "standard" else loss_chunk_tokens(tokens, arch.vocab_size, h)
+    logits = loss_tokens * arch.vocab_size * 3 * FP32
+    if setup.loss == "chunked":
+        logits += loss_tokens * arch.vocab_size * c + tokens * h * c
     if arch.logit_softcap:
-        logits += tokens * arch.vocab_size * c  # tanh's output, kept for its backward
+        logits += loss_tokens * arch.vocab_size * c  # tanh's output, kept for its backward
     head_copy = 0
     head_fp32 = setup.weight_bytes == FP32 or setup.fp32_unquantized
     if head_fp32 and c != FP32:

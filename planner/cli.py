@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from planner.errors import PlannerError
+from planner.loss import LOSSES
 from planner.options import (
     ADAPTER_DTYPES,
     ATTENTIONS,
@@ -77,6 +78,8 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sample (2048)")
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=d.grad_checkpointing)
     p.add_argument("--attention", default=d.attention, metavar=_alts(ATTENTIONS))
+    p.add_argument("--loss", default=d.loss, metavar=_alts(LOSSES),
+                   help="standard: the whole logits at once; chunked: LM head and loss chunk by chunk")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
@@ -104,7 +107,7 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         double_quant=a.double_quant,
         precision=getattr(a, "precision", "bf16"),
         adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
-        grad_checkpointing=a.grad_checkpointing, attention=a.attention, lora_r=a.lora_r,
+        grad_checkpointing=a.grad_checkpointing, attention=a.attention, loss=a.loss, lora_r=a.lora_r,
         lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
         modules_to_save=a.modules_to_save, num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
     )
@@ -123,7 +126,7 @@ def _describe(s: TrainSetup) -> str:
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""
     ckpt = "on" if s.grad_checkpointing else "off"
     return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens · "
-            f"checkpointing {ckpt} · {s.attention}{gpus}")
+            f"checkpointing {ckpt} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}{gpus}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:

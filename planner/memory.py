@@ -24,6 +24,7 @@ from planner.activations import activation_peak, lora_targeted
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
+from planner.loss import loss_chunk_tokens
 from planner.options import TrainSetup
 
 FP32 = 4
@@ -288,10 +289,16 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     )
 
 
+def _chunk(arch: Architecture, setup: TrainSetup) -> int:
+    return loss_chunk_tokens(setup.tokens, arch.vocab_size, arch.hidden_size)
+
+
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
     out = [
         "gradients stay allocated through forward (gradient accumulation, set_to_none after the step)",
-        "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)",
+        "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)" if setup.loss == "standard"
+        else f"loss: chunked LM head + cross-entropy, {_chunk(arch, setup):,} tokens per chunk (fp32 buffers of "
+             "one chunk; the hidden states' gradient kept for backward)",
     ]
     if setup.method == "qlora":
         out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.fp32_unquantized

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from planner.errors import PlannerError, shown
+from planner.loss import LOSSES
 
 METHODS = ("full", "lora", "qlora")
 QUANTS = ("nf4", "fp4", "int8")
@@ -119,6 +120,8 @@ class TrainSetup:
     seq_len: int = 2048
     grad_checkpointing: bool = True
     attention: str = "sdpa"
+    loss: str = "standard"
+    """``standard`` or ``chunked`` (planner/loss.py): how the LM head and cross-entropy run."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -144,6 +147,7 @@ class TrainSetup:
         _choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("attention", self.attention, ATTENTIONS)
+        _choice("loss", self.loss, LOSSES)
         _choice("sharding", self.sharding, SHARDINGS)
         _choice("offload", self.offload, OFFLOADS)
         for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus"):

@@ -227,7 +227,7 @@ GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan run
 (sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
 
 SETUP_FIELDS = ("method", "quant", "double_quant", "precision", "adapter_dtype", "optimizer", "batch_size",
-                "max_seq_len", "grad_checkpointing", "attention", "lora_r", "lora_alpha", "lora_dropout",
+                "max_seq_len", "grad_checkpointing", "attention", "loss", "lora_r", "lora_alpha", "lora_dropout",
                 "lora_targets", "modules_to_save", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says)."""
 
@@ -256,7 +256,7 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
     return {
         "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant, "precision": s.precision,
         "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "batch_size": s.batch_size,
-        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing, "attention": s.attention,
+        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing, "attention": s.attention, "loss": s.loss,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save),
         "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
@@ -269,7 +269,7 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
     return TrainSetup(
         method=cfg.method, quant=cfg.quant if cfg.method == "qlora" else None, double_quant=cfg.double_quant,
         precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
-        seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention,
+        seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention, loss=cfg.loss,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         modules_to_save=cfg.modules_to_save, num_gpus=cfg.num_processes,
         sharding="none" if cfg.num_processes == 1 else cfg.sharding,
