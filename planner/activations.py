@@ -125,7 +125,9 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
             copied = adapter_cast or (residual_cast and lin in readers)
             lora += passes * (c * setup.lora_r + (c * lin.d_in if copied else 0))
             if setup.lora_dropout > 0:
-                lora += passes * (FP32 + 1) * lin.d_in  # dropout output and its mask
+                # dropout acts on the adapter's input: fp32 when it was cast to fp32 adapters, else
+                # the compute dtype (bf16 adapters under bf16); plus its one-byte mask
+                lora += passes * ((FP32 if adapter_cast else c) + 1) * lin.d_in
     per_token = norms + input_casts + attention + mlp + moe + lora
     saved = tokens * per_token
     # Under mixed precision autocast casts each fp32 weight to 16 bits per matmul, and the matmul
