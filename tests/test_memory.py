@@ -222,8 +222,9 @@ def test_lora_dropout_is_charged_at_the_adapter_inputs_dtype():
 
     def dropout_cost(adapter_dtype: str) -> int:
         def peak(p: float) -> int:
-            return estimate(qwen, TrainSetup(method="lora", adapter_dtype=adapter_dtype, precision="bf16",
-                                             seq_len=512, grad_checkpointing=False, lora_dropout=p)).peak_allocated_bytes
+            setup = TrainSetup(method="lora", adapter_dtype=adapter_dtype, precision="bf16", seq_len=512,
+                               grad_checkpointing=False, lora_dropout=p)
+            return estimate(qwen, setup).peak_allocated_bytes
         return peak(0.1) - peak(0.0)
 
     bf16, fp32 = dropout_cost("bf16"), dropout_cost("fp32")
