@@ -69,15 +69,17 @@ class Run:
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
-        from transformers import Trainer, set_seed
+        from transformers import set_seed
 
         from trainer.arguments import training_args
         from trainer.callbacks import EventCallback
+        from trainer.chunked_loss import trainer_class
         from trainer.data import collate, prepare_data
         from trainer.loading import load_model, load_tokenizer, model_layout, param_counts, resolve_runtime
         from trainer.prediction import predict
 
         cfg = self.cfg
+        trainer_type = trainer_class(cfg)  # transformers' Trainer, or with the chunked loss
         # seeded before the model exists: LoRA's A matrices are initialised at random
         set_seed(cfg.seed)
         self.runtime = resolve_runtime(cfg)
@@ -97,7 +99,7 @@ class Run:
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
         from transformers.trainer_callback import PrinterCallback
 
-        self.trainer = Trainer(
+        self.trainer = trainer_type(
             model=model,
             args=training_args(cfg, self.run_dir, self.runtime, has_eval=data.eval is not None),
             train_dataset=data.train,
