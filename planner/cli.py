@@ -72,6 +72,9 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
         p.add_argument("--quant", default=None, metavar="{nf4,fp4,int8}", help="QLoRA base format (nf4)")
         p.add_argument("--precision", default=d.precision, metavar=_alts(PRECISIONS))
     p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=d.double_quant)
+    p.add_argument("--kbit-upcast", action=argparse.BooleanOptionalAction, default=d.kbit_prepare,
+                   help="QLoRA: embeddings, LM head and norms in fp32 (prepare_model_for_kbit_training; default) "
+                        "or, with --no-kbit-upcast, in the load dtype as the QLoRA paper's script did")
     p.add_argument("--adapter-dtype", default=d.adapter_dtype, metavar=_alts(ADAPTER_DTYPES))
     p.add_argument("--optimizer", default=d.optimizer, metavar=_alts(OPTIMIZERS))
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch per GPU (1)")
@@ -104,7 +107,7 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
             check_bound(name, value)
     return TrainSetup(
         method=getattr(a, "method", None) or TrainSetup().method, quant=getattr(a, "quant", None),
-        double_quant=a.double_quant,
+        double_quant=a.double_quant, kbit_prepare=a.kbit_upcast,
         precision=getattr(a, "precision", "bf16"),
         adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
         grad_checkpointing=a.grad_checkpointing, attention=a.attention, loss=a.loss, lora_r=a.lora_r,

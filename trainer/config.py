@@ -49,6 +49,10 @@ class TrainConfig:
     quant: str = "nf4"
     """QLoRA base format (bitsandbytes): nf4, fp4, or int8 (LLM.int8)."""
     double_quant: bool = True
+    kbit_upcast: bool = True
+    """QLoRA: keep what ``prepare_model_for_kbit_training`` does, every non-quantized weight
+    (embeddings, LM head, norms) in fp32. False casts the frozen ones back to the load dtype, as
+    the QLoRA paper's own script did: less memory, a 16-bit LM head."""
     precision: str = "auto"
     """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU."""
     adapter_dtype: str = "fp32"
@@ -137,7 +141,8 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(value))
         if not self.lora_targets:
             raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj", "lora_targets")
-        for name in ("double_quant", "grad_checkpointing", "assistant_only_loss", "packing", "trust_remote_code"):
+        for name in ("double_quant", "kbit_upcast", "grad_checkpointing", "assistant_only_loss", "packing",
+                     "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}", name)
         if not isinstance(self.extra, dict):
@@ -226,9 +231,9 @@ SHARDING_OF_PLAN = {"none": "ddp", "ddp": "ddp", "fsdp": "fsdp", "zero3": "fsdp"
 GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan runs as FSDP; ZeRO-2
 (sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
 
-SETUP_FIELDS = ("method", "quant", "double_quant", "precision", "adapter_dtype", "optimizer", "batch_size",
-                "max_seq_len", "grad_checkpointing", "attention", "loss", "lora_r", "lora_alpha", "lora_dropout",
-                "lora_targets", "modules_to_save", "num_processes", "sharding")
+SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "adapter_dtype", "optimizer",
+                "batch_size", "max_seq_len", "grad_checkpointing", "attention", "loss", "lora_r", "lora_alpha",
+                "lora_dropout", "lora_targets", "modules_to_save", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says)."""
 
 
@@ -241,8 +246,6 @@ def why_not_trainable(setup: TrainSetup) -> str | None:
                 "plan with fsdp or ddp to train here")
     if setup.method == "qlora" and setup.quant == "2bit":
         return "the trainer quantizes with bitsandbytes (nf4, fp4, int8); 2-bit is an estimate only"
-    if setup.method == "qlora" and not setup.kbit_prepare:
-        return "the trainer always runs prepare_model_for_kbit_training for QLoRA"
     return None
 
 
@@ -254,7 +257,8 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         raise ConfigError(problem)
     s = setup
     return {
-        "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant, "precision": s.precision,
+        "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
+        "kbit_upcast": s.kbit_prepare, "precision": s.precision,
         "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "batch_size": s.batch_size,
         "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing, "attention": s.attention, "loss": s.loss,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
@@ -268,6 +272,7 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
     trainer: it depends on the device)."""
     return TrainSetup(
         method=cfg.method, quant=cfg.quant if cfg.method == "qlora" else None, double_quant=cfg.double_quant,
+        kbit_prepare=cfg.kbit_upcast,
         precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
         seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention, loss=cfg.loss,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,

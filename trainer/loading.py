@@ -208,7 +208,7 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
         raise ModelError(f"{name}: cannot load the model: {_first_line(exc)}") from None
     if cfg.method == "full":
         return model
-    return _with_lora(cfg, model)
+    return _with_lora(cfg, model, weight_dtype(rt.precision))
 
 
 def param_counts(model: Any) -> tuple[int, int]:
@@ -239,7 +239,7 @@ def logical_numel(param: Any) -> int:
     return math.prod(shape) if shape is not None else int(param.numel())
 
 
-def _with_lora(cfg: TrainConfig, model: Any) -> Any:
+def _with_lora(cfg: TrainConfig, model: Any, load_dtype: Any) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
@@ -247,6 +247,8 @@ def _with_lora(cfg: TrainConfig, model: Any) -> Any:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.grad_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not cfg.kbit_upcast:
+            _back_to(model, load_dtype)
     _check_modules_to_save(cfg, model)
     targets: str | list[str] = "all-linear" if "all-linear" in cfg.lora_targets else list(cfg.lora_targets)
     lora = LoraConfig(
@@ -275,3 +277,12 @@ def _check_modules_to_save(cfg: TrainConfig, model: Any) -> None:
         close = difflib.get_close_matches(unknown[0], sorted(leaves), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ModelError(f"modules_to_save: no module named {unknown[0]!r} in this model{hint}")
+
+
+def _back_to(model: Any, dtype: Any) -> None:
+    """Undo prepare_model_for_kbit_training's fp32 upcast: every frozen floating weight (embeddings,
+    LM head, norms; the quantized ones are not floating) back to the dtype it was loaded in, as the
+    QLoRA paper's own script did (its embeddings and norms in bf16)."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype and not p.requires_grad:
+            p.data = p.data.to(dtype)

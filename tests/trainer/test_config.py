@@ -116,8 +116,8 @@ from trainer.config import SETUP_FIELDS, fields_of, setup_of  # noqa: E402
 
 PLANNED = st.builds(
     lambda method, quant, optimizer, precision, batch, seq, ckpt, attention, r, alpha, dropout, targets, gpus,
-    sharding, loss: TrainSetup(method=method, quant=quant if method == "qlora" else None, optimizer=optimizer,
-                               loss=loss,
+    sharding, loss, upcast: TrainSetup(method=method, quant=quant if method == "qlora" else None,
+                                       optimizer=optimizer, loss=loss, kbit_prepare=upcast,
                          precision=precision, batch_size=batch, seq_len=seq, grad_checkpointing=ckpt,
                          attention=attention, lora_r=r, lora_alpha=alpha, lora_dropout=dropout,
                          lora_targets=targets, num_gpus=gpus, sharding=sharding if gpus > 1 else "none"),
@@ -125,7 +125,8 @@ PLANNED = st.builds(
     st.sampled_from(("bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")), st.integers(1, 64),
     st.integers(1, 1 << 16), st.booleans(), st.sampled_from(ATTENTIONS), st.integers(1, 256), st.integers(1, 512),
     st.sampled_from((0.0, 0.05, 0.1)), st.sampled_from((("all-linear",), ("q_proj", "v_proj"))),
-    st.integers(1, 8), st.sampled_from(("ddp", "fsdp", "zero3")), st.sampled_from(("standard", "chunked")))
+    st.integers(1, 8), st.sampled_from(("ddp", "fsdp", "zero3")), st.sampled_from(("standard", "chunked")),
+    st.booleans())
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
