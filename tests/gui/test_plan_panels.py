@@ -9,6 +9,7 @@ from planner.catalog.gpus import find_gpu
 from planner.gui.plan.page import PlanPage
 from planner.gui.state import AppState
 from planner.targets import GpuTarget
+from planner.units import GiB
 
 
 @pytest.fixture
@@ -205,3 +206,22 @@ def test_the_recommendation_shows_its_warnings_first(page, qtbot):
     text = page.recommendation.text.toPlainText()
     assert text.startswith("Warning: seq_len 8,192 exceeds the model's context")
     assert page.recommendation.rec.explanation in text
+
+
+def test_memory_saving_switches_change_the_plan_and_travel_to_the_train_page(page, qtbot, state):
+    """Issue 15: the chunked loss and QLoRA without the fp32 upcast are switches on the Plan page;
+    the bars follow them and "Use my settings" carries them into the run config."""
+    page.form.seq_spin.setValue(4096)
+    page.recompute()
+    before = page.plan.estimates[page.plan.mine].peak_allocated_bytes
+    page.form.loss_box.setCurrentText("chunked")
+    page.form.method_box.setCurrentText("qlora")
+    page.form.upcast_box.setChecked(False)
+    page.recompute()
+    mine = page.plan.estimates[page.plan.mine]
+    assert mine.setup.loss == "chunked" and not mine.setup.kbit_prepare
+    assert mine.peak_allocated_bytes < before - 4 * GiB
+    qtbot.waitUntil(lambda: page.recommendation.mine_button.isEnabled(), timeout=10_000)
+    with qtbot.waitSignal(state.plan_to_train) as handed:
+        page.recommendation.mine_button.click()
+    assert handed.args[0]["loss"] == "chunked" and handed.args[0]["kbit_upcast"] is False

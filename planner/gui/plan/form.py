@@ -39,6 +39,7 @@ from planner.gui.common.binding import (
 )
 from planner.gui.common.number_box import StrictDoubleSpinBox, StrictSpinBox
 from planner.gui.plan.model import FormValues
+from planner.loss import LOSSES
 from planner.options import ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, SHARDINGS
 
 
@@ -111,6 +112,11 @@ class PlanForm(QWidget):
                                "backward pass: far less activation memory for about a third more compute.")
         self.attention_box = _combo(ATTENTIONS, "Attention kernel; eager materialises the "
                                     "seq x seq score matrix.")
+        self.loss_box = _combo(LOSSES, "standard: the whole (tokens x vocab) logits and three fp32 buffers at "
+                               "once; chunked: LM head and loss chunk by chunk (the trainer's loss: chunked).")
+        self.upcast_box = _check("QLoRA: fp32 embeddings, LM head and norms",
+                                 "prepare_model_for_kbit_training's upcast (on by default). Off keeps them in the "
+                                 "load dtype, as the QLoRA paper's script did: less memory.")
         self.gpus_spin = _spin(1, 1024, "GPUs of the selected kind (memory is per GPU).")
         self.sharding_box = _combo(SHARDINGS, "ddp replicates; zero2 shards gradients and optimizer "
                                    "state; fsdp/zero3 also shard the weights.")
@@ -137,6 +143,7 @@ class PlanForm(QWidget):
             Field("method", "Method", self.method_box, CHOICE),
             Field("quant", "QLoRA base", self.quant_box, CHOICE),
             Field("double_quant", "", self.double_quant_box, FLAG),
+            Field("kbit_upcast", "", self.upcast_box, FLAG),
             Field("precision", "Precision", self.precision_box, CHOICE),
             Field("adapter_dtype", "Adapter dtype", self.adapter_box, CHOICE),
             Field("optimizer", "Optimizer", self.optimizer_box, CHOICE),
@@ -148,6 +155,7 @@ class PlanForm(QWidget):
             Field("modules_to_save", "Modules to save", self.save_edit, TEXT),
             Field("grad_checkpointing", "", self.ckpt_box, FLAG),
             Field("attention", "Attention", self.attention_box, CHOICE),
+            Field("loss", "Loss", self.loss_box, CHOICE),
             Field("num_gpus", "GPUs", self.gpus_spin, WHOLE),
             Field("sharding", "Sharding", self.sharding_box, CHOICE),
             Field("offload", "Offload", self.offload_box, CHOICE),

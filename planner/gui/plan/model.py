@@ -53,11 +53,13 @@ class FormValues:
     lora_r: int = _D.lora_r
     grad_checkpointing: bool = _D.grad_checkpointing
     attention: str = _D.attention
+    loss: str = _D.loss
     gpu_gib: float = DEFAULT_GPU_GIB
     """Memory of the user's GPU; only draws the line and decides "fits"."""
     quant: str = "nf4"
     """The user's QLoRA base (the chart shows both 8-bit and 4-bit)."""
     double_quant: bool = _D.double_quant
+    kbit_upcast: bool = _D.kbit_prepare
     adapter_dtype: str = _D.adapter_dtype
     lora_alpha: int = _D.lora_alpha
     lora_targets: str = "all-linear"
@@ -107,7 +109,8 @@ def _names(text: str) -> tuple[str, ...]:
 def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
     """The form's setup with this method; raises PlannerError for an invalid value."""
     return TrainSetup(
-        method=method, quant=quant, double_quant=values.double_quant, precision=values.precision,
+        method=method, quant=quant, double_quant=values.double_quant, kbit_prepare=values.kbit_upcast,
+        precision=values.precision, loss=values.loss,
         adapter_dtype=values.adapter_dtype, optimizer=values.optimizer, batch_size=values.batch_size,
         seq_len=values.seq_len, grad_checkpointing=values.grad_checkpointing, attention=values.attention,
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
