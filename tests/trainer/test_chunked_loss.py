@@ -202,22 +202,43 @@ def test_more_than_one_process_is_refused(demo_dir):
     check(_cfg(demo_dir, num_processes=2))
 
 
+def _demo_losses(demo_dir: Path, run_dir: Path, **overrides: Any) -> dict[str, list[float]]:
+    code, events = run_inprocess(write_config(demo_dir, run_dir, save_steps=0, **overrides))
+    assert code == 0, events[-3:]
+    return {"step": [e["loss"] for e in steps(events)],
+            "eval": [e["eval_loss"] for e in events if e["event"] == "eval"]}
+
+
 def test_demo_run_trains_as_the_standard_loss(demo_dir, tmp_path, monkeypatch):
-    """A real CPU run of the demo (QLoRA, lm_head in modules_to_save): the loss falls, and with
-    the same seed every step's loss is the standard run's."""
+    """A real CPU run of the demo (QLoRA, lm_head in modules_to_save, gradient accumulation): the
+    loss falls, and with the same seed every step's loss is the standard run's."""
     import trainer.chunked_loss as chunked_loss
 
     calls = []
     real = chunked_loss.causal_lm_loss
     monkeypatch.setattr(chunked_loss, "causal_lm_loss", lambda *a: calls.append(1) or real(*a))
-    losses = {}
-    for loss in ("standard", "chunked"):
-        config = write_config(demo_dir, tmp_path / loss, loss=loss, max_steps=6, save_steps=0,
-                              gradient_accumulation_steps=2)
-        code, events = run_inprocess(config)
-        assert code == 0, events[-3:]
-        losses[loss] = [e["loss"] for e in steps(events)]
-    assert len(losses["chunked"]) == 6
+    losses = {loss: _demo_losses(demo_dir, tmp_path / loss, loss=loss, max_steps=6, gradient_accumulation_steps=2)
+              for loss in ("standard", "chunked")}
     assert len(calls) == 12  # every micro-batch of the chunked run, none of the standard one
-    assert losses["chunked"][-1] < losses["chunked"][0]
-    assert losses["chunked"] == pytest.approx(losses["standard"], abs=1e-4)
+    chunked = losses["chunked"]["step"]
+    assert len(chunked) == 6 and chunked[-1] < chunked[0]
+    assert chunked == pytest.approx(losses["standard"]["step"], abs=1e-4)
+
+
+def test_demo_run_evaluates_with_the_standard_loss(demo_dir, tmp_path):
+    """Evaluation (no gradients) keeps transformers' loss beside the chunked training steps."""
+    losses = {loss: _demo_losses(demo_dir, tmp_path / loss, loss=loss, max_steps=3, val_split=0.02, eval_steps=3)
+              for loss in ("standard", "chunked")}
+    assert len(losses["chunked"]["eval"]) == 1
+    for kind in ("step", "eval"):
+        assert losses["chunked"][kind] == pytest.approx(losses["standard"][kind], abs=1e-4)
+
+
+def test_per_expert_moe_lora(moe_demo_dir):
+    """A Mixtral whose experts are rebuilt per expert for LoRA (trainer/loading.py's layout)."""
+    from trainer.loading import model_layout
+
+    cfg = _cfg(moe_demo_dir)
+    with model_layout(cfg):
+        model = _model(cfg)
+        _assert_same(model, _batch(cfg))
