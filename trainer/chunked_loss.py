@@ -142,15 +142,18 @@ def _function() -> Any:
                     grad_hidden[start:start + step] = grads[0]
                 for buffer, grad in zip(grad_params, grads[1 if grad_hidden is not None else 0:]):
                     buffer += grad
-            ctx.save_for_backward(*([grad_hidden] if grad_hidden is not None else []), *grad_params)
-            ctx.has_hidden = grad_hidden is not None
+            # kept on ctx, not saved for backward: backward scales them in place and lets go, so a
+            # full lm_head's gradient never exists twice (neither input nor output: no cycle)
+            ctx.grads = grad_hidden, grad_params
             return total
 
         @staticmethod
         def backward(ctx, grad_out):
-            saved = list(ctx.saved_tensors)
+            grad_hidden, grad_params = ctx.grads
+            ctx.grads = None
             # a 0-dim fp32 factor keeps each gradient in its own dtype
-            grad_hidden = saved.pop(0) * grad_out if ctx.has_hidden else None
-            return (grad_hidden, None, None, None, None, *(g * grad_out for g in saved))
+            for grad in ([grad_hidden] if grad_hidden is not None else []) + grad_params:
+                grad.mul_(grad_out)
+            return (grad_hidden, None, None, None, None, *grad_params)
 
     return ChunkedLinearCrossEntropy

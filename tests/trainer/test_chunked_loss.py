@@ -154,15 +154,16 @@ def test_gemma2_logit_softcap(demo_dir):
     _assert_same(model, _batch(cfg))
 
 
-def _peak_bytes(loss_fn: Any) -> int:
-    """The most bytes of storage alive at once while ``loss_fn`` runs forward and backward,
-    counted by precise mode's own live-storage counter on real CPU tensors."""
+def _peak_bytes(loss_fn: Any) -> tuple[int, int]:
+    """(the most bytes of storage alive at once while ``loss_fn`` runs forward and backward, the
+    largest storage alive at that moment), counted by precise mode's own live-storage counter on
+    real CPU tensors."""
     from planner.simulate.meta import live_bytes_class
 
     counter = live_bytes_class()(gpu_kernels=False)
     with counter:
         loss_fn().backward()
-    return counter.peak
+    return counter.peak, max(counter.peak_live.values())
 
 
 def test_memory_peak_is_one_chunk_of_logits():
@@ -180,26 +181,37 @@ def test_memory_peak_is_one_chunk_of_logits():
     def standard() -> Any:
         return torch.nn.functional.cross_entropy(head(hidden).float(), labels)
 
-    peaks = {name: _peak_bytes(fn) for name, fn in (
+    measured = {name: _peak_bytes(fn) for name, fn in (
         ("standard", standard), ("chunked", lambda: chunked_cross_entropy(hidden, head, labels)))}
+    peaks = {name: peak for name, (peak, _) in measured.items()}
     whole = tokens * vocab * 4
     chunk = loss_chunk_tokens(tokens, vocab, hidden_size) * vocab * 4
     print(f"peak bytes: standard {peaks['standard']}, chunked {peaks['chunked']} "
-          f"(whole logits {whole}, one chunk {chunk})")
+          f"(whole logits {whole}, one chunk {chunk}); largest tensor at the peak: "
+          f"standard {measured['standard'][1]}, chunked {measured['chunked'][1]}")
+    assert measured["standard"][1] >= whole
+    # the largest is a chunk's logits, or the head's gradient (which the standard loss has too)
+    assert measured["chunked"][1] <= max(chunk, vocab * hidden_size * 4)
     assert peaks["standard"] >= 2 * whole  # logits and their log-softmax, at least
     # a chunk's logits, its log-softmax and gradient, plus the hidden-sized and weight-sized buffers
     assert peaks["chunked"] <= 4 * chunk + 3 * (tokens + vocab) * hidden_size * 4
     assert peaks["chunked"] * 8 < peaks["standard"]
 
 
-def test_more_than_one_process_is_refused(demo_dir):
+def test_more_than_one_process_is_refused(demo_dir, tmp_path):
+    """The decoder is called beneath the DDP/FSDP wrapper: a run refuses it with one line."""
     from trainer.chunked_loss import check
     from trainer.config import ConfigError
 
-    with pytest.raises(ConfigError, match="one process"):
-        check(_cfg(demo_dir, loss="chunked", num_processes=2))
     check(_cfg(demo_dir, loss="chunked"))
     check(_cfg(demo_dir, num_processes=2))
+    with pytest.raises(ConfigError, match="one process"):
+        check(_cfg(demo_dir, loss="chunked", num_processes=2))
+    code, events = run_inprocess(write_config(demo_dir, tmp_path / "two", loss="chunked", num_processes=2,
+                                              method="lora", max_steps=2))
+    errors = [e for e in events if e["event"] == "error"]
+    assert code == 2 and len(errors) == 1 and errors[0]["type"] == "config"
+    assert errors[0]["message"] == "loss: chunked runs in one process only; use loss standard with num_processes > 1"
 
 
 def _demo_losses(demo_dir: Path, run_dir: Path, **overrides: Any) -> dict[str, list[float]]:
