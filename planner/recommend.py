@@ -175,20 +175,42 @@ def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens
               epochs: float = 1.0, max_quality: bool = False, usd_per_hour: float | None = None,
               usd_per_kwh: float | None = None, alternatives: bool = True,
               methods: tuple = METHODS) -> Recommendation:
-    """The recommendation among ``methods`` (all four unless the user fixed one)."""
+    """The recommendation among ``methods`` (all four unless the user fixed one). When the
+    standard loss leaves only a worse choice (or none), the chunked loss (planner/loss.py: the
+    same loss, computed chunk by chunk) is tried and recommended if it does better."""
+    args = (model, gpu, dataset_tokens, epochs, max_quality, usd_per_hour, usd_per_kwh, methods)
+    rec, rank = _recommend(base, *args)
+    if base.loss == "standard":
+        chunked, chunked_rank = _recommend(replace(base, loss="chunked"), *args)
+        if chunked_rank < rank:
+            without = ("nothing fits" if rec.best is None else
+                       f"{_label(rec.best.setup)} at {rec.best.device_used_bytes / GiB:.1f} GiB")
+            note = (f" It uses the chunked loss (the same loss computed chunk by chunk, so the (tokens x vocab) "
+                    f"logits never exist whole; the time model assumes the same speed): with the standard loss, "
+                    f"{without}.")
+            rec = replace(chunked, explanation=chunked.explanation + note)
+    if rec.best is None and alternatives:
+        rec = replace(rec, alternatives=what_would_fit(model, base, gpu))
+    return rec
+
+
+def _recommend(base: TrainSetup, model: ModelSpec, gpu: GpuTarget, dataset_tokens: int | None, epochs: float,
+               max_quality: bool, usd_per_hour: float | None, usd_per_kwh: float | None,
+               methods: tuple) -> tuple[Recommendation, int]:
+    """The recommendation for ``base`` as it is, and the rank of its choice in :func:`preference`
+    (lower is better; the list's length when nothing fits)."""
     options = search(model, base, gpu, dataset_tokens, epochs, usd_per_hour, usd_per_kwh, methods)
     memory = gpu.memory_bytes
-    chosen = None
-    for method, quant, room in preference(max_quality or methods == (("full", None),)):
+    order = preference(max_quality or methods == (("full", None),))
+    chosen, rank = None, len(order)
+    for i, (method, quant, room) in enumerate(order):
         if (method, quant) in methods:
             chosen = _pick(options, method, quant, memory, room)
             if chosen is not None:
+                rank = i
                 break
     explanation = _explain(model, gpu, options, chosen, max_quality)
-    alts: tuple[Alternative, ...] = ()
-    if chosen is None and alternatives:
-        alts = what_would_fit(model, base, gpu)
-    return Recommendation(gpu, options, chosen, explanation, alts)
+    return Recommendation(gpu, options, chosen, explanation, ()), rank
 
 
 def _smallest(options: tuple[Option, ...], method: str, quant: str | None) -> Option | None:

@@ -41,3 +41,14 @@ def test_the_run_config_is_the_planned_setup():
 
 def test_accumulation_keeps_the_planned_batch():
     assert accumulation_for(8, 2) == 4 and accumulation_for(8, 8) == 1 and accumulation_for(2, 8) == 1
+
+
+def test_the_chunked_loss_runs_in_one_process_only():
+    """The trainer's chunked loss calls the decoder beneath the DDP/FSDP wrapper: several
+    processes are refused before any run, in the plan and in the config alike."""
+    assert why_not_trainable(TrainSetup(loss="chunked")) is None
+    problem = why_not_trainable(TrainSetup(loss="chunked", num_gpus=2, sharding="fsdp"))
+    assert problem is not None and "one process" in problem
+    with pytest.raises(ConfigError) as refused:
+        TrainConfig.from_dict({"model": "m", "dataset": "d.jsonl", "loss": "chunked", "num_processes": 2})
+    assert refused.value.field == "loss"

@@ -116,7 +116,7 @@ def test_static_imports(path):
 
 
 CONTRACT = ("trainer.protocol", "trainer.config", "trainer.rundir")
-CONTRACT_MAY_IMPORT = CONTRACT + ("planner.options", "planner.errors", "planner.units",
+CONTRACT_MAY_IMPORT = CONTRACT + ("planner.options", "planner.loss", "planner.errors", "planner.units",
                                   "planner.atomic", "psutil", "yaml")
 
 

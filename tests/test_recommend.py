@@ -313,7 +313,7 @@ def test_more_memory_never_makes_the_recommendation_worse(model_id, a, b, max_qu
 def test_something_is_recommended_whenever_an_option_fits():
     rec = recommend(model("Qwen/Qwen2.5-0.5B"), TrainSetup(), custom(7.1), alternatives=False)
     fitting = [o for o in rec.options if o.fits]
-    assert fitting and {o.setup.method for o in fitting} == {"lora"}
+    assert fitting and "lora" in {o.setup.method for o in fitting}
     assert rec.recommended is not None, rec.explanation
 
 

@@ -27,19 +27,10 @@ IGNORE_INDEX = -100
 """transformers' ``ignore_index``: the label of a token outside the loss (prompt, padding)."""
 
 
-def check(cfg: TrainConfig) -> None:
-    """Refuse what the chunked loss cannot run, in one line."""
-    if cfg.loss == "chunked" and cfg.num_processes > 1:
-        # the decoder is called beneath the DDP/FSDP wrapper, whose forward prepares the reduction
-        raise ConfigError("loss: chunked runs in one process only; use loss standard with num_processes > 1",
-                          "loss")
-
-
 def trainer_class(cfg: TrainConfig) -> Any:
     """``transformers.Trainer``, or its subclass computing the chunked loss."""
     from transformers import Trainer
 
-    check(cfg)
     return _chunked_trainer() if cfg.loss == "chunked" else Trainer
 
 

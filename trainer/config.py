@@ -145,6 +145,10 @@ class TrainConfig:
                      "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}", name)
+        if self.loss == "chunked" and self.num_processes > 1:
+            # the chunked loss calls the decoder beneath the DDP/FSDP wrapper, whose forward
+            # prepares the gradient reduction (trainer/chunked_loss.py)
+            raise ConfigError(CHUNKED_ONE_PROCESS, "loss")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra: expected a mapping, got {_jtype(self.extra)}", "extra")
 
@@ -237,8 +241,13 @@ SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says)."""
 
 
+CHUNKED_ONE_PROCESS = "loss: chunked runs in one process only; use loss standard with num_processes > 1"
+
+
 def why_not_trainable(setup: TrainSetup) -> str | None:
     """Why this trainer cannot run ``setup`` as planned (one line), or None when it can."""
+    if setup.loss == "chunked" and setup.num_gpus > 1:
+        return f"the trainer's {CHUNKED_ONE_PROCESS}"
     if setup.offload != "none":
         return f"the trainer has no CPU offload (planned: offload {setup.offload}); plan without offload to train here"
     if setup.sharding not in SHARDING_OF_PLAN:

@@ -142,14 +142,14 @@ def test_use_the_recommended_plan_sends_exactly_the_recommendation(page, qtbot, 
     assert not page.recommendation.use_button.isEnabled()  # nothing to use while it is computed
     qtbot.waitUntil(lambda: page.recommendation.use_button.isEnabled(), timeout=10_000)
     best = page.recommendation.rec.best.setup
-    assert best.method == "qlora"  # LoRA does not fit: the recommendation quantizes the base
+    assert (best.method, best.loss) != ("lora", "standard")  # the form's own setup does not fit
     with qtbot.waitSignal(state.plan_to_train) as handed, qtbot.waitSignal(state.page_requested) as page_sig:
         page.recommendation.use_button.click()
     fields = handed.args[0]
     assert page_sig.args == ["train"]
     assert (fields["method"], fields["quant"], fields["optimizer"], fields["batch_size"], fields["max_seq_len"],
-            fields["grad_checkpointing"]) == (best.method, best.quant, best.optimizer, best.batch_size, 4096,
-                                             best.grad_checkpointing)
+            fields["grad_checkpointing"], fields["loss"]) == (best.method, best.quant or "nf4", best.optimizer,
+                                                              best.batch_size, 4096, best.grad_checkpointing, best.loss)
     assert fields["model"] == "meta-llama/Llama-3.1-8B" and fields["lora_targets"] == ["all-linear"]
     TrainConfig.from_dict({**fields, "dataset": "data.jsonl"})  # a valid run config once data is added
 

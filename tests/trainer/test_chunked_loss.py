@@ -200,13 +200,12 @@ def test_memory_peak_is_one_chunk_of_logits():
 
 def test_more_than_one_process_is_refused(demo_dir, tmp_path):
     """The decoder is called beneath the DDP/FSDP wrapper: a run refuses it with one line."""
-    from trainer.chunked_loss import check
     from trainer.config import ConfigError
 
-    check(_cfg(demo_dir, loss="chunked"))
-    check(_cfg(demo_dir, num_processes=2))
+    _cfg(demo_dir, loss="chunked")
+    _cfg(demo_dir, num_processes=2)
     with pytest.raises(ConfigError, match="one process"):
-        check(_cfg(demo_dir, loss="chunked", num_processes=2))
+        _cfg(demo_dir, loss="chunked", num_processes=2)  # refused by TrainConfig itself: the app marks the field
     code, events = run_inprocess(write_config(demo_dir, tmp_path / "two", loss="chunked", num_processes=2,
                                               method="lora", max_steps=2))
     errors = [e for e in events if e["event"] == "error"]

@@ -117,7 +117,8 @@ from trainer.config import SETUP_FIELDS, fields_of, setup_of  # noqa: E402
 PLANNED = st.builds(
     lambda method, quant, optimizer, precision, batch, seq, ckpt, attention, r, alpha, dropout, targets, gpus,
     sharding, loss, upcast: TrainSetup(method=method, quant=quant if method == "qlora" else None,
-                                       optimizer=optimizer, loss=loss, kbit_prepare=upcast,
+                                       optimizer=optimizer, loss=loss if gpus == 1 else "standard",
+                                       kbit_prepare=upcast,
                          precision=precision, batch_size=batch, seq_len=seq, grad_checkpointing=ckpt,
                          attention=attention, lora_r=r, lora_alpha=alpha, lora_dropout=dropout,
                          lora_targets=targets, num_gpus=gpus, sharding=sharding if gpus > 1 else "none"),
