@@ -114,9 +114,10 @@ class PlanForm(QWidget):
                                     "seq x seq score matrix.")
         self.loss_box = _combo(LOSSES, "standard: the whole (tokens x vocab) logits and three fp32 buffers at "
                                "once; chunked: LM head and loss chunk by chunk (the trainer's loss: chunked).")
-        self.upcast_box = _check("QLoRA: fp32 embeddings, LM head and norms",
-                                 "prepare_model_for_kbit_training's upcast (on by default). Off keeps them in the "
-                                 "load dtype, as the QLoRA paper's script did: less memory.")
+        self.upcast_box = _check("fp32 upcast (QLoRA)",
+                                 "QLoRA: prepare_model_for_kbit_training casts embeddings, LM head and norms to "
+                                 "fp32 (on by default). Off keeps them in the load dtype, as the QLoRA paper's "
+                                 "script did: less memory.")
         self.gpus_spin = _spin(1, 1024, "GPUs of the selected kind (memory is per GPU).")
         self.sharding_box = _combo(SHARDINGS, "ddp replicates; zero2 shards gradients and optimizer "
                                    "state; fsdp/zero3 also shard the weights.")
