@@ -1,4 +1,4 @@
-"""planner/recommend.py (and planner/alternatives.py): which method, optimizer and micro-batch on a GPU.
+"""planner/recommend.py: which method, optimizer and micro-batch on a GPU.
 
 Representative cases first (what a user on a 24 GiB or an 80 GiB card is told), then the search's
 own invariants (max batch / max sequence are the real limits, the option grid is complete), then
@@ -17,92 +17,14 @@ from itertools import product
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from recommendtools import check_alternative, custom, model, target, used
 
-from planner.alternatives import _GPU_COUNTS
 from planner.catalog import resolve_model
-from planner.catalog.gpus import find_gpu, gpu_catalog
-from planner.headroom import fits_comfortably
-from planner.launch import why_not_trainable
-from planner.memory import estimate
+from planner.catalog.gpus import find_gpu
 from planner.options import TrainSetup
 from planner.recommend import BATCHES, HEADROOM, METHODS, OPTIMIZERS, recommend, search
 from planner.targets import GpuTarget
 from planner.units import GiB, MiB, fmt_gib
-
-
-@cache
-def model(name: str):
-    return resolve_model(name)
-
-
-def target(gpu_name: str, count: int = 1) -> GpuTarget:
-    spec = find_gpu(gpu_name)
-    return GpuTarget(spec.name, spec.memory_bytes, count, "catalog", spec)
-
-
-def custom(gib: float, speed_of: str = "A100 80GB SXM") -> GpuTarget:
-    """A GPU of any memory size, with a catalog GPU's speed (the search only reads its memory)."""
-    return GpuTarget(f"custom {gib:g} GiB", int(gib * GiB), 1, "custom", find_gpu(speed_of))
-
-
-def used(model_id: str, setup: TrainSetup) -> int:
-    return estimate(model(model_id), setup).device_used_bytes
-
-
-# ------------------------------------------------------------------ checking an alternative
-
-
-def _comfortable(model_id: str, setup: TrainSetup, memory: int) -> bool:
-    return fits_comfortably(used(model_id, setup), memory)
-
-
-def check_alternative(model_id: str, base: TrainSetup, gpu: GpuTarget, alt) -> str:
-    """Re-derive the alternative from its own planned setup: the estimate, the headroom the
-    recommendation demands, the figures in its text, whether the trainer can run it, and that it is
-    the least change of its kind. Returns its kind."""
-    s = alt.setup
-    assert used(alt.model, s) == alt.device_used_bytes, alt.text
-    assert fits_comfortably(alt.device_used_bytes, alt.gpu_memory_bytes), alt.text  # HEADROOM free, never 0%
-    shown, of = (float(x) for x in re.search(r"([\d.]+) of ([\d.]+) GiB", alt.text).groups())
-    assert shown == pytest.approx(alt.device_used_bytes / GiB, abs=0.051), alt.text
-    assert of == pytest.approx(alt.gpu_memory_bytes / GiB, abs=0.051), alt.text
-    assert f"({1 - alt.device_used_bytes / alt.gpu_memory_bytes:.0%} free)" in alt.text
-    assert alt.trainable == why_not_trainable(s)
-    assert (alt.trainable is None) == (s.offload == "none"), alt.text  # offload is the one thing it cannot run
-    assert alt.line.endswith(f"The app cannot train this: {alt.trainable}.") if alt.trainable else alt.line == alt.text
-    assert (s.batch_size, s.grad_checkpointing, s.modules_to_save) == (1, True, ())  # the leanest
-    if s.sharding == "fsdp":
-        n = s.num_gpus
-        assert (alt.model, alt.gpu_name, alt.gpu_memory_bytes) == (model_id, gpu.name, gpu.memory_bytes)
-        assert alt.text.startswith(f"{n} x {gpu.name} with FSDP" if n > 1 else f"one {gpu.name} with CPU offload")
-        offloads = ("none",) if s.offload == "none" else ("optimizer", "params")
-        counts = _GPU_COUNTS if s.offload == "none" else (1, *_GPU_COUNTS)
-        # the fewest GPUs: the next smaller count tried fits comfortably with none of the offloads
-        if counts.index(n) > 0:
-            fewer = counts[counts.index(n) - 1]
-            assert not any(_comfortable(model_id, replace(s, num_gpus=fewer, offload=o), gpu.memory_bytes)
-                           for o in offloads), alt.text
-        return "fsdp" if s.offload == "none" else "offload"
-    assert (s.num_gpus, s.sharding, s.offload) == (1, "none", "none")
-    if alt.gpu_name != gpu.name:
-        spec = find_gpu(alt.gpu_name)
-        assert alt.text.startswith(f"a single {spec.name} ({spec.datasheet_gb:g} GB datasheet")
-        assert alt.gpu_memory_bytes == spec.memory_bytes > gpu.memory_bytes, alt.text
-        assert (s.method, s.quant, alt.model) == ("qlora", "nf4", model_id)
-        # the smallest catalog GPU that holds it with headroom
-        assert not any(fits_comfortably(alt.device_used_bytes, g.memory_bytes)
-                       for g in gpu_catalog().values() if g.memory_bytes < spec.memory_bytes)
-        return "bigger"
-    assert alt.gpu_memory_bytes == gpu.memory_bytes
-    if alt.model != model_id:
-        assert model(alt.model).total_params < model(model_id).total_params, alt.text
-        assert alt.text.startswith(f"a smaller model of the same family, {alt.model}")
-        return "smaller"
-    assert s.seq_len < base.seq_len and (s.method, s.quant) == ("qlora", "nf4"), alt.text
-    assert f"up to {s.seq_len:,} tokens" in alt.text
-    assert not _comfortable(model_id, replace(s, seq_len=s.seq_len + 1), gpu.memory_bytes)
-    return "shorter"
-
 
 # ------------------------------------------------------------------ representative cases
 
@@ -343,73 +265,6 @@ def test_recommend_is_fast():
           f"(target < 200 ms)")
     assert len(rec.options) == len(METHODS) * 2 * len(OPTIMIZERS) * len(BATCHES)
     assert median < 0.6
-
-
-def test_more_gpus_means_the_fewest_that_fit():
-    """FSDP shards over any count: 70B QLoRA on 4090s needs 3 (with the headroom the recommendation
-    asks for), and 2 really do not fit. The count is the planned setup's, not parsed from the text."""
-    from planner.alternatives import what_would_fit
-
-    spec, gpu = resolve_model("meta-llama/Llama-2-70b-hf"), target("RTX 4090")
-    alternatives = what_would_fit(spec, TrainSetup(), gpu)
-    qlora = next(a for a in alternatives if a.setup.method == "qlora" and a.setup.sharding == "fsdp"
-                 and a.setup.offload == "none")
-    n = qlora.setup.num_gpus
-    assert qlora.text.startswith(f"{n} x RTX 4090 with FSDP")
-    assert fits_comfortably(estimate(spec, qlora.setup).device_used_bytes, gpu.memory_bytes)
-    assert not fits_comfortably(estimate(spec, replace(qlora.setup, num_gpus=n - 1)).device_used_bytes,
-                                gpu.memory_bytes)
-    assert n == 3
-
-
-@pytest.mark.parametrize("model_id, gpu_name", [
-    ("meta-llama/Llama-2-70b-hf", "RTX 4090"),  # the issue's "16 x RTX 4090 with FSDP + LoRA: 24.0 GiB" (0% free)
-    ("meta-llama/Llama-3.1-8B", "T4"),
-    ("mistralai/Mixtral-8x22B-v0.1", "RTX 3060 12GB"),
-])
-def test_alternatives_keep_the_recommendations_headroom(model_id, gpu_name):
-    """Issue 13.5: every alternative leaves HEADROOM free, as the recommendation would."""
-    gpu = target(gpu_name)
-    base = TrainSetup(seq_len=4096) if gpu_name == "T4" else TrainSetup()
-    rec = recommend(model(model_id), base, gpu)
-    assert rec.best is None and rec.alternatives
-    for alt in rec.alternatives:
-        assert alt.gpu_memory_bytes - alt.device_used_bytes >= HEADROOM * alt.gpu_memory_bytes, alt.text
-        check_alternative(model_id, base, gpu, alt)
-
-
-def test_one_gpu_with_offload_is_offered_and_marked_untrainable():
-    """Issue 13.5: one GPU with CPU offload is considered, and said to be beyond the app's trainer."""
-    gpu = target("RTX 4090")
-    rec = recommend(model("meta-llama/Llama-2-70b-hf"), TrainSetup(), gpu)
-    single = [a for a in rec.alternatives if a.setup.num_gpus == 1 and a.setup.offload != "none"]
-    assert single, [a.text for a in rec.alternatives]
-    for alt in single:
-        assert alt.trainable is not None and "offload" in alt.trainable
-        assert "The app cannot train this" in alt.line and alt.line in rec.to_json()["alternatives"]
-        assert alt.setup.sharding == "fsdp" and alt.gpu_name == gpu.name
-    trainable = [a for a in rec.alternatives if a.trainable is None]
-    assert trainable and all(a.setup.offload == "none" for a in trainable)
-
-
-def test_headroom_has_one_definition_and_no_import_circle():
-    """recommend and alternatives share planner.headroom; alternatives never imports recommend,
-    not even inside a function."""
-    import ast
-    from pathlib import Path
-
-    import planner.headroom
-    import planner.recommend
-
-    assert planner.recommend.HEADROOM is planner.headroom.HEADROOM
-    root = Path(planner.headroom.__file__).parent
-    for name in ("alternatives", "headroom"):
-        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
-        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert "planner.recommend" not in imported, name
-        assert not any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "HEADROOM" for t in n.targets)
-                       for n in ast.walk(tree)) or name == "headroom"
 
 
 def test_the_recommendation_says_its_warnings_first():
