@@ -7,6 +7,7 @@ only when it is cached locally or the Hub answers.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,22 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
-def _unloadable(exc: Exception) -> bool:
-    """A library call failed on what it read, not on memory: a truncated weights file, a config
-    value of the wrong type, a missing tokenizer file each raise their own exception type, and
-    the user needs one line about the model either way (out-of-memory stays an OOM)."""
+@contextlib.contextmanager
+def _reading(name: str, local: bool, problem: str) -> Iterator[None]:
+    """A library reading the model failed on what it read, not on memory: a truncated weights
+    file, a config value of the wrong type, a missing tokenizer file each raise their own
+    exception type, and the user needs one line either way (``problem``, with ``{why}`` for the
+    library's first line; out-of-memory stays an OOM, a Hub id that cannot be fetched says so)."""
     from trainer.faults import is_oom
 
-    return not is_oom(exc)
+    try:
+        yield
+    except Exception as exc:
+        if is_oom(exc):
+            raise
+        if not local and isinstance(exc, OSError):
+            raise _hub_error(name, exc) from None
+        raise ModelError(problem.replace("{why}", _first_line(exc))) from None
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
@@ -100,15 +110,9 @@ def load_tokenizer(cfg: TrainConfig) -> Any:
     from transformers import AutoTokenizer
 
     name, local = _source(cfg)
-    try:
+    with _reading(name, local, f"{name}: cannot load the tokenizer ({{why}}); the folder needs the tokenizer "
+                                "files saved with the model (tokenizer.json or tokenizer.model)"):
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except Exception as exc:
-        if not _unloadable(exc):
-            raise
-        if not local and isinstance(exc, OSError):
-            raise _hub_error(name, exc) from None
-        raise ModelError(f"{name}: cannot load the tokenizer ({_first_line(exc)}); the folder needs the tokenizer "
-                         "files saved with the model (tokenizer.json or tokenizer.model)") from None
     if tok is None or not callable(tok):
         raise ModelError(f"{name}: no tokenizer found; save the tokenizer into the model folder")
     if tok.pad_token is None:
@@ -138,14 +142,8 @@ def _config(cfg: TrainConfig) -> Any:
     from transformers import AutoConfig
 
     name, local = _source(cfg)
-    try:
+    with _reading(name, local, f"{name}: cannot read its config: {{why}}"):
         return AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except Exception as exc:
-        if not _unloadable(exc):
-            raise
-        if not local and isinstance(exc, OSError):
-            raise _hub_error(name, exc) from None
-        raise ModelError(f"{name}: cannot read its config: {_first_line(exc)}") from None
 
 
 def per_expert(cfg: TrainConfig) -> str | None:
@@ -198,14 +196,8 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
     if cfg.method == "qlora":
         kwargs["quantization_config"] = quantization_config(cfg, rt.precision)
         kwargs["device_map"] = {"": 0} if rt.device == "cuda" else {"": "cpu"}
-    try:
+    with _reading(name, local, f"{name}: cannot load the model: {{why}}"):
         model = model_class(cfg).from_pretrained(name, **kwargs)
-    except Exception as exc:
-        if not _unloadable(exc):
-            raise
-        if not local and isinstance(exc, OSError):
-            raise _hub_error(name, exc) from None
-        raise ModelError(f"{name}: cannot load the model: {_first_line(exc)}") from None
     if cfg.method == "full":
         return model
     return _with_lora(cfg, model, weight_dtype(rt.precision))
