@@ -34,8 +34,10 @@ from trainer.rundir import (
     PID_FILE,
     RESUMABLE,
     SUMMARY,
+    TAIL_BYTES,
     RunDirBusy,
     RunLock,
+    history_tail,
     is_run_dir,
     latest_checkpoint,
     locked,
@@ -44,9 +46,6 @@ from trainer.rundir import (
     remove_run,
     trainer_alive,
 )
-
-TAIL_BYTES = 64 * 1024
-"""How much of the end of metrics.jsonl a summary reads: the last step, error and end events."""
 
 
 class RunError(ValueError):
@@ -252,15 +251,10 @@ def _head_and_tail(metrics: Path) -> tuple[list[Event], list[Event]]:
     try:
         with open(metrics, "rb") as fh:
             first = fh.readline(TAIL_BYTES)
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - TAIL_BYTES))
-            lines = fh.read().split(b"\n")
     except OSError:
         return [], []
-    if size > TAIL_BYTES:
-        lines = lines[1:]  # the first piece is cut short
     tail: list[Event] = []
-    for raw in reversed(lines):
+    for raw in reversed(history_tail(metrics)):
         tail[:0] = _decode_lines([raw])
         if tail and tail[0].kind == "step":
             break

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import deque
 from pathlib import Path
 
-from trainer.rundir import METRICS, SUMMARY, read_json
+from trainer.rundir import METRICS, SUMMARY, history_tail, read_json
 
 RECENT_LOGS = 5
 """How many logged intervals the ETA's pace averages over (see :class:`Pace`)."""
-TAIL_BYTES = 64 * 1024
-"""How much of the end of ``metrics.jsonl`` holds the last total a killed session recorded."""
 
 
 def runtime_before(run_dir: Path) -> float:
@@ -33,14 +30,7 @@ def runtime_before(run_dir: Path) -> float:
 
 def _last_total(metrics: Path) -> object:
     """The ``runtime_s`` of the last step or end event in the history's tail, or None."""
-    try:
-        with open(metrics, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - TAIL_BYTES))
-            lines = fh.read().split(b"\n")
-    except OSError:
-        return None
-    for raw in reversed(lines):
+    for raw in reversed(history_tail(metrics)):
         try:
             event = json.loads(raw)
         except ValueError:  # a torn last line, or the cut-off first one

@@ -123,6 +123,24 @@ def check_new(run_dir: Path) -> str | None:
     return None
 
 
+TAIL_BYTES = 64 * 1024
+"""How much of the end of ``metrics.jsonl`` a reader needs: the last step, error and end events
+(and the run's latest total time). A 100 MB history is never read whole to summarise it."""
+
+
+def history_tail(metrics: Path) -> list[bytes]:
+    """The lines in the last :data:`TAIL_BYTES` of a history, the cut-off first one dropped
+    ([] when it cannot be read). A torn last line is the caller's to skip."""
+    try:
+        with open(metrics, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            lines = fh.read().split(b"\n")
+    except OSError:
+        return []
+    return lines[1:] if size > TAIL_BYTES else lines
+
+
 def claimed(run_dir: Path) -> bool:
     """The trainer's marker is there: the directory was not deleted or moved under the run."""
     return (run_dir / MARKER).is_file()
@@ -168,8 +186,8 @@ class RunLock:
         while not _try_lock(fd):
             if time.monotonic() >= deadline:
                 os.close(fd)
-                pid = read_pid(self.run_dir)[0]
-                who = f" (PID {pid})" if pid else ""
+                record = read_pid_record(self.run_dir)
+                who = f" (PID {record.pid})" if record else ""
                 raise RunDirBusy(f"{self.run_dir} is in use by another trainer{who}; wait for it to end or stop it")
             time.sleep(0.05)
         self._fd = fd
@@ -234,13 +252,6 @@ class PidRecord:
 def write_pid(run_dir: Path) -> None:
     started = _create_time(os.getpid())
     atomic_write_text(run_dir / PID_FILE, f"{os.getpid()} {started!r}\n" if started else f"{os.getpid()}\n")
-
-
-def read_pid(run_dir: Path) -> tuple[int | None, bool]:
-    """(PID in trainer.pid or None, whether the file exists)."""
-    record = read_pid_record(run_dir)
-    exists = record is not None or (run_dir / PID_FILE).exists()
-    return (record.pid if record else None), exists
 
 
 def read_pid_record(run_dir: Path) -> PidRecord | None:
