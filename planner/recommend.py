@@ -180,7 +180,7 @@ def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens
     same loss, computed chunk by chunk) is tried and recommended if it does better."""
     args = (model, gpu, dataset_tokens, epochs, max_quality, usd_per_hour, usd_per_kwh, methods)
     rec, rank = _recommend(base, *args)
-    if base.loss == "standard":
+    if base.loss == "standard" and rank > 0:  # the first choice needs no help
         chunked, chunked_rank = _recommend(replace(base, loss="chunked"), *args)
         if chunked_rank < rank:
             without = ("nothing fits" if rec.best is None else

@@ -54,7 +54,10 @@ class PlanPage(QWidget):
         self.plan: Plan | None = None
         """The last valid result; kept on screen while the form holds an error."""
         self.form = PlanForm()
-        self._target = catalog_target(find_gpu(DEFAULT_CATALOG_GPU), 1, load_prices())
+        self._prices = load_prices()
+        """The user's prices, read once: a recompute per keystroke must not re-read (and re-warn
+        about) the settings file."""
+        self._target = catalog_target(find_gpu(DEFAULT_CATALOG_GPU), 1, self._prices)
         """The GPU planned for: its memory in bytes as the driver reports it is the one that plans
         (the spin box shows it rounded to 0.01 GiB), its name and source label it."""
 
@@ -147,7 +150,7 @@ class PlanPage(QWidget):
         self._schedule()
 
     def _gpu_edited(self) -> None:
-        self._target = custom_target(self.form.gpu_spin.value(), self.form.gpus_spin.value(), load_prices())
+        self._target = custom_target(self.form.gpu_spin.value(), self.form.gpus_spin.value(), self._prices)
         self._show_gpu()
 
     def _show_gpu(self) -> None:
@@ -176,9 +179,9 @@ class PlanPage(QWidget):
                 raise _FieldProblem(*refused)
             plan = compute_plan(values)
             spec = resolve_model(values.model)
-            mine = my_setup(values)
             table = sizes_table(values, self._target.memory_bytes)
-            rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes, self._electricity(),
+            rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
+                             self._prices.electricity_usd_per_kwh,
                              local=self._target.source == "nvml")
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
@@ -191,6 +194,7 @@ class PlanPage(QWidget):
         self.form.show_error(None)
         self.stale_label.hide()
         self.plan = plan
+        mine = plan.estimates[plan.mine].setup
         highlight = plan.highlight
         title = (f"{plan.model} · {fmt_count(plan.params_total)} params · "
                  f"batch {values.batch_size} × {values.seq_len:,} tokens")
@@ -210,9 +214,6 @@ class PlanPage(QWidget):
         self._recommend_timer.start()
         if self.state is not None:
             self.form.save(self.state.settings)
-
-    def _electricity(self) -> float | None:
-        return load_prices().electricity_usd_per_kwh
 
     def use_plan(self) -> None:
         """The recommended option, exactly, to the Train page."""
