@@ -8,7 +8,8 @@ References:
     (per-layer saved activations, sbh(34 + 5as/h) for GPT-3 with fp16 and dropout);
     transformers ``LlamaRMSNorm`` (fp32 upcast), ``ForCausalLMLoss`` (fp32 logits copy);
     peft ``lora.Linear.forward`` (input cast to the adapter dtype);
-    torch.utils.checkpoint (non-reentrant: each layer keeps its input, recomputes the rest).
+    torch.utils.checkpoint (non-reentrant: each layer keeps its input, recomputes the rest);
+    torch.autograd.graph.save_on_cpu (the saved-tensor hooks that offload those inputs).
 """
 
 from __future__ import annotations
@@ -153,17 +154,26 @@ class ActivationPeak:
     """Logits and the loss's fp32 buffers at their peak (start of backward)."""
     lm_head_weight_copy: int
     """16-bit autocast copy of an fp32 LM head, kept for its backward."""
+    offloaded: int = 0
+    """Checkpointed layer inputs held in host RAM (activation offloading), not in ``saved``."""
 
 
 def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     tokens, c, rb, h = setup.tokens, setup.compute_bytes, residual_bytes(setup), arch.hidden_size
-    saved = 0
-    working = 0
+    saved = offloaded = working = 0
     for block in arch.blocks:
         layer = layer_activations(arch, block, setup)
-        kept = layer.checkpoint if setup.grad_checkpointing else layer.saved
-        saved += block.count * kept
-        recompute = layer.saved if setup.grad_checkpointing else 0
+        recompute = 0
+        if not setup.grad_checkpointing:
+            saved += block.count * layer.saved
+        elif setup.offload_activations:
+            # save_on_cpu packs each checkpointed input to host RAM in forward; backward brings the
+            # input of the layer it recomputes back to the GPU, one layer at a time
+            offloaded += block.count * layer.checkpoint
+            recompute = layer.saved + layer.checkpoint
+        else:
+            saved += block.count * layer.checkpoint
+            recompute = layer.saved
         working = max(working, recompute + layer.backward_transient)
     # Final norm (fp32 input + output) and the LM head's 16-bit input.
     saved += tokens * (FP32 + rb + c) * h
@@ -181,4 +191,9 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     head_fp32 = setup.weight_bytes == FP32 or setup.fp32_unquantized
     if head_fp32 and c != FP32:
         head_copy = c * arch.vocab_size * h
-    return ActivationPeak(saved=saved, working_set=working, logits=logits, lm_head_weight_copy=head_copy)
+    if setup.loss == "chunked":
+        # the chunked loss casts the head chunk by chunk and has its gradients before backward
+        # starts: the copy is one of the loss's transients, not kept for backward
+        logits, head_copy = logits + head_copy, 0
+    return ActivationPeak(saved=saved, working_set=working, logits=logits, lm_head_weight_copy=head_copy,
+                          offloaded=offloaded)

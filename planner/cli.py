@@ -83,6 +83,8 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--attention", default=d.attention, metavar=_alts(ATTENTIONS))
     p.add_argument("--loss", default=d.loss, metavar=_alts(LOSSES),
                    help="standard: the whole logits at once; chunked: LM head and loss chunk by chunk")
+    p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=d.offload_activations,
+                   help="with checkpointing: each layer's saved input in host RAM, not on the GPU")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
@@ -113,7 +115,11 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         grad_checkpointing=a.grad_checkpointing, attention=a.attention, loss=a.loss, lora_r=a.lora_r,
         lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
         modules_to_save=a.modules_to_save, num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
+        offload_activations=a.offload_activations,
     )
+
+
+_OFFLOADED = {"optimizer": "optimizer state", "params": "parameters, gradients and optimizer state"}
 
 
 def _gib(n: int) -> str:
@@ -127,7 +133,7 @@ def _describe(s: TrainSetup) -> str:
     if s.method == "qlora":
         method += f" {s.quant}{' +dq' if s.double_quant else ''}"
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""
-    ckpt = "on" if s.grad_checkpointing else "off"
+    ckpt = ("on, offloaded" if s.offload_activations else "on") if s.grad_checkpointing else "off"
     return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens · "
             f"checkpointing {ckpt} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}{gpus}")
 
@@ -157,7 +163,10 @@ def cmd_estimate(a: argparse.Namespace) -> int:
         f"  {'device used':<17}{_gib(est.device_used_bytes)}   nvidia-smi",
     ]
     if est.host_bytes:
-        lines.append(f"  {'host RAM':<17}{_gib(est.host_bytes)}   offloaded state")
+        s = est.setup
+        what = [_OFFLOADED[s.offload]] if s.offload != "none" else []
+        what += ["checkpointed activations"] if s.offload_activations else []
+        lines.append(f"  {'host RAM':<17}{_gib(est.host_bytes)}   offloaded {'; '.join(what)}")
     lines.append(f"peak during: {est.peak_phase}")
     lines += ["assumptions:"] + [f"  - {x}" for x in est.assumptions]
     print("\n".join(lines))

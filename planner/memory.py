@@ -224,7 +224,7 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     n, shard = setup.num_gpus, setup.sharding
     weights, quant_state, adapters = p.weights, p.quant_state, p.adapters
     gathered = 0
-    host = 0
+    host = acts.offloaded
     if shard == "ddp":
         gradients *= 2  # DDP's reducer keeps its own bucket copy of every gradient
     if shard in ("zero2", "fsdp", "zero3"):
@@ -300,6 +300,9 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         else f"loss: chunked LM head + cross-entropy, {_chunk(arch, setup):,} tokens per chunk (fp32 buffers of "
              "one chunk; the hidden states' gradient kept for backward)",
     ]
+    if setup.offload_activations:
+        out.append("activation offloading: each checkpointed layer input in pinned host RAM (transformers' "
+                   "offload=True, torch save_on_cpu), one back on the GPU while its layer is recomputed")
     if setup.method == "qlora":
         out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.fp32_unquantized
                    else "non-quantized weights kept in the 16-bit load/storage dtype")

@@ -133,6 +133,9 @@ class TrainSetup:
     kbit_prepare: bool = True
     """QLoRA runs ``prepare_model_for_kbit_training``, which casts every non-quantized weight
     (embeddings, LM head, norms) to fp32."""
+    offload_activations: bool = False
+    """Gradient checkpointing keeps each layer's input in (pinned) host RAM instead of on the GPU
+    (transformers' ``activation_checkpointing_kwargs={"offload": True}``, torch's ``save_on_cpu``)."""
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -156,6 +159,9 @@ class TrainSetup:
             raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear", "lora_targets")
         if self.num_gpus > 1 and self.sharding == "none":
             object.__setattr__(self, "sharding", "ddp")
+        if self.offload_activations and not self.grad_checkpointing:
+            raise PlannerError("--offload-activations moves the checkpointed layer inputs to host RAM: it needs "
+                               "--grad-checkpointing", "offload_activations")
         if self.offload != "none" and self.sharding not in ("fsdp", "zero2", "zero3"):
             raise PlannerError(f"--offload {self.offload} needs --sharding fsdp, zero2 or zero3", "offload")
         if self.offload == "params" and self.sharding == "zero2":

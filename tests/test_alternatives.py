@@ -40,7 +40,7 @@ def test_more_gpus_means_the_fewest_that_fit():
 def test_alternatives_keep_the_recommendations_headroom(model_id, gpu_name):
     """Issue 13.5: every alternative leaves HEADROOM free, as the recommendation would."""
     gpu = target(gpu_name)
-    base = TrainSetup(seq_len=4096) if gpu_name == "T4" else TrainSetup()
+    base = TrainSetup(seq_len=32768) if gpu_name == "T4" else TrainSetup()
     rec = recommend(model(model_id), base, gpu)
     assert rec.best is None and rec.alternatives
     for alt in rec.alternatives:

@@ -27,10 +27,12 @@ def test_chunked_loss_charges_one_chunk_and_the_hidden_gradient():
     chunked = estimate(LLAMA3, TrainSetup(method="qlora", seq_len=4096, grad_checkpointing=False, loss="chunked"))
     c, v, h, t = 2, 128_256, 4096, 4096
     assert plain.breakdown.logits == t * v * 3 * 4  # 5.87 GiB: three fp32 (tokens x vocab) buffers
-    expected = 128 * v * (3 * 4 + c) + t * h * c  # one chunk's buffers + dL/dhidden
+    # one chunk's buffers + dL/dhidden + the fp32 head's 16-bit copy (cast per chunk, gone by backward)
+    expected = 128 * v * (3 * 4 + c) + t * h * c + c * v * h
     moving = max(expected, chunked.breakdown.activations)  # whichever moving part sets the peak
     assert chunked.peak_allocated_bytes < plain.peak_allocated_bytes - 4 * GiB
     assert chunked.breakdown.logits in (0, expected) and moving >= expected
+    assert plain.breakdown.activations - chunked.breakdown.activations in (c * v * h, plain.breakdown.activations)
     assert any("chunked LM head" in a and "128 tokens per chunk" in a for a in chunked.assumptions)
 
 

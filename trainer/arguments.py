@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 
 
 def training_args(cfg: TrainConfig, run_dir: Path, runtime: Any, has_eval: bool) -> Any:
@@ -50,26 +50,46 @@ def training_args(cfg: TrainConfig, run_dir: Path, runtime: Any, has_eval: bool)
 def _parallel_args(cfg: TrainConfig, device: str) -> dict[str, Any]:
     """Checkpointing, and how several processes share the work (none with one process)."""
     if cfg.num_processes == 1:
-        return _checkpointing_args(cfg.grad_checkpointing)
+        return _checkpointing_args(cfg)
     common: dict[str, Any] = {"ddp_backend": "gloo" if device == "cpu" else "nccl"}
     if cfg.sharding == "ddp":
         # every parameter takes part in every step (LoRA's frozen base has no gradient at all)
-        return {**_checkpointing_args(cfg.grad_checkpointing), **common, "ddp_find_unused_parameters": False}
+        return {**_checkpointing_args(cfg), **common, "ddp_find_unused_parameters": False}
     # FSDP2 shards parameters, gradients and optimizer state per decoder layer, and saves sharded
     # checkpoints: each rank writes its own part, and resume needs the same world size.
     # Checkpointing stays transformers' own: FSDP's wrapper renames the layers, and accelerate's
     # sharded save of a peft model then keeps no adapter weight (resume would restart them).
-    return {**_checkpointing_args(cfg.grad_checkpointing), **common, "fsdp": True,
+    return {**_checkpointing_args(cfg), **common, "fsdp": True,
             "fsdp_config": {"version": 2, "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT",
                             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
 
 
-def _checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing."""
+def _checkpointing_args(cfg: TrainConfig) -> dict[str, Any]:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing, and its
+    kwargs take ``offload``: the checkpointed inputs go to pinned host memory through torch's
+    ``save_on_cpu`` (what the planner's activation offloading assumes)."""
     from dataclasses import fields
 
     from transformers import TrainingArguments
 
     names = {f.name for f in fields(TrainingArguments)}
     key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {key: enabled, f"{key}_kwargs": {"use_reentrant": False}}
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if cfg.offload_activations:
+        _check_offload_supported(key)
+        kwargs["offload"] = True
+    return {key: cfg.grad_checkpointing, f"{key}_kwargs": kwargs}
+
+
+def _check_offload_supported(key: str) -> None:
+    """transformers 5.x's ``activation_checkpointing_enable(offload=...)``; older versions would
+    hand ``offload`` on to torch's checkpoint, which rejects it mid-training."""
+    import inspect
+
+    import transformers
+    from transformers import PreTrainedModel
+
+    enable = getattr(PreTrainedModel, "activation_checkpointing_enable", None)
+    if key != "activation_checkpointing" or enable is None or "offload" not in inspect.signature(enable).parameters:
+        raise ConfigError(f"offload_activations: transformers {transformers.__version__} cannot offload checkpointed "
+                          "activations; upgrade transformers, or set offload_activations false", "offload_activations")

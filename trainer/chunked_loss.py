@@ -1,30 +1,12 @@
-"""The chunked loss (``TrainConfig.loss == "chunked"``): LM head and cross-entropy chunk by chunk.
-
-The decoder runs without its LM head; an autograd function then takes the final hidden states
-and, per chunk of tokens (planner/loss.py's rule), computes the head's logits with the model's
-own head module (LoRA on ``lm_head``, peft's ``ModulesToSaveWrapper`` and tied embeddings work
-as in the model), upcasts them to fp32, applies Gemma 2's logit softcap when the config has one,
-and takes the cross-entropy and its gradients at once. Only one chunk's logits are ever alive;
-backward hands the stored gradients to autograd, so parameter gradients arrive the usual way.
-
-The loss is normalised as transformers' ``ForCausalLMLoss``: summed over the labelled tokens and
-divided by ``num_items_in_batch`` (the Trainer's count over the accumulated batch), or by this
-batch's labelled tokens when it is not given.
-
-References: Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024
-(arXiv:2410.10989), fused linear cross-entropy; transformers ``loss/loss_utils.py``.
-"""
+"""The Trainer that computes the chunked loss (``TrainConfig.loss == "chunked"``); the loss
+itself is planner/simulate/chunked_loss.py, which precise mode steps too."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
-from planner.loss import loss_chunk_tokens
-from trainer.config import ConfigError, TrainConfig
-
-IGNORE_INDEX = -100
-"""transformers' ``ignore_index``: the label of a token outside the loss (prompt, padding)."""
+from trainer.config import TrainConfig
 
 
 def trainer_class(cfg: TrainConfig) -> Any:
@@ -38,113 +20,15 @@ def trainer_class(cfg: TrainConfig) -> Any:
 def _chunked_trainer() -> Any:
     from transformers import Trainer
 
+    from planner.simulate import chunked_loss
+
     class ChunkedLossTrainer(Trainer):
-        """Training steps use :func:`causal_lm_loss`; evaluation keeps transformers' loss (no
+        """Training steps use ``chunked_loss.causal_lm_loss``; evaluation keeps transformers' loss (no
         gradients, so its logits cost one (tokens x vocab) buffer and its fp32 copy)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs or not model.training or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return causal_lm_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
+            return chunked_loss.causal_lm_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
 
     return ChunkedLossTrainer
-
-
-def lm_parts(model: Any) -> tuple[Any, Any, Any]:
-    """(decoder, LM head, config) of a causal LM, plain or wrapped by peft. The decoder returns the
-    final hidden states (after the final norm); the head is the module the model itself calls."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
-    head = base.get_output_embeddings()
-    if decoder is None or decoder is base or head is None:
-        raise ConfigError(f"loss: chunked needs a causal LM with a decoder and an LM head; "
-                          f"{type(base).__name__} has none; use loss standard", "loss")
-    return decoder, head, base.config
-
-
-def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-    """The training loss of ``model`` on a batch with ``labels``, as transformers computes it
-    (labels shifted by one, or the collator's ``shift_labels``), the logits never whole."""
-    import torch.nn.functional as F
-
-    decoder, head, config = lm_parts(model)
-    if getattr(config, "output_router_logits", False):
-        raise ConfigError("loss: chunked does not add the MoE router's auxiliary loss "
-                          "(output_router_logits is on); use loss standard", "loss")
-    features = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
-    hidden = decoder(**features, use_cache=False).last_hidden_state
-    shift = inputs.get("shift_labels")
-    if shift is None:
-        shift = F.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]
-    return chunked_cross_entropy(hidden, head, shift, num_items_in_batch,
-                                 getattr(config, "final_logit_softcapping", None))
-
-
-def chunked_cross_entropy(hidden: Any, head: Any, labels: Any, num_items_in_batch: Any = None,
-                          softcap: float | None = None) -> Any:
-    """``cross_entropy(head(hidden), labels)`` summed over labelled tokens and divided by
-    ``num_items_in_batch`` (this batch's labelled tokens when None), one chunk at a time.
-
-    ``hidden``: (..., H) final hidden states; ``labels``: (...), already shifted, -100 outside the
-    loss; ``head``: the LM head module, whose trainable parameters receive their gradients."""
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    targets = labels.reshape(-1).to(flat.device)
-    if num_items_in_batch is None:
-        divisor: Any = (targets != IGNORE_INDEX).sum()
-    else:
-        divisor = num_items_in_batch
-    params = [p for p in head.parameters() if p.requires_grad]
-    return _function().apply(flat, targets, divisor, head, softcap, *params)
-
-
-@functools.cache
-def _function() -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    class ChunkedLinearCrossEntropy(torch.autograd.Function):
-        """Forward computes the loss and every gradient chunk by chunk; backward scales them."""
-
-        @staticmethod
-        def forward(ctx, hidden, targets, divisor, head, softcap, *params):
-            vocab = getattr(head, "out_features", None) or head.weight.shape[0]
-            tokens = hidden.shape[0]
-            step = loss_chunk_tokens(tokens, vocab, hidden.shape[-1])
-            divisor = divisor.to(hidden.device) if torch.is_tensor(divisor) else divisor
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
-            grad_params = [torch.zeros_like(p) for p in params]
-            for start in range(0, tokens, step):
-                chunk_targets = targets[start:start + step]
-                if not bool((chunk_targets != IGNORE_INDEX).any()):
-                    continue  # no labelled token: no loss and zero gradients
-                chunk = hidden[start:start + step].detach().requires_grad_(grad_hidden is not None)
-                with torch.enable_grad():
-                    logits = head(chunk)
-                    if softcap is not None:  # Gemma 2: before the loss, in the model's dtype
-                        logits = torch.tanh(logits / softcap) * softcap
-                    loss = F.cross_entropy(logits.float(), chunk_targets, ignore_index=IGNORE_INDEX,
-                                           reduction="sum") / divisor
-                    wrt = ([chunk] if grad_hidden is not None else []) + list(params)
-                    grads = torch.autograd.grad(loss, wrt) if wrt else ()
-                del logits  # the chunk's logits and their graph go before the next chunk's
-                total += loss.detach()
-                if grad_hidden is not None:
-                    grad_hidden[start:start + step] = grads[0]
-                for buffer, grad in zip(grad_params, grads[1 if grad_hidden is not None else 0:]):
-                    buffer += grad
-            # kept on ctx, not saved for backward: backward scales them in place and lets go, so a
-            # full lm_head's gradient never exists twice (neither input nor output: no cycle)
-            ctx.grads = grad_hidden, grad_params
-            return total
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            grad_hidden, grad_params = ctx.grads
-            ctx.grads = None
-            # a 0-dim fp32 factor keeps each gradient in its own dtype
-            for grad in ([grad_hidden] if grad_hidden is not None else []) + grad_params:
-                grad.mul_(grad_out)
-            return (grad_hidden, None, None, None, None, *grad_params)
-
-    return ChunkedLinearCrossEntropy

@@ -75,6 +75,10 @@ class TrainConfig:
     """> 0 overrides ``epochs`` (as in TrainingArguments)."""
     max_seq_len: int = 2048
     grad_checkpointing: bool = True
+    offload_activations: bool = False
+    """With grad_checkpointing: each layer's checkpointed input waits in pinned host RAM, not on the
+    GPU (transformers' own ``offload``, torch's ``save_on_cpu``): long sequences fit, each step
+    copies those inputs out and back."""
     attention: str = "sdpa"
     loss: str = "standard"
     """``standard`` (transformers' loss over the whole logits) or ``chunked`` (LM head and
@@ -141,13 +145,16 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(value))
         if not self.lora_targets:
             raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj", "lora_targets")
-        for name in ("double_quant", "kbit_upcast", "grad_checkpointing", "assistant_only_loss", "packing",
-                     "trust_remote_code"):
+        for name in ("double_quant", "kbit_upcast", "grad_checkpointing", "offload_activations",
+                     "assistant_only_loss", "packing", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}", name)
+        if self.offload_activations and not self.grad_checkpointing:
+            raise ConfigError("offload_activations: moves the checkpointed layer inputs to host RAM; it needs "
+                              "grad_checkpointing true", "offload_activations")
         if self.loss == "chunked" and self.num_processes > 1:
             # the chunked loss calls the decoder beneath the DDP/FSDP wrapper, whose forward
-            # prepares the gradient reduction (trainer/chunked_loss.py)
+            # prepares the gradient reduction (planner/simulate/chunked_loss.py)
             raise ConfigError(CHUNKED_ONE_PROCESS, "loss")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra: expected a mapping, got {_jtype(self.extra)}", "extra")
@@ -236,7 +243,8 @@ GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan run
 (sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
 
 SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "adapter_dtype", "optimizer",
-                "batch_size", "max_seq_len", "grad_checkpointing", "attention", "loss", "lora_r", "lora_alpha",
+                "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
+                "lora_r", "lora_alpha",
                 "lora_dropout", "lora_targets", "modules_to_save", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says)."""
 
@@ -269,7 +277,8 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
         "kbit_upcast": s.kbit_prepare, "precision": s.precision,
         "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "batch_size": s.batch_size,
-        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing, "attention": s.attention, "loss": s.loss,
+        "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
+        "offload_activations": s.offload_activations, "attention": s.attention, "loss": s.loss,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save),
         "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
@@ -283,7 +292,8 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
         method=cfg.method, quant=cfg.quant if cfg.method == "qlora" else None, double_quant=cfg.double_quant,
         kbit_prepare=cfg.kbit_upcast,
         precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
-        seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention, loss=cfg.loss,
+        seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing,
+        offload_activations=cfg.offload_activations, attention=cfg.attention, loss=cfg.loss,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         modules_to_save=cfg.modules_to_save, num_gpus=cfg.num_processes,
         sharding="none" if cfg.num_processes == 1 else cfg.sharding,
@@ -291,10 +301,10 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
 
 
 RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-               "device", "grad_checkpointing", "attention", "loss", "lora_dropout", "extra")
+               "device", "grad_checkpointing", "offload_activations", "attention", "loss", "lora_dropout", "extra")
 """Fields a run's config.json may change before ``--resume``: none of them is stored in a
-checkpoint or changes what it means (gradient checkpointing, the attention kernel and the chunked
-loss compute the same function; dropout has no state). Everything else is refused, naming the fields."""
+checkpoint or changes what it means (gradient checkpointing, activation offloading, the attention
+kernel and the chunked loss compute the same function; dropout has no state). Everything else is refused, naming the fields."""
 
 _STEPS = Bound(0, 2**31 - 1)
 _BOUNDS = {

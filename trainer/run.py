@@ -54,7 +54,8 @@ class Run:
             threading.Thread(target=follow, args=(run_dir / COMMANDS_FILE, self.commands.put, self._following),
                              daemon=True, name="commands-file").start()
         self.layout = contextlib.ExitStack()
-        """Holds the model layout (planner/simulate/moe_layout.py) from loading to the last save."""
+        """Holds the model layout (planner/simulate/moe_layout.py) and the activation offloading
+        hooks (planner/simulate/offload.py) from loading to the last save."""
         self.trainer: Any = None
         self.callback: Any = None
         self.runtime: Any = None
@@ -86,6 +87,10 @@ class Run:
         tokenizer = load_tokenizer(cfg)
         data = prepare_data(cfg, tokenizer)
         self.layout.enter_context(model_layout(cfg))
+        if cfg.offload_activations:  # transformers' offload, through hooks that also run without a GPU
+            from planner.simulate.offload import host_offload
+
+            self.layout.enter_context(host_offload())
         model = load_model(cfg, self.runtime)
         predicted = predict(cfg, self.runtime.precision)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None

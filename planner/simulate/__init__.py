@@ -46,6 +46,9 @@ class StepPeaks:
     categories: dict[str, dict[str, int]]
     """Per phase, its peak split by category (they add up to the phase's peak)."""
 
+    host: int = 0
+    """Peak bytes held in host memory by activation offloading."""
+
     def __getitem__(self, phase: str) -> int:
         return self.phases[phase]
 
@@ -62,6 +65,8 @@ class Simulation:
     peak_reserved_bytes: int
     device_used_bytes: int
     assumptions: tuple[str, ...]
+    host_bytes: int = 0
+    """Host RAM held by activation offloading, extrapolated to every layer."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,7 +74,7 @@ class Simulation:
             "phase_peaks": dict(self.phase_peaks), "categories": dict(self.categories),
             "peak_allocated_bytes": self.peak_allocated_bytes,
             "peak_reserved_bytes": self.peak_reserved_bytes, "device_used_bytes": self.device_used_bytes,
-            "assumptions": list(self.assumptions),
+            "host_bytes": self.host_bytes, "assumptions": list(self.assumptions),
         }
 
 
@@ -86,6 +91,8 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     import torch
 
     from planner.autocast_policy import CUDA
+    from planner.simulate.chunked_loss import causal_lm_loss
+    from planner.simulate.offload import host_offload
 
     cast_dtype = autocast_dtype(setup)
     counter = live_bytes_class()(gpu_kernels=device == "meta")
@@ -97,7 +104,9 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
         forward_ctx = torch.autocast("cpu", dtype=cast_dtype) if cast_dtype else contextlib.nullcontext()
     # transformers looks for packed sequences by reading position ids (data the meta device does
     # not have); the simulated batch is unpacked, which is what that check would find.
-    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter:
+    offload = host_offload() if setup.offload_activations else contextlib.nullcontext()
+    with (mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter,
+          offload as host):
         model = build_model(config, layers, setup, device, semantics)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(setup.optimizer, trainable)
@@ -108,8 +117,11 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
             counter.reset_peak()
             if semantics:
                 semantics.caching = True
-            with forward_ctx:
-                loss = model(input_ids=ids, labels=ids).loss
+            with forward_ctx:  # the trainer's loss: transformers' own, or the chunked one
+                if setup.loss == "chunked":
+                    loss = causal_lm_loss(model, {"input_ids": ids, "labels": ids})
+                else:
+                    loss = model(input_ids=ids, labels=ids).loss
             if semantics:
                 semantics.end_forward()
             at_peak = {"forward": (counter.peak, counter.peak_live, None)}
@@ -124,7 +136,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
             if step == 0:
                 optimizer.zero_grad(set_to_none=False)  # gradient accumulation keeps them allocated
     categories = {phase: _categorize(*at, owners) for phase, at in at_peak.items()}
-    return StepPeaks({phase: peak for phase, (peak, _, _) in at_peak.items()}, categories)
+    return StepPeaks({phase: peak for phase, (peak, _, _) in at_peak.items()}, categories, host.peak if host else 0)
 
 
 def _persistent_storages(model: Any, optimizer: Any) -> dict[str, set[int]]:
@@ -170,9 +182,12 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
         # lacks: the meta step would materialise the full score matrix instead
         raise PlannerError(f"cannot simulate sdpa's sliding-window mask beyond the window ({window} tokens); "
                            "use --attention flash_attention_2, or `python -m planner estimate`")
+    # Offloading frees each layer's input once the next layer has run: from the second layer on,
+    # one more input is alive inside a layer than in the first, so the affine part starts there.
+    first = 2 if setup.offload_activations and model.arch.num_layers > 2 else 1
     try:
-        one = run_step(model.config, 1, setup)
-        two = run_step(model.config, 2, setup)
+        one = run_step(model.config, first, setup)
+        two = run_step(model.config, first + 1, setup)
     except PlannerError:
         raise
     except Exception as exc:  # an op the meta device lacks, an unknown layer type: say so, no traceback
@@ -181,7 +196,7 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     layers = model.arch.num_layers
 
     def extrapolate(a: int, b: int) -> int:
-        return a + (layers - 1) * (b - a)
+        return a + (layers - first) * (b - a)
 
     phases = {p: extrapolate(one[p], two[p]) for p in PHASES}
     peak_phase = max(PHASES, key=phases.__getitem__)
@@ -190,7 +205,8 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     # the estimator's allocator model: slack over what the step adds on top of the weights
     transient = max(peak - min(phases.values()), 0)
     reserved = peak + int(ALLOCATOR_SLACK * transient)
-    notes = [f"simulated 1 and 2 layers on the meta device and extrapolated to {layers} (identical layers)",
+    notes = [f"simulated {first} and {first + 1} layers on the meta device and extrapolated to {layers} (identical "
+             "layers)",
              "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the "
              "analytic estimate"]
     if model.arch.is_moe:
@@ -198,4 +214,8 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
                      + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))
     if setup.optimizer.startswith("paged_"):
         notes.append("paged optimizer simulated unpaged: its state counted as device memory (it can spill to host)")
-    return Simulation(model.name, (1, 2), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes))
+    if setup.offload_activations:
+        notes.append("activation offloading: transformers' offload run with hooks that count host bytes (meta "
+                     "tensors have no data to copy)")
+    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes),
+                      extrapolate(one.host, two.host))

@@ -66,7 +66,9 @@ def build_model(config: dict[str, Any], layers: int, setup: TrainSetup, device: 
             # the autograd engine recomputes meta layers on its own thread, where a torch-function
             # mode entered on this one is not active
             kwargs["context_fn"] = lambda: (contextlib.nullcontext(), recompute)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # activation offloading: transformers' own, through planner/simulate/offload.py's hooks
+        offload = {"offload": True} if setup.offload_activations else {}
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **offload)
         if setup.is_peft:
             model.enable_input_require_grads()
     model.train()

@@ -1,4 +1,4 @@
-"""The chunked loss (trainer/chunked_loss.py): the standard loss's value and gradients, one
+"""The chunked loss (planner/simulate/chunked_loss.py): the standard loss's value and gradients, one
 chunk's logits at a time, and a real demo run that trains as the standard one does."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _assert_same(model: Any, batch: dict[str, Any], num_items: Any = None) -> No
     import torch
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from trainer.chunked_loss import causal_lm_loss, chunked_cross_entropy, lm_parts
+    from planner.simulate.chunked_loss import causal_lm_loss, chunked_cross_entropy, lm_parts
 
     model.train()
     extra = {} if num_items is None else {"num_items_in_batch": num_items}
@@ -116,7 +116,7 @@ def test_packed_batch(demo_dir):
 def test_lora_on_lm_head(demo_dir):
     cfg = _cfg(demo_dir, lora_targets=("q_proj", "v_proj", "lm_head"), modules_to_save=())
     model = _model(cfg)
-    from trainer.chunked_loss import lm_parts
+    from planner.simulate.chunked_loss import lm_parts
 
     head = lm_parts(model)[1]
     assert sorted(n.split(".")[0] for n, p in head.named_parameters() if p.requires_grad) == ["lora_A", "lora_B"]
@@ -170,7 +170,7 @@ def test_memory_peak_is_one_chunk_of_logits():
     import torch
 
     from planner.loss import loss_chunk_tokens
-    from trainer.chunked_loss import chunked_cross_entropy
+    from planner.simulate.chunked_loss import chunked_cross_entropy
 
     tokens, hidden_size, vocab = 4096, 64, 8192
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def _demo_losses(demo_dir: Path, run_dir: Path, **overrides: Any) -> dict[str, l
 def test_demo_run_trains_as_the_standard_loss(demo_dir, tmp_path, monkeypatch):
     """A real CPU run of the demo (QLoRA, lm_head in modules_to_save, gradient accumulation): the
     loss falls, and with the same seed every step's loss is the standard run's."""
-    import trainer.chunked_loss as chunked_loss
+    from planner.simulate import chunked_loss
 
     calls = []
     real = chunked_loss.causal_lm_loss
