@@ -304,7 +304,8 @@ RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps
                "device", "grad_checkpointing", "offload_activations", "attention", "loss", "lora_dropout", "extra")
 """Fields a run's config.json may change before ``--resume``: none of them is stored in a
 checkpoint or changes what it means (gradient checkpointing, activation offloading, the attention
-kernel and the chunked loss compute the same function; dropout has no state). Everything else is refused, naming the fields."""
+kernel and the chunked loss compute the same function; dropout has no state). Everything else is
+refused, naming the fields."""
 
 _STEPS = Bound(0, 2**31 - 1)
 _BOUNDS = {

@@ -217,5 +217,5 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     if setup.offload_activations:
         notes.append("activation offloading: transformers' offload run with hooks that count host bytes (meta "
                      "tensors have no data to copy)")
-    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + CUDA_CONTEXT, tuple(notes),
-                      extrapolate(one.host, two.host))
+    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + CUDA_CONTEXT,
+                      tuple(notes), extrapolate(one.host, two.host))
