@@ -20,6 +20,11 @@ the transient (activation, logits, workspace) bytes: block rounding and fragment
 allocate/free churn of one step. Persistent tensors are allocated once and waste ~nothing.
 Fitted on all rows: 0.4 (the fsdp_qlora LoRA rows report both: 1.1-2.0 GiB reserved over allocated)."""
 
+HOST_LINK_BYTES_PER_S = 25e9
+"""Pinned host <-> GPU copy bandwidth, each direction: PCIe 4.0 x16 carries 32 GB/s raw and
+CUDA's bandwidthTest measures 24-26 GB/s pinned (PCIe 5.0 about twice that). Not fitted; what
+activation offloading's copies cost in the time model (planner/cost.py)."""
+
 UTILIZATION: dict[tuple[str, str], float] = {
     ("consumer", "full"): 0.466,
     ("consumer", "lora"): 0.593,

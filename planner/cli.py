@@ -98,7 +98,7 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-CLI_NUMBERS = ("dataset_tokens", "epochs", "gpu_memory_gib", "price_per_hour", "electricity_price")
+CLI_NUMBERS = ("dataset_tokens", "epochs", "gpu_memory_gib", "host_ram_gib", "price_per_hour", "electricity_price")
 """Numeric options outside TrainSetup (which checks its own): bounds in planner.options.BOUNDS."""
 
 
@@ -133,9 +133,8 @@ def _describe(s: TrainSetup) -> str:
     if s.method == "qlora":
         method += f" {s.quant}{' +dq' if s.double_quant else ''}"
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""
-    ckpt = ("on, offloaded" if s.offload_activations else "on") if s.grad_checkpointing else "off"
     return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens · "
-            f"checkpointing {ckpt} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}{gpus}")
+            f"checkpointing {s.checkpointing} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}{gpus}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:
@@ -225,7 +224,7 @@ def cmd_table(a: argparse.Namespace) -> int:
         })
         return 0
     print(f"GPU memory per GPU (GiB, as nvidia-smi shows it) · batch {base.batch_size} x {base.seq_len} tokens · "
-          f"checkpointing {'on' if base.grad_checkpointing else 'off'} · {base.optimizer}")
+          f"checkpointing {base.checkpointing} · {base.optimizer}")
     header = f"{'Method':<7}{'Bits':>5}" + "".join(f"{size:>9}" for size, _ in COLUMNS)
     print(header)
     for r in rows:
@@ -276,7 +275,19 @@ def _recommend_kwargs(a: argparse.Namespace, prices) -> dict:
     electricity = a.electricity_price if a.electricity_price is not None else prices.electricity_usd_per_kwh
     # Without a data set size, hours, energy and cost are given per million tokens: still numbers
     return dict(dataset_tokens=a.dataset_tokens or PER_TOKENS, epochs=a.epochs, max_quality=a.max_quality,
-                usd_per_hour=a.price_per_hour, usd_per_kwh=electricity)
+                usd_per_hour=a.price_per_hour, usd_per_kwh=electricity, host_memory=_host_memory(a))
+
+
+def _host_memory(a: argparse.Namespace) -> int | None:
+    """The RAM offloading may use: --host-ram-gib, else this machine's when planning for its own
+    GPU (--gpu auto), else unknown (the plan says what it needs instead)."""
+    if a.host_ram_gib is not None:
+        return int(a.host_ram_gib * GiB)
+    if a.gpu == "auto":
+        from planner.hardware import host_info
+
+        return host_info().ram_total
+    return None
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
@@ -362,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(rec)
     rec.add_argument("--gpu", default=None, help="catalog name (e.g. 'RTX 4090'), auto (NVML) or any (rank all)")
     rec.add_argument("--gpu-memory-gib", type=float, default=None, help="a custom GPU's memory instead of --gpu")
+    rec.add_argument("--host-ram-gib", type=float, default=None,
+                     help="RAM for offloaded activations (default: this machine's with --gpu auto, else unchecked)")
     rec.add_argument("--max-quality", action="store_true", help="prefer full fine-tuning when it fits")
     rec.add_argument("--price-per-hour", type=float, default=None, help="USD per GPU-hour (default: catalog snapshot)")
     rec.add_argument("--electricity-price", type=float, default=None, help="USD per kWh, for a local GPU")

@@ -4,6 +4,7 @@ flops/token = forward + backward to the activations + weight gradients (trainabl
               + attention's sequence-dependent term + one more forward under checkpointing
               + LoRA adapter FLOPs
 step time   = tokens x flops/token / (peak x utilization) + QLoRA dequantization (memory-bound)
+              + activation offloading's copies (out in forward, back in backward, over PCIe)
 
 References:
     Kaplan et al. 2020, "Scaling Laws for Neural Language Models" (C = 6N per token; the
@@ -11,15 +12,17 @@ References:
     Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters"
     (backward = 2x forward; recomputation adds one forward);
     Hu et al. 2021, "LoRA" (frozen weights need no weight gradients: ~2/3 of full-FT compute);
-    Dettmers et al. 2023, "QLoRA" (4-bit weights dequantized to 16-bit for every matmul).
+    Dettmers et al. 2023, "QLoRA" (4-bit weights dequantized to 16-bit for every matmul);
+    transformers ``activation_checkpointing_enable(offload=True)`` (its copies run on the compute
+    stream: they add to the step, not overlap it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.activations import lora_targeted
-from planner.calibration import UTILIZATION
+from planner.activations import activation_peak, lora_targeted
+from planner.calibration import HOST_LINK_BYTES_PER_S, UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
 from planner.options import TrainSetup
@@ -59,6 +62,8 @@ class RunCost:
     """Achieved / peak FLOP/s assumed for this GPU class and method."""
     flops_per_token: FlopsPerToken
     dequant_seconds_per_step: float
+    offload_seconds_per_step: float = 0.0
+    """Activation offloading's host copies per step (0 without it)."""
 
     @property
     def hours(self) -> float | None:
@@ -130,7 +135,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
-    per_gpu_tps = tokens_per_step / (compute_s + dequant_s)
+    offload_s = offload_seconds(arch, setup)
+    per_gpu_tps = tokens_per_step / (compute_s + dequant_s + offload_s)
     n = setup.num_gpus
     tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)
 
@@ -146,4 +152,11 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
             cost = price * n * seconds / 3600
         elif usd_per_kwh is not None:
             cost = energy * usd_per_kwh
-    return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s)
+    return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s, offload_s)
+
+
+def offload_seconds(arch: Architecture, setup: TrainSetup) -> float:
+    """Activation offloading: every checkpointed input copied to host RAM and back once per step."""
+    if not setup.offload_activations:
+        return 0.0
+    return 2 * activation_peak(arch, setup).offloaded / HOST_LINK_BYTES_PER_S

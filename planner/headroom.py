@@ -28,3 +28,10 @@ def comfortable_budget(memory_bytes: int) -> int:
 
 def fits_comfortably(device_used_bytes: int, memory_bytes: int) -> bool:
     return device_used_bytes <= comfortable_budget(memory_bytes)
+
+
+def fits_host(host_bytes: int, host_memory_bytes: int | None) -> bool:
+    """What a plan holds in host RAM (offloaded activations or state) leaves ``HEADROOM`` of the
+    machine's RAM for the rest of the process (the model's loading, the data, the OS); True when
+    the machine's RAM is not known."""
+    return host_memory_bytes is None or host_bytes <= comfortable_budget(host_memory_bytes)

@@ -85,6 +85,7 @@ BOUNDS: dict[str, Bound] = {
     "dataset_tokens": Bound(1, 10**15, why="tokens"),
     "epochs": Bound(0.0, 1e6, whole=False, low_open=True),
     "gpu_memory_gib": Bound(0.0, 2.0**20, whole=False, low_open=True, why="2**20 GiB = 1 PiB"),
+    "host_ram_gib": Bound(0.0, 2.0**24, whole=False, low_open=True, why="2**24 GiB = 16 PiB"),
     "price_per_hour": Bound(0.0, 1e6, whole=False, high_open=True, why="USD per GPU-hour"),
     "electricity_price": Bound(0.0, 1e6, whole=False, high_open=True, why="USD per kWh"),
 }
@@ -174,6 +175,13 @@ class TrainSetup:
         upcasts them, except under FSDP/ZeRO-3, whose flat parameters need one dtype (the
         FSDP-QLoRA recipe stores everything in the 16-bit quant_storage dtype instead)."""
         return self.method == "qlora" and self.kbit_prepare and self.sharding not in ("fsdp", "zero3")
+
+    @property
+    def checkpointing(self) -> str:
+        """``off``, ``on``, or ``offloaded`` (on, the checkpoints in host RAM): how plans say it."""
+        if not self.grad_checkpointing:
+            return "off"
+        return "offloaded" if self.offload_activations else "on"
 
     @property
     def is_peft(self) -> bool:

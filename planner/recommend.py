@@ -5,6 +5,10 @@ LoRA in 16-bit when it fits with headroom to spare (planner.headroom, 10%: fast,
 otherwise QLoRA, 8-bit then 4-bit; full fine-tuning only when it fits and the user asked for
 maximum quality. Within a method the fastest fitting option wins. Memory is the GPU's
 driver-reported total (``GpuTarget.memory_bytes``).
+
+When the first choice does not fit comfortably, the memory savers (:data:`SAVERS`) are added one
+by one, cheapest first, and kept when they move the choice up; activation offloading also needs
+host RAM, checked against the machine's when it is known.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from itertools import product
 from typing import Any
 
 from planner.alternatives import Alternative, what_would_fit
+from planner.calibration import HOST_LINK_BYTES_PER_S
 from planner.catalog import ModelSpec
 from planner.cost import run_cost
-from planner.headroom import HEADROOM, fits, fits_comfortably
+from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
 from planner.memory import estimate
 from planner.options import TrainSetup
@@ -27,6 +32,14 @@ METHODS = (("full", None), ("lora", None), ("qlora", "int8"), ("qlora", "nf4"))
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 BATCHES = (1, 2, 4, 8, 16)
 _MAX_BATCH, _MAX_SEQ = 4096, 1 << 20
+SAVERS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("the chunked loss", {"loss": "chunked"}),
+    ("QLoRA's frozen weights in 16 bits (no fp32 upcast)", {"kbit_prepare": False}),
+    ("offloaded activations", {"offload_activations": True}),
+)
+"""Memory savers in the order the recommender adds them: free first (the same loss computed chunk
+by chunk; the QLoRA paper's own dtype for embeddings, norms and LM head), then the one that
+costs time (host copies of the checkpointed activations)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,8 @@ class Option:
     setup: TrainSetup
     peak_allocated_bytes: int
     device_used_bytes: int
+    host_bytes: int
+    """Host RAM it needs (offloaded activations or state)."""
     fits: bool
     headroom_bytes: int
     max_batch_size: int
@@ -51,6 +66,8 @@ class Option:
             "method": s.method, "quant": s.quant, "optimizer": s.optimizer, "batch_size": s.batch_size,
             "seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
             "peak_allocated_bytes": self.peak_allocated_bytes, "device_used_bytes": self.device_used_bytes,
+            "host_bytes": self.host_bytes, "loss": s.loss, "kbit_upcast": s.kbit_prepare,
+            "offload_activations": s.offload_activations,
             "fits": self.fits, "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
             "max_seq_len": self.max_seq_len, "tokens_per_second": round(self.tokens_per_second, 1),
             "hours": self.hours, "energy_kwh": self.energy_kwh, "cost_usd": self.cost_usd,
@@ -90,22 +107,24 @@ class Recommendation:
         }
 
 
-def _fits(model: ModelSpec, setup: TrainSetup, budget: int) -> bool:
-    return fits(estimate(model, setup).device_used_bytes, budget)
+def _fits(model: ModelSpec, setup: TrainSetup, budget: int, host_memory: int | None = None) -> bool:
+    est = estimate(model, setup)
+    return fits(est.device_used_bytes, budget) and fits_host(est.host_bytes, host_memory)
 
 
-def _largest(model: ModelSpec, setup: TrainSetup, field: str, budget: int, limit: int) -> int:
+def _largest(model: ModelSpec, setup: TrainSetup, field: str, budget: int, limit: int,
+             host_memory: int | None = None) -> int:
     """Largest value of ``field`` that fits (0 if even 1 does not): memory grows with it."""
     def at(value: int) -> TrainSetup:
         changed: dict[str, Any] = {field: value}
         return replace(setup, **changed)
 
-    if not _fits(model, at(1), budget):
+    if not _fits(model, at(1), budget, host_memory):
         return 0
     lo, hi = 1, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _fits(model, at(mid), budget):
+        if _fits(model, at(mid), budget, host_memory):
             lo = mid
         else:
             hi = mid - 1
@@ -113,41 +132,43 @@ def _largest(model: ModelSpec, setup: TrainSetup, field: str, budget: int, limit
 
 
 def _option(model: ModelSpec, setup: TrainSetup, gpu: GpuTarget, max_batch: int, dataset_tokens: int | None,
-            epochs: float, usd_per_hour: float | None, usd_per_kwh: float | None) -> Option:
+            epochs: float, usd_per_hour: float | None, usd_per_kwh: float | None, host_memory: int | None) -> Option:
     est = estimate(model, setup)
     seq_limit = min(model.arch.max_position_embeddings or _MAX_SEQ, _MAX_SEQ)
     cost = run_cost(model.arch, setup, gpu.spec, dataset_tokens, epochs, usd_per_hour, usd_per_kwh)
     return Option(
         setup=setup, peak_allocated_bytes=est.peak_allocated_bytes, device_used_bytes=est.device_used_bytes,
-        fits=fits(est.device_used_bytes, gpu.memory_bytes), headroom_bytes=gpu.memory_bytes - est.device_used_bytes,
-        max_batch_size=max_batch, max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit),
+        host_bytes=est.host_bytes,
+        fits=fits(est.device_used_bytes, gpu.memory_bytes) and fits_host(est.host_bytes, host_memory),
+        headroom_bytes=gpu.memory_bytes - est.device_used_bytes, max_batch_size=max_batch,
+        max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit, host_memory),
         tokens_per_second=cost.tokens_per_second, hours=cost.hours, energy_kwh=cost.energy_kwh,
         cost_usd=cost.cost_usd, warnings=est.warnings)
 
 
 def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
            epochs: float = 1.0, usd_per_hour: float | None = None, usd_per_kwh: float | None = None,
-           methods: tuple = METHODS) -> tuple[Option, ...]:
-    """Every method x checkpointing x optimizer x micro-batch option, per GPU of ``gpu``."""
+           methods: tuple = METHODS, host_memory: int | None = None) -> tuple[Option, ...]:
+    """Every method x checkpointing x optimizer x micro-batch option, per GPU of ``gpu``
+    (activation offloading, when ``base`` has it, on the options with checkpointing)."""
     sharding = base.sharding if gpu.count > 1 else "none"
     options = []
     batches = sorted(set(BATCHES) | {base.batch_size})
     for (method, quant), ckpt, opt in product(methods, (True, False), OPTIMIZERS):
         combo = replace(base, method=method, quant=quant, grad_checkpointing=ckpt, optimizer=opt,
-                        num_gpus=gpu.count, sharding=sharding,
+                        num_gpus=gpu.count, sharding=sharding, offload_activations=base.offload_activations and ckpt,
                         modules_to_save=base.modules_to_save if method != "full" else ())
-        max_batch = _largest(model, combo, "batch_size", gpu.memory_bytes, _MAX_BATCH)
+        max_batch = _largest(model, combo, "batch_size", gpu.memory_bytes, _MAX_BATCH, host_memory)
         for batch in batches:
             options.append(_option(model, replace(combo, batch_size=batch), gpu, max_batch, dataset_tokens,
-                                   epochs, usd_per_hour, usd_per_kwh))
+                                   epochs, usd_per_hour, usd_per_kwh, host_memory))
     return tuple(options)
 
 
 def _label(s: TrainSetup) -> str:
     method = {"full": "full fine-tuning", "lora": "LoRA (16-bit base)"}.get(
         s.method, f"QLoRA ({'8-bit' if s.quant == 'int8' else '4-bit NF4'} base)")
-    return (f"{method}, {s.optimizer}, micro-batch {s.batch_size} x {s.seq_len} tokens, "
-            f"checkpointing {'on' if s.grad_checkpointing else 'off'}")
+    return f"{method}, {s.optimizer}, micro-batch {s.batch_size} x {s.seq_len} tokens, checkpointing {s.checkpointing}"
 
 
 def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: int,
@@ -155,7 +176,7 @@ def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: i
     """Fastest option of this method that fits, with HEADROOM to spare when ``headroom`` is set."""
     best = None
     for i, o in enumerate(options):
-        room = fits_comfortably(o.device_used_bytes, memory) if headroom else o.fits
+        room = o.fits and (fits_comfortably(o.device_used_bytes, memory) or not headroom)
         if o.setup.method == method and o.setup.quant == quant and room:
             if best is None or o.tokens_per_second > options[best].tokens_per_second:
                 best = i
@@ -174,32 +195,79 @@ def preference(max_quality: bool) -> list[tuple[str, str | None, float]]:
 def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
               epochs: float = 1.0, max_quality: bool = False, usd_per_hour: float | None = None,
               usd_per_kwh: float | None = None, alternatives: bool = True,
-              methods: tuple = METHODS) -> Recommendation:
-    """The recommendation among ``methods`` (all four unless the user fixed one). When the
-    standard loss leaves only a worse choice (or none), the chunked loss (planner/loss.py: the
-    same loss, computed chunk by chunk) is tried and recommended if it does better."""
-    args = (model, gpu, dataset_tokens, epochs, max_quality, usd_per_hour, usd_per_kwh, methods)
-    rec, rank = _recommend(base, *args)
-    if base.loss == "standard" and rank > 0:  # the first choice needs no help
-        chunked, chunked_rank = _recommend(replace(base, loss="chunked"), *args)
-        if chunked_rank < rank:
-            without = ("nothing fits" if rec.best is None else
-                       f"{_label(rec.best.setup)} at {rec.best.device_used_bytes / GiB:.1f} GiB")
-            note = (f" It uses the chunked loss (the same loss computed chunk by chunk, so the (tokens x vocab) "
-                    f"logits never exist whole; the time model assumes the same speed): with the standard loss, "
-                    f"{without}.")
-            rec = replace(chunked, explanation=chunked.explanation + note)
+              methods: tuple = METHODS, host_memory: int | None = None) -> Recommendation:
+    """The recommendation among ``methods`` (all four unless the user fixed one). When it is not
+    the first choice, :data:`SAVERS` are added one at a time and kept when they move the choice up.
+    ``host_memory``: the machine's RAM in bytes (None: unknown, so offloading's need is said, not checked)."""
+    args = (model, gpu, dataset_tokens, epochs, max_quality, usd_per_hour, usd_per_kwh, methods, host_memory)
+    plain, rank = _recommend(base, *args)
+    rec, setup, added, kept = plain, base, [], []
+    before = plain  # the best recommendation with one saver fewer than ``rec``
+    trial = plain
+    for words, change in SAVERS:
+        if rank == 0:  # the first choice needs no help
+            break
+        if all(getattr(setup, k) == v for k, v in change.items()):
+            continue  # the user already asked for it
+        setup = replace(setup, **change)
+        added.append(words)
+        previous, (trial, trial_rank) = trial, _recommend(setup, *args)
+        if trial_rank < rank:
+            before, rec, rank, kept = previous, trial, trial_rank, list(added)
+    if kept:
+        rec = replace(rec, explanation=rec.explanation + _savers_note(model, kept, plain, before, rec, gpu))
+    elif added and host_memory is not None:
+        rec = replace(rec, explanation=rec.explanation + _short_of_host(trial, gpu, host_memory))
     if rec.best is None and alternatives:
         rec = replace(rec, alternatives=what_would_fit(model, base, gpu))
     return rec
 
 
+def _savers_note(model: ModelSpec, kept: list[str], plain: Recommendation, before: Recommendation,
+                 rec: Recommendation, gpu: GpuTarget) -> str:
+    """What the savers cost, and what the plan would be without them (and with one fewer)."""
+    best = rec.best
+    assert best is not None
+
+    def plan(r: Recommendation) -> str:
+        o = r.best
+        return "nothing fits" if o is None else f"{_label(o.setup)} at {o.device_used_bytes / GiB:.1f} GiB"
+
+    text = f" It uses {_words(kept)}: without them, {plan(plain)}"
+    if len(kept) > 1 and before is not plain and before.best is not None:
+        text += f"; with {_words(kept[:-1])} alone, {plan(before)}"
+    cost = ""
+    if best.setup.offload_activations:
+        plain_speed = run_cost(model.arch, replace(best.setup, offload_activations=False), gpu.spec).tokens_per_second
+        slower = 1 - best.tokens_per_second / plain_speed
+        cost = (f" Offloading holds {best.host_bytes / GiB:.1f} GiB in host RAM and makes each step about "
+                f"{slower:.0%} slower (host copies at {HOST_LINK_BYTES_PER_S / 1e9:.0f} GB/s)"
+                + ("; the other savers cost no time." if len(kept) > 1 else "."))
+    return f"{text}.{cost}"
+
+
+def _short_of_host(trial: Recommendation, gpu: GpuTarget, host_memory: int) -> str:
+    """When only the machine's RAM stands between offloading and a fit, say so."""
+    short = [o for o in trial.options if fits_comfortably(o.device_used_bytes, gpu.memory_bytes)
+             and not fits_host(o.host_bytes, host_memory)]
+    if not short:
+        return ""
+    least = min(short, key=lambda o: o.host_bytes)
+    return (f" With offloaded activations, {_label(least.setup)} fits in GPU memory but needs "
+            f"{least.host_bytes / GiB:.1f} GiB of host RAM, more than {1 - HEADROOM:.0%} of the "
+            f"{host_memory / GiB:.1f} GiB planned for (--host-ram-gib).")
+
+
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _recommend(base: TrainSetup, model: ModelSpec, gpu: GpuTarget, dataset_tokens: int | None, epochs: float,
                max_quality: bool, usd_per_hour: float | None, usd_per_kwh: float | None,
-               methods: tuple) -> tuple[Recommendation, int]:
+               methods: tuple, host_memory: int | None) -> tuple[Recommendation, int]:
     """The recommendation for ``base`` as it is, and the rank of its choice in :func:`preference`
     (lower is better; the list's length when nothing fits)."""
-    options = search(model, base, gpu, dataset_tokens, epochs, usd_per_hour, usd_per_kwh, methods)
+    options = search(model, base, gpu, dataset_tokens, epochs, usd_per_hour, usd_per_kwh, methods, host_memory)
     memory = gpu.memory_bytes
     order = preference(max_quality or methods == (("full", None),))
     chosen, rank = None, len(order)

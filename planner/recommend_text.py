@@ -38,7 +38,7 @@ def recommendation_lines(rec: Recommendation) -> list[str]:
         for o in fitting[:SHOWN_OPTIONS]:
             s = o.setup
             rows.append([("*" if rec.best is o else " ") + s.method, s.quant or "-", s.optimizer,
-                         "on" if s.grad_checkpointing else "off", str(s.batch_size),
+                         s.checkpointing, str(s.batch_size),
                          f"{o.device_used_bytes / GiB:.1f}", f"{o.headroom_bytes / GiB:.1f}", str(o.max_batch_size),
                          str(o.max_seq_len), f"{o.tokens_per_second:.0f}", _hours(o.hours), _cost(o.cost_usd)])
         lines += [""] + table(rows, right=set(range(4, 12)))

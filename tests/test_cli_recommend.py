@@ -21,6 +21,9 @@ OPTION_KEYS = {
     "grad_checkpointing": bool, "peak_allocated_bytes": int, "device_used_bytes": int, "fits": bool,
     "headroom_bytes": int, "max_batch_size": int, "max_seq_len": int, "tokens_per_second": float,
     "hours": float, "energy_kwh": float, "cost_usd": (float, type(None)),
+    # beyond DESIGN.md's schema (added keys only, as in `estimate --json`): the memory savers an
+    # option uses (issue 15) and the host RAM they need, so "Use this plan" and scripts see them
+    "host_bytes": int, "loss": str, "kbit_upcast": bool, "offload_activations": bool,
 }
 TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
 
@@ -180,7 +183,8 @@ def test_t4_plans_against_the_15_gib_the_driver_reports(capsys):
     # issue 15: the recommender then tries the chunked loss, which fits with room to spare
     best = doc["options"][doc["recommended"]]
     assert best["device_used_bytes"] < 0.9 * 15 * GiB
-    assert "with the standard loss, nothing fits" in doc["explanation"]
+    assert best["loss"] == "chunked" and not best["kbit_upcast"] and not best["offload_activations"]
+    assert "It uses the chunked loss" in doc["explanation"] and "without them, nothing fits" in doc["explanation"]
     out = run_ok(capsys, "recommend", "--model", MODEL, "--gpu", "T4")
     assert out.splitlines()[0] == "1 x T4 (16 GB datasheet, 15 GiB usable; catalog)"
     assert "of 15 GiB per GPU" in out and "of 16.0 GiB" not in out

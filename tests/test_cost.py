@@ -350,3 +350,22 @@ def test_more_gpus_finish_sooner_but_cost_more_gpu_hours():
     assert eight.hours < one.hours
     assert eight.hours * 8 > one.hours
     assert eight.cost_usd > one.cost_usd
+
+
+def test_activation_offloading_adds_its_host_copies_to_the_step():
+    from planner.activations import activation_peak
+    from planner.calibration import HOST_LINK_BYTES_PER_S
+    from planner.catalog import resolve_model
+    from planner.catalog.gpus import find_gpu
+    from planner.cost import run_cost
+    from planner.options import TrainSetup
+
+    arch, gpu = resolve_model("meta-llama/Llama-3.1-8B").arch, find_gpu("RTX 4090")
+    plain = TrainSetup(method="qlora", seq_len=32768, loss="chunked")
+    offloaded = TrainSetup(method="qlora", seq_len=32768, loss="chunked", offload_activations=True)
+    a, b = run_cost(arch, plain, gpu), run_cost(arch, offloaded, gpu)
+    assert a.offload_seconds_per_step == 0
+    # out in forward and back in backward, each checkpointed input once
+    assert b.offload_seconds_per_step == 2 * activation_peak(arch, offloaded).offloaded / HOST_LINK_BYTES_PER_S
+    step_a, step_b = 32768 / a.tokens_per_second, 32768 / b.tokens_per_second
+    assert abs(step_b - step_a - b.offload_seconds_per_step) < 1e-9
