@@ -225,3 +225,26 @@ def test_memory_saving_switches_change_the_plan_and_travel_to_the_train_page(pag
     with qtbot.waitSignal(state.plan_to_train) as handed:
         page.recommendation.mine_button.click()
     assert handed.args[0]["loss"] == "chunked" and handed.args[0]["kbit_upcast"] is False
+
+
+def test_offloaded_activations_show_what_left_for_host_ram_and_travel_to_the_train_page(page, qtbot, state):
+    """Issue 15.2: the switch moves the checkpoints off the bars (the total says what host RAM
+    holds instead), needs checkpointing (said beside the switch), and rides along to the run."""
+    page.form.seq_spin.setValue(8192)
+    page.recompute()
+    before = page.plan.estimates[page.plan.mine]
+    page.form.offload_acts_box.setChecked(True)
+    page.recompute()
+    mine = page.plan.estimates[page.plan.mine]
+    assert mine.setup.offload_activations and mine.host_bytes > 0
+    assert mine.device_used_bytes < before.device_used_bytes
+    host = mine.host_bytes / GiB
+    assert page.chart.totals[page.plan.mine].toPlainText().endswith(f"+{host:.1f} GiB host")
+    assert f"{host:.1f} GiB in host RAM" in page.summary_label.text()
+    qtbot.waitUntil(lambda: page.recommendation.mine_button.isEnabled(), timeout=10_000)
+    with qtbot.waitSignal(state.plan_to_train) as handed:
+        page.recommendation.mine_button.click()
+    assert handed.args[0]["offload_activations"] is True and handed.args[0]["grad_checkpointing"] is True
+    page.form.ckpt_box.setChecked(False)
+    qtbot.waitUntil(lambda: "needs" in page.form.errors["offload_activations"].text())
+    assert "checkpointing" in page.form.errors["offload_activations"].text()

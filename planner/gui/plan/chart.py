@@ -142,8 +142,9 @@ class PlanChart(pg.PlotWidget):
         for term, bar in self.bars.items():
             bar.setOpts(height=list(plan.heights[term]), y0=list(plan.bottoms[term]))
         self.outline.setOpts(height=list(plan.device_used_gib), pens=self._outline_pens())
-        for text, used in zip(self.totals, plan.device_used_gib):
-            text.setText(f"{used:.1f} GiB")
+        for text, used, host in zip(self.totals, plan.device_used_gib, plan.host_gib):
+            # what left the GPU for host RAM, under the total it no longer counts in
+            text.setText(f"{used:.1f} GiB" + (f"\n+{host:.1f} GiB host" if host else ""))
         self._used = tuple(plan.device_used_gib)
         self.getAxis("bottom").setTicks([list(zip(self._x, plan.labels))])
         self._title = title

@@ -110,6 +110,10 @@ class PlanForm(QWidget):
         self.save_edit = _edit("Modules trained in full beside the adapters, e.g. embed_tokens,lm_head.")
         self.ckpt_box = _check("gradient checkpointing", "Recompute activations in the "
                                "backward pass: far less activation memory for about a third more compute.")
+        self.offload_acts_box = _check("offload checkpoints to host RAM",
+                                       "With checkpointing: each layer's saved input waits in host RAM, "
+                                       "not on the GPU (transformers' offload): long sequences fit, each "
+                                       "step copies them out and back.")
         self.attention_box = _combo(ATTENTIONS, "Attention kernel; eager materialises the "
                                     "seq x seq score matrix.")
         self.loss_box = _combo(LOSSES, "standard: the whole (tokens x vocab) logits and three fp32 buffers at "
@@ -155,6 +159,7 @@ class PlanForm(QWidget):
             Field("lora_targets", "LoRA targets", self.targets_edit, TEXT),
             Field("modules_to_save", "Modules to save", self.save_edit, TEXT),
             Field("grad_checkpointing", "", self.ckpt_box, FLAG),
+            Field("offload_activations", "", self.offload_acts_box, FLAG),
             Field("attention", "Attention", self.attention_box, CHOICE),
             Field("loss", "Loss", self.loss_box, CHOICE),
             Field("num_gpus", "GPUs", self.gpus_spin, WHOLE),

@@ -52,6 +52,7 @@ class FormValues:
     seq_len: int = _D.seq_len
     lora_r: int = _D.lora_r
     grad_checkpointing: bool = _D.grad_checkpointing
+    offload_activations: bool = _D.offload_activations
     attention: str = _D.attention
     loss: str = _D.loss
     gpu_gib: float = DEFAULT_GPU_GIB
@@ -116,6 +117,7 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
         modules_to_save=_names(values.modules_to_save) if method != "full" else (),
         num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload,
+        offload_activations=values.offload_activations,
     )
 
 
@@ -187,6 +189,11 @@ class Plan:
     def device_used_gib(self) -> tuple[float, ...]:
         return tuple(e.device_used_bytes / GiB for e in self.estimates)
 
+    @property
+    def host_gib(self) -> tuple[float, ...]:
+        """What each bar keeps in host RAM (offloaded activations or state), beside the GPU's."""
+        return tuple(e.host_bytes / GiB for e in self.estimates)
+
     def fits(self, gpu_gib: float) -> tuple[bool, ...]:
         # device_used is what nvidia-smi shows, the number that must stay under the card's total
         return tuple(e.device_used_bytes <= gpu_gib * GiB for e in self.estimates)
@@ -213,11 +220,12 @@ def compute_plan(values: FormValues) -> Plan:
 def summary_lines(plan: Plan, gpu_gib: float) -> tuple[str, ...]:
     """One line per bar: "LoRA: device used 18.4 GiB — fits on 24 GiB (5.6 GiB free)"."""
     lines = []
-    for label, used, fits in zip(plan.labels, plan.device_used_gib, plan.fits(gpu_gib)):
+    for label, used, host, fits in zip(plan.labels, plan.device_used_gib, plan.host_gib, plan.fits(gpu_gib)):
         margin = abs(gpu_gib - used)
         verdict = (f"fits on {fmt_gib(gpu_gib)} ({margin:.1f} GiB free)" if fits
                    else f"does not fit on {fmt_gib(gpu_gib)} ({margin:.1f} GiB over)")
-        lines.append(f"{label}: device used {used:.1f} GiB — {verdict}")
+        lines.append(f"{label}: device used {used:.1f} GiB — {verdict}" + (f"; {host:.1f} GiB in host RAM"
+                                                                            if host else ""))
     return tuple(lines)
 
 
