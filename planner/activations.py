@@ -54,6 +54,20 @@ def residual_bytes(setup: TrainSetup) -> int:
     return FP32 if fp32_embeddings else setup.compute_bytes
 
 
+HEAD_NAMES = ("lm_head", "embed_out", "output")
+"""What the LM head is called in ``modules_to_save``."""
+
+
+def trainable_head_bytes(setup: TrainSetup) -> int:
+    """Bytes per element of the LM head's weight when it trains (full fine-tuning, or the head in
+    ``modules_to_save``: peft's trainable copy in the dtype the other weights have), else 0."""
+    if setup.method == "full":
+        return setup.weight_bytes
+    if any(name in HEAD_NAMES for name in setup.modules_to_save):
+        return FP32 if setup.fp32_unquantized else setup.weight_bytes
+    return 0
+
+
 @dataclass(frozen=True)
 class LayerActivations:
     """One decoder layer's activation bytes for the whole micro-batch."""
@@ -168,9 +182,10 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
             saved += block.count * layer.saved
         elif setup.offload_activations:
             # save_on_cpu packs each checkpointed input to host RAM in forward; backward brings the
-            # input of the layer it recomputes back to the GPU, one layer at a time
+            # input of the layer it recomputes back to the GPU, and precise mode finds the input
+            # brought back for the layer before still alive then: two inputs on the GPU
             offloaded += block.count * layer.checkpoint
-            recompute = layer.saved + layer.checkpoint
+            recompute = layer.saved + 2 * layer.checkpoint
         else:
             saved += block.count * layer.checkpoint
             recompute = layer.saved
@@ -185,6 +200,11 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     logits = loss_tokens * arch.vocab_size * 3 * FP32
     if setup.loss == "chunked":
         logits += loss_tokens * arch.vocab_size * c + tokens * h * c
+        head_b = trainable_head_bytes(setup)
+        if head_b:
+            # a trainable head's gradient: the sum over the chunks so far and the current chunk's,
+            # and under autocast an fp32 head's gradient comes through its 16-bit copy's first
+            logits += arch.vocab_size * h * (2 * head_b + (c if head_b != c else 0))
     if arch.logit_softcap:
         logits += loss_tokens * arch.vocab_size * c  # tanh's output, kept for its backward
     head_copy = 0

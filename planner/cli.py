@@ -83,6 +83,8 @@ def _add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--attention", default=d.attention, metavar=_alts(ATTENTIONS))
     p.add_argument("--loss", default=d.loss, metavar=_alts(LOSSES),
                    help="standard: the whole logits at once; chunked: LM head and loss chunk by chunk")
+    p.add_argument("--optimizer-in-backward", action=argparse.BooleanOptionalAction, default=d.optimizer_in_backward,
+                   help="full fine-tuning: update each parameter as soon as its gradient exists, then free it")
     p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=d.offload_activations,
                    help="with checkpointing: each layer's saved input in host RAM, not on the GPU")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
@@ -115,7 +117,7 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         grad_checkpointing=a.grad_checkpointing, attention=a.attention, loss=a.loss, lora_r=a.lora_r,
         lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
         modules_to_save=a.modules_to_save, num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
-        offload_activations=a.offload_activations,
+        offload_activations=a.offload_activations, optimizer_in_backward=a.optimizer_in_backward,
     )
 
 
@@ -134,7 +136,8 @@ def _describe(s: TrainSetup) -> str:
         method += f" {s.quant}{' +dq' if s.double_quant else ''}"
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""
     return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens · "
-            f"checkpointing {s.checkpointing} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}{gpus}")
+            f"checkpointing {s.checkpointing} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}"
+            f"{' · optimizer in backward' if s.optimizer_in_backward else ''}{gpus}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:

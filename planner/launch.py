@@ -25,6 +25,9 @@ def accumulation_for(planned_batch: int, micro_batch: int) -> int:
 def train_config_fields(setup: TrainSetup, model: str, epochs: float,
                         gradient_accumulation_steps: int = 1) -> dict[str, Any]:
     """The TrainConfig fields a planned setup starts the Train page from (the page adds the data
-    and the run directory); raises trainer.config.ConfigError when the trainer cannot run it."""
+    and the run directory); raises trainer.config.ConfigError when the trainer cannot run it.
+    The optimizer in backward steps every micro-batch: it keeps no accumulation."""
+    if setup.optimizer_in_backward:
+        gradient_accumulation_steps = 1
     return {"model": model, **fields_of(setup), "gradient_accumulation_steps": gradient_accumulation_steps,
             "epochs": epochs}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from planner.activations import activation_peak, lora_targeted
+from planner.activations import HEAD_NAMES, activation_peak, lora_targeted
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
@@ -114,7 +114,7 @@ def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
     for name in names:
         if name in ("embed_tokens", "wte", "word_embeddings", "embed_in"):
             total += arch.embed_params
-        elif name in ("lm_head", "embed_out", "output"):
+        elif name in HEAD_NAMES:
             total += arch.lm_head_params or arch.embed_params  # tied: peft unties a trainable copy
         else:
             raise PlannerError(f"--modules-to-save '{name}' is not supported; use embed_tokens and/or lm_head",
@@ -219,7 +219,10 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     p = _params(arch, setup, total)
     gradients = p.trainable_bytes
     optimizer, opt_temp = _optimizer_state(setup, p)
-
+    flight = _Flight()
+    if setup.optimizer_in_backward:
+        flight = _in_backward(arch, setup, p, opt_temp)
+        gradients, opt_temp = 0, 0
     acts = activation_peak(arch, setup)
     n, shard = setup.num_gpus, setup.sharding
     weights, quant_state, adapters = p.weights, p.quant_state, p.adapters
@@ -255,14 +258,26 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         big = arch.largest_linear()
         dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
     workspace_fb = CUBLAS_WORKSPACE + dequant + gathered
-    moving = max(acts.logits, acts.working_set)
-    fwd_bwd = acts.saved + acts.lm_head_weight_copy + moving + workspace_fb
+    # backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. A
+    # head stepped in backward steps once the standard loss has shrunk to the 16-bit logits'
+    # gradient; the chunked loss holds the head's gradient beside each chunk.
+    # the chunked loss's head gradient is already among the loss's buffers: only its step remains
+    loss_part, head = acts.logits, (0, flight.head[1]) if setup.loss == "chunked" else flight.head
+    if setup.loss == "standard" and any(head):
+        shrunk = setup.tokens * arch.vocab_size * setup.compute_bytes
+        loss_part, head = (shrunk, head) if shrunk + sum(head) > acts.logits else (acts.logits, (0, 0))
+    at_loss = loss_part + sum(head)
+    at_layer = acts.working_set + sum(flight.layer)
+    fwd_bwd = acts.saved + acts.lm_head_weight_copy + max(at_loss, at_layer) + workspace_fb
     step = opt_temp + CUBLAS_WORKSPACE
     if fwd_bwd >= step:
         phase = "forward/backward"
-        activations = acts.saved + acts.lm_head_weight_copy + (acts.working_set if moving == acts.working_set else 0)
-        logits = acts.logits if moving == acts.logits else 0
-        workspace = workspace_fb
+        in_flight = flight.layer if at_layer > at_loss else head
+        activations = acts.saved + acts.lm_head_weight_copy + (acts.working_set if at_layer > at_loss else 0)
+        logits = 0 if at_layer > at_loss else loss_part
+        gradients += in_flight[0]
+        persistent += in_flight[0]
+        workspace = workspace_fb + in_flight[1]
     else:
         phase, activations, logits, workspace = "optimizer step", 0, 0, step
     peak_allocated = persistent + activations + logits + workspace
@@ -289,17 +304,50 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     )
 
 
+@dataclass(frozen=True)
+class _Flight:
+    """(gradient, step temporaries) bytes alive under the optimizer step in backward."""
+
+    head: tuple[int, int] = (0, 0)
+    """As backward starts: an untied LM head's, stepped at once; a tied one's gradient, held."""
+    layer: tuple[int, int] = (0, 0)
+    """Through the layers' backward: the largest layer weight's, and a tied embedding's gradient,
+    complete only at backward's end (its last use is the input embedding)."""
+
+
+def _in_backward(arch: Architecture, setup: TrainSetup, p: _Params, opt_temp: int) -> _Flight:
+    """Each gradient lives from its accumulation to its own parameter's step (torchtune's
+    optimizer_in_bwd); the optimizer's temporaries come per parameter, inside backward."""
+    grad_per_element = p.trainable_bytes / p.trainable
+    temp_per_element = opt_temp / (p.largest if setup.optimizer == "adafactor" else p.trainable)
+
+    def flight(elements: int) -> tuple[int, int]:
+        return int(elements * grad_per_element), int(elements * temp_per_element)
+
+    big = arch.largest_linear()
+    layer_grad, layer_temp = flight(big.d_in * big.d_out)
+    if arch.lm_head_params:
+        return _Flight(head=flight(arch.lm_head_params), layer=(layer_grad, layer_temp))
+    tied = flight(arch.embed_params)[0]
+    return _Flight(head=(tied, 0), layer=(layer_grad + tied, layer_temp))
+
+
 def _chunk(arch: Architecture, setup: TrainSetup) -> int:
     return loss_chunk_tokens(setup.tokens, arch.vocab_size, arch.hidden_size)
 
 
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
     out = [
-        "gradients stay allocated through forward (gradient accumulation, set_to_none after the step)",
         "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)" if setup.loss == "standard"
         else f"loss: chunked LM head + cross-entropy, {_chunk(arch, setup):,} tokens per chunk (fp32 buffers of "
              "one chunk; the hidden states' gradient kept for backward)",
     ]
+    if setup.optimizer_in_backward:
+        out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "
+                   "then the gradient freed (one layer weight's gradient and step temporaries at a time, and a "
+                   "tied embedding's); no gradient clipping or accumulation")
+    else:
+        out.insert(0, "gradients stay allocated through forward (gradient accumulation, set_to_none after the step)")
     if setup.offload_activations:
         out.append("activation offloading: each checkpointed layer input in pinned host RAM (transformers' "
                    "offload=True, torch save_on_cpu), one back on the GPU while its layer is recomputed")

@@ -134,6 +134,9 @@ class TrainSetup:
     kbit_prepare: bool = True
     """QLoRA runs ``prepare_model_for_kbit_training``, which casts every non-quantized weight
     (embeddings, LM head, norms) to fp32."""
+    optimizer_in_backward: bool = False
+    """Full fine-tuning: each parameter is updated, and its gradient freed, as soon as backward has
+    produced it (``register_post_accumulate_grad_hook``), so the gradients never exist all at once."""
     offload_activations: bool = False
     """Gradient checkpointing keeps each layer's input in (pinned) host RAM instead of on the GPU
     (transformers' ``activation_checkpointing_kwargs={"offload": True}``, torch's ``save_on_cpu``)."""
@@ -163,6 +166,12 @@ class TrainSetup:
         if self.offload_activations and not self.grad_checkpointing:
             raise PlannerError("--offload-activations moves the checkpointed layer inputs to host RAM: it needs "
                                "--grad-checkpointing", "offload_activations")
+        if self.optimizer_in_backward and self.method != "full":
+            raise PlannerError("--optimizer-in-backward applies to --method full (adapters' gradients are small)",
+                               "optimizer_in_backward")
+        if self.optimizer_in_backward and self.num_gpus > 1:
+            raise PlannerError("--optimizer-in-backward plans one GPU: each gradient is used before any "
+                               "all-reduce could sum it across GPUs", "optimizer_in_backward")
         if self.offload != "none" and self.sharding not in ("fsdp", "zero2", "zero3"):
             raise PlannerError(f"--offload {self.offload} needs --sharding fsdp, zero2 or zero3", "offload")
         if self.offload == "params" and self.sharding == "zero2":

@@ -62,6 +62,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = ("all-linear",)
     modules_to_save: tuple[str, ...] = ()
     optimizer: str = "adamw_torch"
+    optimizer_in_backward: bool = False
+    """Full fine-tuning: each parameter stepped, and its gradient freed, as soon as backward has it
+    (planner/simulate/in_backward.py): no gradient accumulation, no clipping (max_grad_norm 0)."""
     learning_rate: float = 2e-4
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = 0
@@ -146,18 +149,31 @@ class TrainConfig:
         if not self.lora_targets:
             raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj", "lora_targets")
         for name in ("double_quant", "kbit_upcast", "grad_checkpointing", "offload_activations",
-                     "assistant_only_loss", "packing", "trust_remote_code"):
+                     "optimizer_in_backward", "assistant_only_loss", "packing", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}", name)
         if self.offload_activations and not self.grad_checkpointing:
             raise ConfigError("offload_activations: moves the checkpointed layer inputs to host RAM; it needs "
                               "grad_checkpointing true", "offload_activations")
+        if self.optimizer_in_backward:
+            self._check_in_backward()
         if self.loss == "chunked" and self.num_processes > 1:
             # the chunked loss calls the decoder beneath the DDP/FSDP wrapper, whose forward
             # prepares the gradient reduction (planner/simulate/chunked_loss.py)
             raise ConfigError(CHUNKED_ONE_PROCESS, "loss")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra: expected a mapping, got {_jtype(self.extra)}", "extra")
+
+    def _check_in_backward(self) -> None:
+        for wrong, why in ((self.method != "full", "applies to method full (adapters' gradients are small)"),
+                           (self.gradient_accumulation_steps != 1, "steps in every backward: set "
+                            "gradient_accumulation_steps 1"),
+                           (self.max_grad_norm != 0, "has no moment with every gradient to clip by their norm: "
+                            "set max_grad_norm 0"),
+                           (self.num_processes != 1, "runs in one process (each gradient is used before any "
+                            "all-reduce)")):
+            if wrong:
+                raise ConfigError(f"optimizer_in_backward: {why}", "optimizer_in_backward")
 
     # ---- what a checkpoint depends on ------------------------------------------------------
 
@@ -243,10 +259,12 @@ GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan run
 (sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
 
 SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "adapter_dtype", "optimizer",
+                "optimizer_in_backward",
                 "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
                 "lora_r", "lora_alpha",
                 "lora_dropout", "lora_targets", "modules_to_save", "num_processes", "sharding")
-"""The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says)."""
+"""The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says; but a
+plan with the optimizer in backward also turns gradient clipping off, which that needs)."""
 
 
 CHUNKED_ONE_PROCESS = "loss: chunked runs in one process only; use loss standard with num_processes > 1"
@@ -276,7 +294,8 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
     return {
         "method": s.method, "quant": s.quant or "nf4", "double_quant": s.double_quant,
         "kbit_upcast": s.kbit_prepare, "precision": s.precision,
-        "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "batch_size": s.batch_size,
+        "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "optimizer_in_backward": s.optimizer_in_backward,
+        **({"max_grad_norm": 0.0} if s.optimizer_in_backward else {}), "batch_size": s.batch_size,
         "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
         "offload_activations": s.offload_activations, "attention": s.attention, "loss": s.loss,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
@@ -291,7 +310,8 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
     return TrainSetup(
         method=cfg.method, quant=cfg.quant if cfg.method == "qlora" else None, double_quant=cfg.double_quant,
         kbit_prepare=cfg.kbit_upcast,
-        precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
+        precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer,
+        optimizer_in_backward=cfg.optimizer_in_backward, batch_size=cfg.batch_size,
         seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing,
         offload_activations=cfg.offload_activations, attention=cfg.attention, loss=cfg.loss,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,

@@ -104,9 +104,16 @@ class Run:
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
         from transformers.trainer_callback import PrinterCallback
 
+        args = training_args(cfg, self.run_dir, self.runtime, has_eval=data.eval is not None)
+        in_backward = None
+        if cfg.optimizer_in_backward:
+            from trainer.in_backward import optimizer_in_backward
+
+            in_backward = optimizer_in_backward(args, model)
         self.trainer = trainer_type(
             model=model,
-            args=training_args(cfg, self.run_dir, self.runtime, has_eval=data.eval is not None),
+            args=args,
+            optimizer_cls_and_kwargs=in_backward,
             train_dataset=data.train,
             eval_dataset=data.eval,
             data_collator=collate(tokenizer),

@@ -92,6 +92,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
 
     from planner.autocast_policy import CUDA
     from planner.simulate.chunked_loss import causal_lm_loss
+    from planner.simulate.in_backward import in_backward_class
     from planner.simulate.offload import host_offload
 
     cast_dtype = autocast_dtype(setup)
@@ -109,7 +110,10 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
           offload as host):
         model = build_model(config, layers, setup, device, semantics)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(setup.optimizer, trainable)
+        if setup.optimizer_in_backward:  # the trainer's: one optimizer per parameter, stepped in backward
+            optimizer = in_backward_class()(trainable, lambda groups: make_optimizer(setup.optimizer, groups))
+        else:
+            optimizer = make_optimizer(setup.optimizer, trainable)
         ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
         for step in range(2):  # the second step has optimizer state and gradients from the first
             owners = _persistent_storages(model, optimizer)
@@ -152,7 +156,8 @@ def _persistent_storages(model: Any, optimizer: Any) -> dict[str, set[int]]:
             weights += list(vars(state).values())
             state = getattr(state, "state2", None)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    states = [t for per_param in optimizer.state.values() for t in per_param.values()]
+    optimizers = getattr(optimizer, "optimizers", [optimizer])  # one per parameter when stepped in backward
+    states = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()]
     return {"parameters": keys(weights), "gradients": keys(grads), "optimizer_state": keys(states)}
 
 

@@ -113,6 +113,7 @@ def _function() -> Any:
                     grad_hidden[start:start + step] = grads[0]
                 for buffer, grad in zip(grad_params, grads[1 if grad_hidden is not None else 0:]):
                     buffer += grad
+                grads = grad = None  # else this chunk's head gradient lives on beside the next one's
             # kept on ctx, not saved for backward: backward scales them in place and lets go, so a
             # full lm_head's gradient never exists twice (neither input nor output: no cycle)
             ctx.grads = grad_hidden, grad_params
