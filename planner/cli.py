@@ -110,7 +110,9 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         if value is not None:
             check_bound(name, value)
     return TrainSetup(
-        method=getattr(a, "method", None) or TrainSetup().method, quant=getattr(a, "quant", None),
+        # the optimizer in backward is for full fine-tuning: without --method (or in `table`) it picks it
+        method=getattr(a, "method", None) or ("full" if a.optimizer_in_backward else TrainSetup().method),
+        quant=getattr(a, "quant", None),
         double_quant=a.double_quant, kbit_prepare=a.kbit_upcast,
         precision=getattr(a, "precision", "bf16"),
         adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
@@ -227,7 +229,9 @@ def cmd_table(a: argparse.Namespace) -> int:
         })
         return 0
     print(f"GPU memory per GPU (GiB, as nvidia-smi shows it) · batch {base.batch_size} x {base.seq_len} tokens · "
-          f"checkpointing {base.checkpointing} · {base.optimizer}")
+          f"checkpointing {base.checkpointing} · {base.optimizer}"
+          + (" · chunked loss" if base.loss == "chunked" else "")
+          + (" · optimizer in backward (Full rows)" if base.optimizer_in_backward else ""))
     header = f"{'Method':<7}{'Bits':>5}" + "".join(f"{size:>9}" for size, _ in COLUMNS)
     print(header)
     for r in rows:

@@ -86,10 +86,17 @@ class Estimate:
             "peak_reserved_bytes": self.peak_reserved_bytes,
             "device_used_bytes": self.device_used_bytes,
             "host_bytes": self.host_bytes,
+            "memory_savers": memory_savers(self.setup),
             "peak_phase": self.peak_phase,
             "assumptions": list(self.assumptions),
             "warnings": list(self.warnings),
         }
+
+
+def memory_savers(setup: TrainSetup) -> dict[str, object]:
+    """The memory-saving switches of a setup, as ``--json`` reports them (docs/memory-savers.md)."""
+    return {"loss": setup.loss, "kbit_upcast": setup.kbit_prepare, "offload_activations": setup.offload_activations,
+            "optimizer_in_backward": setup.optimizer_in_backward}
 
 
 @dataclass(frozen=True)

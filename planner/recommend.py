@@ -23,7 +23,7 @@ from planner.catalog import ModelSpec
 from planner.cost import run_cost
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
-from planner.memory import estimate
+from planner.memory import estimate, memory_savers
 from planner.options import TrainSetup
 from planner.targets import GpuTarget
 from planner.units import GiB, fmt_gib
@@ -66,9 +66,8 @@ class Option:
             "method": s.method, "quant": s.quant, "optimizer": s.optimizer, "batch_size": s.batch_size,
             "seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
             "peak_allocated_bytes": self.peak_allocated_bytes, "device_used_bytes": self.device_used_bytes,
-            "host_bytes": self.host_bytes, "loss": s.loss, "kbit_upcast": s.kbit_prepare,
-            "offload_activations": s.offload_activations,
-            "fits": self.fits, "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
+            "host_bytes": self.host_bytes, **memory_savers(s), "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
             "max_seq_len": self.max_seq_len, "tokens_per_second": round(self.tokens_per_second, 1),
             "hours": self.hours, "energy_kwh": self.energy_kwh, "cost_usd": self.cost_usd,
         }

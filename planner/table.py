@@ -54,7 +54,9 @@ class TableRow:
 
 def _row_setup(base: TrainSetup, fields: dict[str, Any]) -> TrainSetup:
     # modules_to_save and adapter settings only mean something for adapter methods
+    # (and the optimizer step in backward only for full fine-tuning)
     extra: dict[str, Any] = {} if fields["method"] != "full" else {"modules_to_save": ()}
+    extra["optimizer_in_backward"] = base.optimizer_in_backward and fields["method"] == "full"
     return replace(base, **fields, **extra)
 
 

@@ -370,3 +370,27 @@ def test_closed_stdout_is_not_a_traceback():
     finally:
         os.close(write_end)
     assert "Traceback" not in proc.stderr
+
+
+def test_every_memory_saver_is_an_option_of_each_planning_command_and_in_the_json(capsys):
+    """Issue 15: estimate, recommend and table take the savers; --json says which are on."""
+    from planner.cli import main
+
+    flags = ["--loss", "chunked", "--no-kbit-upcast", "--offload-activations"]
+    assert main(["estimate", "--model", "meta-llama/Llama-3.1-8B", "--method", "qlora", *flags, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["memory_savers"] == {"loss": "chunked", "kbit_upcast": False, "offload_activations": True,
+                                    "optimizer_in_backward": False}
+    assert doc["host_bytes"] == 32 * 2048 * 4096 * 2
+    assert main(["estimate", "--model", "meta-llama/Llama-3.1-8B", "--optimizer-in-backward", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["memory_savers"]["optimizer_in_backward"] and doc["bytes"]["gradients"] < 2**30
+    assert main(["table", "--optimizer-in-backward", *flags]) == 0
+    assert "optimizer in backward (Full rows)" in capsys.readouterr().out
+    assert main(["recommend", "--model", "meta-llama/Llama-3.1-8B", "--gpu", "RTX 4090", "--offload-activations",
+                 "--json"]) == 0
+    options = json.loads(capsys.readouterr().out)["options"]
+    assert {o["offload_activations"] for o in options if o["grad_checkpointing"]} == {True}
+    assert main(["estimate", "--model", "meta-llama/Llama-3.1-8B", "--offload-activations",
+                 "--no-grad-checkpointing"]) == 2
+    assert "needs --grad-checkpointing" in capsys.readouterr().err

@@ -23,7 +23,7 @@ OPTION_KEYS = {
     "hours": float, "energy_kwh": float, "cost_usd": (float, type(None)),
     # beyond DESIGN.md's schema (added keys only, as in `estimate --json`): the memory savers an
     # option uses (issue 15) and the host RAM they need, so "Use this plan" and scripts see them
-    "host_bytes": int, "loss": str, "kbit_upcast": bool, "offload_activations": bool,
+    "host_bytes": int, "loss": str, "kbit_upcast": bool, "offload_activations": bool, "optimizer_in_backward": bool,
 }
 TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
 
