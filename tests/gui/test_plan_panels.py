@@ -248,3 +248,22 @@ def test_offloaded_activations_show_what_left_for_host_ram_and_travel_to_the_tra
     page.form.ckpt_box.setChecked(False)
     qtbot.waitUntil(lambda: "needs" in page.form.errors["offload_activations"].text())
     assert "checkpointing" in page.form.errors["offload_activations"].text()
+
+
+def test_the_optimizer_in_backward_switch_moves_the_full_bar_only(page, qtbot, state):
+    page.recompute()
+    before = [e.device_used_bytes for e in page.plan.estimates]
+    page.form.in_backward_box.setChecked(True)
+    page.recompute()
+    after = [e.device_used_bytes for e in page.plan.estimates]
+    full = page.plan.methods.index("full")
+    assert after[full] < before[full] - 10 * GiB  # 8B's bf16 gradients no longer held at once
+    assert [a for i, a in enumerate(after) if i != full] == [b for i, b in enumerate(before) if i != full]
+    page.form.method_box.setCurrentText("full")
+    page.recompute()
+    qtbot.waitUntil(lambda: page.recommendation.mine_button.isEnabled(), timeout=10_000)
+    with qtbot.waitSignal(state.plan_to_train) as handed:
+        page.recommendation.mine_button.click()
+    fields = handed.args[0]
+    assert fields["optimizer_in_backward"] is True and fields["max_grad_norm"] == 0.0
+    assert fields["gradient_accumulation_steps"] == 1

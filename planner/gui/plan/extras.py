@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from planner.catalog import ModelSpec
 from planner.catalog.gpus import GpuSpec, gpu_catalog
 from planner.cost import run_cost
-from planner.gui.plan.model import FormValues, my_setup
+from planner.gui.plan.model import FormValues, my_setup, setup_for
 from planner.memory import estimate
 from planner.table import COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 from planner.units import GiB
@@ -34,7 +34,9 @@ class SizesTable:
 
 def sizes_table(values: FormValues, gpu_bytes: int) -> SizesTable:
     """The classic 7B..8x22B table for this form's batch, sequence and options, by fit on the GPU."""
-    base = replace(my_setup(values), method="lora", quant=None, modules_to_save=())
+    # the rows set the method; the optimizer in backward (a full fine-tuning switch) needs a full base
+    source = setup_for(values, "full", None) if values.optimizer_in_backward else my_setup(values)
+    base = replace(source, method="full" if source.optimizer_in_backward else "lora", quant=None, modules_to_save=())
     rows = []
     for row in classic_table(base):
         cells = tuple(SizeCell(e.device_used_bytes / GiB, e.device_used_bytes <= gpu_bytes) for e in row.estimates)

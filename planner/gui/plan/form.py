@@ -102,6 +102,10 @@ class PlanForm(QWidget):
         self.adapter_box = _combo(ADAPTER_DTYPES, "LoRA weights' dtype (peft keeps fp32).")
         self.optimizer_box = _combo(OPTIMIZERS, "Hugging Face `optim` name. 8-bit and paged "
                                     "optimizers (bitsandbytes) shrink the optimizer states.")
+        self.in_backward_box = _check("optimizer step in backward (full)",
+                                      "Full fine-tuning: each parameter updated and its gradient freed as soon "
+                                      "as backward has it, so the gradients never exist all at once. No gradient "
+                                      "accumulation or clipping; one GPU.")
         self.batch_spin = _spin(1, 1024, "Micro-batch per GPU (per_device_train_batch_size).")
         self.seq_spin = _spin(1, 1_048_576, "Tokens per sample after padding/packing.", step=256)
         self.lora_r_spin = _spin(1, 1024, "LoRA rank r (LoRA and QLoRA bars).")
@@ -152,6 +156,7 @@ class PlanForm(QWidget):
             Field("precision", "Precision", self.precision_box, CHOICE),
             Field("adapter_dtype", "Adapter dtype", self.adapter_box, CHOICE),
             Field("optimizer", "Optimizer", self.optimizer_box, CHOICE),
+            Field("optimizer_in_backward", "", self.in_backward_box, FLAG),
             Field("batch_size", "Batch size", self.batch_spin, WHOLE),
             Field("seq_len", "Sequence length", self.seq_spin, WHOLE),
             Field("lora_r", "LoRA r", self.lora_r_spin, WHOLE),

@@ -48,6 +48,8 @@ class FormValues:
     """The user's own method: highlighted; the chart always compares all four variants."""
     precision: str = _D.precision
     optimizer: str = _D.optimizer
+    optimizer_in_backward: bool = _D.optimizer_in_backward
+    """Applies to the full fine-tuning bar (the only method it is for)."""
     batch_size: int = _D.batch_size
     seq_len: int = _D.seq_len
     lora_r: int = _D.lora_r
@@ -118,6 +120,7 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
         modules_to_save=_names(values.modules_to_save) if method != "full" else (),
         num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload,
         offload_activations=values.offload_activations,
+        optimizer_in_backward=values.optimizer_in_backward and method == "full",
     )
 
 
