@@ -58,6 +58,7 @@ def test_an_offloaded_run_equals_the_plain_run_and_moves_what_the_planner_predic
         assert code == 0, events[-3:]
         losses[offload] = [s["loss"] for s in steps(events)]
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    assert losses[True][-1] < losses[True][0]
 
     cfg = TrainConfig.load(tmp_path / "run-True.json")
     spec = resolve_model(cfg.model)
