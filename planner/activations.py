@@ -8,8 +8,11 @@ References:
     (per-layer saved activations, sbh(34 + 5as/h) for GPT-3 with fp16 and dropout);
     transformers ``LlamaRMSNorm`` (fp32 upcast), ``ForCausalLMLoss`` (fp32 logits copy);
     peft ``lora.Linear.forward`` (input cast to the adapter dtype);
-    torch.utils.checkpoint (non-reentrant: each layer keeps its input, recomputes the rest);
-    torch.autograd.graph.save_on_cpu (the saved-tensor hooks that offload those inputs).
+    torch.utils.checkpoint (non-reentrant: each layer keeps its input, recomputes the rest, and
+    stops the recompute at the last tensor it saves); torch.autograd.graph.save_on_cpu (the
+    saved-tensor hooks that offload those inputs); transformers ``enable_input_require_grads``
+    (the embedding output a leaf under LoRA). The backward peak was read tensor by tensor off
+    precise mode (planner/simulate) at 32k-65k tokens.
 """
 
 from __future__ import annotations
@@ -77,7 +80,21 @@ class LayerActivations:
     checkpoint: int
     """What the layer keeps under gradient checkpointing: its input."""
     backward_transient: int
-    """Largest gradients alive at once inside the layer's backward."""
+    """What the layer's backward holds beside its saved tensors at its peak: gradients in flight and
+    the recompute's own temporaries, less the saved tensors backward has already freed by then."""
+
+
+def _mlp_passes(block: Block) -> list[tuple[int, Linear | None, float]]:
+    """(intermediate width per token, down projection, share of the tokens) of each MLP that runs
+    as one pass: the dense MLP, or one routed expert at a time (tokens x top_k / experts each) and
+    the shared expert."""
+    downs = [lin for lin in block.linears if _is_down(lin)]
+    if not block.experts:
+        return [(block.ffn_width, downs[0] if downs else None, 1.0)]
+    routed = next((lin for lin in downs if lin.role == "expert"), None)
+    shared = [lin for lin in downs if lin.role == "shared"]
+    width = routed.d_in if routed else (block.ffn_width - sum(lin.d_in for lin in shared)) // block.experts_per_token
+    return [(width, routed, block.experts_per_token / block.experts)] + [(lin.d_in, lin, 1.0) for lin in shared]
 
 
 def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> LayerActivations:
@@ -91,17 +108,24 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
 
     # A matmul saves its input for backward only when it needs it (trainable weight, or LoRA).
     # Whether that input is the layer's own tensor or a fresh copy decides what stays alive:
-    # peft casts a LoRA input to an fp32 adapter's dtype, and autocast casts an fp32 residual to
-    # 16 bits for every matmul that reads it (one copy per consumer).
+    # peft casts a LoRA input to an fp32 adapter's dtype, and autocast casts an fp32 residual (or
+    # norm output) to 16 bits for every matmul that reads it (one copy per consumer).
     adapter_cast = setup.is_peft and setup.adapter_dtype == "fp32" and c != FP32
     residual_cast = rb != c
     readers = [lin for lin in block.linears
                if lin.role not in ("expert",) and lin.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
-    # Norms: the fp32 upcast input (RMSNorm) or the input (LayerNorm), plus the normalised output
-    # when something keeps that very tensor (a frozen norm weight's mul needs only the weight).
-    norm_input = FP32 if arch.norm_kind == "rms" else rb
-    norm_output_kept = full or (setup.is_peft and not adapter_cast and not residual_cast)
-    norms = block.norms * (norm_input + rb * int(norm_output_kept)) * h
+    # Norms: their fp32 input (RMSNorm upcasts it; autocast runs LayerNorm in fp32), plus the
+    # normalised output when something keeps that very tensor (a frozen norm weight's mul needs
+    # only the weight): under LoRA an adapter reading it uncast, which the attention's and the
+    # MLP's norm each have only when one of the projections reading it is targeted. RMSNorm
+    # returns the residual's dtype, LayerNorm fp32: then every reader casts its own 16-bit copy.
+    norm_input = FP32
+    norm_out = rb if arch.norm_kind == "rms" else FP32
+    norm_cast = norm_out != c
+    uncast = setup.is_peft and not adapter_cast and not norm_cast
+    kept_by = {lin.role == "attn" for lin in readers if uncast and lora_targeted(lin, setup.lora_targets)}
+    outputs_kept = block.norms if full else min(len(kept_by), block.norms)
+    norms = (block.norms * norm_input + outputs_kept * norm_out) * h
     if full and not residual_cast:
         # a trainable norm weight's mul keeps the normalised input; the matmuls after it keep
         # its output, a second 16-bit tensor
@@ -119,8 +143,9 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         # keeps; fused kernels already write (b, s, h, d)
         attention += c * o_w
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
-    down_needs_input = full or (setup.is_peft and not adapter_cast and any(
-        lora_targeted(lin, setup.lora_targets) for lin in block.linears if _is_down(lin)))
+    down_lora = setup.is_peft and any(
+        lora_targeted(lin, setup.lora_targets) for lin in block.linears if _is_down(lin))
+    down_needs_input = full or (down_lora and not adapter_cast)
     # bitsandbytes' Linear4bit returns its input's dtype: after prepare_model_for_kbit_training
     # the fp32 residual makes gate/up outputs, and everything the MLP computes from them, fp32.
     mlp_bytes = rb if setup.method == "qlora" else c
@@ -131,18 +156,19 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # MoE: router softmax (fp32) and the gathered/weighted copies of each routed token.
     moe = (2 * FP32 * block.experts + 2 * k * c * h) if block.experts else 0
     # LoRA: the adapter input cast to the adapter dtype (when it differs) and A's output.
-    lora = 0
-    if setup.is_peft:
-        for lin in block.linears:
-            if not lora_targeted(lin, setup.lora_targets):
-                continue
-            passes = k if lin.role == "expert" else 1
-            copied = adapter_cast or (residual_cast and lin in readers)
-            lora += passes * (c * setup.lora_r + (c * lin.d_in if copied else 0))
-            if setup.lora_dropout > 0:
-                # dropout acts on the adapter's input: fp32 when it was cast to fp32 adapters, else
-                # the compute dtype (bf16 adapters under bf16); plus its one-byte mask
-                lora += passes * ((FP32 if adapter_cast else c) + 1) * lin.d_in
+    def adapter(lin: Linear) -> int:
+        if not setup.is_peft or not lora_targeted(lin, setup.lora_targets):
+            return 0
+        passes = k if lin.role == "expert" else 1
+        copied = adapter_cast or (norm_cast and lin in readers)
+        kept = passes * (c * setup.lora_r + (c * lin.d_in if copied else 0))
+        if setup.lora_dropout > 0:
+            # dropout acts on the adapter's input: fp32 when it was cast to fp32 adapters, else
+            # the compute dtype (bf16 adapters under bf16); plus its one-byte mask
+            kept += passes * ((FP32 if adapter_cast else c) + 1) * lin.d_in
+        return kept
+
+    lora = sum(adapter(lin) for lin in block.linears)
     per_token = norms + input_casts + attention + mlp + moe + lora
     saved = tokens * per_token
     # Under mixed precision autocast casts each fp32 weight to 16 bits per matmul, and the matmul
@@ -150,7 +176,54 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     if setup.weight_bytes == FP32 and c != FP32 and setup.method != "qlora":
         saved += c * sum(lin.weight_params for lin in block.linears)
 
-    backward = tokens * c * (2 * block.ffn_width + 2 * h)
+    # Backward's peak inside the layer, beside its saved tensors, at one of two moments. Both hold
+    # the gradient of the layer's output (the residual stream's dtype), which the residual adds
+    # pass on to the MLP and to the attention.
+    incoming = rb * h
+    mlp_backward = recompute_end = 0
+    for width, down, share in _mlp_passes(block):
+        # (1) The MLP's backward (one pass at a time), once the down projection's has run and freed
+        # what it kept (its input, its adapter's copy): the gradient of the intermediate and the two
+        # it splits into (gate, up); without a gate, the activation's input gradient, and under
+        # LoRA on down the gradients of its base and adapter paths and their sum.
+        grads = 3 if block.gated or down_lora else 2
+        down_kept = mlp_bytes * width * int(down_needs_input)
+        if down is not None:
+            down_kept += adapter(down) // (k if down.role == "expert" else 1)
+        mlp_backward = max(mlp_backward, int(share * (grads * mlp_bytes * width - down_kept)))
+        # (2) The recompute (gradient checkpointing): non-reentrant checkpointing reruns the layer
+        # up to the last tensor it saves, the down projection's adapter when down is targeted.
+        # At the up projection's (fc1's) adapter, the gate and activation outputs are made, and its
+        # base output, scaled adapter output and their sum are alive: two intermediates more than
+        # the MLP keeps by then, beside an fp32 adapter's copy of the MLP norm's output.
+        ups = [lin for lin in block.linears if down is not None and lin.role == down.role
+               and not _is_down(lin) and lin.d_out == width]
+        if setup.is_peft and ups and lora_targeted(ups[-1], setup.lora_targets):
+            cast = FP32 * h if adapter_cast and rb != FP32 else 0
+            recompute_end = max(recompute_end, int(share * (2 * mlp_bytes * width - down_kept + cast)))
+        # At down's adapter, its base output and its input, unless kept, are alive, and an fp32
+        # adapter's copy of that input (peft's cast, when it is not fp32 already).
+        if down_lora:
+            cast = FP32 * width if adapter_cast and mlp_bytes != FP32 else 0
+            end = mlp_bytes * h + mlp_bytes * width * int(not down_needs_input) + cast
+            recompute_end = max(recompute_end, int(share * end))
+    backward = incoming + mlp_backward
+    if setup.grad_checkpointing:
+        # The recompute also holds the residual carried across the MLP, the MLP norm's output when
+        # nothing keeps it, an offloaded input brought back to the GPU unless saved (below), and the
+        # gradient backward had when it needed the first saved tensor: under LoRA on down, its
+        # adapter's scaled output gradient.
+        # The first norm saves the layer's input itself when it makes no fp32 copy of it (an fp32
+        # residual): offloaded, that is the input brought back; on the GPU, one of the checkpoints,
+        # counted there already.
+        input_saved = rb == FP32
+        mlp_norm_output = norm_out * h * int(not full and False not in kept_by)
+        brought_back = rb * h * int(setup.offload_activations and not input_saved)
+        recompute_end += incoming + rb * h + mlp_norm_output + brought_back + c * h * int(down_lora)
+        backward = max(backward, recompute_end)
+        if input_saved and not setup.offload_activations:
+            backward -= rb * h
+    backward *= tokens
     if setup.attention == "eager":
         backward += tokens * arch.num_heads * s * FP32
     return LayerActivations(saved=saved, checkpoint=tokens * rb * h, backward_transient=backward)
@@ -163,7 +236,9 @@ class ActivationPeak:
     saved: int
     """Saved tensors of all layers (checkpoints only under gradient checkpointing) + the head."""
     working_set: int
-    """One layer's recomputed activations and backward gradients (the moving part of backward)."""
+    """One layer's recomputed activations and backward gradients (the moving part of backward), less
+    what the final norm and the LM head keep (``saved``, ``lm_head_weight_copy``): their backward
+    frees it before the layers' backward runs."""
     logits: int
     """Logits and the loss's fp32 buffers at their peak (start of backward)."""
     lm_head_weight_copy: int
@@ -182,16 +257,20 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
             saved += block.count * layer.saved
         elif setup.offload_activations:
             # save_on_cpu packs each checkpointed input to host RAM in forward; backward brings the
-            # input of the layer it recomputes back to the GPU, and precise mode finds the input
-            # brought back for the layer before still alive then: two inputs on the GPU
+            # input of the layer it recomputes back to the GPU (layer_activations). The first
+            # layer's input stays: peft's enable_input_require_grads makes the embedding output a
+            # leaf, which autograd holds for the whole backward.
             offloaded += block.count * layer.checkpoint
-            recompute = layer.saved + 2 * layer.checkpoint
+            recompute = layer.saved + (layer.checkpoint if setup.is_peft else 0)
         else:
             saved += block.count * layer.checkpoint
             recompute = layer.saved
         working = max(working, recompute + layer.backward_transient)
-    # Final norm (fp32 input + output) and the LM head's 16-bit input.
-    saved += tokens * (FP32 + rb + c) * h
+    # Final norm (fp32 input + output) and the LM head's 16-bit input; their backward has run and
+    # freed them before any layer's does.
+    head_side = tokens * (FP32 + rb + c) * h
+    saved += head_side
+    working -= head_side
     # ForCausalLMLoss: logits.float() and log_softmax's output are fp32; at the start of backward
     # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers. The
     # chunked loss (planner/loss.py) holds them for one chunk, plus the head's 16-bit output, and
@@ -215,5 +294,11 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
         # the chunked loss casts the head chunk by chunk and has its gradients before backward
         # starts: the copy is one of the loss's transients, not kept for backward
         logits, head_copy = logits + head_copy, 0
+    # the head's backward frees its copy before any layer's backward runs
+    working -= head_copy
+    if setup.method == "full" and arch.tie_word_embeddings and not setup.optimizer_in_backward:
+        # a tied head's weight gradient waits in autograd's buffer for the embedding's gradient,
+        # which comes after the last layer's backward (stepped in backward: memory.py's flight)
+        working += arch.vocab_size * h * setup.weight_bytes
     return ActivationPeak(saved=saved, working_set=working, logits=logits, lm_head_weight_copy=head_copy,
                           offloaded=offloaded)

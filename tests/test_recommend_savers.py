@@ -26,7 +26,11 @@ def test_32k_tokens_on_24_gib_need_every_saver_and_say_what_offloading_costs():
     gpu = target("RTX 4090")
     rec = recommend(model(LLAMA3), TrainSetup(seq_len=32768), gpu, host_memory=64 * GiB)
     best = rec.best
-    assert best is not None and fits_comfortably(best.device_used_bytes, gpu.memory_bytes)
+    # it fits, though not comfortably: 22.5 of 23.99 GiB (the estimate is within 1% of precise mode
+    # there since the backward peak of a checkpointed layer is modelled tensor by tensor)
+    assert best is not None and best.device_used_bytes <= gpu.memory_bytes
+    assert not fits_comfortably(best.device_used_bytes, gpu.memory_bytes)
+    assert "Less than 10% headroom" in rec.explanation
     s = best.setup
     assert (s.method, s.loss, s.kbit_prepare, s.offload_activations) == ("qlora", "chunked", False, True)
     assert best.host_bytes == 32 * 32768 * 4096 * 2  # every layer's bf16 input, in host RAM
@@ -39,9 +43,10 @@ def test_32k_tokens_on_24_gib_need_every_saver_and_say_what_offloading_costs():
 
 
 def test_offloading_is_refused_when_host_ram_is_short_and_the_reason_is_said():
-    rec = recommend(model(LLAMA3), TrainSetup(seq_len=32768), target("RTX 4090"), host_memory=8 * GiB)
+    # 28,672 tokens: offloaded, the plan fits comfortably (20.6 GiB) but needs 7.0 GiB of host RAM
+    rec = recommend(model(LLAMA3), TrainSetup(seq_len=28672), target("RTX 4090"), host_memory=6 * GiB)
     assert rec.best is None
-    assert "needs 8.0 GiB of host RAM, more than 90% of the 8.0 GiB planned for" in rec.explanation
+    assert "needs 7.0 GiB of host RAM, more than 90% of the 6.0 GiB planned for" in rec.explanation
     unknown = recommend(model(LLAMA3), TrainSetup(seq_len=32768), target("RTX 4090"))
     assert unknown.best is not None and unknown.best.setup.offload_activations  # unknown RAM: planned, said
 
