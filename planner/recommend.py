@@ -247,7 +247,7 @@ def _savers_note(model: ModelSpec, kept: list[str], plain: Recommendation, befor
 
 def _short_of_host(trial: Recommendation, gpu: GpuTarget, host_memory: int) -> str:
     """When only the machine's RAM stands between offloading and a fit, say so."""
-    short = [o for o in trial.options if fits_comfortably(o.device_used_bytes, gpu.memory_bytes)
+    short = [o for o in trial.options if fits(o.device_used_bytes, gpu.memory_bytes)
              and not fits_host(o.host_bytes, host_memory)]
     if not short:
         return ""

@@ -47,6 +47,8 @@ def test_offloading_is_refused_when_host_ram_is_short_and_the_reason_is_said():
     rec = recommend(model(LLAMA3), TrainSetup(seq_len=28672), target("RTX 4090"), host_memory=6 * GiB)
     assert rec.best is None
     assert "needs 7.0 GiB of host RAM, more than 90% of the 6.0 GiB planned for" in rec.explanation
+    tight = recommend(model(LLAMA3), TrainSetup(seq_len=32768), target("RTX 4090"), host_memory=8 * GiB)
+    assert tight.best is None and "needs 8.0 GiB of host RAM, more than 90% of the 8.0 GiB" in tight.explanation
     unknown = recommend(model(LLAMA3), TrainSetup(seq_len=32768), target("RTX 4090"))
     assert unknown.best is not None and unknown.best.setup.offload_activations  # unknown RAM: planned, said
 
