@@ -276,7 +276,8 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     at_loss = loss_part + sum(head)
     at_layer = acts.working_set + sum(flight.layer)
     fwd_bwd = acts.saved + acts.lm_head_weight_copy + max(at_loss, at_layer) + workspace_fb
-    step = opt_temp + CUBLAS_WORKSPACE
+    # the optimizer step: after backward, or in backward the embedding's, the last to complete
+    step = opt_temp + sum(flight.end) + CUBLAS_WORKSPACE
     if fwd_bwd >= step:
         phase = "forward/backward"
         in_flight = flight.layer if at_layer > at_loss else head
@@ -286,7 +287,9 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         persistent += in_flight[0]
         workspace = workspace_fb + in_flight[1]
     else:
-        phase, activations, logits, workspace = "optimizer step", 0, 0, step
+        phase, activations, logits, workspace = "optimizer step", 0, 0, step - flight.end[0]
+        gradients += flight.end[0]
+        persistent += flight.end[0]
     peak_allocated = persistent + activations + logits + workspace
     slack = int(ALLOCATOR_SLACK * (activations + logits + workspace))
     # FSDP frees gathered layers on its all-gather stream: the compute stream cannot reuse those
@@ -320,6 +323,9 @@ class _Flight:
     layer: tuple[int, int] = (0, 0)
     """Through the layers' backward: the largest layer weight's, and a tied embedding's gradient,
     complete only at backward's end (its last use is the input embedding)."""
+    end: tuple[int, int] = (0, 0)
+    """At backward's end, with every activation freed: the input embedding's gradient (beside a
+    tied head's, waiting) and its step's temporaries."""
 
 
 def _in_backward(arch: Architecture, setup: TrainSetup, p: _Params, opt_temp: int) -> _Flight:
@@ -333,10 +339,11 @@ def _in_backward(arch: Architecture, setup: TrainSetup, p: _Params, opt_temp: in
 
     big = arch.largest_linear()
     layer_grad, layer_temp = flight(big.d_in * big.d_out)
+    embed_grad, embed_temp = flight(arch.embed_params)
     if arch.lm_head_params:
-        return _Flight(head=flight(arch.lm_head_params), layer=(layer_grad, layer_temp))
-    tied = flight(arch.embed_params)[0]
-    return _Flight(head=(tied, 0), layer=(layer_grad + tied, layer_temp))
+        return _Flight(head=flight(arch.lm_head_params), layer=(layer_grad, layer_temp), end=(embed_grad, embed_temp))
+    return _Flight(head=(embed_grad, 0), layer=(layer_grad + embed_grad, layer_temp),
+                   end=(2 * embed_grad, embed_temp))
 
 
 def _chunk(arch: Architecture, setup: TrainSetup) -> int:

@@ -8,9 +8,10 @@ checkpointing on/off. Points precise mode cannot simulate are listed with the re
 
 Then the memory-saving techniques (issue 15; ``--techniques``: that table only): 5 models (large
 vocabulary, tied embeddings, Gemma 2's logit softcap, MoE) x LoRA/QLoRA (and full fine-tuning
-for the chunked loss and offloading) x 2048/8192/32768 tokens x the chunked loss, QLoRA without
-the fp32 upcast, activation offloading and all that apply together, checkpointing on: peak
-allocated and host RAM (offloaded activations), analytic vs simulated.
+for the chunked loss, offloading and the optimizer step in backward) x 2048/8192/32768 tokens x
+the chunked loss, QLoRA without the fp32 upcast, activation offloading, the optimizer step in
+backward and all that apply together, checkpointing on: peak allocated and host RAM (offloaded
+activations), analytic vs simulated.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ TECHNIQUES = {
     "chunked": {"loss": "chunked"},
     "no-upcast": {"kbit_prepare": False},
     "offload": {"offload_activations": True},
+    "in-backward": {"optimizer_in_backward": True},
 }
-TECHNIQUE_METHODS = {"full": ("chunked", "offload"), "lora": ("chunked", "offload"),
+TECHNIQUE_METHODS = {"full": ("chunked", "offload", "in-backward"), "lora": ("chunked", "offload"),
                      "qlora": ("chunked", "no-upcast", "offload")}
 """The techniques that apply to each method; ``all`` is every one of them together."""
 BOUND = 0.05
