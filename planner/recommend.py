@@ -232,7 +232,7 @@ def _savers_note(model: ModelSpec, kept: list[str], plain: Recommendation, befor
         o = r.best
         return "nothing fits" if o is None else f"{_label(o.setup)} at {o.device_used_bytes / GiB:.1f} GiB"
 
-    text = f" It uses {_words(kept)}: without them, {plan(plain)}"
+    text = f" It uses {_words(kept)}: without {'it' if len(kept) == 1 else 'them'}, {plan(plain)}"
     if len(kept) > 1 and before is not plain and before.best is not None:
         text += f"; with {_words(kept[:-1])} alone, {plan(before)}"
     cost = ""
