@@ -1,0 +1,109 @@
+"""The options every planning command shares, as argparse arguments and as a TrainSetup, and the
+one way ``--json`` output is printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from planner.loss import LOSSES
+from planner.options import (
+    ADAPTER_DTYPES,
+    ATTENTIONS,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SHARDINGS,
+    TrainSetup,
+    check_bound,
+)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _alts(values: Sequence[str]) -> str:
+    return "{" + ",".join(values) + "}"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN/Infinity replaced by null. The options' bounds keep every figure
+    finite; this is the last guard, because ``json.dumps`` would print ``Infinity``, which no
+    strict JSON parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(doc: Any) -> None:
+    """Every ``--json`` output: strict JSON (RFC 8259), no NaN or Infinity."""
+    print(json.dumps(_finite(doc), indent=2, allow_nan=False))
+
+
+def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    d = TrainSetup()
+    if with_model:  # `table` has fixed models and rows that set method, quant and precision
+        p.add_argument("--model", required=True,
+                       help="catalog id (e.g. meta-llama/Llama-2-7b-hf), a config.json, or a model folder")
+        p.add_argument("--method", default=None, metavar=_alts(METHODS), help=f"({d.method})")
+        p.add_argument("--quant", default=None, metavar="{nf4,fp4,int8}", help="QLoRA base format (nf4)")
+        p.add_argument("--precision", default=d.precision, metavar=_alts(PRECISIONS))
+    p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=d.double_quant)
+    p.add_argument("--kbit-upcast", action=argparse.BooleanOptionalAction, default=d.kbit_prepare,
+                   help="QLoRA: embeddings, LM head and norms in fp32 (prepare_model_for_kbit_training; default) "
+                        "or, with --no-kbit-upcast, in the load dtype as the QLoRA paper's script did")
+    p.add_argument("--adapter-dtype", default=d.adapter_dtype, metavar=_alts(ADAPTER_DTYPES))
+    p.add_argument("--optimizer", default=d.optimizer, metavar=_alts(OPTIMIZERS))
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch per GPU (1)")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sample (2048)")
+    p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=d.grad_checkpointing)
+    p.add_argument("--attention", default=d.attention, metavar=_alts(ATTENTIONS))
+    p.add_argument("--loss", default=d.loss, metavar=_alts(LOSSES),
+                   help="standard: the whole logits at once; chunked: LM head and loss chunk by chunk")
+    p.add_argument("--optimizer-in-backward", action=argparse.BooleanOptionalAction, default=d.optimizer_in_backward,
+                   help="full fine-tuning: update each parameter as soon as its gradient exists, then free it")
+    p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=d.offload_activations,
+                   help="with checkpointing: each layer's saved input in host RAM, not on the GPU")
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-targets", type=_csv, default=d.lora_targets, help="all-linear, or e.g. q_proj,v_proj")
+    p.add_argument("--modules-to-save", type=_csv, default=(), help="e.g. embed_tokens,lm_head")
+    p.add_argument("--num-gpus", type=int, default=d.num_gpus)
+    p.add_argument("--sharding", default=d.sharding, metavar=_alts(SHARDINGS))
+    p.add_argument("--offload", default=d.offload, metavar=_alts(OFFLOADS))
+    p.add_argument("--dataset-tokens", type=int, default=None, help="tokens in the dataset (time and cost)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the dataset (time and cost)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+CLI_NUMBERS = ("dataset_tokens", "epochs", "gpu_memory_gib", "host_ram_gib", "price_per_hour", "electricity_price")
+"""Numeric options outside TrainSetup (which checks its own): bounds in planner.options.BOUNDS."""
+
+
+def setup_from_args(a: argparse.Namespace) -> TrainSetup:
+    for name in CLI_NUMBERS:
+        value = getattr(a, name, None)
+        if value is not None:
+            check_bound(name, value)
+    return TrainSetup(
+        # the optimizer in backward is for full fine-tuning: without --method (or in `table`) it picks it
+        method=getattr(a, "method", None) or ("full" if a.optimizer_in_backward else TrainSetup().method),
+        quant=getattr(a, "quant", None),
+        double_quant=a.double_quant, kbit_prepare=a.kbit_upcast,
+        precision=getattr(a, "precision", "bf16"),
+        adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
+        grad_checkpointing=a.grad_checkpointing, attention=a.attention, loss=a.loss, lora_r=a.lora_r,
+        lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
+        modules_to_save=a.modules_to_save, num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
+        offload_activations=a.offload_activations, optimizer_in_backward=a.optimizer_in_backward,
+    )
