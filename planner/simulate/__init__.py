@@ -24,7 +24,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from planner.calibration import ALLOCATOR_SLACK, CUDA_CONTEXT
+from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
 from planner.memory import MOE_FUSED, MOE_PER_EXPERT, check_setup
@@ -203,17 +203,20 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     def extrapolate(a: int, b: int) -> int:
         return a + (layers - first) * (b - a)
 
-    phases = {p: extrapolate(one[p], two[p]) for p in PHASES}
+    # cuBLAS's workspace: taken from the caching allocator by a GPU's first matmul and held from
+    # then on, a temporary the meta device (which runs no cuBLAS) never allocates
+    phases = {p: extrapolate(one[p], two[p]) + CUBLAS_WORKSPACE for p in PHASES}
     peak_phase = max(PHASES, key=phases.__getitem__)
     peak = phases[peak_phase]
     categories = {c: extrapolate(one.categories[peak_phase][c], two.categories[peak_phase][c]) for c in CATEGORIES}
+    categories["temporaries"] += CUBLAS_WORKSPACE
     # the estimator's allocator model: slack over what the step adds on top of the weights
     transient = max(peak - min(phases.values()), 0)
     reserved = peak + int(ALLOCATOR_SLACK * transient)
     notes = [f"simulated {first} and {first + 1} layers on the meta device and extrapolated to {layers} (identical "
              "layers)",
-             "CUDA autocast replayed from torch's op table; CUDA context and allocator slack as in the "
-             "analytic estimate"]
+             "CUDA autocast replayed from torch's op table; cuBLAS workspace, CUDA context and allocator slack "
+             "as in the analytic estimate"]
     if model.arch.is_moe:
         notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each); layout: "
                      + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))
