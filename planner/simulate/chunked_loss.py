@@ -14,6 +14,9 @@ The loss is normalised as transformers' ``ForCausalLMLoss``: summed over the lab
 divided by ``num_items_in_batch`` (the Trainer's count over the accumulated batch), or by this
 batch's labelled tokens when it is not given.
 
+On CUDA with Liger-Kernel installed (``pip install .[liger]``), a plain-``nn.Linear`` head goes
+through its fused Triton kernel instead (:func:`fused_kernel`): the same chunking rule and loss.
+
 References: Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024
 (arXiv:2410.10989), fused linear cross-entropy; transformers ``loss/loss_utils.py``.
 """
@@ -73,8 +76,39 @@ def chunked_cross_entropy(hidden: Any, head: Any, labels: Any, num_items_in_batc
         divisor: Any = (targets != IGNORE_INDEX).sum()
     else:
         divisor = num_items_in_batch
+    fused = fused_kernel(flat, head, softcap)
+    if fused is not None:
+        return fused(head.weight, flat, targets, head.bias) / divisor
     params = [p for p in head.parameters() if p.requires_grad]
     return _function().apply(flat, targets, divisor, head, softcap, *params)
+
+
+def on_cuda(tensor: Any) -> bool:
+    return bool(tensor.is_cuda)
+
+
+def fused_kernel(hidden: Any, head: Any, softcap: float | None) -> Any:
+    """Liger-Kernel's fused linear cross-entropy (summed; the same chunking, in Triton), where it
+    computes exactly this loss; else None. It needs CUDA and the package (the ``liger`` extra,
+    which needs Triton), and it reads ``head.weight`` itself: a head with LoRA or peft's
+    ``ModulesToSaveWrapper`` (anything but a plain ``nn.Linear``) computes more than that, and an
+    older Liger without ``softcap`` cannot apply Gemma 2's."""
+    import inspect
+
+    import torch
+
+    if not on_cuda(hidden) or type(head) is not torch.nn.Linear:
+        return None
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    options: dict[str, Any] = {"ignore_index": IGNORE_INDEX, "reduction": "sum"}
+    if softcap is not None:
+        if "softcap" not in inspect.signature(LigerFusedLinearCrossEntropyLoss).parameters:
+            return None
+        options["softcap"] = softcap
+    return LigerFusedLinearCrossEntropyLoss(**options)
 
 
 @functools.cache
