@@ -265,10 +265,10 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         big = arch.largest_linear()
         dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
     workspace_fb = CUBLAS_WORKSPACE + dequant + gathered
-    # backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. A
-    # head stepped in backward steps once the standard loss has shrunk to the 16-bit logits'
-    # gradient; the chunked loss holds the head's gradient beside each chunk.
-    # the chunked loss's head gradient is already among the loss's buffers: only its step remains
+    # Backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. Under
+    # the optimizer step in backward the head steps at the start: with the standard loss once its
+    # buffers have shrunk to the 16-bit logits' gradient; the chunked loss already counts the head's
+    # gradient among its buffers, so only the step's temporaries add.
     loss_part, head = acts.logits, (0, flight.head[1]) if setup.loss == "chunked" else flight.head
     if setup.loss == "standard" and any(head):
         shrunk = setup.tokens * arch.vocab_size * setup.compute_bytes
