@@ -39,6 +39,8 @@ class EventCallback(TrainerCallback):
         self._last_tokens = 0
         self._last_time = time.monotonic()
         self.pace = Pace()
+        self.allocated: Callable[[], int] | None = None
+        """Peak allocated tensor bytes so far, where torch does not count them (the CPU)."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         # the starting line: loading, and a resume's checkpoint, are not training steps
@@ -72,7 +74,7 @@ class EventCallback(TrainerCallback):
     # -- events -----------------------------------------------------------------------------
     def _memory(self) -> tuple[int, int]:
         if self.device != "cuda":
-            return 0, 0
+            return (self.allocated() if self.allocated else 0), 0
         import torch
 
         return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())

@@ -61,8 +61,12 @@ class Run:
         self.runtime: Any = None
         self.predicted: int | None = None
         self.checkpoint: Path | None = None
+        self.meter: Any = None
+        """The CPU run's live tensor memory (trainer/tensor_memory.py); None on a GPU."""
 
     def close(self) -> None:
+        if self.meter is not None:
+            self.meter.close()
         self.layout.close()
         self._following.set()
         self.commands.close()
@@ -120,6 +124,12 @@ class Run:
             callbacks=callbacks,
         )
         self.trainer.remove_callback(PrinterCallback)
+        if self.runtime.device == "cpu":  # torch counts CUDA's allocations itself, the CPU's not
+            from trainer.tensor_memory import TensorMeter
+
+            self.meter = TensorMeter()
+            self.meter.attach(self.trainer)
+            self.callback.allocated = self.meter.peak_bytes
         if cfg.num_processes > 1 and cfg.sharding == "fsdp" and not self.trainer.is_fsdp_enabled:
             fsdp_on_cpu(self.trainer)
         # a resumed run killed before its first checkpoint starts over (and says so in `start`)
@@ -158,12 +168,31 @@ class Run:
         # the GPU that came closest to its limit is the one to compare with the prediction
         peak = max(gather(measured_peak(self.runtime.device)))
         times = self.times()  # run.json and the end event say the same
-        self.write_summary(status, state.global_step, losses[-1] if losses else None, peak=peak, times=times)
-        self.sink.emit("end", status=status, steps=state.global_step, output_dir=str(self.run_dir), **times)
+        memory = self.allocated_summary()
+        self.write_summary(status, state.global_step, losses[-1] if losses else None, peak=peak, times=times,
+                           memory=memory)
+        self.sink.emit("end", status=status, steps=state.global_step, output_dir=str(self.run_dir), **times,
+                       **memory)
         return status
 
+    def allocated_summary(self) -> dict[str, Any]:
+        """Measured peak allocated tensor bytes (CUDA's own count, or the CPU run's tensor meter),
+        the phase it happened in (CPU), and its ratio to the predicted peak allocated."""
+        phase = None
+        if self.runtime.device == "cuda":
+            import torch
+
+            alloc = int(torch.cuda.max_memory_allocated())
+        else:
+            peak = self.meter.peak if self.meter is not None else None
+            alloc, phase = (peak.bytes, peak.phase) if peak else (0, None)
+        alloc = max(gather(alloc))  # the GPU that came closest to its limit
+        ratio = round(alloc / self.predicted, 4) if alloc and self.predicted else None
+        return {"peak_alloc_bytes": alloc or None, "peak_alloc_phase": phase, "peak_ratio": ratio}
+
     def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None,
-                      peak: int | None = None, times: dict[str, float] | None = None) -> None:
+                      peak: int | None = None, times: dict[str, float] | None = None,
+                      memory: dict[str, Any] | None = None) -> None:
         """``peak``: the largest rank's measured peak (this process's own when not given); ``times``:
         :meth:`times`, taken now when not given."""
         if not self.lead or not claimed(self.run_dir):
@@ -173,7 +202,7 @@ class Run:
             "peak_measured_bytes": peak if peak is not None else measured_peak(
                 self.runtime.device if self.runtime else "cpu"),
             "peak_kind": "cuda_max_allocated" if self.runtime and self.runtime.device == "cuda" else "host_rss",
-            "predicted_peak_bytes": self.predicted, **(times or self.times()),
+            "predicted_peak_bytes": self.predicted, **(memory or {}), **(times or self.times()),
             "model": self.cfg.model, "method": self.cfg.method, "error": error,
         }
         try:

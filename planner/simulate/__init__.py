@@ -29,7 +29,7 @@ from planner.catalog import ModelSpec
 from planner.errors import PlannerError
 from planner.memory import MOE_FUSED, MOE_PER_EXPERT, check_setup
 from planner.options import TrainSetup
-from planner.simulate.meta import autocast_dtype, live_bytes_class, semantics_class
+from planner.simulate.meta import autocast_dtype, live_bytes_class, persistent_tensors, semantics_class
 from planner.simulate.model import build_model, make_optimizer
 
 PHASES = ("forward", "backward", "optimizer")
@@ -144,21 +144,8 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
 
 
 def _persistent_storages(model: Any, optimizer: Any) -> dict[str, set[int]]:
-    import torch
-
-    def keys(tensors: Any) -> set[int]:
-        return {t.untyped_storage()._cdata for t in tensors if isinstance(t, torch.Tensor)}
-
-    weights = [*model.parameters(), *model.buffers()]
-    for param in model.parameters():  # bitsandbytes keeps absmax and code tables beside the packed weight
-        state = getattr(param, "quant_state", None)
-        while state is not None:
-            weights += list(vars(state).values())
-            state = getattr(state, "state2", None)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    optimizers = getattr(optimizer, "optimizers", [optimizer])  # one per parameter when stepped in backward
-    states = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()]
-    return {"parameters": keys(weights), "gradients": keys(grads), "optimizer_state": keys(states)}
+    return {category: {t.untyped_storage()._cdata for t in tensors}
+            for category, tensors in persistent_tensors(model, optimizer).items()}
 
 
 def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict[str, set[int]]) -> dict[str, int]:

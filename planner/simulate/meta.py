@@ -1,7 +1,9 @@
 """What a GPU training step does that a meta-device step would not, and the bytes it keeps alive.
 
 ``live_bytes_class``: a dispatch mode adding up every live storage, as the caching allocator
-would see it (also run on real CPU tensors, where it counts what torch allocates).
+would see it (also run on real CPU tensors, where it counts what torch allocates: the trainer's
+CPU runs measure their tensor memory with it, trainer/tensor_memory.py).
+``persistent_tensors``: what a step keeps from one step to the next, by category.
 ``semantics_class``: CUDA autocast's casts (from torch's own op table) and the fused SDPA kernel.
 ``flash_attention``: flash-attn's allocations, registered as a transformers attention function.
 """
@@ -79,6 +81,28 @@ def live_bytes_class() -> type:
             return out
 
     return LiveBytes
+
+
+def persistent_tensors(model: Any, optimizer: Any) -> dict[str, list[Any]]:
+    """What a training step keeps from one step to the next, by category: the weights (with
+    bitsandbytes' quantization state), the gradients, the optimizer's state (each parameter's
+    optimizer's when it steps in backward; accelerate's wrapper looked through)."""
+    import torch
+
+    def tensors(values: Any) -> list[Any]:
+        return [t for t in values if isinstance(t, torch.Tensor)]
+
+    weights = [*model.parameters(), *model.buffers()]
+    for param in model.parameters():  # bitsandbytes keeps absmax and code tables beside the packed weight
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            weights += list(vars(state).values())
+            state = getattr(state, "state2", None)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    optimizers = getattr(optimizer, "optimizers", [optimizer])
+    states = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()]
+    return {"parameters": tensors(weights), "gradients": tensors(grads), "optimizer_state": tensors(states)}
 
 
 def flash_attention(half: Any) -> str:
