@@ -10,16 +10,20 @@ import json
 import pytest
 from conftest import run_inprocess, steps, write_config
 
-from trainer.tensor_memory import EVERY, FIRST_STEPS, PHASES, measured
+# trainer.tensor_memory imports transformers (and torch): inside the tests, never at collection
 
 
 def test_the_first_steps_and_then_one_in_every_25_are_measured():
+    from trainer.tensor_memory import EVERY, FIRST_STEPS, measured
+
     assert [s for s in range(1, 80) if measured(s)] == [*range(1, FIRST_STEPS + 1), 25, 50, 75]
     assert EVERY == 25
 
 
 def test_a_cpu_run_reports_its_tensor_peak_phase_and_ratio(demo_dir, tmp_path):
     import torch
+
+    from trainer.tensor_memory import PHASES
 
     torch.set_num_threads(1)
     run_dir = tmp_path / "run"
