@@ -220,7 +220,7 @@ def _read(path: Path) -> RunSummary:
             return summary[key]
         return next((v for v in fallbacks if v is not None), None)
 
-    measured_from_steps, kind_from_steps = _peak_from_steps(last_step)
+    measured_from_steps, kind_from_steps = _peak_from_steps(last_step, _get(start, "device"))
     last_t = (tail or head)[-1].t if (tail or head) else None
     return RunSummary(
         path=path,
@@ -273,10 +273,11 @@ def _decode_lines(lines: list[bytes]) -> list[Event]:
     return events
 
 
-def _peak_from_steps(last_step: Event | None) -> tuple[int | None, str | None]:
-    """Without run.json: the CUDA peak when the trainer reported one (it is cumulative), else RSS."""
+def _peak_from_steps(last_step: Event | None, device: Any) -> tuple[int | None, str | None]:
+    """Without run.json: the CUDA peak when a GPU run reported one (it is cumulative), else RSS (a
+    CPU run's steps carry its tensor peak too, which the GPU prediction does not describe)."""
     alloc, rss = _int(_get(last_step, "peak_alloc_bytes")), _int(_get(last_step, "rss_bytes"))
-    if alloc:
+    if alloc and device != "cpu":
         return alloc, "cuda_max_allocated"
     return (rss, "host_rss") if rss else (None, None)
 

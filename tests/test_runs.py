@@ -284,3 +284,14 @@ def test_load_events_takes_a_complete_last_line_without_newline(tmp_path):
     (path / "metrics.jsonl").write_text(encode("start", 0, **START) + "\n" + end())
     assert [e.kind for e in load_events(path)] == ["start", "end"]
     assert read_run(path).status == "completed"
+
+
+def test_a_cpu_runs_tensor_peak_is_not_read_as_a_gpu_peak(tmp_path):
+    """Issue 16: a CPU run's steps carry its live tensor peak; without run.json the Runs page must
+    not take it for CUDA's (and set it against the GPU prediction): RSS stays its measure."""
+    start = {**START, "device": "cpu"}
+    path = make_run(tmp_path, "cpu", [encode("start", 0, **start), encode("step", 1, step=1, epoch=0.1, loss=2.0,
+                                      lr=1e-3, grad_norm=None, tokens_per_s=10.0, peak_alloc_bytes=15 * 2**20,
+                                      peak_reserved_bytes=0, rss_bytes=600 * 2**20)])
+    s = read_run(path)
+    assert s.peak_kind == "host_rss" and s.peak_measured_bytes == 600 * 2**20
