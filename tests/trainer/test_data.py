@@ -13,13 +13,8 @@ import pytest
 from datatools import (  # noqa: E402,F401
     CASES,
     CHAT,
-    GEN_TEMPLATE,
-    PLAIN_TEMPLATE,
     ROWS,
-    SPECIALS,
-    STRICT_TEMPLATE,
     WORDS,
-    _wrap,
     backend,
     cfg,
     error,
@@ -27,7 +22,6 @@ from datatools import (  # noqa: E402,F401
     tok_gen,
     tok_none,
     tok_plain,
-    train_backend,
     write,
 )
 

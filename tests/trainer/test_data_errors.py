@@ -12,23 +12,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 from datatools import (  # noqa: E402,F401
-    CASES,
     CHAT,
-    GEN_TEMPLATE,
-    PLAIN_TEMPLATE,
-    ROWS,
-    SPECIALS,
     STRICT_TEMPLATE,
-    WORDS,
     _wrap,
     backend,
     cfg,
     error,
-    runs,
     tok_gen,
     tok_none,
     tok_plain,
-    train_backend,
     write,
 )
 from hypothesis import HealthCheck, event, given, settings
