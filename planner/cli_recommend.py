@@ -46,9 +46,9 @@ def _host_memory(a: argparse.Namespace) -> int | None:
     if a.host_ram_gib is not None:
         return int(a.host_ram_gib * GiB)
     if a.gpu == "auto":
-        from planner.hardware import host_info
+        from planner.hardware import ram_total
 
-        return host_info().ram_total
+        return ram_total()
     return None
 
 

@@ -13,6 +13,7 @@ Values are in base units: bytes, watts, degrees Celsius, percent.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -180,6 +181,18 @@ def _cpu_model() -> str | None:
 
         return platform.processor() or None  # an environment variable on Windows
     return None  # macOS would need a sysctl subprocess
+
+
+@functools.cache
+def ram_total() -> int | None:
+    """This machine's RAM in bytes (None where psutil cannot say): what a plan for its own GPU may
+    offload to. Read once; unlike :func:`host_info` it leaves the CPU-load sampling alone."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # psutil missing or unsupported platform
+        return None
 
 
 def host_info() -> HostInfo:

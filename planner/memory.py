@@ -259,7 +259,6 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         notes.append(f"paged optimizer: its {optimizer / 2**30:.2f} GiB of state can spill to host RAM "
                      "under memory pressure (slower steps, no OOM)")
 
-    persistent = weights + quant_state + adapters + gradients + optimizer
     dequant = 0
     if setup.method == "qlora":
         big = arch.largest_linear()
@@ -284,13 +283,11 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         activations = acts.saved + acts.lm_head_weight_copy + (acts.working_set if at_layer > at_loss else 0)
         logits = 0 if at_layer > at_loss else loss_part
         gradients += in_flight[0]
-        persistent += in_flight[0]
         workspace = workspace_fb + in_flight[1]
     else:
         phase, activations, logits, workspace = "optimizer step", 0, 0, step - flight.end[0]
         gradients += flight.end[0]
-        persistent += flight.end[0]
-    peak_allocated = persistent + activations + logits + workspace
+    peak_allocated = weights + quant_state + adapters + gradients + optimizer + activations + logits + workspace
     slack = int(ALLOCATOR_SLACK * (activations + logits + workspace))
     # FSDP frees gathered layers on its all-gather stream: the compute stream cannot reuse those
     # blocks at once, so one more gathered set stays reserved.

@@ -32,7 +32,6 @@ class TensorPeak:
     """The largest live tensor storage of the measured steps."""
     phase: str
     """Where it happened: one of :data:`PHASES`."""
-    step: int
 
 
 def measured(step: int) -> bool:
@@ -45,8 +44,6 @@ class TensorMeter(TrainerCallback):
 
     def __init__(self) -> None:
         self.peak: TensorPeak | None = None
-        self.step_peak: int | None = None
-        """The last measured step's peak (None until a step was measured)."""
         self._counter: Any = None
         self._phase = ""
         self._phase_peaks: dict[str, int] = {}
@@ -88,9 +85,8 @@ class TensorMeter(TrainerCallback):
         self._counter.__exit__(None, None, None)
         self._counter = None
         phase = max(PHASES, key=self._phase_peaks.__getitem__)
-        self.step_peak = self._phase_peaks[phase]
-        if self.peak is None or self.step_peak > self.peak.bytes:
-            self.peak = TensorPeak(self.step_peak, phase, state.global_step)
+        if self.peak is None or self._phase_peaks[phase] > self.peak.bytes:
+            self.peak = TensorPeak(self._phase_peaks[phase], phase)
 
     def peak_bytes(self) -> int:
         """The peak so far (0 before the first measured step ends): what a step event reports."""

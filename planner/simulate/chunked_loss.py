@@ -93,12 +93,18 @@ def fused_kernel(hidden: Any, head: Any, softcap: float | None) -> Any:
     which needs Triton), and it reads ``head.weight`` itself: a head with LoRA or peft's
     ``ModulesToSaveWrapper`` (anything but a plain ``nn.Linear``) computes more than that, and an
     older Liger without ``softcap`` cannot apply Gemma 2's."""
-    import inspect
-
     import torch
 
     if not on_cuda(hidden) or type(head) is not torch.nn.Linear:
         return None
+    return _liger_loss(softcap)
+
+
+@functools.cache
+def _liger_loss(softcap: float | None) -> Any:
+    """The Liger loss module for ``softcap``, built once (every training step asks), or None."""
+    import inspect
+
     try:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
     except ImportError:

@@ -42,7 +42,9 @@ def liger(monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(chunked_loss, "on_cuda", lambda t: True)
     _StandIn.calls = []
-    return _StandIn
+    chunked_loss._liger_loss.cache_clear()  # the module is built once per process: build it from the stand-in
+    yield _StandIn
+    chunked_loss._liger_loss.cache_clear()
 
 
 def _case(head_lora: bool):
@@ -97,5 +99,6 @@ def test_without_cuda_or_liger_the_own_kernel_runs(liger, monkeypatch):
     assert liger.calls == []
     monkeypatch.setattr(chunked_loss, "on_cuda", lambda t: True)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers.fused_linear_cross_entropy", None)
+    chunked_loss._liger_loss.cache_clear()
     chunked_loss.chunked_cross_entropy(hidden, head, labels)  # import fails: the own kernel
     assert liger.calls == []

@@ -34,7 +34,7 @@ from planner.gui.plan.model import Plan, compute_plan, my_setup, summary_lines
 from planner.gui.plan.panels import CostPanel, RecommendationPanel, SizesPanel
 from planner.gui.plan.precise import PrecisePanel
 from planner.gui.state import AppState
-from planner.hardware import host_info
+from planner.hardware import ram_total
 from planner.launch import accumulation_for, train_config_fields, why_not_trainable
 from planner.options import TrainSetup
 from planner.recommend import recommend
@@ -208,7 +208,7 @@ class PlanPage(QWidget):
         gpu = self.gpu_target()
         # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it
         # would compete with the GUI thread for the GIL.
-        host = host_info().ram_total if gpu.source == "nvml" else None  # this machine's RAM for its own GPU
+        host = ram_total() if gpu.source == "nvml" else None  # this machine's RAM for its own GPU
         self._pending = lambda: recommend(spec, mine, gpu, values.dataset_tokens, values.epochs,
                                           values.max_quality, host_memory=host)
         self.recommendation.computing()

@@ -208,20 +208,20 @@ class TrainPage(QWidget):
             self._set_banner(f"Stopping the background run (SIGTERM to pid {self.follower.pid})...", "info")
             self._update_buttons()
         elif self.is_running():
-            self._command("stop")
-            self._stopping = True
-            self.process.release()
-            self._set_banner("Stopping: saving a checkpoint at the end of this step...", "info")
-            self._update_buttons()
+            self._ask_to_end("stop", "Stopping: saving a checkpoint at the end of this step...")
 
     def cancel_run(self) -> None:
         """End without saving (the trainer still writes its end event and run.json)."""
         if self.is_running():
-            self._command("cancel")
-            self._stopping = True
-            self.process.release()
-            self._set_banner("Cancelling: the run ends after this step, without saving...", "info")
-            self._update_buttons()
+            self._ask_to_end("cancel", "Cancelling: the run ends after this step, without saving...")
+
+    def _ask_to_end(self, command: str, banner: str) -> None:
+        """Send ``stop`` or ``cancel`` to the running trainer and say so while it finishes its step."""
+        self._command(command)
+        self._stopping = True
+        self.process.release()
+        self._set_banner(banner, "info")
+        self._update_buttons()
 
     def detach(self) -> None:
         """Leave the trainer running in the background; its run directory keeps the record."""
