@@ -245,6 +245,8 @@ class ActivationPeak:
     """16-bit autocast copy of an fp32 LM head, kept for its backward."""
     offloaded: int = 0
     """Checkpointed layer inputs held in host RAM (activation offloading), not in ``saved``."""
+    layers_saved: int = 0
+    """The layers' part of ``saved``: backward frees it layer by layer, from the last layer down."""
 
 
 def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
@@ -268,6 +270,7 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
         working = max(working, recompute + layer.backward_transient)
     # Final norm (fp32 input + output) and the LM head's 16-bit input; their backward has run and
     # freed them before any layer's does.
+    layers_saved = saved
     head_side = tokens * (FP32 + rb + c) * h
     saved += head_side
     working -= head_side
@@ -301,4 +304,4 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
         # which comes after the last layer's backward (stepped in backward: memory.py's flight)
         working += arch.vocab_size * h * setup.weight_bytes
     return ActivationPeak(saved=saved, working_set=working, logits=logits, lm_head_weight_copy=head_copy,
-                          offloaded=offloaded)
+                          offloaded=offloaded, layers_saved=layers_saved)

@@ -18,7 +18,7 @@ from planner.catalog.gpus import gpu_catalog, memory_text
 from planner.headroom import fits_comfortably
 from planner.launch import why_not_trainable
 from planner.memory import Estimate, estimate
-from planner.options import TrainSetup
+from planner.options import TrainSetup, at_micro_batch
 from planner.targets import GpuTarget
 from planner.units import GiB
 
@@ -28,7 +28,7 @@ _OFFLOADS = ("optimizer", "params")
 """Tried in this order for each GPU count: offloading the optimizer state alone moves less over PCIe."""
 _OFFLOAD_WORDS = {"optimizer": "CPU offload of the optimizer state",
                   "params": "CPU offload of parameters, gradients and optimizer state"}
-_LEANEST: dict[str, Any] = dict(grad_checkpointing=True, batch_size=1, optimizer="paged_adamw_8bit",
+_LEANEST: dict[str, Any] = dict(grad_checkpointing=True, optimizer="paged_adamw_8bit",
                                 modules_to_save=())
 _METHOD_WORDS = {("qlora", "nf4"): "QLoRA 4-bit", ("lora", None): "LoRA", ("full", None): "full fine-tuning"}
 
@@ -69,7 +69,9 @@ def _alternative(text: str, model: ModelSpec, setup: TrainSetup, est: Estimate, 
 
 
 def _lean(base: TrainSetup, method: str, quant: str | None) -> TrainSetup:
-    return replace(base, method=method, quant=quant, num_gpus=1, sharding="none", offload="none", **_LEANEST)
+    # micro-batch 1, the global batch kept by accumulation
+    return at_micro_batch(replace(base, method=method, quant=quant, num_gpus=1, sharding="none", offload="none",
+                                  **_LEANEST), 1)
 
 
 def _fewest(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, method: str, quant: str | None,

@@ -65,6 +65,8 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--optimizer", default=d.optimizer, metavar=_alts(OPTIMIZERS))
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch per GPU (1)")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sample (2048)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps,
+                   help="micro-batches per optimizer step (1); above 1 the gradients stay allocated through forward")
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=d.grad_checkpointing)
     p.add_argument("--attention", default=d.attention, metavar=_alts(ATTENTIONS))
     p.add_argument("--loss", default=d.loss, metavar=_alts(LOSSES),
@@ -106,4 +108,5 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
         modules_to_save=a.modules_to_save, num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
         offload_activations=a.offload_activations, optimizer_in_backward=a.optimizer_in_backward,
+        gradient_accumulation_steps=a.gradient_accumulation_steps,
     )

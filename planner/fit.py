@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from planner.catalog import ModelSpec
 from planner.memory import Estimate, estimate
-from planner.options import TrainSetup
+from planner.options import TrainSetup, at_micro_batch
 from planner.units import GiB
 
 
@@ -26,7 +26,7 @@ class Fix:
     setup: TrainSetup
     estimate: Estimate
     accumulation_factor: int
-    """Multiply gradient accumulation by this to keep the global batch."""
+    """How many times the micro-batch shrank (``setup`` accumulates that much more)."""
     change: str
     """The change in words, with the predicted memory against the budget."""
 
@@ -39,10 +39,10 @@ def _candidates(s: TrainSetup) -> Iterator[tuple[TrainSetup, int, str]]:
     batch, factor = base.batch_size, 1
     while batch > 1:
         batch, factor = batch // 2, factor * 2
-        yield (replace(base, batch_size=batch), factor,
+        yield (at_micro_batch(base, batch), factor,
                f"{also}micro-batch {s.batch_size} -> {batch} with gradient accumulation x{factor} "
                "(same global batch)")
-    small = replace(base, batch_size=batch)
+    small = at_micro_batch(base, batch)
     if small.optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
         small = replace(small, optimizer="paged_adamw_8bit")
         yield small, factor, "micro-batch 1 and the paged 8-bit AdamW optimizer"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from planner.activations import HEAD_NAMES, activation_peak, lora_targeted
+from planner.activations import HEAD_NAMES, ActivationPeak, activation_peak, lora_targeted, trainable_head_bytes
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
@@ -113,6 +113,8 @@ class _Params:
     """Sum of rows + columns over trainable matrices (Adafactor's factored second moment)."""
     largest: int
     """Elements of the largest trainable tensor (Adafactor updates one tensor at a time)."""
+    layer_bytes: int
+    """The part of ``trainable_bytes`` inside the decoder layers (their gradients come layer by layer)."""
 
 
 def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
@@ -152,7 +154,7 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
     if setup.method == "full":
         dims = sum(b.count * lin.copies * (lin.d_in + lin.d_out) for b in arch.blocks for lin in b.linears)
         largest = max([embed] + [lin.d_in * lin.d_out for b in arch.blocks for lin in b.linears])
-        return _Params(total * wb, 0, 0, total, total * wb, dims, largest)
+        return _Params(total * wb, 0, 0, total, total * wb, dims, largest, arch.layer_params * wb)
 
     lora, dims, lora_largest = _lora_params(arch, setup)
     adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
@@ -168,7 +170,8 @@ def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
     mts = _modules_to_save(arch, setup.modules_to_save)
     adapters = lora * adapter_b + mts * other_b
     largest = embed if mts else lora_largest
-    return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest)
+    return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest,
+                   lora * adapter_b)
 
 
 def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:
@@ -185,13 +188,15 @@ def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) ->
     return 2 * 2 * (quantized // _HQQ_GROUP)
 
 
-def _optimizer_state(setup: TrainSetup, p: _Params) -> tuple[int, int]:
+def _optimizer_state(setup: TrainSetup, p: _Params, cuda: bool) -> tuple[int, int]:
     """(persistent state bytes, step temporaries) for the trainable parameters."""
     opt = setup.optimizer
     if opt in ("adamw_torch", "adamw_torch_fused"):
-        # exp_avg and exp_avg_sq in the parameter dtype; foreach AdamW's sqrt(exp_avg_sq) buffer
-        temp = p.trainable_bytes if opt == "adamw_torch" else 0
-        return 2 * p.trainable_bytes, temp
+        # exp_avg and exp_avg_sq in the parameter dtype. Temporaries: on a GPU foreach AdamW's
+        # sqrt(exp_avg_sq) for every tensor at once; on the CPU, tensor by tensor, the largest
+        # tensor's sqrt and its quotient by the bias correction, alive together.
+        temp = p.trainable_bytes if cuda else 2 * p.largest * p.trainable_bytes // p.trainable
+        return 2 * p.trainable_bytes, temp if opt == "adamw_torch" else 0
     if opt in ("adamw_8bit", "paged_adamw_8bit"):
         return p.trainable * 2 + 2 * FP32 * (p.trainable // _BNB_OPT_BLOCK), 0
     if opt == "paged_adamw_32bit":
@@ -217,26 +222,40 @@ def check_setup(arch: Architecture, setup: TrainSetup) -> None:
                            "LoRA rank must be at most the layer width", "lora_r")
 
 
-def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
-    """Predict peak GPU memory (per GPU) for one training step of ``model`` under ``setup``."""
+DEVICES = ("cuda", "cpu")
+
+
+def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estimate:
+    """Predict peak GPU memory (per GPU) for one training step of ``model`` under ``setup``.
+
+    ``device="cpu"`` predicts a CPU run's live tensor bytes (what trainer/tensor_memory.py
+    measures): the same tensors, without cuBLAS's workspace, the CUDA context or a caching
+    allocator's slack (reserved = allocated = device used)."""
+    if device not in DEVICES:
+        raise PlannerError(f"device '{device}' is not one of: {', '.join(DEVICES)}", "device")
+    cuda = device == "cuda"
+    cublas, context = (CUBLAS_WORKSPACE, CUDA_CONTEXT) if cuda else (0, 0)
     arch = model.arch
     check_setup(arch, setup)
     notes: list[str] = list(model.assumptions)
     total = model.total_params
     p = _params(arch, setup, total)
     gradients = p.trainable_bytes
-    optimizer, opt_temp = _optimizer_state(setup, p)
+    optimizer, opt_temp = _optimizer_state(setup, p, cuda)
+    acts = activation_peak(arch, setup)
+    n, shard = setup.num_gpus, setup.sharding
     flight = _Flight()
     if setup.optimizer_in_backward:
         flight = _in_backward(arch, setup, p, opt_temp)
         gradients, opt_temp = 0, 0
-    acts = activation_peak(arch, setup)
-    n, shard = setup.num_gpus, setup.sharding
+    elif setup.gradient_accumulation_steps == 1 and shard in ("none", "ddp"):
+        flight = _fresh_gradients(arch, setup, p, acts)
+        gradients = 0
     weights, quant_state, adapters = p.weights, p.quant_state, p.adapters
     gathered = 0
     host = acts.offloaded
     if shard == "ddp":
-        gradients *= 2  # DDP's reducer keeps its own bucket copy of every gradient
+        gradients += p.trainable_bytes  # DDP's reducer keeps its own bucket copy of every gradient
     if shard in ("zero2", "fsdp", "zero3"):
         gradients, optimizer, opt_temp = gradients // n, optimizer // n, opt_temp // n
     if shard in ("fsdp", "zero3"):
@@ -263,7 +282,7 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
     if setup.method == "qlora":
         big = arch.largest_linear()
         dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
-    workspace_fb = CUBLAS_WORKSPACE + dequant + gathered
+    workspace_fb = cublas + dequant + gathered
     # Backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. Under
     # the optimizer step in backward the head steps at the start: with the standard loss once its
     # buffers have shrunk to the 16-bit logits' gradient; the chunked loss already counts the head's
@@ -273,14 +292,16 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         shrunk = setup.tokens * arch.vocab_size * setup.compute_bytes
         loss_part, head = (shrunk, head) if shrunk + sum(head) > acts.logits else (acts.logits, (0, 0))
     at_loss = loss_part + sum(head)
-    at_layer = acts.working_set + sum(flight.layer)
+    at_layer = acts.working_set + sum(flight.layer) - flight.freed
     fwd_bwd = acts.saved + acts.lm_head_weight_copy + max(at_loss, at_layer) + workspace_fb
     # the optimizer step: after backward, or in backward the embedding's, the last to complete
-    step = opt_temp + sum(flight.end) + CUBLAS_WORKSPACE
+    step = opt_temp + sum(flight.end) + cublas
     if fwd_bwd >= step:
         phase = "forward/backward"
         in_flight = flight.layer if at_layer > at_loss else head
-        activations = acts.saved + acts.lm_head_weight_copy + (acts.working_set if at_layer > at_loss else 0)
+        activations = acts.saved + acts.lm_head_weight_copy
+        if at_layer > at_loss:
+            activations += acts.working_set - flight.freed
         logits = 0 if at_layer > at_loss else loss_part
         gradients += in_flight[0]
         workspace = workspace_fb + in_flight[1]
@@ -288,12 +309,11 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         phase, activations, logits, workspace = "optimizer step", 0, 0, step - flight.end[0]
         gradients += flight.end[0]
     peak_allocated = weights + quant_state + adapters + gradients + optimizer + activations + logits + workspace
-    slack = int(ALLOCATOR_SLACK * (activations + logits + workspace))
     # FSDP frees gathered layers on its all-gather stream: the compute stream cannot reuse those
     # blocks at once, so one more gathered set stays reserved.
-    slack += gathered
+    slack = int(ALLOCATOR_SLACK * (activations + logits + workspace)) + gathered if cuda else 0
     breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, activations, logits,
-                          workspace, CUDA_CONTEXT, slack)
+                          workspace, context, slack)
     notes += _assumptions(arch, setup)
     return Estimate(
         model=model.name,
@@ -303,7 +323,7 @@ def estimate(model: ModelSpec, setup: TrainSetup) -> Estimate:
         breakdown=breakdown,
         peak_allocated_bytes=peak_allocated,
         peak_reserved_bytes=peak_allocated + slack,
-        device_used_bytes=peak_allocated + slack + CUDA_CONTEXT,
+        device_used_bytes=peak_allocated + slack + context,
         host_bytes=host,
         peak_phase=phase,
         assumptions=tuple(notes),
@@ -323,7 +343,24 @@ class _Flight:
     end: tuple[int, int] = (0, 0)
     """At backward's end, with every activation freed: the input embedding's gradient (beside a
     tied head's, waiting) and its step's temporaries."""
+    freed: int = 0
+    """Saved activations of the layers whose backward has run by the ``layer`` peak."""
 
+
+def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: _Params, acts: ActivationPeak) -> _Flight:
+    """Gradients without accumulation: none exist through forward (the Trainer's
+    ``zero_grad(set_to_none=True)`` after every step); backward allocates the head's, then each
+    layer's as it frees that layer's saved activations, then the embedding's. With the same
+    activations (a) and gradients (g) per layer, live bytes through the layers change by g - a per
+    layer, so the peak is at the top layer (a >= g) or the bottom one (g > a)."""
+    head = trainable_head_bytes(setup) * arch.vocab_size * arch.hidden_size
+    if setup.method == "full" and arch.tie_word_embeddings:
+        head = 0  # a tied head's gradient waits in autograd's buffer: activations.py counts it
+    n = arch.num_layers
+    a, g = acts.layers_saved / n, p.layer_bytes / n
+    below = n - 1 if g > a else 0  # layers below the peak's whose backward has run
+    return _Flight(head=(head, 0), layer=(int(head + (below + 1) * g), 0), end=(p.trainable_bytes, 0),
+                   freed=int(below * a))
 
 def _in_backward(arch: Architecture, setup: TrainSetup, p: _Params, opt_temp: int) -> _Flight:
     """Each gradient lives from its accumulation to its own parameter's step (torchtune's

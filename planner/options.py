@@ -7,7 +7,7 @@ Names and defaults follow Hugging Face (``TrainingArguments``, ``LoraConfig``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.errors import PlannerError, shown
 from planner.loss import LOSSES
@@ -82,6 +82,7 @@ BOUNDS: dict[str, Bound] = {
     "lora_alpha": Bound(1, 2**20, why="2**20"),
     "lora_dropout": Bound(0.0, 1.0, whole=False, high_open=True),
     "num_gpus": Bound(1, 2**16, why="2**16 GPUs"),
+    "gradient_accumulation_steps": Bound(1, 2**20, why="2**20 micro-batches"),
     "dataset_tokens": Bound(1, 10**15, why="tokens"),
     "epochs": Bound(0.0, 1e6, whole=False, low_open=True),
     "gpu_memory_gib": Bound(0.0, 2.0**20, whole=False, low_open=True, why="2**20 GiB = 1 PiB"),
@@ -134,6 +135,10 @@ class TrainSetup:
     kbit_prepare: bool = True
     """QLoRA runs ``prepare_model_for_kbit_training``, which casts every non-quantized weight
     (embeddings, LM head, norms) to fp32."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Above 1 the gradients stay allocated from one micro-batch's
+    backward through the next one's forward; at 1 they are freed after every step (the Trainer's
+    ``zero_grad(set_to_none=True)``) and appear layer by layer during backward."""
     optimizer_in_backward: bool = False
     """Full fine-tuning: each parameter is updated, and its gradient freed, as soon as backward has
     produced it (``register_post_accumulate_grad_hook``), so the gradients never exist all at once."""
@@ -157,7 +162,8 @@ class TrainSetup:
         _choice("loss", self.loss, LOSSES)
         _choice("sharding", self.sharding, SHARDINGS)
         _choice("offload", self.offload, OFFLOADS)
-        for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus"):
+        for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus",
+                     "gradient_accumulation_steps"):
             check_bound(name, getattr(self, name))
         if not self.lora_targets or any(not t for t in self.lora_targets):
             raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear", "lora_targets")
@@ -169,6 +175,9 @@ class TrainSetup:
         if self.optimizer_in_backward and self.method != "full":
             raise PlannerError("--optimizer-in-backward applies to --method full (adapters' gradients are small)",
                                "optimizer_in_backward")
+        if self.optimizer_in_backward and self.gradient_accumulation_steps > 1:
+            raise PlannerError("--optimizer-in-backward steps in every backward: it needs "
+                               "--gradient-accumulation-steps 1", "gradient_accumulation_steps")
         if self.optimizer_in_backward and self.num_gpus > 1:
             raise PlannerError("--optimizer-in-backward plans one GPU: each gradient is used before any "
                                "all-reduce could sum it across GPUs", "optimizer_in_backward")
@@ -213,3 +222,12 @@ class TrainSetup:
     @property
     def tokens(self) -> int:
         return self.batch_size * self.seq_len
+
+
+def at_micro_batch(setup: TrainSetup, batch: int) -> TrainSetup:
+    """``setup`` at micro-batch ``batch`` with the same global batch (micro-batch x accumulation):
+    gradient accumulation makes up the difference, except under the optimizer in backward, which
+    steps every micro-batch."""
+    global_batch = setup.batch_size * setup.gradient_accumulation_steps
+    steps = 1 if setup.optimizer_in_backward else max(1, global_batch // batch)
+    return replace(setup, batch_size=batch, gradient_accumulation_steps=steps)

@@ -24,7 +24,7 @@ from planner.cost import run_cost
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
 from planner.memory import estimate, memory_savers
-from planner.options import TrainSetup
+from planner.options import TrainSetup, at_micro_batch
 from planner.targets import GpuTarget
 from planner.units import GiB, fmt_gib
 
@@ -159,7 +159,7 @@ def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: i
                         modules_to_save=base.modules_to_save if method != "full" else ())
         max_batch = _largest(model, combo, "batch_size", gpu.memory_bytes, _MAX_BATCH, host_memory)
         for batch in batches:
-            options.append(_option(model, replace(combo, batch_size=batch), gpu, max_batch, dataset_tokens,
+            options.append(_option(model, at_micro_batch(combo, batch), gpu, max_batch, dataset_tokens,
                                    epochs, usd_per_hour, usd_per_kwh, host_memory))
     return tuple(options)
 

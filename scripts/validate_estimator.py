@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -31,8 +32,11 @@ SOURCE_CODE = {
     # prepare_model_for_kbit_training (embeddings and LM head stay bf16).
     "fsdp_qlora": {"adapter_dtype": "bf16", "kbit_prepare": False},
     # modelscope/ms-swift @97e4d198b: no prepare_model_for_kbit_training; memory is
-    # torch.cuda.max_memory_reserved over the whole run (Seq2SeqTrainer.train).
-    "ms-swift": {"kbit_prepare": False, "kind": "reserved"},
+    # torch.cuda.max_memory_reserved over the whole run (Seq2SeqTrainer.train); gradient
+    # accumulation defaults to ceil(16 / batch_size / world_size) (SftArguments.__post_init__).
+    "ms-swift": {"kbit_prepare": False, "kind": "reserved", "global_batch": 16},
+    # QwenLM/Qwen README, "Profiling of Memory and Speed": batch size 1, gradient accumulation 8.
+    "QwenLM/Qwen": {"gradient_accumulation_steps": 8},
 }
 
 
@@ -72,6 +76,8 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
 
     method = r["method"]
     targets = opt("lora_targets", "all-linear")
+    batch, gpus = int(opt("batch_size", "1")), int(opt("num_gpus", "1"))
+    accumulation = code.get("gradient_accumulation_steps", math.ceil(code.get("global_batch", 1) / batch / gpus))
     return TrainSetup(
         method=method,
         quant=(opt("quant", "nf4") if method == "qlora" else None),
@@ -79,14 +85,15 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
         precision=opt("precision", "bf16"),
         adapter_dtype=opt("adapter_dtype", "fp32"),
         optimizer=opt("optimizer", "adamw_torch"),
-        batch_size=int(opt("batch_size", "1")),
+        batch_size=batch,
+        gradient_accumulation_steps=accumulation,
         seq_len=int(opt("seq_len", "2048")),
         grad_checkpointing=opt("grad_checkpointing", "on") == "on",
         attention=opt("attention", "sdpa"),
         lora_r=int(opt("lora_r", "16")),
         lora_targets=tuple(targets.split(",")),
         modules_to_save=tuple(m for m in r["modules_to_save"].split(",") if m),
-        num_gpus=int(opt("num_gpus", "1")),
+        num_gpus=gpus,
         sharding=opt("sharding", "none"),
         offload=opt("offload", "none"),
         kbit_prepare=code.get("kbit_prepare", r["kind"] != "weights_only"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from planner.launch import accumulation_for, train_config_fields, why_not_trainable
-from planner.options import TrainSetup
+from planner.launch import train_config_fields, why_not_trainable
+from planner.options import TrainSetup, at_micro_batch
 from trainer.config import SHARDING_OF_PLAN, ConfigError, TrainConfig
 
 
@@ -30,8 +30,8 @@ def test_what_the_trainer_cannot_run_is_named_and_never_silently_changed(setup, 
 def test_the_run_config_is_the_planned_setup():
     setup = TrainSetup(method="qlora", quant="fp4", optimizer="paged_adamw_8bit", batch_size=2, seq_len=4096,
                        grad_checkpointing=False, lora_r=32, lora_alpha=64, lora_dropout=0.1,
-                       lora_targets=("q_proj", "v_proj"), num_gpus=2, sharding="fsdp")
-    fields = train_config_fields(setup, "meta-llama/Llama-3.1-8B", 2.0, gradient_accumulation_steps=4)
+                       lora_targets=("q_proj", "v_proj"), num_gpus=2, sharding="fsdp", gradient_accumulation_steps=4)
+    fields = train_config_fields(setup, "meta-llama/Llama-3.1-8B", 2.0)
     cfg = TrainConfig.from_dict({**fields, "dataset": "data.jsonl"})
     assert (cfg.method, cfg.quant, cfg.optimizer, cfg.batch_size, cfg.max_seq_len, cfg.grad_checkpointing,
             cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.num_processes, cfg.sharding,
@@ -39,8 +39,14 @@ def test_the_run_config_is_the_planned_setup():
         "qlora", "fp4", "paged_adamw_8bit", 2, 4096, False, 32, 64, 0.1, ("q_proj", "v_proj"), 2, "fsdp", 4, 2.0)
 
 
-def test_accumulation_keeps_the_planned_batch():
-    assert accumulation_for(8, 2) == 4 and accumulation_for(8, 8) == 1 and accumulation_for(2, 8) == 1
+def test_a_smaller_micro_batch_keeps_the_global_batch_by_accumulation():
+    def steps(batch: int, accumulation: int, micro: int, **kw) -> int:
+        setup = TrainSetup(batch_size=batch, gradient_accumulation_steps=accumulation, **kw)
+        return at_micro_batch(setup, micro).gradient_accumulation_steps
+
+    assert (steps(8, 1, 2), steps(8, 1, 8), steps(2, 1, 8), steps(4, 2, 1)) == (4, 1, 1, 8)
+    # the optimizer in backward steps every micro-batch: it never accumulates
+    assert steps(8, 1, 2, method="full", optimizer_in_backward=True) == 1
 
 
 def test_the_chunked_loss_runs_in_one_process_only():

@@ -49,7 +49,9 @@ def test_the_optimizer_in_backward_frees_what_precise_mode_frees():
                                                           optimizer_in_backward=True))
     saved, simulated_saving = plain_est.peak_allocated_bytes - est.peak_allocated_bytes, \
         plain_sim.peak_allocated_bytes - sim.peak_allocated_bytes
-    assert simulated_saving > 14 * GiB  # nearly every bf16 gradient of 8B parameters
+    # most of the 14 GiB of bf16 gradients of 8B parameters: the plain run's peak (the optimizer
+    # step's) holds them all, the stepped-in-backward one holds one layer weight's at a time
+    assert simulated_saving > 11 * GiB
     assert saved == pytest.approx(simulated_saving, rel=0.05)
     assert sim.phase_peaks["optimizer"] < sim.phase_peaks["backward"]  # nothing left to do after backward
 

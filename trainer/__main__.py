@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.demo import ARCHS
+from trainer.demo import ARCHS, SIZES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--force", action="store_true", help="replace demo files edited since make-demo wrote them")
     demo.add_argument("--arch", default="llama", choices=ARCHS,
                       help="the tiny model's architecture: a dense Llama (default) or a mixture of experts")
+    demo.add_argument("--size", default="tiny", choices=tuple(SIZES),
+                      help="tiny (3.5M parameters, default), small (98M) or medium (0.77B): the larger ones "
+                           "check memory on a GPU, where fixed costs would dwarf the tiny model")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(args.run, args.out, merge=args.merge, force=args.force)
     from trainer.demo import main as demo_main
 
-    return demo_main(args.out, args.arch, force=args.force)
+    return demo_main(args.out, args.arch, force=args.force, size=args.size)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan run
 (sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
 
 SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "adapter_dtype", "optimizer",
-                "optimizer_in_backward",
+                "optimizer_in_backward", "gradient_accumulation_steps",
                 "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
                 "lora_r", "lora_alpha",
                 "lora_dropout", "lora_targets", "modules_to_save", "num_processes", "sharding")
@@ -296,6 +296,7 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         "kbit_upcast": s.kbit_prepare, "precision": s.precision,
         "adapter_dtype": s.adapter_dtype, "optimizer": s.optimizer, "optimizer_in_backward": s.optimizer_in_backward,
         **({"max_grad_norm": 0.0} if s.optimizer_in_backward else {}), "batch_size": s.batch_size,
+        "gradient_accumulation_steps": s.gradient_accumulation_steps,
         "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
         "offload_activations": s.offload_activations, "attention": s.attention, "loss": s.loss,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
@@ -312,6 +313,7 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
         kbit_prepare=cfg.kbit_upcast,
         precision=precision, adapter_dtype=cfg.adapter_dtype, optimizer=cfg.optimizer,
         optimizer_in_backward=cfg.optimizer_in_backward, batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing,
         offload_activations=cfg.offload_activations, attention=cfg.attention, loss=cfg.loss,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,

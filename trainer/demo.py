@@ -134,16 +134,30 @@ ARCHS = ("llama", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 """``make-demo --arch``: a dense Llama, or a mixture-of-experts model of each supported kind."""
 
 
-def model_config(arch: str = "llama", vocab_size: int = 1024, bos: int = 1, eos: int = 2, pad: int = 0) -> Any:
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4),
+    "medium": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4),
+}
+"""``make-demo --size``: tiny (3.5M parameters, the CPU demo), small (98M) and medium (0.77B),
+for checking the estimator on a GPU where the CUDA context and cuBLAS workspace would dwarf the
+tiny model's tensors (scripts/gpu_check.py). Head size 64 throughout; MLP widths scale with the
+hidden size."""
+
+
+def model_config(arch: str = "llama", vocab_size: int = 1024, bos: int = 1, eos: int = 2, pad: int = 0,
+                 size: str = "tiny") -> Any:
     """A tiny config of ``arch`` with the real architecture's parts (GQA, RoPE, RMSNorm, SwiGLU;
-    for MoE 4 experts, 2 per token, and each model type's own router and shared experts).
+    for MoE 4 experts, 2 per token, and each model type's own router and shared experts), at
+    ``size`` (:data:`SIZES`).
 
     Widths are multiples of 64: bitsandbytes' CPU 4-bit inference kernel asserts
     out_features % 32 == 0 and in_features % 64 == 0 (688 crashes ``generate`` on QLoRA)."""
     from transformers import AutoConfig
 
-    common = dict(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512,
+    if size not in SIZES:
+        raise ValueError(f"--size {size!r} is not one of: {', '.join(SIZES)}")
+    common = dict(vocab_size=vocab_size, **SIZES[size], max_position_embeddings=512,
                   tie_word_embeddings=False,  # separate lm_head, as in Llama: exercises modules_to_save paths
                   bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, dtype="float32")
     # intermediate 768 = Llama's rule (8/3 * hidden, rounded up to a multiple of 256)
@@ -157,16 +171,18 @@ def model_config(arch: str = "llama", vocab_size: int = 1024, bos: int = 1, eos:
     }
     if arch not in per_arch:
         raise ValueError(f"--arch {arch!r} is not one of: {', '.join(ARCHS)}")
-    return AutoConfig.for_model(arch, **common, **per_arch[arch])
+    scale = SIZES[size]["hidden_size"] // SIZES["tiny"]["hidden_size"]
+    widths = {k: v * scale if k.endswith("intermediate_size") else v for k, v in per_arch[arch].items()}
+    return AutoConfig.for_model(arch, **common, **widths)
 
 
-def build_model(tokenizer: Any, seed: int = SEED, arch: str = "llama") -> Any:
-    """A random-init model of ``arch`` for ``tokenizer``."""
+def build_model(tokenizer: Any, seed: int = SEED, arch: str = "llama", size: str = "tiny") -> Any:
+    """A random-init model of ``arch`` at ``size`` for ``tokenizer``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     config = model_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
-                          tokenizer.pad_token_id)
+                          tokenizer.pad_token_id, size)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -196,7 +212,7 @@ class DemoError(ValueError):
     """``--out`` cannot take the demo: one line saying why."""
 
 
-def make_demo(out: str | Path, arch: str = "llama", force: bool = False) -> Path:
+def make_demo(out: str | Path, arch: str = "llama", force: bool = False, size: str = "tiny") -> Path:
     """Build the demo under ``out`` (a new or empty folder, or a previous demo whose files nobody
     edited; ``force`` replaces edited ones); runs/ is never touched. Returns run.json."""
     start = time.perf_counter()
@@ -211,7 +227,7 @@ def make_demo(out: str | Path, arch: str = "llama", force: bool = False) -> Path
     with atomic_dir(root / "model", replace=True) as tmp:
         tokenizer = build_tokenizer(examples)
         _log(f"tokenizer: byte-level BPE, {len(tokenizer)} tokens")
-        model = build_model(tokenizer, arch=arch)
+        model = build_model(tokenizer, arch=arch, size=size)
         n_params = sum(p.numel() for p in model.parameters())
         # save_pretrained writes the Hub's layout: MoE experts one tensor per expert projection
         from transformers.utils import logging as hf_logging
@@ -269,14 +285,14 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def main(out: str, arch: str = "llama", force: bool = False) -> int:
-    """``python -m trainer make-demo --out DIR [--arch A] [--force]``: prints the run.json path on stdout."""
+def main(out: str, arch: str = "llama", force: bool = False, size: str = "tiny") -> int:
+    """``python -m trainer make-demo --out DIR [--arch A] [--size S] [--force]``: prints the run.json path on stdout."""
     import signal
 
     # SIGTERM (the app closing) unwinds like an exception, so every temporary folder is removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        path = make_demo(out, arch, force)
+        path = make_demo(out, arch, force, size)
     except DemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

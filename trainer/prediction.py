@@ -14,12 +14,13 @@ from planner.options import TrainSetup
 from trainer.config import TrainConfig, fields_of, setup_of
 
 
-def predict(cfg: TrainConfig, precision: str) -> tuple[ModelSpec, TrainSetup, Estimate] | None:
-    """The planner's estimate for this run, or None when the planner cannot model it."""
+def predict(cfg: TrainConfig, precision: str, device: str = "cuda") -> tuple[ModelSpec, TrainSetup, Estimate] | None:
+    """The planner's estimate for this run on ``device`` (a CPU run: its live tensor bytes), or
+    None when the planner cannot model it."""
     try:
         spec = resolve_model(cfg.model)
         setup = setup_of(cfg, precision)
-        return spec, setup, estimate(spec, setup)
+        return spec, setup, estimate(spec, setup, device)
     except PlannerError:
         return None
 
@@ -37,7 +38,4 @@ def oom_hint(cfg: TrainConfig, precision: str, budget_bytes: int) -> tuple[str, 
                 "use a bigger GPU or more GPUs", None)
     # the fields the fix changes, through the one mapping (precision as resolved, on both sides)
     before, after = fields_of(setup), fields_of(fix.setup)
-    changes = {k: v for k, v in after.items() if before[k] != v}
-    if fix.accumulation_factor > 1:
-        changes["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps * fix.accumulation_factor
-    return fix.change, changes
+    return fix.change, {k: v for k, v in after.items() if before[k] != v}

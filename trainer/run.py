@@ -96,7 +96,7 @@ class Run:
 
             self.layout.enter_context(host_offload())
         model = load_model(cfg, self.runtime)
-        predicted = predict(cfg, self.runtime.precision)
+        predicted = predict(cfg, self.runtime.precision, self.runtime.device)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
         # one process watches its folder every step; several would disagree on the step it vanished
         self.callback = EventCallback(self.sink, self.commands, self.runtime.device,

@@ -79,12 +79,13 @@ class Simulation:
 
 
 def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str = "meta",
-             policy: Any = None) -> StepPeaks:
+             policy: Any = None, target: str = "cuda") -> StepPeaks:
     """Peak live bytes per phase of one step of a ``layers``-layer copy of the model.
 
     On ``meta`` the autocast casts follow ``policy`` (CUDA's by default). ``device="cpu"`` runs
     the same step on real tensors under torch's own CPU autocast: the ground truth the meta run
-    is checked against in the tests.
+    is checked against in the tests. ``target``: the device whose run is modelled, which decides
+    how the optimizer steps (all tensors at once on ``cuda``, one by one on ``cpu``).
     """
     from unittest import mock
 
@@ -96,6 +97,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     from planner.simulate.offload import host_offload
 
     cast_dtype = autocast_dtype(setup)
+    foreach = target == "cuda"
     counter = live_bytes_class()(gpu_kernels=device == "meta")
     if device == "meta":
         semantics = semantics_class()(policy or CUDA if cast_dtype else None, cast_dtype)
@@ -111,9 +113,9 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
         model = build_model(config, layers, setup, device, semantics)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if setup.optimizer_in_backward:  # the trainer's: one optimizer per parameter, stepped in backward
-            optimizer = in_backward_class()(trainable, lambda groups: make_optimizer(setup.optimizer, groups))
+            optimizer = in_backward_class()(trainable, lambda groups: make_optimizer(setup.optimizer, groups, foreach))
         else:
-            optimizer = make_optimizer(setup.optimizer, trainable)
+            optimizer = make_optimizer(setup.optimizer, trainable, foreach)
         ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
         for step in range(2):  # the second step has optimizer state and gradients from the first
             owners = _persistent_storages(model, optimizer)
@@ -133,13 +135,15 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
             counter.reset_peak()
             loss.backward()
             del loss
+            # the gradients backward created (none before it without accumulation) are gradients too
+            grown = _persistent_storages(model, optimizer)
             at_peak["backward"] = (counter.peak, counter.peak_live, counter.peak_saved)
             counter.reset_peak()
             optimizer.step()
             at_peak["optimizer"] = (counter.peak, counter.peak_live, counter.peak_saved)
-            if step == 0:
-                optimizer.zero_grad(set_to_none=False)  # gradient accumulation keeps them allocated
-    categories = {phase: _categorize(*at, owners) for phase, at in at_peak.items()}
+            if step == 0:  # the Trainer frees the gradients after each step; accumulation keeps them
+                optimizer.zero_grad(set_to_none=setup.gradient_accumulation_steps == 1)
+    categories = {phase: _categorize(*at, owners if phase == "forward" else grown) for phase, at in at_peak.items()}
     return StepPeaks({phase: peak for phase, (peak, _, _) in at_peak.items()}, categories, host.peak if host else 0)
 
 
@@ -162,7 +166,11 @@ def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict
     return split
 
 
-def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
+def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simulation:
+    """Precise mode's prediction for a run on ``device``: ``cuda``, or ``cpu`` (torch's CPU
+    autocast, the optimizer stepping tensor by tensor, no cuBLAS workspace, context or slack)."""
+    from planner.autocast_policy import CPU
+
     check_setup(model.arch, setup)  # before any model is built: a bad rank costs minutes here
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
@@ -178,8 +186,8 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     # one more input is alive inside a layer than in the first, so the affine part starts there.
     first = 2 if setup.offload_activations and model.arch.num_layers > 2 else 1
     try:
-        one = run_step(model.config, first, setup)
-        two = run_step(model.config, first + 1, setup)
+        policy = CPU if device == "cpu" else None
+        one, two = (run_step(model.config, n, setup, policy=policy, target=device) for n in (first, first + 1))
     except PlannerError:
         raise
     except Exception as exc:  # an op the meta device lacks, an unknown layer type: say so, no traceback
@@ -192,18 +200,21 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
 
     # cuBLAS's workspace: taken from the caching allocator by a GPU's first matmul and held from
     # then on, a temporary the meta device (which runs no cuBLAS) never allocates
-    phases = {p: extrapolate(one[p], two[p]) + CUBLAS_WORKSPACE for p in PHASES}
+    cuda = device == "cuda"
+    cublas, context, slack = (CUBLAS_WORKSPACE, CUDA_CONTEXT, ALLOCATOR_SLACK) if cuda else (0, 0, 0.0)
+    phases = {p: extrapolate(one[p], two[p]) + cublas for p in PHASES}
     peak_phase = max(PHASES, key=phases.__getitem__)
     peak = phases[peak_phase]
     categories = {c: extrapolate(one.categories[peak_phase][c], two.categories[peak_phase][c]) for c in CATEGORIES}
-    categories["temporaries"] += CUBLAS_WORKSPACE
+    categories["temporaries"] += cublas
     # the estimator's allocator model: slack over what the step adds on top of the weights
     transient = max(peak - min(phases.values()), 0)
-    reserved = peak + int(ALLOCATOR_SLACK * transient)
+    reserved = peak + int(slack * transient)
     notes = [f"simulated {first} and {first + 1} layers on the meta device and extrapolated to {layers} (identical "
              "layers)",
              "CUDA autocast replayed from torch's op table; cuBLAS workspace, CUDA context and allocator slack "
-             "as in the analytic estimate"]
+             "as in the analytic estimate" if cuda else
+             "a CPU run: torch's CPU autocast, AdamW stepping tensor by tensor; no workspace, context or slack"]
     if model.arch.is_moe:
         notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each); layout: "
                      + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))
@@ -212,5 +223,5 @@ def simulate(model: ModelSpec, setup: TrainSetup) -> Simulation:
     if setup.offload_activations:
         notes.append("activation offloading: transformers' offload run with hooks that count host bytes (meta "
                      "tensors have no data to copy)")
-    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + CUDA_CONTEXT,
+    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + context,
                       tuple(notes), extrapolate(one.host, two.host))

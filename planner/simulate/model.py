@@ -117,8 +117,9 @@ def _quantize(model: Any, setup: TrainSetup) -> None:
         setattr(parent, name, q)
 
 
-def make_optimizer(name: str, params: list[Any]) -> Any:
-    """The optimizer HF Trainer builds for ``optim=name``, states at their real sizes.
+def make_optimizer(name: str, params: list[Any], foreach: bool = True) -> Any:
+    """The optimizer HF Trainer builds for ``optim=name``, states at their real sizes. ``foreach``:
+    torch's AdamW steps all tensors at once on a GPU, one by one on the CPU (its default there).
 
     Paged bitsandbytes optimizers keep the same states in CUDA managed memory, which the meta
     device cannot allocate: they are simulated unpaged, as device memory (their worst case)."""
@@ -127,7 +128,7 @@ def make_optimizer(name: str, params: list[Any]) -> Any:
     if name in ("adamw_torch", "adamw_torch_fused"):
         # the fused kernel has no meta registration; its states are the foreach ones, less the
         # sqrt(exp_avg_sq) temporary
-        return torch.optim.AdamW(params, lr=1e-4, foreach=name == "adamw_torch", fused=False)
+        return torch.optim.AdamW(params, lr=1e-4, foreach=foreach and name == "adamw_torch", fused=False)
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-4)
     if name == "adafactor":

@@ -30,7 +30,7 @@ def test_each_technique_lengthens_what_fits_where_it_should(rows):
     assert llama["all"] >= 32_000  # the goal
     mistral = rows[("mistralai/Mistral-7B-v0.1", 24)]
     assert mistral["chunked loss"] < 1.05 * mistral["plain"]  # a 32k vocabulary: little to gain
-    assert mistral["offload activations"] > 2 * mistral["plain"]  # there the checkpoints were the peak
+    assert mistral["offload activations"] > 1.9 * mistral["plain"]  # there the checkpoints were the peak
     assert rows[("meta-llama/Llama-2-70b-hf", 24)]["plain"] == 0  # 70B QLoRA does not fit 24 GiB at all
 
 

@@ -28,13 +28,16 @@ def test_what_it_cannot_do_is_refused_naming_the_fix(change, words):
 
 
 def test_a_plan_with_it_turns_clipping_and_accumulation_off():
+    from planner.errors import PlannerError
     from planner.launch import train_config_fields
     from planner.options import TrainSetup
 
     setup = TrainSetup(method="full", optimizer_in_backward=True)
     assert fields_of(setup)["max_grad_norm"] == 0.0
-    fields = train_config_fields(setup, "m", 1.0, gradient_accumulation_steps=4)
+    fields = train_config_fields(setup, "m", 1.0)
     assert fields["gradient_accumulation_steps"] == 1
+    with pytest.raises(PlannerError, match="gradient-accumulation-steps 1"):
+        TrainSetup(method="full", optimizer_in_backward=True, gradient_accumulation_steps=4)
     TrainConfig(dataset="d.jsonl", **fields)  # a config the trainer accepts
     assert "max_grad_norm" not in fields_of(TrainSetup(method="full"))
 

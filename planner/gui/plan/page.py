@@ -35,7 +35,7 @@ from planner.gui.plan.panels import CostPanel, RecommendationPanel, SizesPanel
 from planner.gui.plan.precise import PrecisePanel
 from planner.gui.state import AppState
 from planner.hardware import ram_total
-from planner.launch import accumulation_for, train_config_fields, why_not_trainable
+from planner.launch import train_config_fields, why_not_trainable
 from planner.options import TrainSetup
 from planner.recommend import recommend
 from planner.settings import load_prices
@@ -241,9 +241,7 @@ class PlanPage(QWidget):
     def _to_train(self, setup: TrainSetup, model: str) -> None:
         if self.state is None:
             return
-        values = self.form.values()
-        accumulation = accumulation_for(values.batch_size, setup.batch_size)
-        self.state.plan_to_train.emit(train_config_fields(setup, model, values.epochs, accumulation))
+        self.state.plan_to_train.emit(train_config_fields(setup, model, self.form.values().epochs))
         self.state.page_requested.emit("train")
 
     @staticmethod

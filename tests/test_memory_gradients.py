@@ -1,0 +1,61 @@
+"""When gradients exist (accumulation or not) and what a CPU run's prediction leaves out."""
+
+from dataclasses import replace
+
+import pytest
+
+from planner.catalog import resolve_model
+from planner.errors import PlannerError
+from planner.memory import estimate
+from planner.options import TrainSetup
+from planner.units import GiB
+
+LLAMA8 = resolve_model("meta-llama/Llama-3.1-8B")
+
+
+@pytest.mark.parametrize("setup", [
+    TrainSetup(method="lora", seq_len=4096),
+    TrainSetup(method="full", optimizer="adamw_8bit", grad_checkpointing=False, seq_len=2048),
+    TrainSetup(method="qlora", modules_to_save=("lm_head",)),
+])
+def test_accumulation_keeps_the_gradients_through_forward(setup):
+    fresh, held = estimate(LLAMA8, setup), estimate(LLAMA8, replace(setup, gradient_accumulation_steps=4))
+    assert held.peak_allocated_bytes > fresh.peak_allocated_bytes
+    # held: every gradient is part of the peak; fresh: only those backward has made by then
+    assert held.breakdown.gradients >= fresh.breakdown.gradients
+    assert held.peak_allocated_bytes - fresh.peak_allocated_bytes <= held.breakdown.gradients
+
+
+def test_without_accumulation_a_loss_peak_has_no_layer_gradient_yet():
+    """LoRA at 4,096 tokens peaks at the start of backward (the fp32 logits): no adapter has a
+    gradient yet."""
+    e = estimate(LLAMA8, TrainSetup(method="lora", seq_len=4096))
+    assert e.peak_phase == "forward/backward" and e.breakdown.logits > 0 and e.breakdown.gradients == 0
+
+
+def test_full_fine_tuning_holds_every_gradient_at_the_optimizer_step_either_way():
+    for steps in (1, 8):
+        e = estimate(LLAMA8, TrainSetup(method="full", optimizer="adamw_8bit", gradient_accumulation_steps=steps))
+        assert e.breakdown.gradients >= 2 * LLAMA8.total_params  # bf16, at the step or through forward
+
+
+def test_a_cpu_prediction_is_tensors_only():
+    setup = TrainSetup(method="lora", precision="fp32", seq_len=512)
+    gpu, cpu = estimate(LLAMA8, setup), estimate(LLAMA8, setup, device="cpu")
+    assert cpu.breakdown.cuda_context == cpu.breakdown.allocator_slack == 0
+    assert cpu.peak_allocated_bytes == cpu.peak_reserved_bytes == cpu.device_used_bytes
+    assert gpu.peak_allocated_bytes - cpu.peak_allocated_bytes == 32 * 2**20  # cuBLAS's workspace
+
+
+def test_cpu_adamw_steps_tensor_by_tensor():
+    """torch's AdamW defaults to foreach on CUDA tensors only: on the CPU its temporaries are the
+    largest tensor's, not one per trainable element."""
+    setup = TrainSetup(method="full", precision="fp32", seq_len=256, optimizer="adamw_torch")
+    gpu, cpu = estimate(LLAMA8, setup), estimate(LLAMA8, setup, device="cpu")
+    assert gpu.peak_phase == cpu.peak_phase == "optimizer step"
+    assert gpu.peak_allocated_bytes - cpu.peak_allocated_bytes > 25 * GiB  # 8B fp32 temporaries
+
+
+def test_an_unknown_device_is_refused():
+    with pytest.raises(PlannerError, match="cuda, cpu"):
+        estimate(LLAMA8, TrainSetup(), device="tpu")
