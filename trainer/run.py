@@ -60,6 +60,9 @@ class Run:
         self.callback: Any = None
         self.runtime: Any = None
         self.predicted: int | None = None
+        """Predicted peak allocated bytes on this run's device (a CPU run: live tensor bytes)."""
+        self.predicted_more: dict[str, int | None] = {"predicted_reserved_bytes": None, "predicted_device_bytes": None}
+        """The same prediction's reserved and device-used bytes (equal to allocated on the CPU)."""
         self.checkpoint: Path | None = None
         self.meter: Any = None
         """The CPU run's live tensor memory (trainer/tensor_memory.py); None on a GPU."""
@@ -98,6 +101,9 @@ class Run:
         model = load_model(cfg, self.runtime)
         predicted = predict(cfg, self.runtime.precision, self.runtime.device)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
+        if predicted:
+            self.predicted_more = {"predicted_reserved_bytes": predicted[2].peak_reserved_bytes,
+                                   "predicted_device_bytes": predicted[2].device_used_bytes}
         # one process watches its folder every step; several would disagree on the step it vanished
         self.callback = EventCallback(self.sink, self.commands, self.runtime.device,
                                       watch=self.run_dir if world_size() == 1 else None, total_s=self.total_s)
@@ -140,7 +146,8 @@ class Run:
         self.sink.emit(
             "start", model=cfg.model, method=cfg.method, params_total=params_total,
             params_trainable=trainable, max_steps=max_steps, run_dir=str(self.run_dir),
-            predicted_peak_bytes=self.predicted, device=self.runtime.device, precision=self.runtime.precision,
+            predicted_peak_bytes=self.predicted, **self.predicted_more, device=self.runtime.device,
+            precision=self.runtime.precision,
             data_format=data.format, template=data.template, masking=data.masking, examples=data.n_examples,
             truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume,
             resumed_from=str(self.checkpoint) if self.checkpoint else None, runtime_before_s=round(self.before_s, 2))
@@ -202,7 +209,7 @@ class Run:
             "peak_measured_bytes": peak if peak is not None else measured_peak(
                 self.runtime.device if self.runtime else "cpu"),
             "peak_kind": "cuda_max_allocated" if self.runtime and self.runtime.device == "cuda" else "host_rss",
-            "predicted_peak_bytes": self.predicted, **(memory or {}), **(times or self.times()),
+            "predicted_peak_bytes": self.predicted, **self.predicted_more, **(memory or {}), **(times or self.times()),
             "model": self.cfg.model, "method": self.cfg.method, "error": error,
         }
         try:
