@@ -14,6 +14,7 @@ from typing import Any
 
 from planner.cli_options import add_options, print_json, setup_from_args
 from planner.cli_recommend import cmd_recommend
+from planner.cli_runs import add_runs_parser
 from planner.errors import PlannerError
 from planner.options import (
     TrainSetup,
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="7B..8x22B x Full/LoRA/QLoRA, like the classic table")
     add_options(table, with_model=False)
     table.set_defaults(func=cmd_table)
+    add_runs_parser(sub)
     return parser
 
 

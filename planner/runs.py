@@ -47,6 +47,9 @@ from trainer.rundir import (
     trainer_alive,
 )
 
+DEFAULT_RUNS_ROOT = Path.home() / "finetune-runs"
+"""Where the app creates run directories unless the user chose another folder."""
+
 
 class RunError(ValueError):
     """A run directory operation the user asked for cannot be done (e.g. deleting a running run)."""
@@ -69,6 +72,16 @@ class RunSummary:
     peak_kind: str | None = None
     """cuda_max_allocated | host_rss: which number ``peak_measured_bytes`` is."""
     predicted_peak_bytes: int | None = None
+    """The planner's predicted peak allocated bytes for this run's device."""
+    peak_alloc_bytes: int | None = None
+    """Measured peak allocated: torch.cuda.max_memory_allocated on a GPU, the live tensor bytes of
+    the trainer's tensor meter on the CPU; the same kind as ``predicted_peak_bytes`` on both."""
+    peak_alloc_phase: str | None = None
+    """forward | backward | optimizer step: when the measured peak happened (the CPU meter says)."""
+    device: str | None = None
+    """cuda | cpu, from the start event (else from ``peak_kind``)."""
+    precision: str | None = None
+    """The precision the trainer resolved (config.json may say "auto"), from the start event."""
     runtime_s: float | None = None
     started: float = 0.0
     """Epoch seconds: config.json's mtime (written at launch), else estimated from the history."""
@@ -81,9 +94,10 @@ class RunSummary:
 
     @property
     def ratio(self) -> float | None:
-        """Measured / predicted peak: > 1 means the estimate was optimistic."""
-        if self.peak_measured_bytes and self.predicted_peak_bytes:
-            return self.peak_measured_bytes / self.predicted_peak_bytes
+        """Measured peak allocated / predicted peak allocated (the same kind on a GPU and on the CPU;
+        never the host RSS): > 1 means the estimate was optimistic. None when either is missing."""
+        if self.peak_alloc_bytes and self.predicted_peak_bytes:
+            return self.peak_alloc_bytes / self.predicted_peak_bytes
         return None
 
 
@@ -222,6 +236,8 @@ def _read(path: Path) -> RunSummary:
 
     measured_from_steps, kind_from_steps = _peak_from_steps(last_step, _get(start, "device"))
     last_t = (tail or head)[-1].t if (tail or head) else None
+    peak_kind = _str(pick("peak_kind", kind_from_steps))
+    device = _str(_get(start, "device")) or {"cuda_max_allocated": "cuda", "host_rss": "cpu"}.get(peak_kind or "")
     return RunSummary(
         path=path,
         name=path.name,
@@ -232,8 +248,13 @@ def _read(path: Path) -> RunSummary:
         max_steps=_int(_get(last_step, "max_steps") or _get(start, "max_steps")),
         final_loss=_float(pick("final_loss", _get(last_step, "loss"))),
         peak_measured_bytes=_int(pick("peak_measured_bytes", measured_from_steps)),
-        peak_kind=_str(pick("peak_kind", kind_from_steps)),
+        peak_kind=peak_kind,
         predicted_peak_bytes=_int(pick("predicted_peak_bytes", _get(start, "predicted_peak_bytes"))),
+        # a running or killed run has no run.json: its last step's peak is cumulative (0 = not yet)
+        peak_alloc_bytes=_int(pick("peak_alloc_bytes", _get(last_step, "peak_alloc_bytes") or None)),
+        peak_alloc_phase=_str(pick("peak_alloc_phase")),
+        device=device,
+        precision=_str(_get(start, "precision")),
         runtime_s=_runtime(pick("runtime_s", _get(tail[-1] if ended else None, "runtime_s")), last_step, last_t),
         started=_started(path, last_t),
         pid=pid if status in ("running", "orphaned") else None,

@@ -70,13 +70,14 @@ def trainer_process():
 
 def test_completed_run_reads_run_json(tmp_path):
     summary = dict(status="completed", steps=3, final_loss=1.25, peak_measured_bytes=3 * GiB, peak_kind="host_rss",
-                   predicted_peak_bytes=2 * GiB, runtime_s=12.5, model="tiny", method="lora", error=None)
+                   predicted_peak_bytes=2 * GiB, peak_alloc_bytes=GiB, peak_alloc_phase="forward", runtime_s=12.5,
+                   model="tiny", method="lora", error=None)
     path = make_run(tmp_path, "done", [encode("start", 0, **START), step(1), step(3), end()], summary,
                     checkpoint="complete")
     s = read_run(path)
     assert (s.status, s.model, s.method, s.steps, s.max_steps) == ("completed", "tiny", "lora", 3, 10)
     assert s.final_loss == 1.25 and s.runtime_s == 12.5 and s.peak_kind == "host_rss"
-    assert s.ratio == pytest.approx(1.5)
+    assert s.ratio == pytest.approx(0.5) and s.peak_alloc_phase == "forward"  # allocated, never the RSS
     assert s.pid is None and not s.resumable  # a finished run has nothing to resume
     assert s.started == pytest.approx((path / "config.json").stat().st_mtime)
 
@@ -295,3 +296,31 @@ def test_a_cpu_runs_tensor_peak_is_not_read_as_a_gpu_peak(tmp_path):
                                       peak_reserved_bytes=0, rss_bytes=600 * 2**20)])
     s = read_run(path)
     assert s.peak_kind == "host_rss" and s.peak_measured_bytes == 600 * 2**20
+
+
+def test_ratio_is_allocated_against_predicted_allocated_on_both_devices(tmp_path):
+    """Issue 16: a CPU run with a big RSS and small tensors gets the tensor ratio; a GPU run its CUDA peak."""
+    start = {**START, "device": "cpu", "predicted_peak_bytes": 20 * 2**20}
+    summary = dict(status="completed", steps=1, peak_measured_bytes=900 * 2**20, peak_kind="host_rss",
+                   predicted_peak_bytes=20 * 2**20, peak_alloc_bytes=25 * 2**20, peak_alloc_phase="backward")
+    cpu = read_run(make_run(tmp_path, "cpu", [encode("start", 0, **start), end(steps=1)], summary))
+    assert cpu.ratio == pytest.approx(1.25) and cpu.device == "cpu" and cpu.peak_alloc_phase == "backward"
+    gpu = read_run(make_run(tmp_path, "gpu", [encode("start", 0, **{**START, "device": "cuda"}), step(1, alloc=3 * GiB),
+                                              end(steps=1)],
+                            dict(status="completed", steps=1, predicted_peak_bytes=2 * GiB, peak_alloc_bytes=3 * GiB)))
+    assert gpu.ratio == pytest.approx(1.5) and gpu.device == "cuda"
+
+
+def test_a_killed_run_takes_its_last_steps_peak_allocated(tmp_path):
+    path = make_run(tmp_path, "killed", [encode("start", 0, **{**START, "device": "cpu"}), step(1, alloc=2**20),
+                                         step(2, alloc=GiB, rss=8 * GiB)])
+    s = read_run(path)
+    assert s.status == "orphaned" and s.peak_alloc_bytes == GiB and s.ratio == pytest.approx(0.5)
+
+
+def test_no_ratio_without_a_measured_peak_or_a_prediction(tmp_path):
+    no_peak = make_run(tmp_path, "a", [encode("start", 0, **START), step(1, alloc=0), end(steps=1)])
+    assert read_run(no_peak).ratio is None  # a CPU step before the meter's first measurement says 0
+    no_prediction = make_run(tmp_path, "b", summary=dict(status="completed", peak_alloc_bytes=GiB,
+                                                         predicted_peak_bytes=0))
+    assert read_run(no_prediction).ratio is None

@@ -11,9 +11,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
+from planner.runs import DEFAULT_RUNS_ROOT
 from planner.targets import GpuTarget
-
-DEFAULT_RUNS_ROOT = Path.home() / "finetune-runs"
 
 
 class AppState(QObject):
