@@ -188,3 +188,15 @@ def write_csv(runs: Iterable[RunSummary], path: Path | str, force: bool = False)
     except OSError as exc:
         raise PlannerError(f"cannot write {target}: {exc.strerror or exc}") from None
     return len(runs)
+
+
+GOOD, FAIR = 0.10, 0.25
+"""Ratio grades: within 10% of the prediction is good, within 25% fair, beyond that poor."""
+
+
+def grade(ratio: float | None) -> str | None:
+    """good | fair | poor by |ratio - 1| (:data:`GOOD`, :data:`FAIR`); None without a ratio."""
+    if ratio is None:
+        return None
+    miss = abs(ratio - 1)
+    return "good" if miss <= GOOD + 1e-9 else "fair" if miss <= FAIR + 1e-9 else "poor"

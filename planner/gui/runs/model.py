@@ -14,6 +14,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor
 
+from planner.accuracy import grade
 from planner.runs import RunSummary
 from planner.units import GiB
 
@@ -23,8 +24,10 @@ STATUS_COLOURS: dict[str, str] = {
     "completed": "#2e9e44", "running": "#2f7fd1", "stopped": "#c28a00", "orphaned": "#e8710a",
     "failed": "#d83b3b", "cancelled": "#8a8a8a", "unknown": "#8a8a8a",
 }
-OVER_PREDICTION = QColor("#d83b3b")
-"""The ratio cell when the run needed more memory than predicted: the estimate was optimistic."""
+RATIO_COLOURS: dict[str, str] = {"good": STATUS_COLOURS["completed"], "fair": STATUS_COLOURS["stopped"],
+                                 "poor": STATUS_COLOURS["failed"]}
+"""The Ratio cell by :func:`planner.accuracy.grade`: green within 10% of the prediction, amber
+within 25%, red beyond (the status column's green, amber and red)."""
 
 _Index = QModelIndex | QPersistentModelIndex
 _ROOT = QModelIndex()
@@ -64,15 +67,24 @@ def _steps(s: RunSummary) -> str:
 
 
 def _measured(s: RunSummary) -> str:
-    text = fmt_gib(s.peak_measured_bytes)
-    return f"{text} (RSS)" if text and s.peak_kind == "host_rss" else text
+    """Peak allocated, the kind the prediction is (never the host RSS: that is in the tooltip)."""
+    return fmt_gib(s.peak_alloc_bytes)
 
 
 def _ratio(s: RunSummary) -> str:
-    # A CPU run measures the process RSS; the prediction is GPU memory: a quotient would mislead.
-    if s.ratio is None or s.peak_kind == "host_rss":
-        return ""
-    return f"{s.ratio:.2f}\u00d7"
+    return "" if s.ratio is None else f"{s.ratio:.2f}\u00d7"
+
+
+def ratio_tip(s: RunSummary) -> str | None:
+    """What the ratio compares: measured peak allocated against predicted allocated, and when."""
+    if s.ratio is None or s.peak_alloc_bytes is None:
+        return None
+    what = "live tensor bytes on the CPU" if s.device == "cpu" else "torch.cuda.max_memory_allocated"
+    phase = f", reached in {s.peak_alloc_phase}" if s.peak_alloc_phase else ""
+    verdict = ("needed more than predicted" if s.ratio > 1 else "needed less than predicted" if s.ratio < 1
+               else "exactly as predicted")
+    return (f"measured peak allocated {fmt_gib(s.peak_alloc_bytes)} ({what}{phase})\n"
+            f"/ predicted peak allocated {fmt_gib(s.predicted_peak_bytes)} = {s.ratio:.3f}: {verdict}")
 
 
 def _started(s: RunSummary) -> str:
@@ -92,7 +104,7 @@ COLUMNS: tuple[Column, ...] = (
     ("Steps", _steps, lambda s: s.steps if s.steps is not None else -1),
     ("Loss", lambda s: "" if s.final_loss is None else f"{s.final_loss:.4f}",
      lambda s: s.final_loss if s.final_loss is not None else float("inf")),
-    ("Peak", _measured, lambda s: s.peak_measured_bytes or 0),
+    ("Peak", _measured, lambda s: s.peak_alloc_bytes or 0),
     ("Predicted", lambda s: fmt_gib(s.predicted_peak_bytes), lambda s: s.predicted_peak_bytes or 0),
     ("Ratio", _ratio, lambda s: s.ratio or 0.0),
     ("Duration", lambda s: fmt_duration(s.runtime_s), lambda s: s.runtime_s or 0.0),
@@ -102,9 +114,10 @@ COLUMN = {name: i for i, (name, _, _) in enumerate(COLUMNS)}
 HEADER_TIPS = {
     "Steps": "optimizer steps done / planned",
     "Loss": "the last training loss",
-    "Peak": "peak memory measured: CUDA max allocated on a GPU, the process RSS (marked) on the CPU",
-    "Predicted": "the planner's predicted peak allocated GPU memory for this run",
-    "Ratio": "measured / predicted peak; above 1 (red) the run needed more than predicted",
+    "Peak": "measured peak allocated: torch.cuda.max_memory_allocated on a GPU, live tensor bytes on the CPU",
+    "Predicted": "the planner's predicted peak allocated memory for this run's device",
+    "Ratio": "measured peak allocated / predicted peak allocated (the same kind on a GPU and on the CPU); "
+             "green within 10% of 1, amber within 25%, red beyond; above 1 the run needed more than predicted",
     "Duration": "training time so far (the last session's, for a resumed run)",
 }
 
@@ -115,8 +128,10 @@ def tooltip(s: RunSummary) -> str:
         lines.append("started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started)))
     if s.checkpoint is not None:
         lines.append(f"latest complete checkpoint: {s.checkpoint.name}")
-    if s.peak_kind == "host_rss":
-        lines.append("measured on the CPU: host RSS, not comparable with the GPU prediction")
+    if (tip := ratio_tip(s)) is not None:
+        lines.append(tip)
+    if s.peak_kind == "host_rss" and s.peak_measured_bytes:
+        lines.append(f"host RSS {fmt_gib(s.peak_measured_bytes)} (Python + torch, not comparable with the prediction)")
     if s.error:
         lines.append(f"error: {s.error}")
     return "\n".join(lines)
@@ -154,9 +169,11 @@ class RunsTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ForegroundRole:
             if column == COLUMN["Status"]:
                 return QColor(STATUS_COLOURS.get(s.status, STATUS_COLOURS["unknown"]))
-            if column == COLUMN["Ratio"] and _ratio(s) and (s.ratio or 0) > 1.0:
-                return OVER_PREDICTION
+            if column == COLUMN["Ratio"] and (g := grade(s.ratio)) is not None:
+                return QColor(RATIO_COLOURS[g])
         if role == Qt.ItemDataRole.ToolTipRole:
+            if column == COLUMN["Ratio"] and (tip := ratio_tip(s)) is not None:
+                return tip
             return tooltip(s)
         if role == Qt.ItemDataRole.TextAlignmentRole and column >= COLUMN["Steps"] and column != COLUMN["Started"]:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from planner.accuracy import measured, summary_line, write_csv
+from planner.errors import PlannerError
 from planner.gui.common.worker import LatestOnly
 from planner.gui.runs.chart import Replay, ReplayChart
 from planner.gui.runs.model import COLUMN, SORT_ROLE, RunsTableModel, fmt_duration, fmt_gib, status_text
@@ -58,6 +60,8 @@ class RunsPage(QWidget):
         self.confirm: Callable[[RunSummary], bool] = self._ask_delete
         """Asked before deleting a run; True deletes."""
         self.choose_folder: Callable[[Path], Path | None] = self._pick_folder
+        self.choose_csv: Callable[[Path], Path | None] = self._pick_csv
+        """Asked for the file "Export measurements" writes (the dialog confirms an overwrite)."""
         self.open_url: Callable[[QUrl], object] = QDesktopServices.openUrl
         self._replay_path: Path | None = None
         self._reader: EventReader | None = None
@@ -95,6 +99,14 @@ class RunsPage(QWidget):
         header.setStretchLastSection(True)
         self.empty_label = QLabel()
         self.empty_label.setWordWrap(True)
+        self.accuracy_label = QLabel()
+        self.accuracy_label.setWordWrap(True)
+        self.accuracy_label.setToolTip("Finished runs (completed or stopped) with a measured and a predicted peak "
+                                       "allocated. error = predicted / measured - 1: negative when the run "
+                                       "needed more than predicted.")
+        self.export_button = QPushButton("Export measurements\u2026")
+        self.export_button.setToolTip("Write the finished runs as rows of measurements.csv (the estimator's "
+                                      "reference table's columns).")
         self.open_button = QPushButton("Open folder")
         self.train_button = QPushButton("Show in Train")
         self.delete_button = QPushButton("Delete\u2026")
@@ -102,12 +114,14 @@ class RunsPage(QWidget):
         for button in (self.open_button, self.train_button, self.delete_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
+        buttons.addWidget(self.export_button)
         self.message = QLabel()
         self.message.setWordWrap(True)
         listing = QWidget()
         listing_layout = QVBoxLayout(listing)
         listing_layout.setContentsMargins(0, 0, 0, 0)
         listing_layout.addWidget(self.empty_label)
+        listing_layout.addWidget(self.accuracy_label)
         listing_layout.addWidget(self.table, 1)
         listing_layout.addLayout(buttons)
         listing_layout.addWidget(self.message)
@@ -145,6 +159,7 @@ class RunsPage(QWidget):
         self.open_button.clicked.connect(self.open_folder)
         self.train_button.clicked.connect(self.show_in_train)
         self.delete_button.clicked.connect(self.delete_selected)
+        self.export_button.clicked.connect(self.export_measurements)
         state.run_changed.connect(lambda path: self.refresh(changed=Path(path)))
         self.refresh()
         if self.model.rowCount():
@@ -165,6 +180,9 @@ class RunsPage(QWidget):
         self.empty_label.setText(f"No runs in {html.escape(str(root))} yet: start one on the Train page, "
                                  "or choose the folder that holds them.")
         self.empty_label.setVisible(count == 0)
+        self.accuracy_label.setText(summary_line(self.model.runs))
+        self.accuracy_label.setVisible(count > 0)
+        self.export_button.setEnabled(bool(measured(self.model.runs)))
         now = self.selected()
         if (now.path if now else None) != self._replay_path:
             self._selection_changed()  # the selected run was deleted (a reset emits no selection signal)
@@ -249,9 +267,12 @@ class RunsPage(QWidget):
                  html.escape(" \u00b7 ".join(x for x in (run.model, run.method) if x))]
         if run.steps is not None:
             facts.append(f"{run.steps} steps" + (f" of {run.max_steps}" if run.max_steps else ""))
-        if run.peak_measured_bytes and run.predicted_peak_bytes:
-            facts.append(f"peak {fmt_gib(run.peak_measured_bytes)} measured, {fmt_gib(run.predicted_peak_bytes)} "
-                         "predicted" + (" (host RSS on the CPU)" if run.peak_kind == "host_rss" else ""))
+        if run.peak_alloc_bytes and run.predicted_peak_bytes:
+            phase = f" (in {html.escape(run.peak_alloc_phase)})" if run.peak_alloc_phase else ""
+            facts.append(f"peak allocated {fmt_gib(run.peak_alloc_bytes)} measured{phase}, "
+                         f"{fmt_gib(run.predicted_peak_bytes)} predicted")
+        if run.peak_kind == "host_rss" and run.peak_measured_bytes:
+            facts.append(f"host RSS {fmt_gib(run.peak_measured_bytes)} (Python + torch, not comparable)")
         if run.runtime_s is not None:
             facts.append(f"ran {fmt_duration(run.runtime_s)}")
         if run.checkpoint is not None:
@@ -288,6 +309,22 @@ class RunsPage(QWidget):
                                  f"Deleted what the run wrote in {run.name}; "
                                  f"kept {len(kept)} file(s) of yours: {names}")
         self.refresh(changed=run.path)
+
+    def export_measurements(self) -> None:
+        """Write the finished runs as measurements.csv rows to a file the user picks."""
+        path = self.choose_csv(self.root / "measurements.csv")
+        if path is None:
+            return
+        try:
+            written = write_csv(self.model.runs, path, force=True)  # the save dialog asked about replacing
+        except PlannerError as exc:
+            self.message.setText(f"Not exported: {exc}")
+        else:
+            self.message.setText(f"Exported {written} measurement(s) to {path}.")
+
+    def _pick_csv(self, start: Path) -> Path | None:
+        chosen, _ = QFileDialog.getSaveFileName(self, "Export measurements", str(start), "CSV files (*.csv)")
+        return Path(chosen) if chosen else None
 
     def _ask_delete(self, run: RunSummary) -> bool:
         answer = QMessageBox.question(
