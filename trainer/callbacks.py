@@ -39,8 +39,11 @@ class EventCallback(TrainerCallback):
         self._last_tokens = 0
         self._last_time = time.monotonic()
         self.pace = Pace()
-        self.allocated: Callable[[], int] | None = None
-        """Peak allocated tensor bytes so far, where torch does not count them (the CPU)."""
+        self.meter: Any = None
+        """The run's phase tracker (trainer/tensor_memory.py): its running peaks are the step
+        events' (on CUDA too: it resets torch's peak counters at every phase boundary)."""
+        self.device_used: Callable[[], int | None] | None = None
+        """NVML's used bytes of the run's GPU (trainer/measure.py DeviceMemory); None: no NVML."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         # the starting line: loading, and a resume's checkpoint, are not training steps
@@ -72,12 +75,16 @@ class EventCallback(TrainerCallback):
         return control
 
     # -- events -----------------------------------------------------------------------------
-    def _memory(self) -> tuple[int, int]:
+    def _memory(self) -> tuple[int, int, int | None]:
+        """(peak allocated, peak reserved, device used or None) so far."""
+        used = self.device_used() if self.device_used is not None else None
+        if self.meter is not None:
+            return self.meter.peak_bytes(), self.meter.reserved_bytes(), used
         if self.device != "cuda":
-            return (self.allocated() if self.allocated else 0), 0
+            return 0, 0, None
         import torch
 
-        return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())
+        return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved()), used
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -92,17 +99,21 @@ class EventCallback(TrainerCallback):
         eta = self.pace.eta(state.max_steps - state.global_step) if state.max_steps else None
         from trainer.distributed import gather
 
-        ranks = gather((*self._memory(), rss_bytes()))
+        alloc, reserved, used = self._memory()
+        ranks = gather((alloc, reserved, rss_bytes(), used))
         # each rank's figures as flat fields; the unsuffixed ones are the largest, the GPU to watch
-        per_rank = {f"{name}_rank{i}": value for i, figures in enumerate(ranks) if len(ranks) > 1
-                    for name, value in zip(("peak_alloc_bytes", "peak_reserved_bytes", "rss_bytes"), figures)}
-        alloc, reserved, rss = (max(column) for column in zip(*ranks))
+        more = {f"{name}_rank{i}": value for i, figures in enumerate(ranks) if len(ranks) > 1
+                for name, value in zip(("peak_alloc_bytes", "peak_reserved_bytes", "rss_bytes"), figures)}
+        alloc, reserved, rss = (max(column) for column in list(zip(*ranks))[:3])
+        if self.device == "cuda":  # NVML's view of a GPU (every process on it); None: no NVML
+            gpus = [figures[3] for figures in ranks if figures[3] is not None]
+            more["device_used_bytes"] = max(gpus) if gpus else None
         self.sink.emit(
             "step", step=state.global_step, epoch=float(state.epoch or 0.0), loss=float(logs["loss"]),
             lr=float(logs.get("learning_rate", 0.0)), grad_norm=_float(logs.get("grad_norm")),
             tokens_per_s=round(tokens_per_s, 2), peak_alloc_bytes=alloc, peak_reserved_bytes=reserved,
             rss_bytes=rss, max_steps=state.max_steps, eta_s=None if eta is None else round(eta, 1),
-            runtime_s=round(self.total_s(), 2), **per_rank)
+            runtime_s=round(self.total_s(), 2), **more)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_loss" in metrics:

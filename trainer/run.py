@@ -65,7 +65,12 @@ class Run:
         """The same prediction's reserved and device-used bytes (equal to allocated on the CPU)."""
         self.checkpoint: Path | None = None
         self.meter: Any = None
-        """The CPU run's live tensor memory (trainer/tensor_memory.py); None on a GPU."""
+        """The run's per-phase peak tensor memory (trainer/tensor_memory.py): CUDA's counters or the
+        CPU's own count; the run's peak allocated and reserved bytes are read from it, never from
+        torch's counters (it resets them at every phase boundary)."""
+        self.device_used: Any = None
+        """NVML's used bytes of the run's GPU, sampled at logging steps (trainer/measure.py); None:
+        the CPU, or no NVML."""
 
     def close(self) -> None:
         if self.meter is not None:
@@ -130,12 +135,19 @@ class Run:
             callbacks=callbacks,
         )
         self.trainer.remove_callback(PrinterCallback)
-        if self.runtime.device == "cpu":  # torch counts CUDA's allocations itself, the CPU's not
-            from trainer.tensor_memory import TensorMeter
+        if self.runtime.device in ("cpu", "cuda"):  # per-phase peaks: torch's counters, or the CPU's count
+            from trainer.tensor_memory import tracker
 
-            self.meter = TensorMeter()
+            self.meter = tracker(self.runtime.device)
             self.meter.attach(self.trainer)
-            self.callback.allocated = self.meter.peak_bytes
+            self.callback.meter = self.meter
+        if self.runtime.device == "cuda":
+            from trainer.measure import DeviceMemory, nvml_used
+
+            read = nvml_used()
+            if read is not None:
+                self.device_used = DeviceMemory(read)
+                self.callback.device_used = self.device_used
         if cfg.num_processes > 1 and cfg.sharding == "fsdp" and not self.trainer.is_fsdp_enabled:
             fsdp_on_cpu(self.trainer)
         # a resumed run killed before its first checkpoint starts over (and says so in `start`)
@@ -173,7 +185,7 @@ class Run:
                         str(tmp), safe_serialization=True, state_dict=weights)
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         # the GPU that came closest to its limit is the one to compare with the prediction
-        peak = max(gather(measured_peak(self.runtime.device)))
+        peak = max(gather(self.measured_peak()))
         times = self.times()  # run.json and the end event say the same
         memory = self.allocated_summary()
         self.write_summary(status, state.global_step, losses[-1] if losses else None, peak=peak, times=times,
@@ -184,18 +196,32 @@ class Run:
 
     def allocated_summary(self) -> dict[str, Any]:
         """Measured peak allocated tensor bytes (CUDA's own count, or the CPU run's tensor meter),
-        the phase it happened in (CPU), and its ratio to the predicted peak allocated."""
-        phase = None
-        if self.runtime.device == "cuda":
-            import torch
-
-            alloc = int(torch.cuda.max_memory_allocated())
-        else:
-            peak = self.meter.peak if self.meter is not None else None
-            alloc, phase = (peak.bytes, peak.phase) if peak else (0, None)
-        alloc = max(gather(alloc))  # the GPU that came closest to its limit
+        the phase it happened in, its ratio to the predicted peak allocated, the peak of each phase,
+        and on CUDA the peak reserved bytes and NVML's largest used reading."""
+        meter = self.meter
+        if meter is not None:
+            meter.settle()  # CUDA: the last step's save
+        peak = meter.peak if meter is not None else None
+        mine = (peak.bytes if peak else 0, peak.phase if peak else None,
+                meter.reserved_bytes() if meter is not None else 0,
+                meter.phase_bytes() if meter is not None else {})
+        # the GPU that came closest to its limit, with its own phases
+        alloc, phase, reserved, phases = max(gather(mine), key=lambda figures: figures[0])
         ratio = round(alloc / self.predicted, 4) if alloc and self.predicted else None
-        return {"peak_alloc_bytes": alloc or None, "peak_alloc_phase": phase, "peak_ratio": ratio}
+        summary = {"peak_alloc_bytes": alloc or None, "peak_alloc_phase": phase, "peak_ratio": ratio, **phases}
+        if self.runtime.device == "cuda":
+            used = [u for u in gather(self.device_used.peak if self.device_used else None) if u is not None]
+            summary.update(peak_reserved_bytes=reserved or None, peak_device_bytes=max(used) if used else None)
+        return summary
+
+    def measured_peak(self) -> int:
+        """This process's peak: on CUDA the tracker's running peak allocated (torch's own counter
+        is reset at every phase), on the CPU the process's peak RSS."""
+        device = self.runtime.device if self.runtime else "cpu"
+        if device == "cuda" and self.meter is not None:
+            self.meter.settle()
+            return int(self.meter.peak_bytes())
+        return measured_peak(device)
 
     def write_summary(self, status: str, steps: int, final_loss: float | None, error: str | None = None,
                       peak: int | None = None, times: dict[str, float] | None = None,
@@ -206,8 +232,7 @@ class Run:
             return  # the run directory is gone: writing would recreate a stray folder
         summary = {
             "status": status, "steps": steps, "final_loss": final_loss,
-            "peak_measured_bytes": peak if peak is not None else measured_peak(
-                self.runtime.device if self.runtime else "cpu"),
+            "peak_measured_bytes": peak if peak is not None else self.measured_peak(),
             "peak_kind": "cuda_max_allocated" if self.runtime and self.runtime.device == "cuda" else "host_rss",
             "predicted_peak_bytes": self.predicted, **self.predicted_more, **(memory or {}), **(times or self.times()),
             "model": self.cfg.model, "method": self.cfg.method, "error": error,
@@ -345,7 +370,7 @@ def _report_oom(run: Run, exc: BaseException) -> int:
     from trainer.prediction import oom_hint
 
     device = run.runtime.device if run.runtime else "cpu"
-    peak = measured_peak(device)
+    peak = run.measured_peak()
     budget = device_budget(device)
     hint, changes = oom_hint(run.cfg, run.runtime.precision if run.runtime else "fp32", budget)
     say(f"error: out of memory: {exc}")
