@@ -207,3 +207,25 @@ def test_nvml_reads_are_sampled_when_slow():
     assert DeviceMemory(lambda: None)() is None
     assert same_gpu("6f0c1b52-1c3a-4e21-9d3f-0123456789ab", "GPU-6F0C1B52-1C3A-4E21-9D3F-0123456789AB")
     assert not same_gpu("6f0c1b52", "GPU-00000000") and not same_gpu(None, "GPU-1")
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_keeps_its_running_peaks_across_the_phase_resets(demo_dir, tmp_path):
+    """On a GPU: step events' peaks never fall although torch's counters are reset at every phase,
+    the end event names the peak's phase, and the largest phase peak is at most the run's peak."""
+    import torch
+
+    from trainer.tensor_memory import OUTSIDE, PHASES
+
+    run_dir = tmp_path / "run"
+    code, events = run_inprocess(write_config(demo_dir, run_dir, max_steps=4, save_steps=0, device="cuda"))
+    assert code == 0, events[-3:]
+    for key in ("peak_alloc_bytes", "peak_reserved_bytes"):
+        peaks = [s[key] for s in steps(events)]
+        assert all(p > 0 for p in peaks) and peaks == sorted(peaks), key
+    assert all("device_used_bytes" in s for s in steps(events))
+    end = events[-1]
+    assert end["peak_alloc_phase"] in (*PHASES, OUTSIDE)
+    assert max(end[k] for k in ("peak_forward_bytes", "peak_backward_bytes", "peak_optimizer_bytes")) \
+        <= end["peak_alloc_bytes"] <= end["peak_reserved_bytes"]
+    assert end["peak_alloc_bytes"] >= torch.cuda.max_memory_allocated()  # torch's: since the last reset
