@@ -119,3 +119,13 @@ def test_the_cli_says_what_it_cannot_simulate_in_one_line(capsys):
     assert main(["simulate", "--model", "deepseek-ai/DeepSeek-V2-Lite"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not supported yet" in err
+
+
+@pytest.mark.parametrize("precision, weight_bytes", [("fp32", 4), ("bf16-mixed", 4), ("bf16", 2)])
+def test_weights_take_the_runs_dtype_not_the_checkpoints(precision, weight_bytes):
+    """A bfloat16 checkpoint trained with fp32 master weights holds 4 bytes per weight (transformers
+    5 builds a config's own dtype unless told otherwise)."""
+    config = {**TINY, "dtype": "bfloat16"}
+    step = run_step(config, 1, TrainSetup(method="full", precision=precision, batch_size=1, seq_len=16))
+    params = 2 * 1000 * 256 + (4 * 256 * 256 - 2 * 256 * 128) + 3 * 256 * 768 + 3 * 256  # embed, head, layer
+    assert step.categories["forward"]["parameters"] == pytest.approx(weight_bytes * params, rel=0.01)

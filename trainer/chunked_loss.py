@@ -29,6 +29,10 @@ def _chunked_trainer() -> Any:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs or not model.training or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return chunked_loss.causal_lm_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
+            # accelerate autocasts the wrapped model's forward; the chunked loss calls the decoder
+            # beneath that wrapper, so it enters the same autocast itself (without it fp32 LoRA
+            # adapters of a bf16 run compute, and keep their activations, in fp32)
+            with self.accelerator.autocast():
+                return chunked_loss.causal_lm_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
 
     return ChunkedLossTrainer

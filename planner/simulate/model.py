@@ -39,7 +39,9 @@ def build_model(config: dict[str, Any], layers: int, setup: TrainSetup, device: 
     torch.set_default_dtype(_dtype(setup.precision))
     try:
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(hf_config)
+            # the run's dtype, named: transformers 5 builds a config's own dtype over the default
+            # one (an fp32 master copy of a bfloat16 checkpoint would come out bf16)
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=_dtype(setup.precision))
     finally:
         torch.set_default_dtype(previous)
     if setup.is_peft and needs_split(model_type):
