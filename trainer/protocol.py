@@ -27,6 +27,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "end": ("status", "steps", "runtime_s", "output_dir"),
     "error": ("type", "message", "hint"),
 }
+# Optional memory fields (issue 16), None where not measured:
+# - step: device_used_bytes (CUDA only: NVML's used memory of the run's GPU, every process on it);
+#   peak_alloc_bytes / peak_reserved_bytes are the run's running peaks on both devices.
+# - end (and run.json): peak_alloc_bytes, peak_alloc_phase ("forward", "backward", "optimizer step",
+#   or on CUDA "outside a step"), peak_ratio, peak_forward_bytes, peak_backward_bytes,
+#   peak_optimizer_bytes; on CUDA also peak_reserved_bytes and peak_device_bytes (NVML's largest).
 END_STATUSES = ("completed", "stopped", "cancelled", "failed")
 ERROR_TYPES = ("oom", "data", "config", "model", "io", "internal")
 """``io``: the run directory's filesystem failed (disk full, read-only, the folder removed mid-run)."""
