@@ -183,7 +183,7 @@ def test_the_window_shows_the_representative_data(window):
     runs_chart = window.pages["runs"].chart
     assert len(runs_chart.loss_curve.xData) == 30
     labels = [label.text for _, label in runs_chart.memory_legend.items]
-    assert labels == ["peak allocated", "reserved", "predicted 4.00 GiB"]
+    assert labels == ["peak allocated", "reserved", "host RSS (Python + torch, not comparable)", "predicted 4.00 GiB"]
     assert "eval loss" in [label.text for _, label in runs_chart.loss_legend.items]
 
 

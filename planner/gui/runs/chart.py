@@ -24,10 +24,12 @@ from planner.gui.common.chart_style import (
     style_legend,
     style_plot,
 )
-from planner.units import GiB
+from planner.units import GiB, fmt_bytes
 from trainer.protocol import Event
 
-LOSS, EVAL, MEASURED, RESERVED = "#4e79a7", "#f28e2b", "#e15759", "#76b7b2"  # Tableau 10, as elsewhere
+# Tableau 10, as elsewhere
+LOSS, EVAL, MEASURED, RESERVED, DEVICE, RSS = "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#b07aa1"
+RSS_LABEL = "host RSS (Python + torch, not comparable)"
 MIN_VIEW = (160, 90)
 """The data area's smallest size (px): below it the curves no longer show a trend."""
 
@@ -42,19 +44,29 @@ class Replay:
         self.alloc: list[float] = []
         self.reserved: list[float] = []
         self.rss: list[float] = []
+        self.device_used: list[float] = []
+        """NVML-seen GPU memory per step (``device_used_bytes``); NaN where a step has none."""
         self.eval_steps: list[int] = []
         self.eval_loss: list[float] = []
         self.predicted: int | None = None
+        """Predicted peak allocated (the measured peak allocated's counterpart)."""
+        self.predicted_reserved: int | None = None
+        self.predicted_device: int | None = None
+        self.device: str | None = None
+        """cuda | cpu from the start event; None in an older history."""
 
     def add(self, events: Iterable[Event]) -> None:
         for e in events:
-            if e.kind == "start" and isinstance(e.get("predicted_peak_bytes"), int):
-                self.predicted = int(e["predicted_peak_bytes"])  # type: ignore[arg-type]
+            if e.kind == "start":
+                self.predicted = _bytes(e.get("predicted_peak_bytes"))
+                self.predicted_reserved = _bytes(e.get("predicted_reserved_bytes"))
+                self.predicted_device = _bytes(e.get("predicted_device_bytes"))
+                self.device = str(e["device"]) if isinstance(e.get("device"), str) else self.device
             elif e.kind == "step" and isinstance(e.get("step"), (int, float)):
                 step = int(e["step"])  # type: ignore[arg-type]
                 if self.steps and step <= self.steps[-1]:
                     keep = int(np.searchsorted(self.steps, step))
-                    for series in (self.steps, self.loss, self.alloc, self.reserved, self.rss):
+                    for series in (self.steps, self.loss, self.alloc, self.reserved, self.rss, self.device_used):
                         del series[keep:]
                     cut = next((i for i, s in enumerate(self.eval_steps) if s >= step), len(self.eval_steps))
                     del self.eval_steps[cut:], self.eval_loss[cut:]
@@ -63,14 +75,24 @@ class Replay:
                 self.alloc.append(_num(e.get("peak_alloc_bytes")))
                 self.reserved.append(_num(e.get("peak_reserved_bytes")))
                 self.rss.append(_num(e.get("rss_bytes")))
+                self.device_used.append(_num(e.get("device_used_bytes")))
             elif e.kind == "eval" and isinstance(e.get("step"), (int, float)):
                 self.eval_steps.append(int(e["step"]))  # type: ignore[arg-type]
                 self.eval_loss.append(_num(e.get("eval_loss")))
 
     @property
     def on_gpu(self) -> bool:
-        """The trainer reports CUDA peaks; on the CPU they are 0 and the host RSS is what we have."""
+        """The start event says; an older history without it: a CUDA peak was reported."""
+        return self.device == "cuda" if self.device else any(a > 0 for a in self.alloc)
+
+    @property
+    def has_alloc(self) -> bool:
+        """A measured peak allocated (CUDA's, or a CPU run's live tensor bytes) exists."""
         return any(a > 0 for a in self.alloc)
+
+
+def _bytes(v: object) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
 
 
 def _num(v: object) -> float:
@@ -89,7 +111,7 @@ class ReplayChart(QWidget):
             plot.setLabel("bottom", "step")
         self.memory_plot.setXLink(self.loss_plot)
         self.loss_legend = legend_below(self.loss_plot.getPlotItem(), columns=2)
-        self.memory_legend = legend_below(self.memory_plot.getPlotItem(), columns=3)
+        self.memory_legend = legend_below(self.memory_plot.getPlotItem(), columns=2)
         # created once; every update is setData
         self.loss_curve = self._curve(self.loss_plot, LOSS)
         self.eval_curve = self.loss_plot.plot([], [], pen=None, symbol="o", symbolSize=6,
@@ -99,8 +121,14 @@ class ReplayChart(QWidget):
         self.eval_curve.scatter.setPen(pg.mkPen(None))
         self.measured_curve = self._curve(self.memory_plot, MEASURED)
         self.reserved_curve = self._curve(self.memory_plot, RESERVED)
+        self.device_curve = self._curve(self.memory_plot, DEVICE)
+        self.rss_curve = self._curve(self.memory_plot, RSS)
         self.prediction = PredictionLine(self.memory_plot.getPlotItem())
         self.predicted_line = self.prediction.line
+        # on a GPU, reserved and NVML's device used each against their own prediction, dashed in
+        # the measured curve's colour (on the CPU the three predictions are one number)
+        self.prediction_reserved = PredictionLine(self.memory_plot.getPlotItem())
+        self.prediction_device = PredictionLine(self.memory_plot.getPlotItem())
         self.empty_notes = [EmptyNote(plot.getPlotItem()) for plot in (self.loss_plot, self.memory_plot)]
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -131,26 +159,53 @@ class ReplayChart(QWidget):
         x = np.asarray(replay.steps, dtype=float)
         self.loss_curve.setData(x, np.asarray(replay.loss, dtype=float))
         self.eval_curve.setData(np.asarray(replay.eval_steps, dtype=float), np.asarray(replay.eval_loss, dtype=float))
-        measured = replay.alloc if replay.on_gpu else replay.rss
-        self.measured_curve.setData(x, np.asarray(measured, dtype=float) / GiB)
-        self.reserved_curve.setData(x, np.asarray(replay.reserved, dtype=float) / GiB if replay.on_gpu else [])
-        self.reserved_curve.setVisible(replay.on_gpu)
-        top = float(np.nanmax(measured)) / GiB if measured and not np.isnan(measured).all() else 0.0
         has_steps = bool(replay.steps)
+        device = np.asarray(replay.device_used, dtype=float)
+        # measured curve, its label, and the prediction of the same kind (None: the dashed allocated line)
+        measures = (
+            (self.measured_curve, replay.alloc, replay.has_alloc, "peak allocated", None, None),
+            (self.reserved_curve, replay.reserved, replay.on_gpu and any(r > 0 for r in replay.reserved),
+             "reserved", self.prediction_reserved, replay.predicted_reserved),
+            (self.device_curve, replay.device_used, replay.on_gpu and bool(np.nansum(device) > 0),
+             "device used, NVML", self.prediction_device, replay.predicted_device),
+            (self.rss_curve, replay.rss, any(r > 0 for r in replay.rss), RSS_LABEL, None, None),
+        )
+        memory, extra, top = [], [], 0.0
+        for curve, series, shown, label, line, predicted in measures:
+            values = np.asarray(series, dtype=float) / GiB
+            curve.setData(x if shown else [], values if shown else [])
+            curve.setVisible(shown)
+            if shown and has_steps:
+                memory.append((curve, label))
+                if curve is not self.rss_curve and not np.isnan(values).all():
+                    top = max(top, float(np.nanmax(values)))
+            if line is not None:
+                differs = shown and bool(predicted) and predicted != replay.predicted
+                line.set_peak(predicted if differs else None, shown=has_steps)
+                if differs and predicted:
+                    extra.append((line.key, f"predicted {label.split(',')[0]} {fmt_bytes(predicted)}"))
+                    top = max(top, predicted / GiB)
         self.prediction.set_peak(replay.predicted, shown=has_steps)
         if replay.predicted:
             top = max(top, replay.predicted / GiB)
         for note in self.empty_notes:
             note.set_empty(not has_steps)
+        # the axis fits what is compared; an RSS far above it (a CPU run's whole Python process)
+        # would flatten the comparison: it runs off the top, its key saying how high it is
+        rss = [r for r in replay.rss if r > 0]
+        if not top and rss:
+            top = max(rss) / GiB
+        if rss and max(rss) / GiB > max(top, 0.1) * 1.1:
+            memory = [(c, f"host RSS {fmt_bytes(int(max(rss)))}, off scale (not comparable)")
+                      if c is self.rss_curve else (c, lab) for c, lab in memory]
         self.memory_plot.setYRange(0, max(top, 0.1) * 1.1, padding=0)
         loss = [(self.loss_curve, "train loss")] if has_steps else []
         if replay.eval_steps:  # no eval points, no "eval loss" key
             loss.append((self.eval_curve, "eval loss"))
-        memory = [(self.measured_curve, "peak allocated" if replay.on_gpu else "host RSS")] if has_steps else []
-        if replay.on_gpu:  # a CPU run has no reserved pool: no key for an empty curve
-            memory.append((self.reserved_curve, "reserved"))
         if has_steps or replay.predicted:
-            memory.append(self.prediction.entry)
+            key, label = self.prediction.entry
+            memory.append((key, label.replace("predicted", "predicted allocated", 1) if extra else label))
+        memory += extra
         for plot, legend, entries in ((self.loss_plot, self.loss_legend, loss),
                                       (self.memory_plot, self.memory_legend, memory)):
             if set_entries(legend, entries):
@@ -167,3 +222,5 @@ class ReplayChart(QWidget):
         for note in self.empty_notes:
             note.set_colour(fg)
         self.prediction.set_colour(fg)
+        self.prediction_reserved.set_colour(QColor(RESERVED))
+        self.prediction_device.set_colour(QColor(DEVICE))

@@ -27,7 +27,10 @@ from planner.gui.common.chart_style import (
     style_plot,
 )
 from planner.gui.train.run_model import RunModel, Series
-from planner.units import GiB
+from planner.units import GiB, fmt_bytes
+
+RSS_LABEL = "host RSS (Python + torch, not comparable)"
+"""The process's resident memory: everything Python and torch hold, never set against a prediction."""
 
 # Tableau 10, as the other pages: distinguishable on light and dark backgrounds.
 BLUE, ORANGE, GREEN, RED, TEAL, PURPLE, GREY = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
@@ -73,6 +76,10 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         self.device_used = self._curve(mem, pg.mkPen(RED, width=2))
         self.prediction = PredictionLine(mem)
         self.predicted = self.prediction.line
+        # like with like on a GPU: reserved against predicted reserved, NVML against predicted device
+        # used, each dashed in its measured curve's colour (on the CPU all three predictions are one)
+        self.prediction_reserved = PredictionLine(mem)
+        self.prediction_device = PredictionLine(mem)
         self.rank_curves: list[pg.PlotDataItem] = []
         """One per rank of a multi-process run, made when a run first has that many ranks, then reused."""
         self.empty_notes = {key: EmptyNote(plot) for key, plot in self.plots.items()}
@@ -128,7 +135,7 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         for curve, series, kind, name in (
                 (self.peak_alloc, model.peak_alloc, "peak_alloc", "peak allocated (torch)"),
                 (self.peak_reserved, model.peak_reserved, None, "peak reserved (torch)"),
-                (self.rss, model.rss, "rss", "process RSS (host)"),
+                (self.rss, model.rss, "rss", RSS_LABEL),
                 (self.device_used, model.device_used, None, "fullest GPU, NVML")):
             shown = any(series.y) and kind != ranks.kind
             curve.setData(*(_xy(series, GiB) if shown else ([], [])))
@@ -144,12 +151,32 @@ class TrainCharts(pg.GraphicsLayoutWidget):
             curve.setData([], [])
         has_steps = len(model.loss) > 0 or len(model.lr) > 0 or bool(memory_entries)
         # the run-wide series are the ranks' maxima: they set the axis even while hidden
-        top = max((max(s.y) for s in (model.peak_alloc, model.peak_reserved, model.rss, model.device_used) if s.y),
-                  default=0.0)
+        # the axis fits what is compared with the predictions; an RSS far above it (a CPU run's whole
+        # Python process) would flatten that comparison: it runs off the top, its key saying how high
+        top = max((max(s.y) for s in (model.peak_alloc, model.peak_reserved, model.device_used) if s.y), default=0.0)
+        rss_top = max(model.rss.y, default=0.0)
         self.prediction.set_peak(model.predicted_peak_bytes, shown=has_steps)
+        extra = []
+        for line, predicted, curve, what in (
+                (self.prediction_reserved, model.predicted_reserved_bytes, self.peak_reserved, "reserved"),
+                (self.prediction_device, model.predicted_device_bytes, self.device_used, "device used")):
+            # only beside its measured curve, and only when it says something the allocated line does not
+            shown = bool(predicted) and predicted != model.predicted_peak_bytes and curve.xData is not None \
+                and len(curve.xData) > 0
+            line.set_peak(predicted if shown else None, shown=has_steps)
+            if shown and predicted:
+                extra.append((line.key, f"predicted {what} {fmt_bytes(predicted)}"))
+                top = max(top, predicted)
         if model.predicted_peak_bytes:
-            memory_entries.append(self.prediction.entry)
+            key, label = self.prediction.entry
+            memory_entries.append((key, label.replace("predicted", "predicted allocated", 1) if extra else label))
             top = max(top, model.predicted_peak_bytes)
+        memory_entries += extra
+        if not top:
+            top = rss_top
+        if rss_top > top * 1.08:
+            memory_entries = [(c, f"host RSS {fmt_bytes(int(rss_top))}, off scale (not comparable)")
+                              if c is self.rss else (c, lab) for c, lab in memory_entries]
         for key, series in (("loss", model.loss), ("lr", model.lr), ("tps", model.tokens_per_s)):
             self.empty_notes[key].set_empty(len(series) == 0)
         self.empty_notes["memory"].set_empty(not has_steps)
@@ -186,3 +213,5 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         for note in self.empty_notes.values():
             note.set_colour(fg)
         self.prediction.set_colour(fg)
+        self.prediction_reserved.set_colour(QColor(TEAL))
+        self.prediction_device.set_colour(QColor(RED))

@@ -105,13 +105,19 @@ class RunModel:
         self.lr, self.tokens_per_s = Series(), Series()
         self.peak_alloc, self.peak_reserved, self.rss = Series(), Series(), Series()
         self.device_used = Series()
-        """NVML per-process memory (see :func:`gpu_process_bytes`); empty on the CPU."""
+        """NVML-seen GPU memory: the step events' ``device_used_bytes`` when the trainer reports it,
+        else the page's per-process sampling (see :func:`gpu_process_bytes`); empty on the CPU."""
+        self._device_from_steps = False
         self.rank_alloc: list[Series] = []
         self.rank_rss: list[Series] = []
         """Per rank, from a multi-process run's ``*_rank{i}`` step fields (the unsuffixed ones are the max)."""
         self.devices: tuple[int, ...] = ()
         """NVML indices the page launched the ranks on (rank i on ``devices[i]``); () when unknown."""
         self.predicted_peak_bytes: int | None = None
+        """Predicted peak allocated for the run's device (the measured peak allocated's counterpart)."""
+        self.predicted_reserved_bytes: int | None = None
+        self.predicted_device_bytes: int | None = None
+        """Predicted reserved and device-used (nvidia-smi) peaks; on the CPU both equal allocated."""
         self.status = "idle"
         self.run_dir: str | None = None
         self.start: dict[str, Any] | None = None
@@ -163,6 +169,8 @@ class RunModel:
             self.run_dir = str(f["run_dir"])
             self.max_steps = _int(f["max_steps"])
             self.predicted_peak_bytes = _int(f["predicted_peak_bytes"])
+            self.predicted_reserved_bytes = _int(f.get("predicted_reserved_bytes"))
+            self.predicted_device_bytes = _int(f.get("predicted_device_bytes"))
             self.status = "running"
             self.end = self.error = None
         elif event.kind == "step":
@@ -207,6 +215,9 @@ class RunModel:
                             (self.rss, "rss_bytes")):
             if (value := _num(f.get(key))) is not None:
                 series.append(x, value)
+        if (used := _num(f.get("device_used_bytes"))) is not None:
+            self._device_from_steps = True  # the trainer's own NVML figure: the page's sampling stops
+            self.device_used.append(x, used)
         rank = 0
         while f"peak_alloc_bytes_rank{rank}" in f or f"rss_bytes_rank{rank}" in f:
             if rank == len(self.rank_alloc):
@@ -237,7 +248,10 @@ class RunModel:
         return True
 
     def fold_device_memory(self, used_bytes: int) -> None:
-        """Hook for NVML: the trainer process's GPU memory now, charted at the current step."""
+        """Hook for NVML: the trainer process's GPU memory now, charted at the current step (unless
+        the step events carry ``device_used_bytes``: one source per curve)."""
+        if self._device_from_steps:
+            return
         self.device_used.append(float(self.step), float(used_bytes))
         self.revision += 1
 
