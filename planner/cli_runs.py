@@ -45,8 +45,8 @@ def cmd_runs(a: argparse.Namespace) -> int:
     from planner.runs import DEFAULT_RUNS_ROOT, scan_runs
 
     root = Path(a.root).expanduser() if a.root is not None else DEFAULT_RUNS_ROOT
-    if a.root is not None and not root.is_dir():
-        raise PlannerError(f"--root {root}: no such folder")
+    if root.exists() and not root.is_dir():  # a folder not made yet simply holds no runs yet
+        raise PlannerError(f"--root {root} is not a folder")
     if a.force and a.csv is None:
         raise PlannerError("--force only applies to --csv FILE")
     runs = scan_runs(root)

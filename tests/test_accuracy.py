@@ -134,9 +134,15 @@ def test_cli_runs_csv_writes_and_refuses_to_overwrite(capsys, runs_root, tmp_pat
     run_ok(capsys, "runs", "--root", str(runs_root), "--csv", str(out), "--force")
 
 
-@pytest.mark.parametrize("argv", [["--root", "/no/such/folder"], ["--force"], ["--csv"]])
+@pytest.mark.parametrize("argv", [["--root", "FILE"], ["--force"], ["--csv"], ["--csv", "DIR"]])
 def test_cli_runs_bad_input_is_one_line(capsys, argv, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    argv = [str(tmp_path / "file") if a == "FILE" else str(tmp_path) if a == "DIR" else a for a in argv]
     run_error(capsys, "runs", *argv)
+
+
+def test_cli_runs_in_a_folder_not_made_yet_lists_nothing(capsys, tmp_path):
+    assert "no runs in" in run_ok(capsys, "runs", "--root", str(tmp_path / "not-yet"))
 
 
 def test_cli_runs_json_with_no_runs(capsys, tmp_path):

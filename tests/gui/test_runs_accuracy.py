@@ -90,3 +90,46 @@ def test_export_writes_the_measurements(page, tmp_path):
     page.choose_csv = lambda start: None  # cancelled: nothing happens
     page.export_button.click()
     assert page.message.text().startswith("Not exported:")
+
+
+def _cuda_events(device_used: bool = True):
+    from trainer.protocol import decode, encode
+
+    start = encode("start", 0, model="m", method="lora", params_total=1, params_trainable=1, max_steps=2,
+                   run_dir="x", predicted_peak_bytes=4 * GiB, predicted_reserved_bytes=5 * GiB,
+                   predicted_device_bytes=6 * GiB, device="cuda")
+    steps = [encode("step", n, step=n, epoch=0.5 * n, loss=1.0, lr=1e-4, grad_norm=1.0, tokens_per_s=1.0,
+                    peak_alloc_bytes=4 * GiB, peak_reserved_bytes=5 * GiB, rss_bytes=3 * GiB,
+                    **({"device_used_bytes": 6 * GiB} if device_used else {})) for n in (1, 2)]
+    return [decode(line) for line in [start, *steps]]
+
+
+def test_replay_chart_sets_each_gpu_measure_against_its_own_prediction(qtbot):
+    from planner.gui.runs.chart import RSS_LABEL, Replay, ReplayChart
+
+    chart = ReplayChart()
+    qtbot.addWidget(chart)
+    replay = Replay()
+    replay.add(_cuda_events())
+    chart.show_replay(replay)
+    labels = [label.text for _, label in chart.memory_legend.items]
+    assert labels == ["peak allocated", "reserved", "device used, NVML", RSS_LABEL, "predicted allocated 4.00 GiB",
+                      "predicted reserved 5.00 GiB", "predicted device used 6.00 GiB"]
+    assert chart.prediction_reserved.line.isVisible() and chart.prediction_device.line.isVisible()
+
+
+def test_train_chart_sets_each_gpu_measure_against_its_own_prediction(qtbot):
+    from planner.gui.train.charts import RSS_LABEL, TrainCharts
+    from planner.gui.train.run_model import RunModel
+
+    model = RunModel()
+    for e in _cuda_events():
+        model.fold(e)
+    model.fold_device_memory(GiB)  # the page's sampling: ignored, the steps carry NVML's figure
+    assert model.device_used.y == [6 * GiB, 6 * GiB]
+    charts = TrainCharts()
+    qtbot.addWidget(charts)
+    charts.show_model(model)
+    labels = [label.text for _, label in charts._memory_legend.items]
+    assert labels == ["peak allocated (torch)", "peak reserved (torch)", RSS_LABEL, "fullest GPU, NVML",
+                      "predicted allocated 4.00 GiB", "predicted reserved 5.00 GiB", "predicted device used 6.00 GiB"]
