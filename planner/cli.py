@@ -43,7 +43,9 @@ def _describe(s: TrainSetup) -> str:
     if s.method == "qlora":
         method += f" {s.quant}{' +dq' if s.double_quant else ''}"
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""
-    return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens · "
+    steps = s.gradient_accumulation_steps
+    accumulated = f" x {steps} accumulated" if steps > 1 else ""
+    return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens{accumulated} · "
             f"checkpointing {s.checkpointing} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}"
             f"{' · optimizer in backward' if s.optimizer_in_backward else ''}{gpus}")
 

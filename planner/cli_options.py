@@ -92,6 +92,24 @@ CLI_NUMBERS = ("dataset_tokens", "epochs", "gpu_memory_gib", "host_ram_gib", "pr
 """Numeric options outside TrainSetup (which checks its own): bounds in planner.options.BOUNDS."""
 
 
+def setup_args(s: TrainSetup) -> list[str]:
+    """``s`` as the options :func:`add_options` parses (and :func:`setup_from_args` reads back)."""
+    def flag(name: str, on: bool) -> str:
+        return f"--{name}" if on else f"--no-{name}"
+
+    args = ["--method", s.method, "--precision", s.precision, "--adapter-dtype", s.adapter_dtype,
+            "--optimizer", s.optimizer, "--batch-size", str(s.batch_size),
+            "--gradient-accumulation-steps", str(s.gradient_accumulation_steps), "--seq-len", str(s.seq_len),
+            "--attention", s.attention, "--loss", s.loss, "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha),
+            "--lora-dropout", repr(s.lora_dropout), "--lora-targets", ",".join(s.lora_targets),
+            "--modules-to-save", ",".join(s.modules_to_save), "--num-gpus", str(s.num_gpus),
+            "--sharding", s.sharding, "--offload", s.offload,
+            flag("double-quant", s.double_quant), flag("kbit-upcast", s.kbit_prepare),
+            flag("grad-checkpointing", s.grad_checkpointing), flag("offload-activations", s.offload_activations),
+            flag("optimizer-in-backward", s.optimizer_in_backward)]
+    return args + (["--quant", s.quant] if s.quant else [])
+
+
 def setup_from_args(a: argparse.Namespace) -> TrainSetup:
     for name in CLI_NUMBERS:
         value = getattr(a, name, None)

@@ -1,39 +1,29 @@
 """The analytic memory estimator: one training step's peak GPU memory, term by term.
 
 peak_allocated = persistent + max(forward/backward transient, optimizer-step transient)
-    persistent  = weights + quant_state + adapters + gradients + optimizer state
-    fwd/bwd     = saved activations + max(loss buffers, one layer's backward working set) + workspace
-    optimizer   = the foreach AdamW temporaries
+    persistent  = weights + quant_state + adapters + optimizer state (planner/params.py),
+                  + gradients when accumulation keeps them through forward
+    fwd/bwd     = saved activations + max(loss buffers, one layer's backward working set)
+                  + the gradients backward has made by then + workspace
+    optimizer   = every gradient + AdamW's temporaries (foreach on a GPU, tensor by tensor on the CPU)
 peak_reserved  = peak_allocated + allocator_slack (caching-allocator fragmentation of transients)
 device_used    = peak_reserved + cuda_context (what nvidia-smi shows)
 
-References:
-    Rajbhandari et al. 2020, "ZeRO" (2 + 2 + 12 bytes per parameter under mixed-precision Adam;
-    partitioning of states, gradients and parameters);
-    Dettmers et al. 2023, "QLoRA" (NF4 with 64-weight blocks, double quantization of the block
-    scales with 256-scale blocks: 0.127 bits per parameter);
-    Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization";
-    Hu et al. 2021, "LoRA"; activations: see planner/activations.py.
+References: Rajbhandari et al. 2020, "ZeRO" (partitioning of states, gradients and parameters);
+the per-parameter bytes: planner/params.py; activations: planner/activations.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from planner.activations import HEAD_NAMES, ActivationPeak, activation_peak, lora_targeted, trainable_head_bytes
+from planner.activations import ActivationPeak, activation_peak, trainable_head_bytes
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
 from planner.loss import loss_chunk_tokens
 from planner.options import TrainSetup
-
-FP32 = 4
-# Bits per weight of each quantized format, and the block-scale overhead in bytes per weight.
-QUANT_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "2bit": 2}
-_NF4_BLOCK = 64
-_DOUBLE_QUANT_BLOCK = 256
-_HQQ_GROUP = 64
-_BNB_OPT_BLOCK = 256
+from planner.params import QUANT_BITS, Params, optimizer_state, params
 
 MOE_PER_EXPERT = ("one nn.Linear per expert projection, as checkpoints store them and the trainer builds them, so "
                   "experts are quantized and adapted expert by expert; the router stays unquantized, without LoRA")
@@ -99,116 +89,6 @@ def memory_savers(setup: TrainSetup) -> dict[str, object]:
             "optimizer_in_backward": setup.optimizer_in_backward}
 
 
-@dataclass(frozen=True)
-class _Params:
-    """Parameter bytes before sharding."""
-
-    weights: int
-    quant_state: int
-    adapters: int
-    trainable: int
-    trainable_bytes: int
-    """Bytes of the trainable parameters themselves (their dtype sets gradient and Adam sizes)."""
-    matrix_dims: int
-    """Sum of rows + columns over trainable matrices (Adafactor's factored second moment)."""
-    largest: int
-    """Elements of the largest trainable tensor (Adafactor updates one tensor at a time)."""
-    layer_bytes: int
-    """The part of ``trainable_bytes`` inside the decoder layers (their gradients come layer by layer)."""
-
-
-def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
-    """Parameters of the modules trained in full next to the adapters (peft ``modules_to_save``)."""
-    total = 0
-    for name in names:
-        if name in ("embed_tokens", "wte", "word_embeddings", "embed_in"):
-            total += arch.embed_params
-        elif name in HEAD_NAMES:
-            total += arch.lm_head_params or arch.embed_params  # tied: peft unties a trainable copy
-        else:
-            raise PlannerError(f"--modules-to-save '{name}' is not supported; use embed_tokens and/or lm_head",
-                               "modules_to_save")
-    return total
-
-
-def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
-    """LoRA parameters, their matrices' rows + columns, and the largest matrix's elements, over
-    every targeted module."""
-    params = dims = largest = 0
-    for block in arch.blocks:
-        for lin in block.linears:
-            if lora_targeted(lin, setup.lora_targets):
-                params += block.count * lin.copies * setup.lora_r * (lin.d_in + lin.d_out)
-                dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out)
-                largest = max(largest, setup.lora_r * max(lin.d_in, lin.d_out))
-    if not largest:
-        names = ", ".join(sorted(arch.linear_names()))
-        raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}",
-                           "lora_targets")
-    return params, dims, largest
-
-
-def _params(arch: Architecture, setup: TrainSetup, total: int) -> _Params:
-    wb = setup.weight_bytes
-    embed = arch.vocab_size * arch.hidden_size
-    if setup.method == "full":
-        dims = sum(b.count * lin.copies * (lin.d_in + lin.d_out) for b in arch.blocks for lin in b.linears)
-        largest = max([embed] + [lin.d_in * lin.d_out for b in arch.blocks for lin in b.linears])
-        return _Params(total * wb, 0, 0, total, total * wb, dims, largest, arch.layer_params * wb)
-
-    lora, dims, lora_largest = _lora_params(arch, setup)
-    adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
-    if setup.method == "lora":
-        weights, quant_state, other_b = total * wb, 0, wb
-    else:
-        quantized = arch.linear_weight_params
-        # prepare_model_for_kbit_training casts every weight bitsandbytes left alone to fp32.
-        other_b = FP32 if setup.fp32_unquantized else wb
-        bits = QUANT_BITS[setup.quant or "nf4"]
-        weights = quantized * bits // 8 + (total - quantized) * other_b
-        quant_state = _quant_state_bytes(arch, setup, quantized)
-    mts = _modules_to_save(arch, setup.modules_to_save)
-    adapters = lora * adapter_b + mts * other_b
-    largest = embed if mts else lora_largest
-    return _Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest,
-                   lora * adapter_b)
-
-
-def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:
-    if setup.quant in ("nf4", "fp4"):
-        blocks = quantized // _NF4_BLOCK
-        if setup.double_quant:
-            # uint8 absmax per block, re-quantized with one fp32 scale per 256 of them
-            return blocks + FP32 * (blocks // _DOUBLE_QUANT_BLOCK)
-        return FP32 * blocks
-    if setup.quant == "int8":
-        # LLM.int8: one fp32 scale (SCB) per output row
-        return FP32 * sum(b.count * lin.copies * lin.d_out for b in arch.blocks for lin in b.linears)
-    # 2-bit HQQ-style: fp16 scale and zero point per group of 64
-    return 2 * 2 * (quantized // _HQQ_GROUP)
-
-
-def _optimizer_state(setup: TrainSetup, p: _Params, cuda: bool) -> tuple[int, int]:
-    """(persistent state bytes, step temporaries) for the trainable parameters."""
-    opt = setup.optimizer
-    if opt in ("adamw_torch", "adamw_torch_fused"):
-        # exp_avg and exp_avg_sq in the parameter dtype. Temporaries: on a GPU foreach AdamW's
-        # sqrt(exp_avg_sq) for every tensor at once; on the CPU, tensor by tensor, the largest
-        # tensor's sqrt and its quotient by the bias correction, alive together.
-        temp = p.trainable_bytes if cuda else 2 * p.largest * p.trainable_bytes // p.trainable
-        return 2 * p.trainable_bytes, temp if opt == "adamw_torch" else 0
-    if opt in ("adamw_8bit", "paged_adamw_8bit"):
-        return p.trainable * 2 + 2 * FP32 * (p.trainable // _BNB_OPT_BLOCK), 0
-    if opt == "paged_adamw_32bit":
-        return p.trainable * 2 * FP32, 0
-    if opt == "sgd":
-        return 0, 0  # HF's sgd has no momentum by default
-    # transformers' Adafactor: factored second moment; its step works one tensor at a time in
-    # fp32 (16-bit parameters and gradients upcast, the squared gradient, the update).
-    copies = 2 if setup.weight_bytes == FP32 else 4
-    return FP32 * p.matrix_dims, copies * FP32 * p.largest
-
-
 def check_setup(arch: Architecture, setup: TrainSetup) -> None:
     """What a setup must satisfy for this particular model (TrainSetup checks what holds for any).
 
@@ -239,9 +119,9 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     check_setup(arch, setup)
     notes: list[str] = list(model.assumptions)
     total = model.total_params
-    p = _params(arch, setup, total)
+    p = params(arch, setup, total)
     gradients = p.trainable_bytes
-    optimizer, opt_temp = _optimizer_state(setup, p, cuda)
+    optimizer, opt_temp = optimizer_state(setup, p, cuda)
     acts = activation_peak(arch, setup)
     n, shard = setup.num_gpus, setup.sharding
     flight = _Flight()
@@ -347,7 +227,7 @@ class _Flight:
     """Saved activations of the layers whose backward has run by the ``layer`` peak."""
 
 
-def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: _Params, acts: ActivationPeak) -> _Flight:
+def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: Params, acts: ActivationPeak) -> _Flight:
     """Gradients without accumulation: none exist through forward (the Trainer's
     ``zero_grad(set_to_none=True)`` after every step); backward allocates the head's, then each
     layer's as it frees that layer's saved activations, then the embedding's. With the same
@@ -362,7 +242,7 @@ def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: _Params, acts: Ac
     return _Flight(head=(head, 0), layer=(int(head + (below + 1) * g), 0), end=(p.trainable_bytes, 0),
                    freed=int(below * a))
 
-def _in_backward(arch: Architecture, setup: TrainSetup, p: _Params, opt_temp: int) -> _Flight:
+def _in_backward(arch: Architecture, setup: TrainSetup, p: Params, opt_temp: int) -> _Flight:
     """Each gradient lives from its accumulation to its own parameter's step (torchtune's
     optimizer_in_bwd); the optimizer's temporaries come per parameter, inside backward."""
     grad_per_element = p.trainable_bytes / p.trainable
@@ -394,8 +274,13 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "
                    "then the gradient freed (one layer weight's gradient and step temporaries at a time, and a "
                    "tied embedding's); no gradient clipping or accumulation")
+    elif setup.gradient_accumulation_steps > 1 or setup.sharding not in ("none", "ddp"):
+        out.insert(0, f"gradients stay allocated through forward (accumulation over "
+                      f"{setup.gradient_accumulation_steps} micro-batches; sharded runs assume it), "
+                      "freed after the step")
     else:
-        out.insert(0, "gradients stay allocated through forward (gradient accumulation, set_to_none after the step)")
+        out.insert(0, "no gradient accumulation: gradients freed after each step (zero_grad set_to_none), "
+                      "backward allocates them layer by layer")
     if setup.offload_activations:
         out.append("activation offloading: each checkpointed layer input in pinned host RAM (transformers' "
                    "offload=True, torch save_on_cpu), one back on the GPU while its layer is recomputed")

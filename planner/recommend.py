@@ -64,6 +64,7 @@ class Option:
         s = self.setup
         return {
             "method": s.method, "quant": s.quant, "optimizer": s.optimizer, "batch_size": s.batch_size,
+            "gradient_accumulation_steps": s.gradient_accumulation_steps,
             "seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
             "peak_allocated_bytes": self.peak_allocated_bytes, "device_used_bytes": self.device_used_bytes,
             "host_bytes": self.host_bytes, **memory_savers(s), "fits": self.fits,
@@ -167,7 +168,10 @@ def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: i
 def _label(s: TrainSetup) -> str:
     method = {"full": "full fine-tuning", "lora": "LoRA (16-bit base)"}.get(
         s.method, f"QLoRA ({'8-bit' if s.quant == 'int8' else '4-bit NF4'} base)")
-    return f"{method}, {s.optimizer}, micro-batch {s.batch_size} x {s.seq_len} tokens, checkpointing {s.checkpointing}"
+    steps = s.gradient_accumulation_steps
+    accumulated = f" (accumulation {steps})" if steps > 1 else ""
+    return (f"{method}, {s.optimizer}, micro-batch {s.batch_size} x {s.seq_len} tokens{accumulated}, "
+            f"checkpointing {s.checkpointing}")
 
 
 def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: int,

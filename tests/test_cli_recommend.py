@@ -24,6 +24,8 @@ OPTION_KEYS = {
     # beyond DESIGN.md's schema (added keys only, as in `estimate --json`): the memory savers an
     # option uses (issue 15) and the host RAM they need, so "Use this plan" and scripts see them
     "host_bytes": int, "loss": str, "kbit_upcast": bool, "offload_activations": bool, "optimizer_in_backward": bool,
+    # and the accumulation that keeps the asked batch at a smaller micro-batch (issue 16)
+    "gradient_accumulation_steps": int,
 }
 TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
 

@@ -192,3 +192,20 @@ def test_chart_follows_a_palette_change(page):
     page.chart.setPalette(dark)
     assert page.chart.getAxis("left").textPen().color() == QColor("#e6e6e6")
     assert page.chart.gpu_line.pen.color() == QColor("#e6e6e6")
+
+
+def test_the_precise_check_simulates_every_setting_of_the_form(page, qtbot):
+    """The savers and the accumulation reach ``simulate`` too: it checks the estimate on screen."""
+    from planner.gui.plan.precise import simulate_args
+
+    page.form.method_box.setCurrentText("qlora")
+    page.form.loss_box.setCurrentText("chunked")
+    page.form.upcast_box.setChecked(False)
+    page.form.offload_acts_box.setChecked(True)
+    page.form.accum_spin.setValue(4)
+    page.recompute()
+    args = simulate_args(page.precise.values)
+    assert args[args.index("--loss") + 1] == "chunked"
+    assert "--no-kbit-upcast" in args and "--offload-activations" in args
+    assert args[args.index("--gradient-accumulation-steps") + 1] == "4"
+    assert "4 accumulated" in page.chart.plotItem.titleLabel.text

@@ -107,6 +107,8 @@ class PlanForm(QWidget):
                                       "as backward has it, so the gradients never exist all at once. No gradient "
                                       "accumulation or clipping; one GPU.")
         self.batch_spin = _spin(1, 1024, "Micro-batch per GPU (per_device_train_batch_size).")
+        self.accum_spin = _spin(1, 1024, "Gradient accumulation steps: micro-batches per optimizer step. Above 1 "
+                                "the gradients stay allocated through the next micro-batch's forward.")
         self.seq_spin = _spin(1, 1_048_576, "Tokens per sample after padding/packing.", step=256)
         self.lora_r_spin = _spin(1, 1024, "LoRA rank r (LoRA and QLoRA bars).")
         self.lora_alpha_spin = _spin(1, 4096, "LoRA alpha (scaling; no memory effect).")
@@ -158,6 +160,7 @@ class PlanForm(QWidget):
             Field("optimizer", "Optimizer", self.optimizer_box, CHOICE),
             Field("optimizer_in_backward", "", self.in_backward_box, FLAG),
             Field("batch_size", "Batch size", self.batch_spin, WHOLE),
+            Field("gradient_accumulation_steps", "Grad accumulation", self.accum_spin, WHOLE),
             Field("seq_len", "Sequence length", self.seq_spin, WHOLE),
             Field("lora_r", "LoRA r", self.lora_r_spin, WHOLE),
             Field("lora_alpha", "LoRA alpha", self.lora_alpha_spin, WHOLE),

@@ -51,6 +51,7 @@ class FormValues:
     optimizer_in_backward: bool = _D.optimizer_in_backward
     """Applies to the full fine-tuning bar (the only method it is for)."""
     batch_size: int = _D.batch_size
+    gradient_accumulation_steps: int = _D.gradient_accumulation_steps
     seq_len: int = _D.seq_len
     lora_r: int = _D.lora_r
     grad_checkpointing: bool = _D.grad_checkpointing
@@ -115,7 +116,8 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
         method=method, quant=quant, double_quant=values.double_quant, kbit_prepare=values.kbit_upcast,
         precision=values.precision, loss=values.loss,
         adapter_dtype=values.adapter_dtype, optimizer=values.optimizer, batch_size=values.batch_size,
-        seq_len=values.seq_len, grad_checkpointing=values.grad_checkpointing, attention=values.attention,
+        gradient_accumulation_steps=values.gradient_accumulation_steps, seq_len=values.seq_len,
+        grad_checkpointing=values.grad_checkpointing, attention=values.attention,
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
         modules_to_save=_names(values.modules_to_save) if method != "full" else (),
         num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload,

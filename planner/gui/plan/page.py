@@ -197,8 +197,10 @@ class PlanPage(QWidget):
         self.plan = plan
         mine = plan.estimates[plan.mine].setup
         highlight = plan.highlight
+        steps = values.gradient_accumulation_steps
         title = (f"{plan.model} · {fmt_count(plan.params_total)} params · "
-                 f"batch {values.batch_size} × {values.seq_len:,} tokens")
+                 f"batch {values.batch_size} × {values.seq_len:,} tokens"
+                 + (f" × {steps} accumulated" if steps > 1 else ""))
         self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
         self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
         self.notes_label.setText(_notes_html(*plan.notes()))

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from planner.cli_options import setup_args
 from planner.gui.plan.model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup
 from planner.memory import Estimate
 from planner.units import GiB
@@ -40,18 +41,7 @@ ROW_TIPS = {
 
 def simulate_args(values: FormValues) -> list[str]:
     """The form as ``python -m planner simulate`` options."""
-    s = my_setup(values)
-    args = ["-m", "planner", "simulate", "--model", values.model, "--method", s.method,
-            "--precision", s.precision, "--adapter-dtype", s.adapter_dtype, "--optimizer", s.optimizer,
-            "--batch-size", str(s.batch_size), "--seq-len", str(s.seq_len), "--attention", s.attention,
-            "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha),
-            "--lora-targets", ",".join(s.lora_targets), "--json"]
-    if s.quant:
-        args += ["--quant", s.quant]
-    if s.modules_to_save:
-        args += ["--modules-to-save", ",".join(s.modules_to_save)]
-    args.append("--grad-checkpointing" if s.grad_checkpointing else "--no-grad-checkpointing")
-    return args
+    return ["-m", "planner", "simulate", "--model", values.model, *setup_args(my_setup(values)), "--json"]
 
 
 class PrecisePanel(QWidget):

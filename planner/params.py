@@ -1,0 +1,135 @@
+"""What the parameters, their gradients and the optimizer state take: bytes per GPU before
+sharding, by method, quantization and optimizer (planner/memory.py adds the step's transients).
+
+References: Rajbhandari et al. 2020, "ZeRO" (2 + 2 + 12 bytes per parameter under mixed-precision
+Adam); Dettmers et al. 2023, "QLoRA" (NF4 with 64-weight blocks, double quantization of the block
+scales with 256-scale blocks); Dettmers et al. 2022, "8-bit Optimizers via Block-wise
+Quantization"; Hu et al. 2021, "LoRA".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.activations import HEAD_NAMES, lora_targeted
+from planner.catalog import Architecture
+from planner.errors import PlannerError
+from planner.options import TrainSetup
+
+FP32 = 4
+# Bits per weight of each quantized format, and the block-scale overhead in bytes per weight.
+QUANT_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "2bit": 2}
+_NF4_BLOCK = 64
+_DOUBLE_QUANT_BLOCK = 256
+_HQQ_GROUP = 64
+_BNB_OPT_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameter bytes before sharding."""
+
+    weights: int
+    quant_state: int
+    adapters: int
+    trainable: int
+    trainable_bytes: int
+    """Bytes of the trainable parameters themselves (their dtype sets gradient and Adam sizes)."""
+    matrix_dims: int
+    """Sum of rows + columns over trainable matrices (Adafactor's factored second moment)."""
+    largest: int
+    """Elements of the largest trainable tensor (Adafactor updates one tensor at a time)."""
+    layer_bytes: int
+    """The part of ``trainable_bytes`` inside the decoder layers (their gradients come layer by layer)."""
+
+
+def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
+    """Parameters of the modules trained in full next to the adapters (peft ``modules_to_save``)."""
+    total = 0
+    for name in names:
+        if name in ("embed_tokens", "wte", "word_embeddings", "embed_in"):
+            total += arch.embed_params
+        elif name in HEAD_NAMES:
+            total += arch.lm_head_params or arch.embed_params  # tied: peft unties a trainable copy
+        else:
+            raise PlannerError(f"--modules-to-save '{name}' is not supported; use embed_tokens and/or lm_head",
+                               "modules_to_save")
+    return total
+
+
+def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
+    """LoRA parameters, their matrices' rows + columns, and the largest matrix's elements, over
+    every targeted module."""
+    params = dims = largest = 0
+    for block in arch.blocks:
+        for lin in block.linears:
+            if lora_targeted(lin, setup.lora_targets):
+                params += block.count * lin.copies * setup.lora_r * (lin.d_in + lin.d_out)
+                dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out)
+                largest = max(largest, setup.lora_r * max(lin.d_in, lin.d_out))
+    if not largest:
+        names = ", ".join(sorted(arch.linear_names()))
+        raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}",
+                           "lora_targets")
+    return params, dims, largest
+
+
+def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
+    wb = setup.weight_bytes
+    embed = arch.vocab_size * arch.hidden_size
+    if setup.method == "full":
+        dims = sum(b.count * lin.copies * (lin.d_in + lin.d_out) for b in arch.blocks for lin in b.linears)
+        largest = max([embed] + [lin.d_in * lin.d_out for b in arch.blocks for lin in b.linears])
+        return Params(total * wb, 0, 0, total, total * wb, dims, largest, arch.layer_params * wb)
+
+    lora, dims, lora_largest = _lora_params(arch, setup)
+    adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
+    if setup.method == "lora":
+        weights, quant_state, other_b = total * wb, 0, wb
+    else:
+        quantized = arch.linear_weight_params
+        # prepare_model_for_kbit_training casts every weight bitsandbytes left alone to fp32.
+        other_b = FP32 if setup.fp32_unquantized else wb
+        bits = QUANT_BITS[setup.quant or "nf4"]
+        weights = quantized * bits // 8 + (total - quantized) * other_b
+        quant_state = _quant_state_bytes(arch, setup, quantized)
+    mts = _modules_to_save(arch, setup.modules_to_save)
+    adapters = lora * adapter_b + mts * other_b
+    largest = embed if mts else lora_largest
+    return Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest,
+                   lora * adapter_b)
+
+
+def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:
+    if setup.quant in ("nf4", "fp4"):
+        blocks = quantized // _NF4_BLOCK
+        if setup.double_quant:
+            # uint8 absmax per block, re-quantized with one fp32 scale per 256 of them
+            return blocks + FP32 * (blocks // _DOUBLE_QUANT_BLOCK)
+        return FP32 * blocks
+    if setup.quant == "int8":
+        # LLM.int8: one fp32 scale (SCB) per output row
+        return FP32 * sum(b.count * lin.copies * lin.d_out for b in arch.blocks for lin in b.linears)
+    # 2-bit HQQ-style: fp16 scale and zero point per group of 64
+    return 2 * 2 * (quantized // _HQQ_GROUP)
+
+
+def optimizer_state(setup: TrainSetup, p: Params, cuda: bool) -> tuple[int, int]:
+    """(persistent state bytes, step temporaries) for the trainable parameters."""
+    opt = setup.optimizer
+    if opt in ("adamw_torch", "adamw_torch_fused"):
+        # exp_avg and exp_avg_sq in the parameter dtype. Temporaries: on a GPU foreach AdamW's
+        # sqrt(exp_avg_sq) for every tensor at once; on the CPU, tensor by tensor, the largest
+        # tensor's sqrt and its quotient by the bias correction, alive together.
+        temp = p.trainable_bytes if cuda else 2 * p.largest * p.trainable_bytes // p.trainable
+        return 2 * p.trainable_bytes, temp if opt == "adamw_torch" else 0
+    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+        return p.trainable * 2 + 2 * FP32 * (p.trainable // _BNB_OPT_BLOCK), 0
+    if opt == "paged_adamw_32bit":
+        return p.trainable * 2 * FP32, 0
+    if opt == "sgd":
+        return 0, 0  # HF's sgd has no momentum by default
+    # transformers' Adafactor: factored second moment; its step works one tensor at a time in
+    # fp32 (16-bit parameters and gradients upcast, the squared gradient, the update).
+    copies = 2 if setup.weight_bytes == FP32 else 4
+    return FP32 * p.matrix_dims, copies * FP32 * p.largest
