@@ -41,9 +41,9 @@ CSV_COLUMNS = ("id", "source", "framework", "model", "method", "quant", "double_
 
 def error(run: RunSummary) -> float | None:
     """predicted / measured peak allocated - 1 of a finished run; None without both numbers."""
-    if run.status not in FINISHED or not run.peak_alloc_bytes or not run.predicted_peak_bytes:
+    if run.status not in FINISHED or not run.peak_alloc_bytes or not run.compared_bytes:
         return None
-    return run.predicted_peak_bytes / run.peak_alloc_bytes - 1
+    return run.compared_bytes / run.peak_alloc_bytes - 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ def row(run: RunSummary) -> dict[str, str]:
     precision = run.precision or str(cfg.get("precision") or "")
     cpu = run.device == "cpu"
     value = (run.peak_alloc_bytes or 0) / GiB
-    predicted = (run.predicted_peak_bytes or 0) / GiB
+    predicted = (run.compared_bytes or 0) / GiB
+    rows, length = run.peak_shape or (cfg.get("batch_size") or "", cfg.get("max_seq_len") or "")
     phase = f"; peak in {run.peak_alloc_phase}" if run.peak_alloc_phase else ""
     what = ("CPU run: live tensor bytes of the trainer's tensor meter, not a GPU's" if cpu
             else "torch.cuda.max_memory_allocated" + (" per GPU (the fullest)" if processes > 1 else ""))
@@ -145,8 +146,9 @@ def row(run: RunSummary) -> dict[str, str]:
         "precision": "" if precision == "auto" else precision,
         "adapter_dtype": str(cfg.get("adapter_dtype") or "") if peft else "",
         "optimizer": str(cfg.get("optimizer") or ""),
-        "batch_size": str(cfg.get("batch_size") or ""),
-        "seq_len": str(cfg.get("max_seq_len") or ""),
+        # the micro-batch measured at the peak (padded to its longest sample), else the planned one
+        "batch_size": str(rows),
+        "seq_len": str(length),
         "grad_checkpointing": _on_off(cfg.get("grad_checkpointing")),
         "attention": str(cfg.get("attention") or ""),
         "lora_r": str(cfg.get("lora_r") or "") if peft else "",

@@ -78,6 +78,11 @@ class RunSummary:
     the trainer's tensor meter on the CPU; the same kind as ``predicted_peak_bytes`` on both."""
     peak_alloc_phase: str | None = None
     """forward | backward | optimizer step: when the measured peak happened (the CPU meter says)."""
+    peak_shape: tuple[int, int] | None = None
+    """(rows, padded length) of the micro-batch in flight at the measured peak (run.json)."""
+    predicted_at_peak_bytes: int | None = None
+    """The prediction for that micro-batch's shape: what the measured peak is compared with
+    (batches padded to their longest sample are shorter than max_seq_len)."""
     device: str | None = None
     """cuda | cpu, from the start event (else from ``peak_kind``)."""
     precision: str | None = None
@@ -93,11 +98,18 @@ class RunSummary:
     error: str | None = None
 
     @property
+    def compared_bytes(self) -> int | None:
+        """The prediction the measured peak is compared with: at the peak's batch shape when the
+        run recorded it, else the plan's (at max_seq_len)."""
+        return self.predicted_at_peak_bytes or self.predicted_peak_bytes
+
+    @property
     def ratio(self) -> float | None:
         """Measured peak allocated / predicted peak allocated (the same kind on a GPU and on the CPU;
-        never the host RSS): > 1 means the estimate was optimistic. None when either is missing."""
-        if self.peak_alloc_bytes and self.predicted_peak_bytes:
-            return self.peak_alloc_bytes / self.predicted_peak_bytes
+        never the host RSS; :attr:`compared_bytes`): > 1 means the estimate was optimistic. None
+        when either is missing."""
+        if self.peak_alloc_bytes and self.compared_bytes:
+            return self.peak_alloc_bytes / self.compared_bytes
         return None
 
 
@@ -253,6 +265,8 @@ def _read(path: Path) -> RunSummary:
         # a running or killed run has no run.json: its last step's peak is cumulative (0 = not yet)
         peak_alloc_bytes=_int(pick("peak_alloc_bytes", _get(last_step, "peak_alloc_bytes") or None)),
         peak_alloc_phase=_str(pick("peak_alloc_phase")),
+        peak_shape=_shape(pick("peak_batch_size"), pick("peak_seq_len")),
+        predicted_at_peak_bytes=_int(pick("predicted_at_peak_bytes")),
         device=device,
         precision=_str(_get(start, "precision")),
         runtime_s=_runtime(pick("runtime_s", _get(tail[-1] if ended else None, "runtime_s")), last_step, last_t),
@@ -341,6 +355,11 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _shape(rows: Any, length: Any) -> tuple[int, int] | None:
+    rows, length = _int(rows), _int(length)
+    return (rows, length) if rows and length else None
 
 
 def _get(event: Event | None, key: str) -> Any:

@@ -324,3 +324,14 @@ def test_no_ratio_without_a_measured_peak_or_a_prediction(tmp_path):
     no_prediction = make_run(tmp_path, "b", summary=dict(status="completed", peak_alloc_bytes=GiB,
                                                          predicted_peak_bytes=0))
     assert read_run(no_prediction).ratio is None
+
+
+def test_a_padded_run_is_compared_with_the_prediction_for_its_peak_batch(tmp_path):
+    """Without packing a batch is padded to its longest sample: the peak step's shape (8 x 21
+    tokens, say) is predicted again, and that, not the plan at max_seq_len, is the ratio's base."""
+    summary = dict(status="completed", steps=1, predicted_peak_bytes=26 * 2**20, peak_alloc_bytes=15 * 2**20,
+                   peak_batch_size=8, peak_seq_len=21, predicted_at_peak_bytes=16 * 2**20)
+    run = read_run(make_run(tmp_path, "padded", [encode("start", 0, **{**START, "device": "cpu"}), end(steps=1)],
+                            summary))
+    assert run.peak_shape == (8, 21) and run.compared_bytes == 16 * 2**20
+    assert run.ratio == pytest.approx(15 / 16)

@@ -204,15 +204,32 @@ class Run:
         peak = meter.peak if meter is not None else None
         mine = (peak.bytes if peak else 0, peak.phase if peak else None,
                 meter.reserved_bytes() if meter is not None else 0,
-                meter.phase_bytes() if meter is not None else {})
+                meter.phase_bytes() if meter is not None else {}, meter.peak_shape if meter is not None else None)
         # the GPU that came closest to its limit, with its own phases
-        alloc, phase, reserved, phases = max(gather(mine), key=lambda figures: figures[0])
-        ratio = round(alloc / self.predicted, 4) if alloc and self.predicted else None
-        summary = {"peak_alloc_bytes": alloc or None, "peak_alloc_phase": phase, "peak_ratio": ratio, **phases}
+        alloc, phase, reserved, phases, shape = max(gather(mine), key=lambda figures: figures[0])
+        compared = self.predicted_for(shape)
+        ratio = round(alloc / compared, 4) if alloc and compared else None
+        summary = {"peak_alloc_bytes": alloc or None, "peak_alloc_phase": phase, "peak_ratio": ratio, **phases,
+                   "peak_batch_size": shape[0] if shape else None, "peak_seq_len": shape[1] if shape else None,
+                   "predicted_at_peak_bytes": compared}
         if self.runtime.device == "cuda":
             used = [u for u in gather(self.device_used.peak if self.device_used else None) if u is not None]
             summary.update(peak_reserved_bytes=reserved or None, peak_device_bytes=max(used) if used else None)
         return summary
+
+    def predicted_for(self, shape: tuple[int, int] | None) -> int | None:
+        """The prediction for the micro-batch that was in flight at the measured peak (rows x
+        padded length): batches shorter than max_seq_len (padding to the longest sample, without
+        packing) use less than the plan. The plan's own prediction when the shape is unknown."""
+        if shape is None or shape == (self.cfg.batch_size, self.cfg.max_seq_len):
+            return self.predicted
+        from dataclasses import replace
+
+        from trainer.prediction import predict
+
+        at_shape = predict(replace(self.cfg, batch_size=shape[0], max_seq_len=shape[1]), self.runtime.precision,
+                           self.runtime.device)
+        return at_shape[2].peak_allocated_bytes if at_shape else None
 
     def measured_peak(self) -> int:
         """This process's peak: on CUDA the tracker's running peak allocated (torch's own counter

@@ -146,6 +146,11 @@ class PhaseTracker(TrainerCallback):
         self.probe = probe
         self.peaks: dict[str, int] = dict.fromkeys((*PHASES, OUTSIDE), 0)
         """The largest reading of each phase over the run (bytes; 0 until measured)."""
+        self.peak_shape: tuple[int, int] | None = None
+        """(rows, padded length) of the micro-batch in flight when the run's peak was read: without
+        packing, batches are padded to their longest sample, so the peak step's shape, not
+        max_seq_len, is what a like-for-like prediction needs."""
+        self._shape: tuple[int, int] | None = None
         self._phase = OUTSIDE
 
     def attach(self, trainer: Any) -> None:
@@ -153,6 +158,10 @@ class PhaseTracker(TrainerCallback):
         compute_loss = trainer.compute_loss
 
         def forward_then_backward(*args: Any, **kwargs: Any) -> Any:
+            inputs = kwargs.get("inputs", args[1] if len(args) > 1 else None)
+            ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+            if ids is not None and ids.dim() == 2:
+                self._shape = (int(ids.shape[0]), int(ids.shape[1]))
             self._switch("forward")
             out = compute_loss(*args, **kwargs)
             self._switch("backward")
@@ -186,7 +195,10 @@ class PhaseTracker(TrainerCallback):
         self._phase = phase
 
     def _fold(self) -> None:
-        self.peaks[self._phase] = max(self.peaks[self._phase], self.probe.read())
+        reading = self.probe.read()
+        if reading > max(self.peaks.values()) and self._phase != OUTSIDE:
+            self.peak_shape = self._shape
+        self.peaks[self._phase] = max(self.peaks[self._phase], reading)
 
     # -- the figures ------------------------------------------------------------------------
     def settle(self) -> None:

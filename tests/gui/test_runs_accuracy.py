@@ -56,7 +56,7 @@ def test_ratio_cells_are_coloured_by_how_far_from_one(page, name, text, colour):
 
 def test_a_cpu_run_compares_tensors_not_rss(page):
     row = _row(page, "cpu")
-    assert page.proxy.index(row, COLUMN["Peak"]).data() == "0.04 GiB"  # 45 MiB of tensors, not 2 GiB of RSS
+    assert page.proxy.index(row, COLUMN["Peak"]).data() == "45.0 MiB"  # tensors, not 2 GiB of RSS
     tip = _ratio_cell(page, "cpu", Qt.ItemDataRole.ToolTipRole)
     assert "peak allocated" in tip and "predicted peak allocated" in tip and "backward" in tip
     assert "live tensor bytes on the CPU" in tip
@@ -133,3 +133,41 @@ def test_train_chart_sets_each_gpu_measure_against_its_own_prediction(qtbot):
     labels = [label.text for _, label in charts._memory_legend.items]
     assert labels == ["peak allocated (torch)", "peak reserved (torch)", RSS_LABEL, "fullest GPU, NVML",
                       "predicted allocated 4.00 GiB", "predicted reserved 5.00 GiB", "predicted device used 6.00 GiB"]
+
+
+def _padded_cpu_events():
+    """A CPU run whose batches were padded to 21 of max_seq_len 64: the end event says so."""
+    from trainer.protocol import decode, encode
+
+    start = encode("start", 0, model="m", method="qlora", params_total=1, params_trainable=1, max_steps=2,
+                   run_dir="x", predicted_peak_bytes=26 * MiB, predicted_reserved_bytes=26 * MiB,
+                   predicted_device_bytes=26 * MiB, device="cpu")
+    steps = [encode("step", n, step=n, epoch=0.5 * n, loss=1.0, lr=1e-4, grad_norm=1.0, tokens_per_s=1.0,
+                    peak_alloc_bytes=15 * MiB, peak_reserved_bytes=0, rss_bytes=600 * MiB) for n in (1, 2)]
+    end = encode("end", 3, status="completed", steps=2, runtime_s=3.0, output_dir="x", peak_alloc_bytes=15 * MiB,
+                 peak_batch_size=8, peak_seq_len=21, predicted_at_peak_bytes=16 * MiB)
+    evaluation = encode("eval", 2.5, step=2, eval_loss=1.2)
+    return [decode(line) for line in [start, *steps, evaluation, end]]
+
+
+def test_both_charts_compare_the_peak_with_the_prediction_for_its_batch(qtbot):
+    """The plan predicts max_seq_len; a padded batch is shorter. Once the run has ended, the dashed
+    line is the prediction for the batch at the measured peak, and its key says which."""
+    from planner.gui.runs.chart import Replay, ReplayChart
+    from planner.gui.train.charts import TrainCharts
+    from planner.gui.train.run_model import RunModel
+
+    replay, model = Replay(), RunModel()
+    replay.add(_padded_cpu_events())
+    for e in _padded_cpu_events():
+        model.fold(e)
+    chart, charts = ReplayChart(), TrainCharts()
+    qtbot.addWidget(chart)
+    qtbot.addWidget(charts)
+    chart.show_replay(replay)
+    charts.show_model(model)
+    assert list(chart.eval_curve.yData) == [1.2]  # the end event follows an evaluation: each keeps its own
+    for line, legend in ((chart.prediction, chart.memory_legend), (charts.prediction, charts._memory_legend)):
+        assert line.line.value() == pytest.approx(16 * MiB / GiB)
+        labels = [label.text for _, label in legend.items]
+        assert "predicted 0.02 GiB (8\u00d721)" in labels, labels

@@ -35,10 +35,16 @@ def test_a_cpu_run_reports_its_tensor_peak_phase_and_ratio(demo_dir, tmp_path):
     assert end["event"] == "end" and end["peak_alloc_bytes"] == peaks[-1]
     assert end["peak_alloc_phase"] in PHASES
     start = events[0]
-    assert end["peak_ratio"] == pytest.approx(end["peak_alloc_bytes"] / start["predicted_peak_bytes"], abs=1e-4)
+    # the demo pads each batch to its longest sample (no packing): the peak step's shape is
+    # predicted again, and the CPU-device prediction for it holds within 5%
+    assert end["peak_batch_size"] == 8 and 5 < end["peak_seq_len"] < 64
+    assert end["predicted_at_peak_bytes"] < start["predicted_peak_bytes"]
+    assert end["peak_ratio"] == pytest.approx(end["peak_alloc_bytes"] / end["predicted_at_peak_bytes"], abs=1e-4)
+    assert end["peak_ratio"] == pytest.approx(1, abs=0.05)
     summary = json.loads((run_dir / "run.json").read_text())
-    assert {k: summary[k] for k in ("peak_alloc_bytes", "peak_alloc_phase", "peak_ratio")} == \
-        {k: end[k] for k in ("peak_alloc_bytes", "peak_alloc_phase", "peak_ratio")}
+    keys = ("peak_alloc_bytes", "peak_alloc_phase", "peak_ratio", "peak_batch_size", "peak_seq_len",
+            "predicted_at_peak_bytes")
+    assert {k: summary[k] for k in keys} == {k: end[k] for k in keys}
 
 
 def test_the_meter_counts_what_a_step_keeps_and_what_it_makes(demo_dir, tmp_path):

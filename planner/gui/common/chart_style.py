@@ -7,7 +7,7 @@ views never smaller than their layout, empty plots that say so."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt
@@ -174,6 +174,16 @@ def set_entries(legend: pg.LegendItem, entries: list[tuple[pg.GraphicsObject, st
     return True
 
 
+def at_peak_batch(planned: int | None, end: Mapping[str, object]) -> tuple[int | None, str]:
+    """(the prediction the measured peak compares with, what it is for): the end event's
+    prediction for the micro-batch in flight at the peak when it differs from the plan's (the
+    Runs page's Ratio tooltip gives the plan's figure beside it)."""
+    at_peak, rows, length = (end.get(k) for k in ("predicted_at_peak_bytes", "peak_batch_size", "peak_seq_len"))
+    if not (isinstance(at_peak, int) and isinstance(rows, int) and isinstance(length, int)) or at_peak == planned:
+        return planned or None, ""
+    return at_peak, f" ({rows}\u00d7{length:,})"
+
+
 class PredictionLine:
     """The predicted peak: a dashed horizontal line, its number in the legend.
 
@@ -187,17 +197,22 @@ class PredictionLine:
         self.key = pg.PlotDataItem()
         """Never plotted: the legend's sample of the dashed line."""
         self.peak_bytes: int | None = None
+        self.note = ""
 
-    def set_peak(self, peak_bytes: int | None, shown: bool = True) -> None:
-        self.peak_bytes = peak_bytes or None
+    def set_peak(self, peak_bytes: int | None, shown: bool = True, end: Mapping[str, object] | None = None) -> None:
+        """``end``: the run's end event, whose prediction for the batch at the measured peak (a
+        batch padded only to its longest sample) replaces the plan's once the run has ended."""
+        self.peak_bytes, self.note = at_peak_batch(peak_bytes, end or {})
         if self.peak_bytes:
             self.line.setValue(self.peak_bytes / GiB)
         self.line.setVisible(bool(self.peak_bytes) and shown)
 
     @property
     def entry(self) -> tuple[pg.PlotDataItem, str]:
-        """The legend entry: (key, "predicted 4.00 GiB")."""
-        return self.key, f"predicted {fmt_bytes(self.peak_bytes)}" if self.peak_bytes else "no prediction"
+        """The legend entry: (key, "predicted 4.00 GiB"), and the batch it is for when not the plan's."""
+        if not self.peak_bytes:
+            return self.key, "no prediction"
+        return self.key, f"predicted {fmt_bytes(self.peak_bytes)}{self.note}"
 
     def set_colour(self, fg: QColor) -> None:
         dashed = pg.mkPen(fg, width=1.5, style=Qt.PenStyle.DashLine)

@@ -54,6 +54,8 @@ class Replay:
         self.predicted_device: int | None = None
         self.device: str | None = None
         """cuda | cpu from the start event; None in an older history."""
+        self.end: dict[str, object] = {}
+        """The last end event's fields (the prediction for the batch at the measured peak)."""
 
     def add(self, events: Iterable[Event]) -> None:
         for e in events:
@@ -79,6 +81,8 @@ class Replay:
             elif e.kind == "eval" and isinstance(e.get("step"), (int, float)):
                 self.eval_steps.append(int(e["step"]))  # type: ignore[arg-type]
                 self.eval_loss.append(_num(e.get("eval_loss")))
+            elif e.kind == "end":
+                self.end = dict(e.fields)
 
     @property
     def on_gpu(self) -> bool:
@@ -185,9 +189,9 @@ class ReplayChart(QWidget):
                 if differs and predicted:
                     extra.append((line.key, f"predicted {label.split(',')[0]} {fmt_bytes(predicted)}"))
                     top = max(top, predicted / GiB)
-        self.prediction.set_peak(replay.predicted, shown=has_steps)
-        if replay.predicted:
-            top = max(top, replay.predicted / GiB)
+        self.prediction.set_peak(replay.predicted, shown=has_steps, end=replay.end)
+        if self.prediction.peak_bytes:
+            top = max(top, self.prediction.peak_bytes / GiB)
         for note in self.empty_notes:
             note.set_empty(not has_steps)
         # the axis fits what is compared; an RSS far above it (a CPU run's whole Python process)
@@ -195,10 +199,11 @@ class ReplayChart(QWidget):
         rss = [r for r in replay.rss if r > 0]
         if not top and rss:
             top = max(rss) / GiB
-        if rss and max(rss) / GiB > max(top, 0.1) * 1.1:
+        floor = 1 / 1024  # 1 MiB: a CPU demo's tensors are tens of MiB, and must not lie flat at 0
+        if rss and max(rss) / GiB > max(top, floor) * 1.1:
             memory = [(c, f"host RSS {fmt_bytes(int(max(rss)))}, off scale (not comparable)")
                       if c is self.rss_curve else (c, lab) for c, lab in memory]
-        self.memory_plot.setYRange(0, max(top, 0.1) * 1.1, padding=0)
+        self.memory_plot.setYRange(0, max(top, floor) * 1.1, padding=0)
         loss = [(self.loss_curve, "train loss")] if has_steps else []
         if replay.eval_steps:  # no eval points, no "eval loss" key
             loss.append((self.eval_curve, "eval loss"))

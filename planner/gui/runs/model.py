@@ -16,7 +16,7 @@ from PySide6.QtGui import QColor
 
 from planner.accuracy import grade
 from planner.runs import RunSummary
-from planner.units import GiB
+from planner.units import GiB, MiB
 
 SORT_ROLE = Qt.ItemDataRole.UserRole
 # Mid-tone colours: legible as text on light and on dark bases.
@@ -57,7 +57,10 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_gib(n: int | None) -> str:
-    return "" if n is None else f"{n / GiB:.2f} GiB"
+    """GiB to 0.01, or MiB to 0.1 below 1 GiB: a CPU run's tensors (tens of MiB) stay readable."""
+    if n is None:
+        return ""
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
 
 
 def _steps(s: RunSummary) -> str:
@@ -84,7 +87,16 @@ def ratio_tip(s: RunSummary) -> str | None:
     verdict = ("needed more than predicted" if s.ratio > 1 else "needed less than predicted" if s.ratio < 1
                else "exactly as predicted")
     return (f"measured peak allocated {fmt_gib(s.peak_alloc_bytes)} ({what}{phase})\n"
-            f"/ predicted peak allocated {fmt_gib(s.predicted_peak_bytes)} = {s.ratio:.3f}: {verdict}")
+            f"/ predicted peak allocated {fmt_gib(s.compared_bytes)}{predicted_for(s)} = {s.ratio:.3f}: {verdict}")
+
+
+def predicted_for(s: RunSummary) -> str:
+    """Which batch the compared prediction is for, when it is not the plan's (a padded batch)."""
+    if s.peak_shape is None or s.predicted_at_peak_bytes in (None, s.predicted_peak_bytes):
+        return ""
+    rows, length = s.peak_shape
+    return (f" for the batch at the peak, {rows} \u00d7 {length:,} tokens (the plan at max_seq_len: "
+            f"{fmt_gib(s.predicted_peak_bytes)})")
 
 
 def _started(s: RunSummary) -> str:
@@ -105,7 +117,7 @@ COLUMNS: tuple[Column, ...] = (
     ("Loss", lambda s: "" if s.final_loss is None else f"{s.final_loss:.4f}",
      lambda s: s.final_loss if s.final_loss is not None else float("inf")),
     ("Peak", _measured, lambda s: s.peak_alloc_bytes or 0),
-    ("Predicted", lambda s: fmt_gib(s.predicted_peak_bytes), lambda s: s.predicted_peak_bytes or 0),
+    ("Predicted", lambda s: fmt_gib(s.compared_bytes), lambda s: s.compared_bytes or 0),
     ("Ratio", _ratio, lambda s: s.ratio or 0.0),
     ("Duration", lambda s: fmt_duration(s.runtime_s), lambda s: s.runtime_s or 0.0),
     ("Started", _started, lambda s: s.started),
@@ -115,7 +127,8 @@ HEADER_TIPS = {
     "Steps": "optimizer steps done / planned",
     "Loss": "the last training loss",
     "Peak": "measured peak allocated: torch.cuda.max_memory_allocated on a GPU, live tensor bytes on the CPU",
-    "Predicted": "the planner's predicted peak allocated memory for this run's device",
+    "Predicted": ("the planner's predicted peak allocated memory for this run's device, for the batch in flight at "
+                  "the measured peak (without packing a batch is padded only to its longest sample)"),
     "Ratio": "measured peak allocated / predicted peak allocated (the same kind on a GPU and on the CPU); "
              "green within 10% of 1, amber within 25%, red beyond; above 1 the run needed more than predicted",
     "Duration": "training time so far (the last session's, for a resumed run)",

@@ -34,7 +34,15 @@ from planner.accuracy import measured, summary_line, write_csv
 from planner.errors import PlannerError
 from planner.gui.common.worker import LatestOnly
 from planner.gui.runs.chart import Replay, ReplayChart
-from planner.gui.runs.model import COLUMN, SORT_ROLE, RunsTableModel, fmt_duration, fmt_gib, status_text
+from planner.gui.runs.model import (
+    COLUMN,
+    SORT_ROLE,
+    RunsTableModel,
+    fmt_duration,
+    fmt_gib,
+    predicted_for,
+    status_text,
+)
 from planner.gui.state import AppState
 from planner.runs import EventReader, RunError, RunScanner, RunSummary, delete_run
 
@@ -267,10 +275,10 @@ class RunsPage(QWidget):
                  html.escape(" \u00b7 ".join(x for x in (run.model, run.method) if x))]
         if run.steps is not None:
             facts.append(f"{run.steps} steps" + (f" of {run.max_steps}" if run.max_steps else ""))
-        if run.peak_alloc_bytes and run.predicted_peak_bytes:
+        if run.peak_alloc_bytes and run.compared_bytes:
             phase = f" (in {html.escape(run.peak_alloc_phase)})" if run.peak_alloc_phase else ""
             facts.append(f"peak allocated {fmt_gib(run.peak_alloc_bytes)} measured{phase}, "
-                         f"{fmt_gib(run.predicted_peak_bytes)} predicted")
+                         f"{fmt_gib(run.compared_bytes)} predicted{html.escape(predicted_for(run))}")
         if run.peak_kind == "host_rss" and run.peak_measured_bytes:
             facts.append(f"host RSS {fmt_gib(run.peak_measured_bytes)} (Python + torch, not comparable)")
         if run.runtime_s is not None:

@@ -155,7 +155,7 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         # Python process) would flatten that comparison: it runs off the top, its key saying how high
         top = max((max(s.y) for s in (model.peak_alloc, model.peak_reserved, model.device_used) if s.y), default=0.0)
         rss_top = max(model.rss.y, default=0.0)
-        self.prediction.set_peak(model.predicted_peak_bytes, shown=has_steps)
+        self.prediction.set_peak(model.predicted_peak_bytes, shown=has_steps, end=model.end)
         extra = []
         for line, predicted, curve, what in (
                 (self.prediction_reserved, model.predicted_reserved_bytes, self.peak_reserved, "reserved"),
@@ -170,7 +170,7 @@ class TrainCharts(pg.GraphicsLayoutWidget):
         if model.predicted_peak_bytes:
             key, label = self.prediction.entry
             memory_entries.append((key, label.replace("predicted", "predicted allocated", 1) if extra else label))
-            top = max(top, model.predicted_peak_bytes)
+            top = max(top, self.prediction.peak_bytes or 0)
         memory_entries += extra
         if not top:
             top = rss_top
