@@ -15,7 +15,7 @@ the per-parameter bytes: planner/params.py; activations: planner/activations.py.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from planner.activations import ActivationPeak, activation_peak, trainable_head_bytes
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
@@ -122,7 +122,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     p = params(arch, setup, total)
     gradients = p.trainable_bytes
     optimizer, opt_temp = optimizer_state(setup, p, cuda)
-    acts = activation_peak(arch, setup)
+    # a CPU run's "host" is the memory it trains in: offloaded checkpoints stay live tensors there
+    acts = activation_peak(arch, setup if cuda else replace(setup, offload_activations=False))
     n, shard = setup.num_gpus, setup.sharding
     flight = _Flight()
     if setup.optimizer_in_backward:

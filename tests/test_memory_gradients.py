@@ -59,3 +59,12 @@ def test_cpu_adamw_steps_tensor_by_tensor():
 def test_an_unknown_device_is_refused():
     with pytest.raises(PlannerError, match="cuda, cpu"):
         estimate(LLAMA8, TrainSetup(), device="tpu")
+
+
+def test_offloading_moves_nothing_on_a_cpu_run():
+    """Its host RAM is the memory it trains in: the checkpoints stay live tensors there."""
+    setup = TrainSetup(method="lora", precision="fp32", seq_len=4096, offload_activations=True)
+    cpu, plain = estimate(LLAMA8, setup, device="cpu"), estimate(LLAMA8, replace(setup, offload_activations=False),
+                                                                 device="cpu")
+    assert cpu.peak_allocated_bytes == plain.peak_allocated_bytes and cpu.host_bytes == 0
+    assert estimate(LLAMA8, setup).host_bytes > 0  # on a GPU they leave it

@@ -21,7 +21,7 @@ sequence.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
@@ -172,6 +172,8 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
     from planner.autocast_policy import CPU
 
     check_setup(model.arch, setup)  # before any model is built: a bad rank costs minutes here
+    if device == "cpu":  # offloading to host RAM moves nothing on a CPU run: it trains in that RAM
+        setup = replace(setup, offload_activations=False)
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
     if setup.num_gpus > 1:

@@ -38,4 +38,5 @@ def test_the_runs_differ_where_the_techniques_say_they_should(cases):
     assert measured("full, accumulation 2") > measured("full, checkpointing off") + 10 * 2**20
     assert measured("full, optimizer in backward") < measured("full, checkpointing on")
     assert measured("QLoRA bf16, no fp32 upcast") < measured("QLoRA bf16")
-    assert measured("LoRA, offloaded activations") <= measured("LoRA, checkpointing on")
+    # a CPU run's host RAM is the memory it trains in: the "offloaded" checkpoints stay live there
+    assert measured("LoRA, offloaded activations") == pytest.approx(measured("LoRA, checkpointing on"), rel=0.001)
