@@ -160,7 +160,7 @@ def row(run: RunSummary) -> dict[str, str]:
         "kind": "allocated",
         "value": f"{value:.4f}",
         "unit": "GiB",
-        "gpu": "cpu" if cpu else "",
+        "gpu": "cpu" if cpu else (run.gpu or ""),
         "notes": f"{what}{phase}; predicted {predicted:.4f} GiB ({fmt_error(error(run) or 0.0)})",
     }
 

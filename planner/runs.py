@@ -85,6 +85,8 @@ class RunSummary:
     (batches padded to their longest sample are shorter than max_seq_len)."""
     device: str | None = None
     """cuda | cpu, from the start event (else from ``peak_kind``)."""
+    gpu: str | None = None
+    """The GPU's name as CUDA gives it (start event; None on the CPU)."""
     precision: str | None = None
     """The precision the trainer resolved (config.json may say "auto"), from the start event."""
     runtime_s: float | None = None
@@ -268,6 +270,7 @@ def _read(path: Path) -> RunSummary:
         peak_shape=_shape(pick("peak_batch_size"), pick("peak_seq_len")),
         predicted_at_peak_bytes=_int(pick("predicted_at_peak_bytes")),
         device=device,
+        gpu=_str(_get(start, "gpu")),
         precision=_str(_get(start, "precision")),
         runtime_s=_runtime(pick("runtime_s", _get(tail[-1] if ended else None, "runtime_s")), last_step, last_t),
         started=_started(path, last_t),

@@ -14,7 +14,8 @@ MiB, GiB = 2**20, 2**30
 
 def finished_run(root: Path, name: str, method: str = "lora", measured: int | None = GiB,
                  predicted: int | None = GiB, device: str = "cuda", status: str = "completed",
-                 rss: int = GiB, phase: str | None = None, summary: bool = True, **config: object) -> Path:
+                 rss: int = GiB, phase: str | None = None, summary: bool = True, gpu: str | None = None,
+                 **config: object) -> Path:
     """A run of ``method`` whose peak allocated was ``measured`` against ``predicted`` (bytes).
 
     ``summary=False``: no run.json and no end event (a killed run: the last step's peak counts).
@@ -30,7 +31,8 @@ def finished_run(root: Path, name: str, method: str = "lora", measured: int | No
     lines = [
         encode("start", 0.0, model="demo/tiny", method=method, params_total=1000, params_trainable=100,
                max_steps=2, run_dir=str(path), predicted_peak_bytes=predicted, predicted_reserved_bytes=predicted,
-               predicted_device_bytes=predicted, device=device, precision="fp32" if device == "cpu" else "bf16"),
+               predicted_device_bytes=predicted, device=device, precision="fp32" if device == "cpu" else "bf16",
+               gpu=gpu),
         encode("step", 1.0, step=1, epoch=0.5, loss=2.0, lr=1e-4, grad_norm=1.0, tokens_per_s=100.0,
                peak_alloc_bytes=alloc // 2, peak_reserved_bytes=reserved // 2, rss_bytes=rss, max_steps=2),
         encode("step", 2.0, step=2, epoch=1.0, loss=1.5, lr=1e-4, grad_norm=1.0, tokens_per_s=100.0,

@@ -76,7 +76,7 @@ def _reference_header() -> list[str]:
 def test_csv_has_exactly_the_reference_columns_and_a_runs_settings(tmp_path):
     finished_run(tmp_path, "q", "qlora", measured=3 * GiB, predicted=int(3.3 * GiB), lora_r=64,
                  lora_targets=["q_proj", "v_proj"], batch_size=2, max_seq_len=512, grad_checkpointing=False,
-                 double_quant=False, attention="eager")
+                 double_quant=False, attention="eager", gpu="NVIDIA A100-SXM4-80GB")
     finished_run(tmp_path, "cpu", "full", measured=40 * MiB, predicted=50 * MiB, device="cpu", phase="backward")
     text = rows_csv(scan_runs(tmp_path))
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -88,7 +88,7 @@ def test_csv_has_exactly_the_reference_columns_and_a_runs_settings(tmp_path):
                  "adapter_dtype": "fp32", "optimizer": "adamw_torch", "batch_size": "2", "seq_len": "512",
                  "grad_checkpointing": "off", "attention": "eager", "lora_r": "64", "lora_targets": "q_proj,v_proj",
                  "modules_to_save": "", "num_gpus": "1", "sharding": "none", "offload": "none",
-                 "kind": "allocated", "value": "3.0000", "unit": "GiB", "gpu": ""}
+                 "kind": "allocated", "value": "3.0000", "unit": "GiB", "gpu": "NVIDIA A100-SXM4-80GB"}
     cpu = by_id["cpu"]
     assert (cpu["kind"], cpu["gpu"], cpu["value"]) == ("allocated", "cpu", "0.0391")
     assert cpu["quant"] == cpu["lora_r"] == ""

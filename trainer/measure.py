@@ -17,6 +17,16 @@ def measured_peak(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+def gpu_name(device: str) -> str | None:
+    """The GPU this process trains on, as CUDA names it (None on the CPU): measurement rows
+    exported from the Runs page say which card they were measured on."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return str(torch.cuda.get_device_name())
+
+
 def device_budget(device: str) -> int:
     """Memory the run may use: the GPU's total, or the host RAM available on the CPU."""
     if device == "cuda":

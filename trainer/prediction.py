@@ -6,6 +6,8 @@ against the same prediction the Plan page showed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from planner.catalog import ModelSpec, resolve_model
 from planner.errors import PlannerError
 from planner.fit import Fix, nearest_fit
@@ -23,6 +25,17 @@ def predict(cfg: TrainConfig, precision: str, device: str = "cuda") -> tuple[Mod
         return spec, setup, estimate(spec, setup, device)
     except PlannerError:
         return None
+
+
+def predicted_at(cfg: TrainConfig, precision: str, device: str, shape: tuple[int, int] | None,
+                 planned: int | None) -> int | None:
+    """The prediction for the micro-batch in flight at the measured peak (rows x padded length):
+    without packing a batch is padded only to its longest sample, so it can use less than the
+    plan (``planned``, at max_seq_len), which stands when the shape is unknown or the same."""
+    if shape is None or shape == (cfg.batch_size, cfg.max_seq_len):
+        return planned
+    at_shape = predict(replace(cfg, batch_size=shape[0], max_seq_len=shape[1]), precision, device)
+    return at_shape[2].peak_allocated_bytes if at_shape else None
 
 
 def oom_hint(cfg: TrainConfig, precision: str, budget_bytes: int) -> tuple[str, dict | None]:

@@ -30,7 +30,7 @@ from trainer.distributed import (
     report_peer_error,
     world_size,
 )
-from trainer.measure import device_budget, measured_peak
+from trainer.measure import device_budget, gpu_name, measured_peak
 from trainer.protocol import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_OOM, exit_code
 from trainer.quiet import quiet, say
 from trainer.rundir import COMMANDS_FILE, SUMMARY, claimed, latest_checkpoint
@@ -159,7 +159,7 @@ class Run:
             "start", model=cfg.model, method=cfg.method, params_total=params_total,
             params_trainable=trainable, max_steps=max_steps, run_dir=str(self.run_dir),
             predicted_peak_bytes=self.predicted, **self.predicted_more, device=self.runtime.device,
-            precision=self.runtime.precision,
+            gpu=gpu_name(self.runtime.device), precision=self.runtime.precision,
             data_format=data.format, template=data.template, masking=data.masking, examples=data.n_examples,
             truncated=data.n_truncated, skipped=data.n_skipped, resumed=self.resume,
             resumed_from=str(self.checkpoint) if self.checkpoint else None, runtime_before_s=round(self.before_s, 2))
@@ -207,7 +207,9 @@ class Run:
                 meter.phase_bytes() if meter is not None else {}, meter.peak_shape if meter is not None else None)
         # the GPU that came closest to its limit, with its own phases
         alloc, phase, reserved, phases, shape = max(gather(mine), key=lambda figures: figures[0])
-        compared = self.predicted_for(shape)
+        from trainer.prediction import predicted_at
+
+        compared = predicted_at(self.cfg, self.runtime.precision, self.runtime.device, shape, self.predicted)
         ratio = round(alloc / compared, 4) if alloc and compared else None
         summary = {"peak_alloc_bytes": alloc or None, "peak_alloc_phase": phase, "peak_ratio": ratio, **phases,
                    "peak_batch_size": shape[0] if shape else None, "peak_seq_len": shape[1] if shape else None,
@@ -216,20 +218,6 @@ class Run:
             used = [u for u in gather(self.device_used.peak if self.device_used else None) if u is not None]
             summary.update(peak_reserved_bytes=reserved or None, peak_device_bytes=max(used) if used else None)
         return summary
-
-    def predicted_for(self, shape: tuple[int, int] | None) -> int | None:
-        """The prediction for the micro-batch that was in flight at the measured peak (rows x
-        padded length): batches shorter than max_seq_len (padding to the longest sample, without
-        packing) use less than the plan. The plan's own prediction when the shape is unknown."""
-        if shape is None or shape == (self.cfg.batch_size, self.cfg.max_seq_len):
-            return self.predicted
-        from dataclasses import replace
-
-        from trainer.prediction import predict
-
-        at_shape = predict(replace(self.cfg, batch_size=shape[0], max_seq_len=shape[1]), self.runtime.precision,
-                           self.runtime.device)
-        return at_shape[2].peak_allocated_bytes if at_shape else None
 
     def measured_peak(self) -> int:
         """This process's peak: on CUDA the tracker's running peak allocated (torch's own counter
