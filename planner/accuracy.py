@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -121,32 +121,26 @@ def _list(v: Any) -> str:
     return ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else ""
 
 
-def row(run: RunSummary) -> dict[str, str]:
-    """One measurements.csv row (column -> text) for a run, its settings from its config.json."""
-    cfg = {**_DEFAULTS, **read_json(run.path / CONFIG)}
-    method = str(run.method or cfg.get("method") or "")
+def settings(config: Mapping[str, Any], precision: str | None = None,
+             shape: tuple[int, int] | None = None) -> dict[str, str]:
+    """The setting columns of a measurements.csv row (``model`` to ``offload``) for a run config in
+    TrainConfig's field names, its defaults filled in. ``precision``: as the trainer resolved
+    "auto"; ``shape``: the micro-batch measured at the peak (padded to its longest sample), else the
+    planned one stands."""
+    cfg = {**_DEFAULTS, **config}
+    method = str(cfg.get("method") or "")
     peft, qlora = method in ("lora", "qlora"), method == "qlora"
     processes = int(cfg.get("num_processes") or 1)
-    precision = run.precision or str(cfg.get("precision") or "")
-    cpu = run.device == "cpu"
-    value = (run.peak_alloc_bytes or 0) / GiB
-    predicted = (run.compared_bytes or 0) / GiB
-    rows, length = run.peak_shape or (cfg.get("batch_size") or "", cfg.get("max_seq_len") or "")
-    phase = f"; peak in {run.peak_alloc_phase}" if run.peak_alloc_phase else ""
-    what = ("CPU run: live tensor bytes of the trainer's tensor meter, not a GPU's" if cpu
-            else "torch.cuda.max_memory_allocated" + (" per GPU (the fullest)" if processes > 1 else ""))
+    precision = precision or str(cfg.get("precision") or "")
+    rows, length = shape or (cfg.get("batch_size") or "", cfg.get("max_seq_len") or "")
     return {
-        "id": run.name,
-        "source": f"finetune-planner run {run.name}",
-        "framework": "hf+peft",
-        "model": str(run.model or cfg.get("model") or ""),
+        "model": str(cfg.get("model") or ""),
         "method": method,
         "quant": str(cfg.get("quant") or "") if qlora else "",
         "double_quant": _on_off(cfg.get("double_quant")) if qlora else "",
         "precision": "" if precision == "auto" else precision,
         "adapter_dtype": str(cfg.get("adapter_dtype") or "") if peft else "",
         "optimizer": str(cfg.get("optimizer") or ""),
-        # the micro-batch measured at the peak (padded to its longest sample), else the planned one
         "batch_size": str(rows),
         "seq_len": str(length),
         "grad_checkpointing": _on_off(cfg.get("grad_checkpointing")),
@@ -157,8 +151,26 @@ def row(run: RunSummary) -> dict[str, str]:
         "num_gpus": str(processes),
         "sharding": "none" if processes == 1 else str(cfg.get("sharding") or ""),
         "offload": "none",
+    }
+
+
+def row(run: RunSummary) -> dict[str, str]:
+    """One measurements.csv row (column -> text) for a run, its settings from its config.json."""
+    cfg = read_json(run.path / CONFIG)
+    cfg = {**cfg, "model": run.model or cfg.get("model"), "method": run.method or cfg.get("method")}
+    cpu = run.device == "cpu"
+    predicted = (run.compared_bytes or 0) / GiB
+    phase = f"; peak in {run.peak_alloc_phase}" if run.peak_alloc_phase else ""
+    several = int(cfg.get("num_processes") or 1) > 1
+    what = ("CPU run: live tensor bytes of the trainer's tensor meter, not a GPU's" if cpu
+            else "torch.cuda.max_memory_allocated" + (" per GPU (the fullest)" if several else ""))
+    return {
+        "id": run.name,
+        "source": f"finetune-planner run {run.name}",
+        "framework": "hf+peft",
+        **settings(cfg, run.precision, run.peak_shape),
         "kind": "allocated",
-        "value": f"{value:.4f}",
+        "value": f"{(run.peak_alloc_bytes or 0) / GiB:.4f}",
         "unit": "GiB",
         "gpu": "cpu" if cpu else (run.gpu or ""),
         "notes": f"{what}{phase}; predicted {predicted:.4f} GiB ({fmt_error(error(run) or 0.0)})",

@@ -39,13 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from planner.accuracy import CSV_COLUMNS, settings  # noqa: E402
 from planner.atomic import atomic_write_text  # noqa: E402
 from planner.units import GiB  # noqa: E402
 
 NO_GPU = "no CUDA GPU visible: gpu_check needs one"
-MEMORY_COLUMNS = ("id,source,framework,model,method,quant,double_quant,precision,adapter_dtype,optimizer,"
-                  "batch_size,seq_len,grad_checkpointing,attention,lora_r,lora_targets,modules_to_save,"
-                  "num_gpus,sharding,offload,kind,value,unit,gpu,notes").split(",")
 THROUGHPUT_COLUMNS = ("model", "method", "gpus", "setting", "tokens_per_s", "source", "notes")
 KINDS = (("allocated", "peak_alloc_bytes", "predicted_peak_bytes"),
          ("reserved", "peak_reserved_bytes", "predicted_reserved_bytes"),
@@ -188,19 +186,9 @@ def memory_rows(r: Result) -> list[dict[str, str]]:
             continue
         err = relative_error(measured, predicted)
         rows.append({
-            "id": f"{_run_id(r)}-{kind}",
-            "source": SOURCE, "framework": "hf+peft", "model": r.model, "method": c["method"],
-            "quant": c.get("quant", "nf4") if c["method"] == "qlora" else "",
-            "double_quant": _on(c.get("double_quant", True)) if c["method"] == "qlora" else "",
-            "precision": r.start.get("precision", c.get("precision", "")),
-            "adapter_dtype": c.get("adapter_dtype", "fp32") if c["method"] != "full" else "",
-            "optimizer": c.get("optimizer", "adamw_torch"), "batch_size": str(c["batch_size"]),
-            "seq_len": str(c["max_seq_len"]), "grad_checkpointing": _on(c["grad_checkpointing"]),
-            "attention": c.get("attention", "sdpa"),
-            "lora_r": str(c.get("lora_r", 16)) if c["method"] != "full" else "",
-            "lora_targets": ",".join(c.get("lora_targets", ["all-linear"])) if c["method"] != "full" else "",
-            "modules_to_save": ",".join(c.get("modules_to_save", [])), "num_gpus": "1", "sharding": "none",
-            "offload": "none", "kind": kind, "value": f"{measured / GiB:.3f}", "unit": "GiB", "gpu": r.gpu.name,
+            "id": f"{_run_id(r)}-{kind}", "source": SOURCE, "framework": "hf+peft",
+            **settings({**c, "model": r.model}, str(r.start.get("precision") or "")),
+            "kind": kind, "value": f"{measured / GiB:.3f}", "unit": "GiB", "gpu": r.gpu.name,
             "notes": (f"predicted {predicted / GiB:.3f} GiB ({err:+.1%})" if err is not None else "no prediction")
                      + f"; {r.end.get('steps')} steps, packing {_on(c.get('packing'))}",
         })
@@ -339,8 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         demo = work / "demo"
-        subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(demo), "--size", args.size],
-                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        made = subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(demo), "--size", args.size],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+        if made.returncode:
+            last = (made.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"error: make-demo --size {args.size} failed (exit {made.returncode}): {last}", file=sys.stderr)
+            return 2
         base = json.loads((demo / "run.json").read_text())
         models = ([] if args.no_demo else [(f"trainer-demo-{args.size}", str(demo / "model"), True)]) + \
             [(str(m), str(Path(m).resolve()), False) for m in args.models]
@@ -357,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     memory = [row for r in results for row in memory_rows(r)]
     speed = [row for r in results if (row := throughput_row(r)) is not None]
-    atomic_write_text(outs[0], to_csv(MEMORY_COLUMNS, memory, f"measured by {SOURCE} (measurements.csv columns)"))
+    atomic_write_text(outs[0], to_csv(CSV_COLUMNS, memory, f"measured by {SOURCE} (measurements.csv columns)"))
     atomic_write_text(outs[1], to_csv(THROUGHPUT_COLUMNS, speed, f"measured by {SOURCE} (throughput.csv columns)"))
     print(f"wrote {outs[0]} ({len(memory)} rows) and {outs[1]} ({len(speed)} rows)")
     return 1 if any(r.error for r in results) else 0

@@ -41,7 +41,7 @@ def _header(name: str) -> list[str]:
 
 
 def test_the_rows_use_the_calibration_files_columns():
-    assert gpu_check.MEMORY_COLUMNS == _header("measurements.csv")
+    assert list(gpu_check.CSV_COLUMNS) == _header("measurements.csv")
     assert list(gpu_check.THROUGHPUT_COLUMNS) == _header("throughput.csv")
 
 
@@ -86,7 +86,7 @@ def test_memory_rows_one_per_kind_measured_and_readable_by_the_validator():
     assert alloc["value"] == "1.600" and alloc["unit"] == "GiB" and alloc["gpu"] == A100.name
     assert alloc["notes"].startswith("predicted 2.000 GiB (+25.0%)")
     assert [alloc[k] for k in ("method", "quant", "grad_checkpointing", "seq_len")] == ["qlora", "nf4", "on", "512"]
-    text = gpu_check.to_csv(gpu_check.MEMORY_COLUMNS, rows, "test")
+    text = gpu_check.to_csv(list(gpu_check.CSV_COLUMNS), rows, "test")
     validator = load_script("validate_estimator")
     parsed = list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
     setup = validator.setup_of(parsed[0])
