@@ -263,7 +263,8 @@ def _read(path: Path) -> RunSummary:
         final_loss=_float(pick("final_loss", _get(last_step, "loss"))),
         peak_measured_bytes=_int(pick("peak_measured_bytes", measured_from_steps)),
         peak_kind=peak_kind,
-        predicted_peak_bytes=_int(pick("predicted_peak_bytes", _get(start, "predicted_peak_bytes"))),
+        predicted_peak_bytes=_int(pick("predicted_peak_bytes", _get(start, "predicted_peak_bytes")))
+        if _comparable_prediction(start, device) else None,
         # a running or killed run has no run.json: its last step's peak is cumulative (0 = not yet)
         peak_alloc_bytes=_int(pick("peak_alloc_bytes", _get(last_step, "peak_alloc_bytes") or None)),
         peak_alloc_phase=_str(pick("peak_alloc_phase")),
@@ -358,6 +359,12 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _comparable_prediction(start: Event | None, device: str | None) -> bool:
+    """False for a CPU run recorded before the trainer predicted CPU runs as such: its start event
+    (without ``predicted_reserved_bytes``) holds a GPU's prediction, not its tensors'."""
+    return device != "cpu" or start is None or "predicted_reserved_bytes" in start.fields
 
 
 def _shape(rows: Any, length: Any) -> tuple[int, int] | None:

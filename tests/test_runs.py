@@ -17,7 +17,7 @@ from trainer.rundir import write_marker
 
 GiB = 1024**3
 START = dict(model="tiny", method="lora", params_total=100, params_trainable=10, max_steps=10, run_dir="x",
-             predicted_peak_bytes=2 * GiB)
+             predicted_peak_bytes=2 * GiB, predicted_reserved_bytes=2 * GiB, predicted_device_bytes=2 * GiB)
 
 
 def step(n: int, loss: float = 2.0, alloc: int = 0, rss: int = GiB) -> str:
@@ -335,3 +335,13 @@ def test_a_padded_run_is_compared_with_the_prediction_for_its_peak_batch(tmp_pat
                             summary))
     assert run.peak_shape == (8, 21) and run.compared_bytes == 16 * 2**20
     assert run.ratio == pytest.approx(15 / 16)
+
+
+def test_a_cpu_run_predicted_for_a_gpu_gets_no_ratio(tmp_path):
+    """Runs recorded before CPU runs were predicted as such carry a GPU's prediction (cuBLAS's
+    workspace and all): not the same kind as their tensors, so no ratio and no accuracy row."""
+    old = {k: v for k, v in {**START, "device": "cpu", "predicted_peak_bytes": 60 * 2**20}.items()
+           if k not in ("predicted_reserved_bytes", "predicted_device_bytes")}
+    summary = dict(status="completed", steps=1, predicted_peak_bytes=60 * 2**20, peak_alloc_bytes=25 * 2**20)
+    run = read_run(make_run(tmp_path, "old", [encode("start", 0, **old), end(steps=1)], summary))
+    assert run.peak_alloc_bytes == 25 * 2**20 and run.predicted_peak_bytes is None and run.ratio is None
