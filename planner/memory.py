@@ -275,10 +275,12 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "
                    "then the gradient freed (one layer weight's gradient and step temporaries at a time, and a "
                    "tied embedding's); no gradient clipping or accumulation")
-    elif setup.gradient_accumulation_steps > 1 or setup.sharding not in ("none", "ddp"):
+    elif setup.gradient_accumulation_steps > 1:
         out.insert(0, f"gradients stay allocated through forward (accumulation over "
-                      f"{setup.gradient_accumulation_steps} micro-batches; sharded runs assume it), "
-                      "freed after the step")
+                      f"{setup.gradient_accumulation_steps} micro-batches), freed after the step")
+    elif setup.sharding not in ("none", "ddp"):
+        out.insert(0, "gradient shards counted through forward, as with accumulation (sharded runs: not modelled "
+                      "layer by layer)")
     else:
         out.insert(0, "no gradient accumulation: gradients freed after each step (zero_grad set_to_none), "
                       "backward allocates them layer by layer")
