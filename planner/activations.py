@@ -17,11 +17,12 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from planner.catalog.arch import Architecture, Block, Linear
 from planner.catalog.hf_config import EXPERT_NAMES
-from planner.loss import loss_chunk_tokens
+from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
 
 FP32 = 4
@@ -278,8 +279,15 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     # the NLL gradient and the log_softmax gradient join them: three fp32 (T, V) buffers. The
     # chunked loss (planner/loss.py) holds them for one chunk, plus the head's 16-bit output, and
     # keeps the hidden states' gradient it computed for backward.
-    loss_tokens = tokens if setup.loss == "standard" else loss_chunk_tokens(tokens, arch.vocab_size, h)
+    loss_tokens = tokens if setup.loss != "chunked" else loss_chunk_tokens(tokens, arch.vocab_size, h,
+                                                                           setup.loss_chunk_mib * 2**20)
     logits = loss_tokens * arch.vocab_size * 3 * FP32
+    if setup.loss == "chunked-output":
+        # torchtune's LinearCrossEntropyLoss: every chunk's fp32 log-probabilities saved for
+        # backward; as it starts, one chunk's log-probability and logit gradients (fp32) and the
+        # logits' gradient cast back to the compute dtype
+        chunk = math.ceil(tokens / OUTPUT_CHUNKS)
+        logits = tokens * arch.vocab_size * FP32 + chunk * arch.vocab_size * (2 * FP32 + c)
     if setup.loss == "chunked":
         logits += loss_tokens * arch.vocab_size * c + tokens * h * c
         head_b = trainable_head_bytes(setup)

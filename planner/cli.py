@@ -47,7 +47,8 @@ def _describe(s: TrainSetup) -> str:
     accumulated = f" x {steps} accumulated" if steps > 1 else ""
     return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens{accumulated} · "
             f"checkpointing {s.checkpointing} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}"
-            f"{' · optimizer in backward' if s.optimizer_in_backward else ''}{gpus}")
+            f"{' · optimizer in backward' if s.optimizer_in_backward else ''}{gpus}"
+            f"{f' · stack {s.stack}' if s.stack != 'hf' else ''}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:

@@ -18,13 +18,19 @@ from planner.options import (
     OPTIMIZERS,
     PRECISIONS,
     SHARDINGS,
+    STACKS,
     TrainSetup,
     check_bound,
 )
+from planner.stacks import load_stack
 
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _alts(values: Sequence[str]) -> str:
@@ -56,28 +62,39 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
                        help="catalog id (e.g. meta-llama/Llama-2-7b-hf), a config.json, or a model folder")
         p.add_argument("--method", default=None, metavar=_alts(METHODS), help=f"({d.method})")
         p.add_argument("--quant", default=None, metavar="{nf4,fp4,int8}", help="QLoRA base format (nf4)")
-        p.add_argument("--precision", default=d.precision, metavar=_alts(PRECISIONS))
-    p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=d.double_quant)
-    p.add_argument("--kbit-upcast", action=argparse.BooleanOptionalAction, default=d.kbit_prepare,
+        p.add_argument("--precision", default=None, metavar=_alts(PRECISIONS), help=f"({d.precision})")
+    # A stack's preset (--stack) supplies the knobs below that the command line leaves out: they
+    # default to None here, and TrainSetup's own defaults fill what neither sets.
+    p.add_argument("--stack", default=d.stack, metavar=_alts(STACKS),
+                   help="the training stack planned for: hf (this app's trainer), or another stack's defaults "
+                        "for the knobs you leave out (docs/stacks.md)")
+    p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"({_on(d.double_quant)})")
+    p.add_argument("--kbit-upcast", action=argparse.BooleanOptionalAction, default=None,
                    help="QLoRA: embeddings, LM head and norms in fp32 (prepare_model_for_kbit_training; default) "
                         "or, with --no-kbit-upcast, in the load dtype as the QLoRA paper's script did")
-    p.add_argument("--adapter-dtype", default=d.adapter_dtype, metavar=_alts(ADAPTER_DTYPES))
-    p.add_argument("--optimizer", default=d.optimizer, metavar=_alts(OPTIMIZERS))
+    p.add_argument("--adapter-dtype", default=None, metavar=_alts(ADAPTER_DTYPES), help=f"({d.adapter_dtype})")
+    p.add_argument("--optimizer", default=None, metavar=_alts(OPTIMIZERS), help=f"({d.optimizer})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch per GPU (1)")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sample (2048)")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps,
+    p.add_argument("--gradient-accumulation-steps", type=int, default=None,
                    help="micro-batches per optimizer step (1); above 1 the gradients stay allocated through forward")
-    p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=d.grad_checkpointing)
+    p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"({_on(d.grad_checkpointing)})")
     p.add_argument("--attention", default=d.attention, metavar=_alts(ATTENTIONS))
-    p.add_argument("--loss", default=d.loss, metavar=_alts(LOSSES),
-                   help="standard: the whole logits at once; chunked: LM head and loss chunk by chunk")
-    p.add_argument("--optimizer-in-backward", action=argparse.BooleanOptionalAction, default=d.optimizer_in_backward,
+    p.add_argument("--loss", default=None, metavar=_alts(LOSSES),
+                   help="standard: the whole logits at once; chunked: LM head and loss chunk by chunk; "
+                        "chunked-output: torchtune's (8 chunks, fp32 log-probabilities kept) (standard)")
+    p.add_argument("--loss-chunk-mib", type=int, default=None,
+                   help="the chunked loss's chunks by their fp32 logits' size (Unsloth: 4096); 0: as large as the "
+                        "hidden states (0)")
+    p.add_argument("--optimizer-in-backward", action=argparse.BooleanOptionalAction, default=None,
                    help="full fine-tuning: update each parameter as soon as its gradient exists, then free it")
-    p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=d.offload_activations,
+    p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
                    help="with checkpointing: each layer's saved input in host RAM, not on the GPU")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-dropout", type=float, default=None, help=f"({d.lora_dropout})")
     p.add_argument("--lora-targets", type=_csv, default=d.lora_targets, help="all-linear, or e.g. q_proj,v_proj")
     p.add_argument("--modules-to-save", type=_csv, default=(), help="e.g. embed_tokens,lm_head")
     p.add_argument("--num-gpus", type=int, default=d.num_gpus)
@@ -100,7 +117,8 @@ def setup_args(s: TrainSetup) -> list[str]:
     args = ["--method", s.method, "--precision", s.precision, "--adapter-dtype", s.adapter_dtype,
             "--optimizer", s.optimizer, "--batch-size", str(s.batch_size),
             "--gradient-accumulation-steps", str(s.gradient_accumulation_steps), "--seq-len", str(s.seq_len),
-            "--attention", s.attention, "--loss", s.loss, "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha),
+            "--attention", s.attention, "--loss", s.loss, "--loss-chunk-mib", str(s.loss_chunk_mib),
+            "--stack", s.stack, "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha),
             "--lora-dropout", repr(s.lora_dropout), "--lora-targets", ",".join(s.lora_targets),
             "--modules-to-save", ",".join(s.modules_to_save), "--num-gpus", str(s.num_gpus),
             "--sharding", s.sharding, "--offload", s.offload,
@@ -110,21 +128,29 @@ def setup_args(s: TrainSetup) -> list[str]:
     return args + (["--quant", s.quant] if s.quant else [])
 
 
+STACK_OPTIONS = {"precision": "precision", "double_quant": "double_quant", "kbit_upcast": "kbit_prepare",
+                 "adapter_dtype": "adapter_dtype", "optimizer": "optimizer",
+                 "gradient_accumulation_steps": "gradient_accumulation_steps",
+                 "grad_checkpointing": "grad_checkpointing", "loss": "loss", "loss_chunk_mib": "loss_chunk_mib",
+                 "optimizer_in_backward": "optimizer_in_backward", "offload_activations": "offload_activations",
+                 "lora_dropout": "lora_dropout"}
+"""Options a stack's preset may supply (argparse name -> TrainSetup field): None unless given."""
+
+
 def setup_from_args(a: argparse.Namespace) -> TrainSetup:
     for name in CLI_NUMBERS:
         value = getattr(a, name, None)
         if value is not None:
             check_bound(name, value)
-    return TrainSetup(
+    given = {field: getattr(a, option) for option, field in STACK_OPTIONS.items()
+             if getattr(a, option, None) is not None}
+    in_backward = bool(given.get("optimizer_in_backward"))
+    setup = TrainSetup(
         # the optimizer in backward is for full fine-tuning: without --method (or in `table`) it picks it
-        method=getattr(a, "method", None) or ("full" if a.optimizer_in_backward else TrainSetup().method),
-        quant=getattr(a, "quant", None),
-        double_quant=a.double_quant, kbit_prepare=a.kbit_upcast,
-        precision=getattr(a, "precision", "bf16"),
-        adapter_dtype=a.adapter_dtype, optimizer=a.optimizer, batch_size=a.batch_size, seq_len=a.seq_len,
-        grad_checkpointing=a.grad_checkpointing, attention=a.attention, loss=a.loss, lora_r=a.lora_r,
-        lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, lora_targets=a.lora_targets,
-        modules_to_save=a.modules_to_save, num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
-        offload_activations=a.offload_activations, optimizer_in_backward=a.optimizer_in_backward,
-        gradient_accumulation_steps=a.gradient_accumulation_steps,
-    )
+        method=getattr(a, "method", None) or ("full" if in_backward else TrainSetup().method),
+        quant=getattr(a, "quant", None), batch_size=a.batch_size, seq_len=a.seq_len, attention=a.attention,
+        lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=a.lora_targets, modules_to_save=a.modules_to_save,
+        num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
+        # what the user chose, checked beside each other once the stack has filled the rest
+        explicit=frozenset(given))
+    return load_stack(a.stack).apply(setup, **given)

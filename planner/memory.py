@@ -21,9 +21,10 @@ from planner.activations import ActivationPeak, activation_peak, trainable_head_
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
-from planner.loss import loss_chunk_tokens
+from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
 from planner.params import QUANT_BITS, Params, optimizer_state, params
+from planner.stacks import load_stack
 
 MOE_PER_EXPERT = ("one nn.Linear per expert projection, as checkpoints store them and the trainer builds them, so "
                   "experts are quantized and adapted expert by expert; the router stays unquantized, without LoRA")
@@ -77,6 +78,7 @@ class Estimate:
             "device_used_bytes": self.device_used_bytes,
             "host_bytes": self.host_bytes,
             "memory_savers": memory_savers(self.setup),
+            "stack": load_stack(self.setup.stack).to_json(self.setup),
             "peak_phase": self.peak_phase,
             "assumptions": list(self.assumptions),
             "warnings": list(self.warnings),
@@ -195,7 +197,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     slack = int(ALLOCATOR_SLACK * (activations + logits + workspace)) + gathered if cuda else 0
     breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, activations, logits,
                           workspace, context, slack)
-    notes += _assumptions(arch, setup)
+    notes += _assumptions(arch, setup) + load_stack(setup.stack).assumptions(setup)
     return Estimate(
         model=model.name,
         setup=setup,
@@ -261,16 +263,19 @@ def _in_backward(arch: Architecture, setup: TrainSetup, p: Params, opt_temp: int
                    end=(2 * embed_grad, embed_temp))
 
 
-def _chunk(arch: Architecture, setup: TrainSetup) -> int:
-    return loss_chunk_tokens(setup.tokens, arch.vocab_size, arch.hidden_size)
+def _loss_words(arch: Architecture, setup: TrainSetup) -> str:
+    if setup.loss == "standard":
+        return "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)"
+    if setup.loss == "chunked-output":
+        return (f"loss: LM head and cross-entropy on {OUTPUT_CHUNKS} token chunks, each upcast to fp32, every "
+                "chunk's fp32 log-probabilities saved for backward (torchtune's LinearCrossEntropyLoss)")
+    chunk = loss_chunk_tokens(setup.tokens, arch.vocab_size, arch.hidden_size, setup.loss_chunk_mib * 2**20)
+    return (f"loss: chunked LM head + cross-entropy, {chunk:,} tokens per chunk (fp32 buffers of one chunk; the "
+            "hidden states' gradient kept for backward)")
 
 
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
-    out = [
-        "loss: transformers ForCausalLMLoss (fp32 logits copy, log_softmax, no chunking)" if setup.loss == "standard"
-        else f"loss: chunked LM head + cross-entropy, {_chunk(arch, setup):,} tokens per chunk (fp32 buffers of "
-             "one chunk; the hidden states' gradient kept for backward)",
-    ]
+    out = [_loss_words(arch, setup)]
     if setup.optimizer_in_backward:
         out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "
                    "then the gradient freed (one layer weight's gradient and step temporaries at a time, and a "

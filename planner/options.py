@@ -7,7 +7,7 @@ Names and defaults follow Hugging Face (``TrainingArguments``, ``LoraConfig``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from planner.errors import PlannerError, shown
 from planner.loss import LOSSES
@@ -21,6 +21,8 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
 SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
+STACKS = ("hf", "torchtune", "axolotl", "litgpt", "unsloth")
+"""Training stacks planned for (planner/stacks.py); ``hf`` is this app's own trainer."""
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -83,6 +85,7 @@ BOUNDS: dict[str, Bound] = {
     "lora_dropout": Bound(0.0, 1.0, whole=False, high_open=True),
     "num_gpus": Bound(1, 2**16, why="2**16 GPUs"),
     "gradient_accumulation_steps": Bound(1, 2**20, why="2**20 micro-batches"),
+    "loss_chunk_mib": Bound(0, 2**20, why="2**20 MiB = 1 TiB"),
     "dataset_tokens": Bound(1, 10**15, why="tokens"),
     "epochs": Bound(0.0, 1e6, whole=False, low_open=True),
     "gpu_memory_gib": Bound(0.0, 2.0**20, whole=False, low_open=True, why="2**20 GiB = 1 PiB"),
@@ -135,6 +138,14 @@ class TrainSetup:
     kbit_prepare: bool = True
     """QLoRA runs ``prepare_model_for_kbit_training``, which casts every non-quantized weight
     (embeddings, LM head, norms) to fp32."""
+    stack: str = "hf"
+    """The training stack planned for (planner/stacks.py): names the preset whose knobs this setup
+    took; the estimate says which it changed."""
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    """The knobs the user chose: a stack's preset supplies only the others (planner/stacks.py)."""
+    loss_chunk_mib: int = 0
+    """The chunked loss's chunk size as a budget for one chunk's fp32 logits (Unsloth: 4096); 0:
+    the chunk's logits about as large as the hidden states (Liger's rule)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step. Above 1 the gradients stay allocated from one micro-batch's
     backward through the next one's forward; at 1 they are freed after every step (the Trainer's
@@ -160,10 +171,11 @@ class TrainSetup:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("attention", self.attention, ATTENTIONS)
         _choice("loss", self.loss, LOSSES)
+        _choice("stack", self.stack, STACKS)
         _choice("sharding", self.sharding, SHARDINGS)
         _choice("offload", self.offload, OFFLOADS)
         for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus",
-                     "gradient_accumulation_steps"):
+                     "gradient_accumulation_steps", "loss_chunk_mib"):
             check_bound(name, getattr(self, name))
         if not self.lora_targets or any(not t for t in self.lora_targets):
             raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear", "lora_targets")

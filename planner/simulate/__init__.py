@@ -92,7 +92,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     import torch
 
     from planner.autocast_policy import CUDA
-    from planner.simulate.chunked_loss import causal_lm_loss
+    from planner.simulate.chunked_loss import causal_lm_loss, chunked_output_loss
     from planner.simulate.in_backward import in_backward_class
     from planner.simulate.offload import host_offload
 
@@ -125,7 +125,10 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
                 semantics.caching = True
             with forward_ctx:  # the trainer's loss: transformers' own, or the chunked one
                 if setup.loss == "chunked":
-                    loss = causal_lm_loss(model, {"input_ids": ids, "labels": ids})
+                    loss = causal_lm_loss(model, {"input_ids": ids, "labels": ids},
+                                          chunk_bytes=setup.loss_chunk_mib * 2**20)
+                elif setup.loss == "chunked-output":
+                    loss = chunked_output_loss(model, {"input_ids": ids, "labels": ids})
                 else:
                     loss = model(input_ids=ids, labels=ids).loss
             if semantics:

@@ -45,9 +45,42 @@ def lm_parts(model: Any) -> tuple[Any, Any, Any]:
     return decoder, head, base.config
 
 
-def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, chunk_bytes: int = 0) -> Any:
     """The training loss of ``model`` on a batch with ``labels``, as transformers computes it
-    (labels shifted by one, or the collator's ``shift_labels``), the logits never whole."""
+    (labels shifted by one, or the collator's ``shift_labels``), the logits never whole.
+    ``chunk_bytes``: planner/loss.py's byte budget per chunk (0: its own rule)."""
+    hidden, head, shift, softcap = _final_hidden(model, inputs)
+    return chunked_cross_entropy(hidden, head, shift, num_items_in_batch, softcap, chunk_bytes)
+
+
+def chunked_output_loss(model: Any, inputs: dict[str, Any]) -> Any:
+    """torchtune's LinearCrossEntropyLoss, for precise mode (planner/loss.py, ``chunked-output``):
+    the LM head on OUTPUT_CHUNKS token chunks, each chunk's logits upcast to fp32 for
+    ``cross_entropy`` under plain autograd, so every chunk's fp32 log-probabilities stay saved for
+    backward. The mean over labelled tokens."""
+    import torch.nn.functional as F
+
+    from planner.loss import OUTPUT_CHUNKS
+
+    hidden, head, shift, softcap = _final_hidden(model, inputs)
+    flat, targets = hidden.reshape(-1, hidden.shape[-1]), shift.reshape(-1).to(hidden.device)
+    total = 0
+    for chunk, chunk_targets in zip(flat.tensor_split(OUTPUT_CHUNKS), targets.tensor_split(OUTPUT_CHUNKS)):
+        logits = head(chunk)
+        if softcap is not None:
+            logits = torch_tanh_softcap(logits, softcap)
+        total = total + F.cross_entropy(logits.float(), chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum()
+
+
+def torch_tanh_softcap(logits: Any, softcap: float) -> Any:
+    import torch
+
+    return torch.tanh(logits / softcap) * softcap
+
+
+def _final_hidden(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any, Any, float | None]:
+    """(final hidden states, LM head, shifted labels, logit softcap) of ``model`` on ``inputs``."""
     import torch.nn.functional as F
 
     decoder, head, config = lm_parts(model)
@@ -59,12 +92,11 @@ def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any =
     shift = inputs.get("shift_labels")
     if shift is None:
         shift = F.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]
-    return chunked_cross_entropy(hidden, head, shift, num_items_in_batch,
-                                 getattr(config, "final_logit_softcapping", None))
+    return hidden, head, shift, getattr(config, "final_logit_softcapping", None)
 
 
 def chunked_cross_entropy(hidden: Any, head: Any, labels: Any, num_items_in_batch: Any = None,
-                          softcap: float | None = None) -> Any:
+                          softcap: float | None = None, chunk_bytes: int = 0) -> Any:
     """``cross_entropy(head(hidden), labels)`` summed over labelled tokens and divided by
     ``num_items_in_batch`` (this batch's labelled tokens when None), one chunk at a time.
 
@@ -80,7 +112,7 @@ def chunked_cross_entropy(hidden: Any, head: Any, labels: Any, num_items_in_batc
     if fused is not None:
         return fused(head.weight, flat, targets, head.bias) / divisor
     params = [p for p in head.parameters() if p.requires_grad]
-    return _function().apply(flat, targets, divisor, head, softcap, *params)
+    return _function().apply(flat, targets, divisor, head, softcap, chunk_bytes, *params)
 
 
 def on_cuda(tensor: Any) -> bool:
@@ -126,10 +158,10 @@ def _function() -> Any:
         """Forward computes the loss and every gradient chunk by chunk; backward scales them."""
 
         @staticmethod
-        def forward(ctx, hidden, targets, divisor, head, softcap, *params):
+        def forward(ctx, hidden, targets, divisor, head, softcap, chunk_bytes, *params):
             vocab = getattr(head, "out_features", None) or head.weight.shape[0]
             tokens = hidden.shape[0]
-            step = loss_chunk_tokens(tokens, vocab, hidden.shape[-1])
+            step = loss_chunk_tokens(tokens, vocab, hidden.shape[-1], chunk_bytes)
             divisor = divisor.to(hidden.device) if torch.is_tensor(divisor) else divisor
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
@@ -142,7 +174,7 @@ def _function() -> Any:
                 with torch.enable_grad():
                     logits = head(chunk)
                     if softcap is not None:  # Gemma 2: before the loss, in the model's dtype
-                        logits = torch.tanh(logits / softcap) * softcap
+                        logits = torch_tanh_softcap(logits, softcap)
                     loss = F.cross_entropy(logits.float(), chunk_targets, ignore_index=IGNORE_INDEX,
                                            reduction="sum") / divisor
                     wrt = ([chunk] if grad_hidden is not None else []) + list(params)
@@ -166,6 +198,6 @@ def _function() -> Any:
             # a 0-dim fp32 factor keeps each gradient in its own dtype
             for grad in ([grad_hidden] if grad_hidden is not None else []) + grad_params:
                 grad.mul_(grad_out)
-            return (grad_hidden, None, None, None, None, *grad_params)
+            return (grad_hidden, None, None, None, None, None, *grad_params)
 
     return ChunkedLinearCrossEntropy
