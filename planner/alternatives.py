@@ -19,6 +19,7 @@ from planner.headroom import fits_comfortably
 from planner.launch import why_not_trainable
 from planner.memory import Estimate, estimate
 from planner.options import TrainSetup, at_micro_batch
+from planner.stacks import planned
 from planner.targets import GpuTarget
 from planner.units import GiB
 
@@ -70,7 +71,7 @@ def _alternative(text: str, model: ModelSpec, setup: TrainSetup, est: Estimate, 
 
 def _lean(base: TrainSetup, method: str, quant: str | None) -> TrainSetup:
     # micro-batch 1, the global batch kept by accumulation
-    return at_micro_batch(replace(base, method=method, quant=quant, num_gpus=1, sharding="none", offload="none",
+    return at_micro_batch(planned(base, method=method, quant=quant, num_gpus=1, sharding="none", offload="none",
                                   **_LEANEST), 1)
 
 

@@ -140,7 +140,8 @@ def cmd_table(a: argparse.Namespace) -> int:
     print(f"GPU memory per GPU (GiB, as nvidia-smi shows it) · batch {base.batch_size} x {base.seq_len} tokens · "
           f"checkpointing {base.checkpointing} · {base.optimizer}"
           + (" · chunked loss" if base.loss == "chunked" else "")
-          + (" · optimizer in backward (Full rows)" if base.optimizer_in_backward else ""))
+          + (" · optimizer in backward (Full rows)" if base.optimizer_in_backward else "")
+          + (f" · stack {base.stack} (each row its recipe: docs/stacks.md)" if base.stack != "hf" else ""))
     header = f"{'Method':<7}{'Bits':>5}" + "".join(f"{size:>9}" for size, _ in COLUMNS)
     print(header)
     for r in rows:

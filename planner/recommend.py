@@ -25,6 +25,7 @@ from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
 from planner.memory import estimate, memory_savers
 from planner.options import TrainSetup, at_micro_batch
+from planner.stacks import planned
 from planner.targets import GpuTarget
 from planner.units import GiB, fmt_gib
 
@@ -155,7 +156,7 @@ def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: i
     options = []
     batches = sorted(set(BATCHES) | {base.batch_size})
     for (method, quant), ckpt, opt in product(methods, (True, False), OPTIMIZERS):
-        combo = replace(base, method=method, quant=quant, grad_checkpointing=ckpt, optimizer=opt,
+        combo = planned(base, method=method, quant=quant, grad_checkpointing=ckpt, optimizer=opt,
                         num_gpus=gpu.count, sharding=sharding, offload_activations=base.offload_activations and ckpt,
                         modules_to_save=base.modules_to_save if method != "full" else ())
         max_batch = _largest(model, combo, "batch_size", gpu.memory_bytes, _MAX_BATCH, host_memory)

@@ -7,12 +7,13 @@ README): sizes 7B..8x22B by Full AMP / Full 16 / LoRA 16 / QLoRA 8 / QLoRA 4 / Q
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from planner.catalog import resolve_model
 from planner.memory import MOE_FUSED, MOE_PER_EXPERT, Estimate, estimate
 from planner.options import TrainSetup
+from planner.stacks import planned
 
 COLUMNS = (
     ("7B", "meta-llama/Llama-2-7b-hf"),
@@ -53,11 +54,10 @@ class TableRow:
 
 
 def _row_setup(base: TrainSetup, fields: dict[str, Any]) -> TrainSetup:
-    # modules_to_save and adapter settings only mean something for adapter methods
-    # (and the optimizer step in backward only for full fine-tuning)
-    extra: dict[str, Any] = {} if fields["method"] != "full" else {"modules_to_save": ()}
-    extra["optimizer_in_backward"] = base.optimizer_in_backward and fields["method"] == "full"
-    return replace(base, **fields, **extra)
+    # modules_to_save only means something for adapter methods, the optimizer step in backward
+    # only for full fine-tuning; the stack's recipe for the row's method supplies the rest
+    extra: dict[str, Any] = {"modules_to_save": ()} if fields["method"] == "full" else {"optimizer_in_backward": False}
+    return planned(base, **fields, **extra)
 
 
 def classic_table(base: TrainSetup) -> tuple[TableRow, ...]:
