@@ -41,11 +41,14 @@ CASES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("QLoRA bf16", {"method": "qlora", "precision": "bf16"}),
     ("QLoRA bf16, no fp32 upcast", {"method": "qlora", "precision": "bf16", "kbit_upcast": False}),
     ("LoRA bf16, chunked loss", {"method": "lora", "precision": "bf16", "loss": "chunked"}),
+    ("LoRA bf16, 1 MiB loss chunks", {"method": "lora", "precision": "bf16", "loss": "chunked", "loss_chunk_mib": 1}),
+    ("LoRA bf16, chunked-output loss", {"method": "lora", "precision": "bf16", "loss": "chunked-output"}),
     ("LoRA bf16", {"method": "lora", "precision": "bf16"}),
     ("LoRA, offloaded activations", {"method": "lora", "offload_activations": True}),
     ("full, optimizer in backward", {"method": "full", "optimizer_in_backward": True, "max_grad_norm": 0.0}),
 )
-"""Method x checkpointing, then one case per technique that changes which tensors exist. The
+"""Method x checkpointing, then one case per technique that changes which tensors exist (the
+stacks' losses among them: Unsloth's chunk budget, torchtune's chunked output). The
 demo's LoRA and QLoRA train the LM head in full (``modules_to_save``); full fine-tuning has none."""
 
 

@@ -129,3 +129,21 @@ def test_weights_take_the_runs_dtype_not_the_checkpoints(precision, weight_bytes
     step = run_step(config, 1, TrainSetup(method="full", precision=precision, batch_size=1, seq_len=16))
     params = 2 * 1000 * 256 + (4 * 256 * 256 - 2 * 256 * 128) + 3 * 256 * 768 + 3 * 256  # embed, head, layer
     assert step.categories["forward"]["parameters"] == pytest.approx(weight_bytes * params, rel=0.01)
+
+
+def test_the_stacks_losses_step_on_meta_as_on_real_tensors_where_they_are_the_peak():
+    """A 32k vocabulary over a narrow model: the loss is the step's peak, and torchtune's chunked
+    output loss and Unsloth's chunk budget allocate on the meta device what they do for real."""
+    config = {**TINY, "vocab_size": 32_000}
+    peaks = {}
+    for loss, chunk_mib in (("standard", 0), ("chunked-output", 0), ("chunked", 2)):
+        setup = TrainSetup(method="lora", precision="fp32", batch_size=2, seq_len=256, loss=loss,
+                           loss_chunk_mib=chunk_mib)
+        meta, real = run_step(config, 1, setup, "meta", policy=CPU), run_step(config, 1, setup, "cpu")
+        for phase in PHASES:
+            assert meta[phase] == pytest.approx(real[phase], rel=0.01), (loss, phase)
+        peaks[loss] = max(real.phases.values())
+    whole = 512 * 32_000 * 4  # one fp32 (tokens, vocab) buffer
+    # three such buffers at once; one kept (the log-probabilities) and a chunk's; a 2 MiB chunk's
+    assert peaks["standard"] - peaks["chunked-output"] > 1.5 * whole
+    assert peaks["chunked-output"] - peaks["chunked"] > 0.8 * whole

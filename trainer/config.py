@@ -84,8 +84,11 @@ class TrainConfig:
     copies those inputs out and back."""
     attention: str = "sdpa"
     loss: str = "standard"
-    """``standard`` (transformers' loss over the whole logits) or ``chunked`` (LM head and
-    cross-entropy chunk by chunk: the logits never exist whole; planner/loss.py)."""
+    """``standard`` (transformers' loss over the whole logits), ``chunked`` (LM head and
+    cross-entropy chunk by chunk: the logits never exist whole) or ``chunked-output`` (torchtune's:
+    8 chunks, their fp32 log-probabilities kept for backward); planner/loss.py."""
+    loss_chunk_mib: int = 0
+    """``chunked``: chunks by their fp32 logits' size (Unsloth: 4096); 0: planner/loss.py's rule."""
     data_format: str = "auto"
     assistant_only_loss: bool = True
     """Train only on assistant tokens (chat formats); the prompt is masked out of the loss."""
@@ -157,7 +160,7 @@ class TrainConfig:
                               "grad_checkpointing true", "offload_activations")
         if self.optimizer_in_backward:
             self._check_in_backward()
-        if self.loss == "chunked" and self.num_processes > 1:
+        if self.loss != "standard" and self.num_processes > 1:
             # the chunked loss calls the decoder beneath the DDP/FSDP wrapper, whose forward
             # prepares the gradient reduction (planner/simulate/chunked_loss.py)
             raise ConfigError(CHUNKED_ONE_PROCESS, "loss")
@@ -261,18 +264,20 @@ GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan run
 SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "adapter_dtype", "optimizer",
                 "optimizer_in_backward", "gradient_accumulation_steps",
                 "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
+                "loss_chunk_mib",
                 "lora_r", "lora_alpha",
                 "lora_dropout", "lora_targets", "modules_to_save", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says; but a
 plan with the optimizer in backward also turns gradient clipping off, which that needs)."""
 
 
-CHUNKED_ONE_PROCESS = "loss: chunked runs in one process only; use loss standard with num_processes > 1"
+CHUNKED_ONE_PROCESS = ("loss: chunked and chunked-output run in one process only; use loss standard with "
+                       "num_processes > 1")
 
 
 def why_not_trainable(setup: TrainSetup) -> str | None:
     """Why this trainer cannot run ``setup`` as planned (one line), or None when it can."""
-    if setup.loss == "chunked" and setup.num_gpus > 1:
+    if setup.loss != "standard" and setup.num_gpus > 1:
         return f"the trainer's {CHUNKED_ONE_PROCESS}"
     if setup.offload != "none":
         return f"the trainer has no CPU offload (planned: offload {setup.offload}); plan without offload to train here"
@@ -299,6 +304,7 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         "gradient_accumulation_steps": s.gradient_accumulation_steps,
         "max_seq_len": s.seq_len, "grad_checkpointing": s.grad_checkpointing,
         "offload_activations": s.offload_activations, "attention": s.attention, "loss": s.loss,
+        "loss_chunk_mib": s.loss_chunk_mib,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save),
         "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
@@ -316,6 +322,7 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seq_len=cfg.max_seq_len, grad_checkpointing=cfg.grad_checkpointing,
         offload_activations=cfg.offload_activations, attention=cfg.attention, loss=cfg.loss,
+        loss_chunk_mib=cfg.loss_chunk_mib,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         modules_to_save=cfg.modules_to_save, num_gpus=cfg.num_processes,
         sharding="none" if cfg.num_processes == 1 else cfg.sharding,
@@ -323,7 +330,8 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
 
 
 RESUME_SAFE = ("output_dir", "max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-               "device", "grad_checkpointing", "offload_activations", "attention", "loss", "lora_dropout", "extra")
+               "device", "grad_checkpointing", "offload_activations", "attention", "loss", "loss_chunk_mib",
+               "lora_dropout", "extra")
 """Fields a run's config.json may change before ``--resume``: none of them is stored in a
 checkpoint or changes what it means (gradient checkpointing, activation offloading, the attention
 kernel and the chunked loss compute the same function; dropout has no state). Everything else is
@@ -334,6 +342,7 @@ _BOUNDS = {
     # shared with the planner, which plans exactly what the trainer runs
     "lora_r": BOUNDS["lora_r"], "lora_alpha": BOUNDS["lora_alpha"], "batch_size": BOUNDS["batch_size"],
     "max_seq_len": BOUNDS["seq_len"], "num_processes": BOUNDS["num_gpus"], "epochs": BOUNDS["epochs"],
+    "loss_chunk_mib": BOUNDS["loss_chunk_mib"],
     "gradient_accumulation_steps": Bound(1, 2**20), "logging_steps": Bound(1, 2**31 - 1),
     "save_total_limit": Bound(1, 2**20), "warmup_steps": _STEPS, "eval_steps": _STEPS, "save_steps": _STEPS,
     "seed": Bound(0, 2**32 - 1), "max_steps": Bound(-1, 2**31 - 1),

@@ -53,11 +53,12 @@ def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any =
     return chunked_cross_entropy(hidden, head, shift, num_items_in_batch, softcap, chunk_bytes)
 
 
-def chunked_output_loss(model: Any, inputs: dict[str, Any]) -> Any:
+def chunked_output_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
     """torchtune's LinearCrossEntropyLoss, for precise mode (planner/loss.py, ``chunked-output``):
     the LM head on OUTPUT_CHUNKS token chunks, each chunk's logits upcast to fp32 for
     ``cross_entropy`` under plain autograd, so every chunk's fp32 log-probabilities stay saved for
-    backward. The mean over labelled tokens."""
+    backward. Summed over labelled tokens and divided by ``num_items_in_batch`` (this batch's
+    labelled tokens when None), as transformers' loss is."""
     import torch.nn.functional as F
 
     from planner.loss import OUTPUT_CHUNKS
@@ -70,7 +71,8 @@ def chunked_output_loss(model: Any, inputs: dict[str, Any]) -> Any:
         if softcap is not None:
             logits = torch_tanh_softcap(logits, softcap)
         total = total + F.cross_entropy(logits.float(), chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (targets != IGNORE_INDEX).sum()
+    divisor = (targets != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+    return total / divisor
 
 
 def torch_tanh_softcap(logits: Any, softcap: float) -> Any:
@@ -108,7 +110,7 @@ def chunked_cross_entropy(hidden: Any, head: Any, labels: Any, num_items_in_batc
         divisor: Any = (targets != IGNORE_INDEX).sum()
     else:
         divisor = num_items_in_batch
-    fused = fused_kernel(flat, head, softcap)
+    fused = None if chunk_bytes else fused_kernel(flat, head, softcap)  # Liger sizes its own chunks
     if fused is not None:
         return fused(head.weight, flat, targets, head.bias) / divisor
     params = [p for p in head.parameters() if p.requires_grad]

@@ -200,7 +200,7 @@ def test_memory_peak_is_one_chunk_of_logits():
 
 def test_more_than_one_process_is_refused(demo_dir, tmp_path):
     """The decoder is called beneath the DDP/FSDP wrapper: a run refuses it with one line."""
-    from trainer.config import ConfigError
+    from trainer.config import CHUNKED_ONE_PROCESS, ConfigError
 
     _cfg(demo_dir, loss="chunked")
     _cfg(demo_dir, num_processes=2)
@@ -210,7 +210,7 @@ def test_more_than_one_process_is_refused(demo_dir, tmp_path):
                                               method="lora", max_steps=2))
     errors = [e for e in events if e["event"] == "error"]
     assert code == 2 and len(errors) == 1 and errors[0]["type"] == "config"
-    assert errors[0]["message"] == "loss: chunked runs in one process only; use loss standard with num_processes > 1"
+    assert errors[0]["message"] == CHUNKED_ONE_PROCESS
 
 
 def _demo_losses(demo_dir: Path, run_dir: Path, **overrides: Any) -> dict[str, list[float]]:
@@ -253,3 +253,36 @@ def test_per_expert_moe_lora(moe_demo_dir):
     with model_layout(cfg):
         model = _model(cfg)
         _assert_same(model, _batch(cfg))
+
+
+def test_torchtunes_chunked_output_loss_and_unsloths_chunk_budget_are_the_standard_loss(demo_dir):
+    """The two stacks' losses (planner/loss.py: chunked-output, and chunked with a byte budget per
+    chunk) compute transformers' loss and gradients, with and without a given item count."""
+    import torch
+
+    from planner.simulate.chunked_loss import causal_lm_loss, chunked_output_loss
+
+    cfg = _cfg(demo_dir)
+    model, batch = _model(cfg), _batch(cfg)
+    model.train()
+    for num_items in (None, torch.tensor(40)):
+        extra = {} if num_items is None else {"num_items_in_batch": num_items}
+        want_loss = model(**batch, **extra).loss
+        want = _grads(model, want_loss)
+        for loss in (chunked_output_loss(model, batch, num_items),
+                     causal_lm_loss(model, batch, num_items, chunk_bytes=32 * 1024 * 4)):  # a few chunks
+            assert abs(loss.item() - want_loss.item()) <= TOL
+            got = _grads(model, loss)
+            assert set(got) == set(want)
+            for name in want:
+                assert torch.allclose(got[name], want[name], atol=TOL, rtol=0), name
+
+
+def test_demo_runs_with_the_stacks_losses_train_as_the_standard_one(demo_dir, tmp_path):
+    """`loss: chunked-output` and `loss_chunk_mib` (what --stack torchtune and unsloth plan) run in
+    the trainer too, so "Use this plan" trains the loss it planned."""
+    standard = _demo_losses(demo_dir, tmp_path / "standard", loss="standard", max_steps=4)["step"]
+    output = _demo_losses(demo_dir, tmp_path / "output", loss="chunked-output", max_steps=4)["step"]
+    budget = _demo_losses(demo_dir, tmp_path / "budget", loss="chunked", loss_chunk_mib=1, max_steps=4)["step"]
+    assert standard[-1] < standard[0]
+    assert output == pytest.approx(standard, abs=1e-4) and budget == pytest.approx(standard, abs=1e-4)
