@@ -2,7 +2,7 @@
 
 import pytest
 
-from planner.launch import train_config_fields, why_not_trainable
+from planner.launch import stack_note, train_config_fields, why_not_trainable
 from planner.options import TrainSetup, at_micro_batch
 from trainer.config import SHARDING_OF_PLAN, ConfigError, TrainConfig
 
@@ -58,3 +58,18 @@ def test_the_chunked_loss_runs_in_one_process_only():
     with pytest.raises(ConfigError) as refused:
         TrainConfig.from_dict({"model": "m", "dataset": "d.jsonl", "loss": "chunked", "num_processes": 2})
     assert refused.value.field == "loss"
+
+
+def test_a_plan_for_another_stack_says_what_use_this_plan_trains():
+    from planner.stacks import load_stack
+
+    assert stack_note(TrainSetup()) is None
+    plan = load_stack("torchtune").apply(TrainSetup(method="lora"))
+    note = stack_note(plan)
+    assert note is not None and "this app's trainer" in note and "not with torchtune" in note
+    assert "LinearCrossEntropyLoss projects only labelled tokens" in note
+    # and the trainer takes every planned knob: the loss, the optimizer, the accumulation, the dtypes
+    fields = train_config_fields(plan, "m", 1.0)
+    assert (fields["loss"], fields["optimizer"], fields["gradient_accumulation_steps"], fields["adapter_dtype"]) == (
+        "chunked-output", "adamw_torch_fused", 8, "bf16")
+    TrainConfig.from_dict({**fields, "dataset": "d.jsonl"})

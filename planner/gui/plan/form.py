@@ -38,9 +38,19 @@ from planner.gui.common.binding import (
     error_label,
 )
 from planner.gui.common.number_box import StrictDoubleSpinBox, StrictSpinBox
-from planner.gui.plan.model import FormValues
+from planner.gui.plan.model import FormValues, stack_form_values
 from planner.loss import LOSSES
-from planner.options import ADAPTER_DTYPES, ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, SHARDINGS
+from planner.options import (
+    ADAPTER_DTYPES,
+    ATTENTIONS,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    QUANTS,
+    SHARDINGS,
+    STACKS,
+)
 
 
 def _combo(values: tuple[str, ...], tip: str) -> QComboBox:
@@ -92,6 +102,11 @@ class PlanForm(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_box, 1)
         model_row.addWidget(self.open_button)
+        self.stack_box = _combo(STACKS, "The training stack you plan for: hf is this app's trainer (Hugging Face "
+                                "Trainer + peft). Another stack writes its defaults into the fields below (edit "
+                                "them freely) and its recipe per method (optimizer, accumulation) into each bar; "
+                                "the notes under the chart cite each from the stack's code.")
+        self.stack_box.currentTextChanged.connect(self._stack_chosen)
         self.method_box = _combo(METHODS, "Your method: outlined in the chart and bold in the summary. "
                                  "The chart always compares all four.")
         self.quant_box = _combo(QUANTS, "QLoRA base format (bitsandbytes): NF4/FP4 4-bit or LLM.int8.")
@@ -151,6 +166,7 @@ class PlanForm(QWidget):
         # FormValues' fields, in the form's order; `option` where the CLI's name is not the field's
         rows: tuple[Field | Row, ...] = (
             Field("model", "Model", self.model_box, MODEL, shown=model_row),
+            Field("stack", "Stack", self.stack_box, CHOICE),
             Field("method", "Method", self.method_box, CHOICE),
             Field("quant", "QLoRA base", self.quant_box, CHOICE),
             Field("double_quant", "", self.double_quant_box, FLAG),
@@ -219,6 +235,19 @@ class PlanForm(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "A model's config.json", "", "config (*.json);;All files (*)")
         if path:
             self.model_box.setCurrentText(path)
+
+    def _stack_chosen(self, name: str) -> None:
+        """Write the chosen stack's defaults into the fields they belong to (the estimator's
+        defaults where it sets none), so the form shows what the bars are planned with."""
+        if name not in STACKS:
+            return
+        values = asdict(self.values())
+        values.update(stack_form_values(name))
+        blocked = self.blockSignals(True)  # the stack's own change is the one announcement
+        try:
+            self.set_values(FormValues(**values))
+        finally:
+            self.blockSignals(blocked)
 
     # -- values -----------------------------------------------------------------------------
     def values(self) -> FormValues:

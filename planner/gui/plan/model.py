@@ -7,12 +7,14 @@ Kept Qt-free so it is tested without widgets; the page only reads widgets into a
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu
 from planner.launch import why_not_trainable
 from planner.memory import Breakdown, Estimate, estimate
-from planner.options import TrainSetup
+from planner.options import STACKS, TrainSetup
+from planner.stacks import load_stack
 from planner.targets import DEFAULT_CATALOG_GPU
 from planner.units import GiB, fmt_gib
 
@@ -44,6 +46,8 @@ class FormValues:
     """What the Plan form holds, in the TrainSetup's own names and units."""
 
     model: str = DEFAULT_MODEL
+    stack: str = _D.stack
+    """The training stack planned for (planner/stacks.py)."""
     method: str = _D.method
     """The user's own method: highlighted; the chart always compares all four variants."""
     precision: str = _D.precision
@@ -110,20 +114,38 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+FORM_KNOBS = {"precision": "precision", "optimizer": "optimizer", "optimizer_in_backward": "optimizer_in_backward",
+              "gradient_accumulation_steps": "gradient_accumulation_steps", "grad_checkpointing": "grad_checkpointing",
+              "offload_activations": "offload_activations", "loss": "loss", "double_quant": "double_quant",
+              "kbit_upcast": "kbit_prepare", "adapter_dtype": "adapter_dtype"}
+"""The form's fields a stack's preset may set (form field -> TrainSetup knob)."""
+
+
+def stack_form_values(name: str) -> dict[str, Any]:
+    """The form fields a stack's general defaults fill when it is chosen; the estimator's defaults
+    for the fields another stack sets, so switching back to hf undoes a preset."""
+    default = TrainSetup()
+    every = frozenset().union(*(load_stack(s).settings.keys() for s in STACKS))
+    settings = load_stack(name).settings
+    return {field: settings[knob].value if knob in settings else getattr(default, knob)
+            for field, knob in FORM_KNOBS.items() if knob in every}
+
+
 def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
-    """The form's setup with this method; raises PlannerError for an invalid value."""
-    return TrainSetup(
-        method=method, quant=quant, double_quant=values.double_quant, kbit_prepare=values.kbit_upcast,
-        precision=values.precision, loss=values.loss,
-        adapter_dtype=values.adapter_dtype, optimizer=values.optimizer, batch_size=values.batch_size,
-        gradient_accumulation_steps=values.gradient_accumulation_steps, seq_len=values.seq_len,
-        grad_checkpointing=values.grad_checkpointing, attention=values.attention,
+    """The form's setup with this method, under its stack: the fields as they stand, except the
+    knobs the stack's recipes set per method (torchtune's optimizer, litgpt's accumulation...),
+    which each bar takes from its method's recipe. Raises PlannerError for an invalid value."""
+    stack = load_stack(values.stack)
+    per_method = stack.names - frozenset(stack.settings)
+    form = {knob: getattr(values, field) for field, knob in FORM_KNOBS.items() if knob not in per_method}
+    if "optimizer_in_backward" in form:
+        form["optimizer_in_backward"] = form["optimizer_in_backward"] and method == "full"
+    return stack.apply(TrainSetup(
+        method=method, quant=quant, batch_size=values.batch_size, seq_len=values.seq_len, attention=values.attention,
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
         modules_to_save=_names(values.modules_to_save) if method != "full" else (),
-        num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload,
-        offload_activations=values.offload_activations,
-        optimizer_in_backward=values.optimizer_in_backward and method == "full",
-    )
+        num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload, explicit=frozenset(form),
+        **form))
 
 
 def my_setup(values: FormValues) -> TrainSetup:

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from planner.gui.plan.extras import CostRow, SizesTable
-from planner.launch import why_not_trainable
+from planner.launch import stack_note, why_not_trainable
 from planner.recommend import Recommendation
 from planner.units import fmt_gib
 
@@ -70,6 +70,8 @@ class RecommendationPanel(QWidget):
         self.rec = rec
         parts = [f"<p style='color:#d32f2f'><b>Warning:</b> {html.escape(w)}</p>" for w in rec.warnings]
         parts.append(f"<p>{html.escape(rec.explanation)}</p>")
+        if rec.best is not None and (note := stack_note(rec.best.setup)) is not None:
+            parts.append(f"<p><i>{html.escape(note)}</i></p>")
         if rec.alternatives:
             items = "".join(f"<li>{html.escape(a.text)} {_use_link(i, a.trainable)}</li>"
                             for i, a in enumerate(rec.alternatives))
