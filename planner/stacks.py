@@ -82,6 +82,13 @@ class Stack:
                             for name, k in self.changed(setup).items()},
                 "not_modelled": list(self.not_modelled)}
 
+    def summary(self, setup: TrainSetup) -> str | None:
+        """One line: the knobs the stack changed, without their sources (None for ``hf``)."""
+        if self.name == "hf":
+            return None
+        changed = ", ".join(f"{name} {_shown(k.value)}" for name, k in self.changed(setup).items())
+        return f"stack {self.name}: " + (changed or "the same knobs as this app's trainer")
+
     def assumptions(self, setup: TrainSetup) -> list[str]:
         """The estimate's lines about the stack: each knob it changed, with its source, then what
         is not modelled."""

@@ -110,7 +110,13 @@ def test_choosing_a_stack_writes_its_defaults_and_hf_undoes_them(form, qtbot):
     form.stack_box.setCurrentText("torchtune")
     v = form.values()
     assert (v.stack, v.loss, v.adapter_dtype, v.kbit_upcast) == ("torchtune", "chunked-output", "bf16", False)
+    # and the recipe for the form's method: torchtune's LoRA one
+    assert (v.optimizer, v.gradient_accumulation_steps) == ("adamw_torch_fused", 8)
     assert heard == [1]  # one announcement for the whole preset
+    form.method_box.setCurrentText("full")  # its full recipe: paged 8-bit AdamW, stepped in backward
+    v = form.values()
+    assert (v.optimizer, v.optimizer_in_backward, v.gradient_accumulation_steps) == ("paged_adamw_8bit", True, 1)
     before = form.values()
     form.stack_box.setCurrentText("hf")
-    assert form.values() == replace(before, stack="hf", loss="standard", adapter_dtype="fp32", kbit_upcast=True)
+    assert form.values() == replace(before, stack="hf", loss="standard", adapter_dtype="fp32", kbit_upcast=True,
+                                    optimizer="adamw_torch", optimizer_in_backward=False)

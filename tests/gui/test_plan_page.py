@@ -208,4 +208,20 @@ def test_the_precise_check_simulates_every_setting_of_the_form(page, qtbot):
     assert args[args.index("--loss") + 1] == "chunked"
     assert "--no-kbit-upcast" in args and "--offload-activations" in args
     assert args[args.index("--gradient-accumulation-steps") + 1] == "4"
-    assert "4 accumulated" in page.chart.plotItem.titleLabel.text
+    assert "accumulation over 4 micro-batches" in page.notes_label.text()
+
+
+def test_a_stack_plans_each_bar_with_its_recipe_and_cites_it(page, qtbot):
+    """Issue 17 point 3: the Stack selector; the bars follow the stack's recipe per method, the notes
+    name what it changed in one line, their tooltip cites each knob, and the recommendation says
+    what "Use this plan" trains."""
+    page.form.stack_box.setCurrentText("torchtune")
+    page.recompute()
+    full, lora = (next(e.setup for e in page.plan.estimates if e.setup.method == m) for m in ("full", "lora"))
+    assert (full.optimizer, full.optimizer_in_backward) == ("paged_adamw_8bit", True)
+    assert (lora.optimizer, lora.gradient_accumulation_steps, lora.loss) == ("adamw_torch_fused", 8, "chunked-output")
+    notes = page.notes_label.text()
+    assert "stack torchtune: loss chunked-output" in notes and "cross_entropy_loss.py" not in notes
+    assert "torchtune/modules/loss/cross_entropy_loss.py:36" in page.notes_label.toolTip()
+    qtbot.waitUntil(lambda: page.recommendation.rec is not None, timeout=10_000)
+    assert "trains these settings with this app's trainer" in page.recommendation.text.toPlainText()

@@ -109,6 +109,8 @@ class PlanForm(QWidget):
         self.stack_box.currentTextChanged.connect(self._stack_chosen)
         self.method_box = _combo(METHODS, "Your method: outlined in the chart and bold in the summary. "
                                  "The chart always compares all four.")
+        self.method_box.currentTextChanged.connect(
+            lambda _: self._stack_chosen(self.stack_box.currentText(), recipe_only=True))
         self.quant_box = _combo(QUANTS, "QLoRA base format (bitsandbytes): NF4/FP4 4-bit or LLM.int8.")
         self.double_quant_box = _check("double quantization",
                                        "Quantize the 4-bit block scales again: ~0.4 bits/param saved.")
@@ -236,13 +238,14 @@ class PlanForm(QWidget):
         if path:
             self.model_box.setCurrentText(path)
 
-    def _stack_chosen(self, name: str) -> None:
-        """Write the chosen stack's defaults into the fields they belong to (the estimator's
-        defaults where it sets none), so the form shows what the bars are planned with."""
+    def _stack_chosen(self, name: str, recipe_only: bool = False) -> None:
+        """Write the chosen stack's defaults, with its recipe for the form's method, into the fields
+        they belong to (the estimator's defaults where it sets none), so the form shows what the
+        bars are planned with; ``recipe_only``: the method changed, only its recipe's knobs."""
         if name not in STACKS:
             return
         values = asdict(self.values())
-        values.update(stack_form_values(name))
+        values.update(stack_form_values(name, values["method"], recipe_only))
         blocked = self.blockSignals(True)  # the stack's own change is the one announcement
         try:
             self.set_values(FormValues(**values))

@@ -121,13 +121,16 @@ FORM_KNOBS = {"precision": "precision", "optimizer": "optimizer", "optimizer_in_
 """The form's fields a stack's preset may set (form field -> TrainSetup knob)."""
 
 
-def stack_form_values(name: str) -> dict[str, Any]:
-    """The form fields a stack's general defaults fill when it is chosen; the estimator's defaults
-    for the fields another stack sets, so switching back to hf undoes a preset."""
-    default = TrainSetup()
-    every = frozenset().union(*(load_stack(s).settings.keys() for s in STACKS))
-    settings = load_stack(name).settings
-    return {field: settings[knob].value if knob in settings else getattr(default, knob)
+def stack_form_values(name: str, method: str, recipe_only: bool = False) -> dict[str, Any]:
+    """The form fields a stack's defaults fill when it is chosen, with its recipe for ``method``;
+    the estimator's defaults for the fields another stack sets, so switching back to hf undoes a
+    preset. ``recipe_only``: only the knobs the stack sets per method (the method changed)."""
+    stack, default = load_stack(name), TrainSetup(method=method)
+    every = frozenset().union(*(load_stack(s).names for s in STACKS))
+    if recipe_only:
+        every = stack.names - frozenset(stack.settings)
+    knobs = stack.knobs(method)
+    return {field: knobs[knob].value if knob in knobs else getattr(default, knob)
             for field, knob in FORM_KNOBS.items() if knob in every}
 
 
@@ -136,7 +139,11 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
     knobs the stack's recipes set per method (torchtune's optimizer, litgpt's accumulation...),
     which each bar takes from its method's recipe. Raises PlannerError for an invalid value."""
     stack = load_stack(values.stack)
-    per_method = stack.names - frozenset(stack.settings)
+    # a per-method knob still at the recipe's value for the user's method follows each bar's recipe;
+    # changed in the form, it is the user's own
+    recipe = {knob: k.value for knob, k in stack.knobs(values.method).items()}
+    per_method = {knob for field, knob in FORM_KNOBS.items() if knob in stack.names - frozenset(stack.settings)
+                  and getattr(values, field) == recipe.get(knob, getattr(TrainSetup(method=values.method), knob))}
     form = {knob: getattr(values, field) for field, knob in FORM_KNOBS.items() if knob not in per_method}
     if "optimizer_in_backward" in form:
         form["optimizer_in_backward"] = form["optimizer_in_backward"] and method == "full"
@@ -206,11 +213,22 @@ class Plan:
 
     def notes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(warnings, assumptions) of the user's own estimate, warnings first: what makes the
-        number a poor guide (including a plan the app's trainer cannot run), then what it assumes."""
+        number a poor guide (including a plan the app's trainer cannot run), then what it assumes;
+        a stack's cited knobs as one line (:meth:`stack_notes` has them whole)."""
         mine = self.estimates[self.mine]
         problem = why_not_trainable(mine.setup)
         trainer = (f"the app's trainer cannot run this plan: {problem}",) if problem else ()
-        return trainer + mine.warnings, mine.assumptions
+        stack = load_stack(mine.setup.stack)
+        cited = set(self.stack_notes())
+        summary = stack.summary(mine.setup)
+        return trainer + mine.warnings, tuple(a for a in mine.assumptions if a not in cited) + (
+            (summary,) if summary else ())
+
+    def stack_notes(self) -> tuple[str, ...]:
+        """The stack's lines of the user's own estimate: each knob it changed with its source, and
+        what it does not model (empty for this app's own stack)."""
+        mine = self.estimates[self.mine]
+        return tuple(load_stack(mine.setup.stack).assumptions(mine.setup))
 
     @property
     def device_used_gib(self) -> tuple[float, ...]:

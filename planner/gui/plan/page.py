@@ -197,13 +197,13 @@ class PlanPage(QWidget):
         self.plan = plan
         mine = plan.estimates[plan.mine].setup
         highlight = plan.highlight
-        steps = values.gradient_accumulation_steps
+        # the accumulation is in the form and the notes: in the title it would elide the model's name
         title = (f"{plan.model} · {fmt_count(plan.params_total)} params · "
-                 f"batch {values.batch_size} × {values.seq_len:,} tokens"
-                 + (f" × {steps} accumulated" if steps > 1 else ""))
+                 f"batch {values.batch_size} × {values.seq_len:,} tokens")
         self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
         self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
         self.notes_label.setText(_notes_html(*plan.notes()))
+        self.notes_label.setToolTip("\n".join(plan.stack_notes()))  # the stack's knobs with their sources
         self.sizes.show_table(table, values.gpu_gib)
         self.precise.set_plan(values, plan.estimates[plan.mine])  # like with like: the very setup simulated
         self.costs.show_rows(rows)
