@@ -275,7 +275,8 @@ def _loss_words(arch: Architecture, setup: TrainSetup) -> str:
 
 
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
-    out = [_loss_words(arch, setup)]
+    out = [_loss_words(arch, setup),
+           "eager PyTorch: no torch.compile, whose fused kernels can keep fewer activations (every stack's default)"]
     if setup.optimizer_in_backward:
         out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "
                    "then the gradient freed (one layer weight's gradient and step temporaries at a time, and a "

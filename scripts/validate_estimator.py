@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Run every published measurement through the estimator and print measured vs predicted.
 
-    python scripts/validate_estimator.py [--csv PATH] [--markdown]
+    python scripts/validate_estimator.py [--csv PATH] [--stacks-csv PATH] [--markdown]
+
+Rows measured on another training stack (``framework``: torchtune, axolotl, litgpt, unsloth;
+resources/reference/stack_measurements.csv) are planned with that stack's preset
+(planner/stacks.py) for every setting the row leaves out, and summarised per stack.
 
 Each row is compared on the quantity it measured: ``allocated`` (torch max_memory_allocated),
 ``reserved`` (max_memory_reserved), ``device`` (nvidia-smi) or ``weights_only`` (the loaded
@@ -21,9 +25,14 @@ from pathlib import Path
 
 from planner.catalog import resolve_model
 from planner.memory import estimate
-from planner.options import TrainSetup
+from planner.options import STACKS, TrainSetup
+from planner.stacks import load_stack
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "measurements.csv"
+STACKS_CSV = DEFAULT_CSV.with_name("stack_measurements.csv")
+STATED = {"precision": "precision", "adapter_dtype": "adapter_dtype", "optimizer": "optimizer",
+          "grad_checkpointing": "grad_checkpointing", "double_quant": "double_quant"}
+"""Row columns that are stack knobs (column -> TrainSetup field): stated, they are the run's own."""
 
 # What a source's own code did where its row leaves a setting unstated (read from the code at the
 # commit that produced the numbers). Stated row values always win; these only fill the gaps.
@@ -62,6 +71,8 @@ class Row:
     predicted: float
     gpus: int = 1
     """GPUs of the run; multi-GPU rows are per GPU."""
+    stack: str = "hf"
+    """The training stack that measured it (planner/stacks.py)."""
 
     @property
     def error(self) -> float:
@@ -75,10 +86,13 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
         return r[key].strip() or code.get(key, default)
 
     method = r["method"]
+    stack = r["framework"] if r["framework"] in STACKS else "hf"
+    if stack != "hf":
+        code = {}  # the stack's preset fills what the row leaves out, not the HF defaults below
     targets = opt("lora_targets", "all-linear")
     batch, gpus = int(opt("batch_size", "1")), int(opt("num_gpus", "1"))
     accumulation = code.get("gradient_accumulation_steps", math.ceil(code.get("global_batch", 1) / batch / gpus))
-    return TrainSetup(
+    setup = TrainSetup(
         method=method,
         quant=(opt("quant", "nf4") if method == "qlora" else None),
         double_quant=opt("double_quant", "on") == "on",
@@ -97,7 +111,9 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
         sharding=opt("sharding", "none"),
         offload=opt("offload", "none"),
         kbit_prepare=code.get("kbit_prepare", r["kind"] != "weights_only"),
+        explicit=frozenset(field for column, field in STATED.items() if r[column].strip()),
     )
+    return load_stack(stack).apply(setup) if stack != "hf" else setup
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -154,7 +170,7 @@ def evaluate(raw: list[dict[str, str]]) -> list[Row]:
             "weights_only": b.weights + b.quant_state,
         }[_source_code(r).get("kind", r["kind"]) if r["kind"] == "unknown" else r["kind"]]
         rows.append(Row(r["id"], r["kind"], float(r["value"]) * UNITS[r["unit"]], predicted,
-                        int(r["num_gpus"] or 1)))
+                        int(r["num_gpus"] or 1), r["framework"] if r["framework"] in STACKS else "hf"))
     return rows
 
 
@@ -166,13 +182,16 @@ def summary(rows: list[Row]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--stacks-csv", type=Path, default=STACKS_CSV,
+                    help="rows measured on other stacks (skipped when the file does not exist)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
     args = ap.parse_args(argv)
     if not args.csv.is_file():
         print(f"error: {args.csv} not found; pass --csv PATH to measurements.csv", file=sys.stderr)
         return 2
     raw = read_rows(args.csv)
-    rows = evaluate(raw)
+    stacked = read_rows(args.stacks_csv) if args.stacks_csv.is_file() else []
+    rows = evaluate(raw + stacked)
     gib = 2**30
     if args.markdown:
         print("| row | kind | measured GiB | predicted GiB | error |\n|---|---|---:|---:|---:|")
@@ -183,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(f"{r.id:32} {r.kind:12} {r.measured / gib:9.2f}G {r.predicted / gib:9.2f}G {r.error:+8.1%}")
     item = "- " if args.markdown else ""  # Markdown would run the summary lines into one
-    med, worst = summary(rows)
-    print(f"\n{item}{len(rows)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
-    multi = [r for r in rows if r.gpus > 1]
+    ours = [r for r in rows if r.stack == "hf"]
+    med, worst = summary(ours)
+    print(f"\n{item}{len(ours)} rows: median |error| {med:.1%}, max |error| {worst:.1%}")
+    for stack in STACKS[1:]:
+        theirs = [r for r in rows if r.stack == stack]
+        if theirs:
+            med, worst = summary(theirs)
+            print(f"{item}{stack}: {len(theirs)} rows, its preset for what they leave out: median |error| {med:.1%}, "
+                  f"max |error| {worst:.1%}")
+    multi = [r for r in ours if r.gpus > 1]
     if multi:
         med, worst = summary(multi)
         print(f"{item}{len(multi)} multi-GPU rows (per GPU): median |error| {med:.1%}, max |error| {worst:.1%}")
