@@ -23,13 +23,28 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.catalog import resolve_model
+from planner.catalog import catalog, resolve_model
 from planner.memory import estimate
 from planner.options import STACKS, TrainSetup
 from planner.stacks import load_stack
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "measurements.csv"
 STACKS_CSV = DEFAULT_CSV.with_name("stack_measurements.csv")
+SAME_CONFIG = {
+    "unsloth/llama-3-8b-bnb-4bit": "meta-llama/Meta-Llama-3-8B",
+    "unsloth/llama-3-8b-Instruct-bnb-4bit": "meta-llama/Meta-Llama-3-8B",
+    "unsloth/Llama-3.1-8B": "meta-llama/Llama-3.1-8B",
+    "unsloth/Llama-3.2-1B-Instruct": "meta-llama/Llama-3.2-1B",
+    "unsloth/Llama-3.2-3B-Instruct": "meta-llama/Llama-3.2-3B",
+    "unsloth/Llama-3.3-70B-Instruct": "meta-llama/Llama-3.3-70B-Instruct",
+    "unsloth/Qwen2.5-7B": "Qwen/Qwen2.5-7B",
+    "unsloth/tinyllama-bnb-4bit": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+}
+"""Repositories that re-publish a catalog model (the same architecture; instruct tunes and
+pre-quantized copies): rows name the repository they loaded."""
+SPELLINGS = {"precision": {"bf16-true": "bf16"}, "attention": {"xformers": "sdpa"}}
+"""Other stacks' words for a setting the estimator names otherwise: litgpt's ``bf16-true`` is pure
+bf16; xformers' memory-efficient attention, like sdpa's, keeps no (s x s) scores."""
 STATED = {"precision": "precision", "adapter_dtype": "adapter_dtype", "optimizer": "optimizer",
           "grad_checkpointing": "grad_checkpointing", "double_quant": "double_quant"}
 """Row columns that are stack knobs (column -> TrainSetup field): stated, they are the run's own."""
@@ -83,7 +98,8 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
     code = _source_code(r)
 
     def opt(key: str, default: str) -> str:
-        return r[key].strip() or code.get(key, default)
+        value = r[key].strip() or code.get(key, default)
+        return SPELLINGS.get(key, {}).get(value, value)
 
     method = r["method"]
     stack = r["framework"] if r["framework"] in STACKS else "hf"
@@ -109,9 +125,12 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
         modules_to_save=tuple(m for m in r["modules_to_save"].split(",") if m),
         num_gpus=gpus,
         sharding=opt("sharding", "none"),
-        offload=opt("offload", "none"),
+        # "activations": Unsloth's checkpointing, each layer's input offloaded to host RAM
+        offload="none" if r["offload"] == "activations" else opt("offload", "none"),
+        offload_activations=r["offload"] == "activations",
         kbit_prepare=code.get("kbit_prepare", r["kind"] != "weights_only"),
-        explicit=frozenset(field for column, field in STATED.items() if r[column].strip()),
+        explicit=frozenset(field for column, field in STATED.items() if r[column].strip())
+        | ({"offload_activations"} if r["offload"].strip() else set()),
     )
     return load_stack(stack).apply(setup) if stack != "hf" else setup
 
@@ -157,10 +176,14 @@ def cross_source_slopes(raw: list[dict[str, str]]) -> list[Slope]:
     return sorted(slopes, key=lambda s: (s.key, s.seq_from, s.source))
 
 
+def model_of(r: dict[str, str]) -> str:
+    return SAME_CONFIG.get(r["model"], r["model"])
+
+
 def evaluate(raw: list[dict[str, str]]) -> list[Row]:
     rows = []
     for r in raw:
-        est = estimate(resolve_model(r["model"]), setup_of(r))
+        est = estimate(resolve_model(model_of(r)), setup_of(r))
         b = est.breakdown
         predicted = {
             "allocated": est.peak_allocated_bytes,
@@ -191,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     raw = read_rows(args.csv)
     stacked = read_rows(args.stacks_csv) if args.stacks_csv.is_file() else []
+    known = set(catalog())
+    unknown = sorted({r["model"] for r in stacked if model_of(r) not in known})
+    stacked = [r for r in stacked if model_of(r) in known]
     rows = evaluate(raw + stacked)
     gib = 2**30
     if args.markdown:
@@ -211,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             med, worst = summary(theirs)
             print(f"{item}{stack}: {len(theirs)} rows, its preset for what they leave out: median |error| {med:.1%}, "
                   f"max |error| {worst:.1%}")
+    if unknown:
+        print(f"{item}not checked ({len(unknown)} models outside the catalog): {', '.join(unknown)}")
     multi = [r for r in ours if r.gpus > 1]
     if multi:
         med, worst = summary(multi)

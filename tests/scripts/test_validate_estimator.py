@@ -47,3 +47,40 @@ def test_main_prints_the_error_table_and_the_slopes(script, tmp_path, capsys):
 def test_missing_csv_is_one_line_and_exit_2(script, tmp_path, capsys):
     assert script.main(["--csv", str(tmp_path / "nope.csv")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _stack_row(id_: str, framework: str, model: str = "meta-llama/Llama-3.1-8B", method: str = "qlora",
+               precision: str = "", offload: str = "none", optimizer: str = "") -> str:
+    return (f"{id_},somewhere,{framework},{model},{method},nf4,,{precision},,{optimizer},1,2048,on,,16,,,1,none,"
+            f"{offload},reserved,9.0,GiB,T4,")
+
+
+def test_a_stack_row_takes_its_stacks_preset_for_what_it_leaves_out(script):
+    import csv
+    import io
+
+    def parse(line: str) -> dict:
+        return next(csv.DictReader(io.StringIO(HEADER + "\n" + line + "\n")))
+
+    tune = script.setup_of(parse(_stack_row("t", "torchtune")))
+    assert (tune.stack, tune.loss, tune.adapter_dtype, tune.kbit_prepare, tune.optimizer) == (
+        "torchtune", "chunked-output", "bf16", False, "adamw_torch_fused")
+    mine = script.setup_of(parse(_stack_row("t", "torchtune", optimizer="adamw_8bit")))
+    assert mine.optimizer == "adamw_8bit"  # stated in the row: the run's own
+    lit = script.setup_of(parse(_stack_row("l", "litgpt", precision="bf16-true")))
+    assert lit.precision == "bf16" and lit.explicit >= {"precision"}  # litgpt's bf16-true, in our words
+    uns = script.setup_of(parse(_stack_row("u", "unsloth", offload="activations")))
+    assert uns.offload_activations and uns.offload == "none" and uns.loss == "chunked"
+    ours = script.setup_of(parse(_stack_row("h", "hf+peft")))
+    assert ours.stack == "hf" and ours.loss == "standard" and ours.kbit_prepare
+
+
+def test_stack_rows_are_summarised_per_stack_and_unknown_models_named(script, tmp_path, capsys):
+    ours, theirs = tmp_path / "m.csv", tmp_path / "s.csv"
+    ours.write_text("\n".join([HEADER, _row("a1", "Alpha", 1024, 14.0)]) + "\n")
+    theirs.write_text("\n".join([HEADER, _stack_row("t1", "torchtune"), _stack_row("t2", "torchtune"),
+                                 _stack_row("x", "unsloth", model="someone/not-in-the-catalog")]) + "\n")
+    assert script.main(["--csv", str(ours), "--stacks-csv", str(theirs)]) == 0
+    out = capsys.readouterr().out
+    assert "1 rows: median |error|" in out and "torchtune: 2 rows" in out and "unsloth:" not in out
+    assert "not checked (1 models outside the catalog): someone/not-in-the-catalog" in out
