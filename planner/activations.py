@@ -288,6 +288,9 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
         # logits' gradient cast back to the compute dtype
         chunk = math.ceil(tokens / OUTPUT_CHUNKS)
         logits = tokens * arch.vocab_size * FP32 + chunk * arch.vocab_size * (2 * FP32 + c)
+        # a trainable head is used once per chunk: autograd sums its gradient over the chunks, so
+        # the running sum and the current chunk's are alive together
+        logits += arch.vocab_size * h * trainable_head_bytes(setup)
     if setup.loss == "chunked":
         logits += loss_tokens * arch.vocab_size * c + tokens * h * c
         head_b = trainable_head_bytes(setup)

@@ -7,7 +7,7 @@ peak_allocated = persistent + max(forward/backward transient, optimizer-step tra
                   + the gradients backward has made by then + workspace
     optimizer   = every gradient + AdamW's temporaries (foreach on a GPU, tensor by tensor on the CPU)
 peak_reserved  = peak_allocated + allocator_slack (caching-allocator fragmentation of transients)
-device_used    = peak_reserved + cuda_context (what nvidia-smi shows)
+device_used    = peak_reserved + cuda_context + paged optimizer state (what nvidia-smi shows)
 
 References: Rajbhandari et al. 2020, "ZeRO" (partitioning of states, gradients and parameters);
 the per-parameter bytes: planner/params.py; activations: planner/activations.py.
@@ -23,7 +23,7 @@ from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
-from planner.params import QUANT_BITS, Params, optimizer_state, params
+from planner.params import QUANT_BITS, Params, optimizer_state, paged_state_bytes, params
 from planner.stacks import load_stack
 
 MOE_PER_EXPERT = ("one nn.Linear per expert projection, as checkpoints store them and the trainer builds them, so "
@@ -42,6 +42,10 @@ class Breakdown:
     adapters: int
     gradients: int
     optimizer: int
+    paged_optimizer: int
+    """Optimizer state a paged bitsandbytes optimizer keeps in CUDA managed memory: device memory
+    outside PyTorch's allocator (not in peak allocated or reserved), which the driver can move to
+    host RAM under pressure (planner/params.py)."""
     activations: int
     logits: int
     workspace: int
@@ -157,9 +161,14 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     if setup.offload == "params":
         host += weights + gradients
         weights, gradients = 0, 0
-    if setup.optimizer.startswith("paged_"):
-        notes.append(f"paged optimizer: its {optimizer / 2**30:.2f} GiB of state can spill to host RAM "
-                     "under memory pressure (slower steps, no OOM)")
+    # bitsandbytes pages large tensors' state on a GPU only (on the CPU it falls back to torch tensors)
+    paged = min(optimizer, paged_state_bytes(arch, setup) // (n if shard in ("zero2", "fsdp", "zero3") else 1)
+                if cuda else 0)
+    optimizer -= paged
+    if paged:
+        notes.append(f"paged optimizer: {paged / 2**30:.2f} GiB of its state in CUDA managed memory, outside "
+                     "PyTorch's allocated and reserved counts; the driver moves it to host RAM under memory "
+                     "pressure (slower steps, no OOM)")
 
     dequant = 0
     if setup.method == "qlora":
@@ -195,7 +204,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     # FSDP frees gathered layers on its all-gather stream: the compute stream cannot reuse those
     # blocks at once, so one more gathered set stays reserved.
     slack = int(ALLOCATOR_SLACK * (activations + logits + workspace)) + gathered if cuda else 0
-    breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, activations, logits,
+    breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, paged, activations, logits,
                           workspace, context, slack)
     notes += _assumptions(arch, setup) + load_stack(setup.stack).assumptions(setup)
     return Estimate(
@@ -206,7 +215,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
         breakdown=breakdown,
         peak_allocated_bytes=peak_allocated,
         peak_reserved_bytes=peak_allocated + slack,
-        device_used_bytes=peak_allocated + slack + context,
+        device_used_bytes=peak_allocated + slack + context + paged,
         host_bytes=host,
         peak_phase=phase,
         assumptions=tuple(notes),

@@ -114,6 +114,40 @@ def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) ->
     return 2 * 2 * (quantized // _HQQ_GROUP)
 
 
+PAGED_MIN_ELEMENTS = 100_000
+"""bitsandbytes pages the state of a tensor this large or larger: ``get_state_buffer`` keeps
+smaller ones as torch tensors (bitsandbytes/optim/optimizer.py, ``p.numel() < 1e5``)."""
+
+
+def paged_state_bytes(arch: Architecture, setup: TrainSetup) -> int:
+    """Optimizer state a paged bitsandbytes optimizer keeps in CUDA managed memory
+    (``F.get_paged``: ``cudaMallocManaged``), outside PyTorch's caching allocator: device memory
+    that ``max_memory_allocated`` and ``max_memory_reserved`` never count and the driver can move
+    to host RAM under pressure. 0 for every other optimizer."""
+    if not setup.optimizer.startswith("paged_"):
+        return 0
+    per_element = 2 if setup.optimizer == "paged_adamw_8bit" else 2 * FP32  # two moments
+
+    def big(elements: int) -> int:
+        return elements if elements >= PAGED_MIN_ELEMENTS else 0
+
+    embed = arch.vocab_size * arch.hidden_size
+    elements = 0
+    for block in arch.blocks:
+        for lin in block.linears:
+            tensors = block.count * lin.copies
+            if setup.method == "full":
+                elements += tensors * big(lin.d_in * lin.d_out)
+            elif lora_targeted(lin, setup.lora_targets):
+                elements += tensors * (big(setup.lora_r * lin.d_in) + big(lin.d_out * setup.lora_r))
+    saved = setup.modules_to_save if setup.is_peft else ("embed_tokens", "lm_head")
+    if any(name not in HEAD_NAMES for name in saved):  # the input embedding
+        elements += big(embed)
+    if any(name in HEAD_NAMES for name in saved) and (arch.lm_head_params or setup.is_peft):
+        elements += big(embed)  # an untied head, or peft's trainable copy of a tied one
+    return per_element * elements
+
+
 def optimizer_state(setup: TrainSetup, p: Params, cuda: bool) -> tuple[int, int]:
     """(persistent state bytes, step temporaries) for the trainable parameters."""
     opt = setup.optimizer

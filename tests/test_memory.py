@@ -72,7 +72,8 @@ def test_a_sequence_beyond_the_context_is_a_warning():
 
 def test_optimizer_variants():
     def opt(name):
-        return estimate(LLAMA7, TrainSetup(method="full", optimizer=name)).breakdown.optimizer
+        b = estimate(LLAMA7, TrainSetup(method="full", optimizer=name)).breakdown
+        return b.optimizer + b.paged_optimizer
 
     assert opt("sgd") == 0
     assert opt("adamw_8bit") == pytest.approx(2 * N7, rel=0.02)

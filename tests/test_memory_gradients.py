@@ -68,3 +68,27 @@ def test_offloading_moves_nothing_on_a_cpu_run():
                                                                  device="cpu")
     assert cpu.peak_allocated_bytes == plain.peak_allocated_bytes and cpu.host_bytes == 0
     assert estimate(LLAMA8, setup).host_bytes > 0  # on a GPU they leave it
+
+
+def test_a_paged_optimizers_large_states_are_device_memory_outside_torchs_counts():
+    """bitsandbytes keeps the state of tensors of 100,000 elements or more in CUDA managed memory:
+    not in max_memory_allocated or reserved, but on the device until the driver moves it out."""
+    paged = estimate(LLAMA8, TrainSetup(method="full", optimizer="paged_adamw_8bit"))
+    plain = estimate(LLAMA8, TrainSetup(method="full", optimizer="adamw_8bit"))
+    b = paged.breakdown
+    assert b.paged_optimizer > 14 * GiB and b.optimizer < 0.3 * GiB  # 2 bytes a weight; the block scales stay
+    assert paged.peak_allocated_bytes == pytest.approx(plain.peak_allocated_bytes - b.paged_optimizer, rel=0.001)
+    assert paged.device_used_bytes == paged.peak_reserved_bytes + b.cuda_context + b.paged_optimizer
+    assert sum(vars(b).values()) == paged.device_used_bytes  # the bars add up to what nvidia-smi shows
+    # on the CPU bitsandbytes falls back to ordinary tensors
+    on_cpu = estimate(LLAMA8, TrainSetup(method="full", optimizer="paged_adamw_8bit"), device="cpu")
+    assert on_cpu.breakdown.paged_optimizer == 0
+
+
+def test_lora_states_below_the_paging_threshold_stay_torch_tensors():
+    """r=16: q_proj's A is 16 x 4096 = 65,536 elements (not paged), the MLP's 14,336-wide ones are."""
+    setup = TrainSetup(method="lora", optimizer="paged_adamw_32bit")
+    qv = estimate(LLAMA8, replace(setup, lora_targets=("q_proj", "v_proj"))).breakdown
+    assert qv.paged_optimizer == 0 and qv.optimizer > 0
+    mlp = estimate(LLAMA8, replace(setup, lora_targets=("gate_proj",))).breakdown
+    assert mlp.paged_optimizer == 32 * 16 * 14_336 * 8 and mlp.optimizer == 32 * 16 * 4096 * 8

@@ -29,6 +29,7 @@ from planner.catalog import ModelSpec
 from planner.errors import PlannerError
 from planner.memory import MOE_FUSED, MOE_PER_EXPERT, check_setup
 from planner.options import TrainSetup
+from planner.params import paged_state_bytes
 from planner.simulate.meta import autocast_dtype, live_bytes_class, persistent_tensors, semantics_class
 from planner.simulate.model import build_model, make_optimizer
 
@@ -207,11 +208,15 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
     # then on, a temporary the meta device (which runs no cuBLAS) never allocates
     cuda = device == "cuda"
     cublas, context, slack = (CUBLAS_WORKSPACE, CUDA_CONTEXT, ALLOCATOR_SLACK) if cuda else (0, 0, 0.0)
-    phases = {p: extrapolate(one[p], two[p]) + cublas for p in PHASES}
+    # a paged optimizer's large states live in CUDA managed memory, outside the allocator the
+    # counter stands for (simulated as ordinary tensors: meta tensors cannot be managed)
+    paged = paged_state_bytes(model.arch, setup) if cuda else 0
+    phases = {p: extrapolate(one[p], two[p]) + cublas - paged for p in PHASES}
     peak_phase = max(PHASES, key=phases.__getitem__)
     peak = phases[peak_phase]
     categories = {c: extrapolate(one.categories[peak_phase][c], two.categories[peak_phase][c]) for c in CATEGORIES}
     categories["temporaries"] += cublas
+    categories["optimizer_state"] -= paged
     # the estimator's allocator model: slack over what the step adds on top of the weights
     transient = max(peak - min(phases.values()), 0)
     reserved = peak + int(slack * transient)
@@ -223,10 +228,11 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
     if model.arch.is_moe:
         notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each); layout: "
                      + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))
-    if setup.optimizer.startswith("paged_"):
-        notes.append("paged optimizer simulated unpaged: its state counted as device memory (it can spill to host)")
+    if paged:
+        notes.append(f"paged optimizer: {paged / 2**30:.2f} GiB of its state in CUDA managed memory (the estimator's "
+                     "rule for which tensors bitsandbytes pages), outside allocated and reserved, in device used")
     if setup.offload_activations:
         notes.append("activation offloading: transformers' offload run with hooks that count host bytes (meta "
                      "tensors have no data to copy)")
-    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + context,
+    return Simulation(model.name, (first, first + 1), phases, categories, peak, reserved, reserved + context + paged,
                       tuple(notes), extrapolate(one.host, two.host))

@@ -27,6 +27,7 @@ TERM_COLOURS: dict[str, str] = {
     "adapters": "#59a14f",
     "gradients": "#f28e2b",
     "optimizer": "#e15759",
+    "paged_optimizer": "#8c2d2f",
     "activations": "#edc948",
     "logits": "#b07aa1",
     "workspace": "#ff9da7",

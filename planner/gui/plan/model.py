@@ -33,6 +33,7 @@ TERM_LABELS: dict[str, str] = {
     "adapters": "adapters",
     "gradients": "gradients",
     "optimizer": "optimizer states",
+    "paged_optimizer": "paged optimizer states",
     "activations": "activations",
     "logits": "logits",
     "workspace": "workspace",
