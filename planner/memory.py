@@ -155,6 +155,12 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
 
         wb_compute = setup.compute_bytes
         gathered = int(2 * max(layer_bytes(b) for b in arch.blocks))
+    root = 0
+    if shard == "fsdp":
+        # FSDP keeps the root unit (what no decoder layer wraps: embeddings, final norm, LM head)
+        # unsharded from forward through backward (torch/distributed/fsdp/_runtime_utils.py
+        # _post_forward_reshard: "Do not free the root's parameters in the post-forward")
+        root = (arch.embed_params + arch.lm_head_params + arch.final_norm_params) * setup.compute_bytes
     if setup.offload in ("optimizer", "params"):
         host += optimizer
         optimizer, opt_temp = 0, 0
@@ -174,7 +180,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     if setup.method == "qlora":
         big = arch.largest_linear()
         dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
-    workspace_fb = cublas + dequant + gathered
+    workspace_fb = cublas + dequant + gathered + root
     # Backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. Under
     # the optimizer step in backward the head steps at the start: with the standard loss once its
     # buffers have shrunk to the 16-bit logits' gradient; the chunked loss already counts the head's

@@ -232,3 +232,13 @@ def test_lora_dropout_is_charged_at_the_adapter_inputs_dtype():
     bf16, fp32 = dropout_cost("bf16"), dropout_cost("fp32")
     assert bf16 == pytest.approx(377_487_360, rel=0.01)
     assert fp32 / bf16 == pytest.approx(5 / 3, rel=0.01)  # (4 + 1) vs (2 + 1) bytes per element
+
+
+def test_fsdp_keeps_its_root_unit_unsharded_through_forward_and_backward():
+    """torch's FSDP does not free the root's parameters after forward (_post_forward_reshard):
+    the embeddings, final norm and LM head stay whole on every GPU; ZeRO-3 gathers them as used."""
+    llama = resolve_model("meta-llama/Llama-3.1-8B")
+    fsdp, zero3 = (estimate(llama, TrainSetup(method="lora", num_gpus=8, sharding=s)) for s in ("fsdp", "zero3"))
+    a = llama.arch
+    root = (a.embed_params + a.lm_head_params + a.final_norm_params) * 2  # bf16
+    assert fsdp.peak_allocated_bytes - zero3.peak_allocated_bytes == root
