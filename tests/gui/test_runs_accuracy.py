@@ -150,24 +150,30 @@ def _padded_cpu_events():
     return [decode(line) for line in [start, *steps, evaluation, end]]
 
 
-def test_both_charts_compare_the_peak_with_the_prediction_for_its_batch(qtbot):
+def test_the_replay_chart_compares_the_peak_with_the_prediction_for_its_batch(qtbot):
     """The plan predicts max_seq_len; a padded batch is shorter. Once the run has ended, the dashed
     line is the prediction for the batch at the measured peak, and its key says which."""
     from planner.gui.runs.chart import Replay, ReplayChart
+
+    replay = Replay()
+    replay.add(_padded_cpu_events())
+    chart = ReplayChart()
+    qtbot.addWidget(chart)
+    chart.show_replay(replay)
+    assert list(chart.eval_curve.yData) == [1.2]  # the end event follows an evaluation: each keeps its own
+    assert chart.prediction.line.value() == pytest.approx(16 * MiB / GiB)
+    assert "predicted 0.02 GiB (8\u00d721)" in [label.text for _, label in chart.memory_legend.items]
+
+
+def test_the_train_chart_compares_the_peak_with_the_prediction_for_its_batch(qtbot):
     from planner.gui.train.charts import TrainCharts
     from planner.gui.train.run_model import RunModel
 
-    replay, model = Replay(), RunModel()
-    replay.add(_padded_cpu_events())
+    model = RunModel()
     for e in _padded_cpu_events():
         model.fold(e)
-    chart, charts = ReplayChart(), TrainCharts()
-    qtbot.addWidget(chart)
+    charts = TrainCharts()
     qtbot.addWidget(charts)
-    chart.show_replay(replay)
     charts.show_model(model)
-    assert list(chart.eval_curve.yData) == [1.2]  # the end event follows an evaluation: each keeps its own
-    for line, legend in ((chart.prediction, chart.memory_legend), (charts.prediction, charts._memory_legend)):
-        assert line.line.value() == pytest.approx(16 * MiB / GiB)
-        labels = [label.text for _, label in legend.items]
-        assert "predicted 0.02 GiB (8\u00d721)" in labels, labels
+    assert charts.prediction.line.value() == pytest.approx(16 * MiB / GiB)
+    assert "predicted 0.02 GiB (8\u00d721)" in [label.text for _, label in charts._memory_legend.items]
