@@ -31,7 +31,8 @@ def _run_json(s: RunSummary) -> dict[str, Any]:
     return {"name": s.name, "path": str(s.path), "status": s.status, "model": s.model, "method": s.method,
             "device": s.device, "steps": s.steps, "max_steps": s.max_steps, "final_loss": s.final_loss,
             "peak_alloc_bytes": s.peak_alloc_bytes, "peak_alloc_phase": s.peak_alloc_phase,
-            "predicted_peak_bytes": s.predicted_peak_bytes, "ratio": s.ratio,
+            "predicted_peak_bytes": s.predicted_peak_bytes, "predicted_at_peak_bytes": s.predicted_at_peak_bytes,
+            "peak_batch": list(s.peak_shape) if s.peak_shape else None, "ratio": s.ratio,
             "peak_measured_bytes": s.peak_measured_bytes, "peak_kind": s.peak_kind, "runtime_s": s.runtime_s,
             "started": s.started, "resumable": s.resumable, "error": s.error}
 
@@ -65,6 +66,6 @@ def cmd_runs(a: argparse.Namespace) -> int:
     for s in runs:
         ratio = f"{s.ratio:.2f}x" if s.ratio is not None else "-"
         print(f"{s.name[:27]:<28}{s.status:<11}{(s.method or '-'):<7}{_gib(s.peak_alloc_bytes):>12}"
-              f"{_gib(s.predicted_peak_bytes):>12}{ratio:>8}")
+              f"{_gib(s.compared_bytes):>12}{ratio:>8}")
     print(summary_line(runs))
     return 0

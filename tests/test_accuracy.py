@@ -117,6 +117,7 @@ def test_cli_runs_json_has_the_accuracy(capsys, runs_root):
     assert acc["lora"]["median_abs_error"] == pytest.approx(0.15, abs=1e-6)
     lora_b = next(r for r in doc["runs"] if r["name"] == "lora-b")
     assert lora_b["ratio"] == pytest.approx(4 / 3) and lora_b["peak_alloc_bytes"] == 4 * GiB
+    assert lora_b["predicted_at_peak_bytes"] is None and lora_b["peak_batch"] is None  # packed: the plan's shape
 
 
 def test_cli_runs_text_ends_with_the_summary(capsys, runs_root):
