@@ -23,13 +23,13 @@ from typing import Any
 
 from planner.atomic import atomic_write_text
 from planner.errors import PlannerError
+from planner.options import METHODS
 from planner.runs import RunSummary
 from planner.units import GiB
 from trainer.config import TrainConfig
 from trainer.rundir import CONFIG, read_json
 
 FINISHED = ("completed", "stopped")
-METHODS = ("full", "lora", "qlora")
 METHOD_NAMES = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
 ERROR_DEFINITION = "predicted / measured peak allocated - 1 (negative: the prediction was too low)"
 CSV_COLUMNS = ("id", "source", "framework", "model", "method", "quant", "double_quant", "precision",

@@ -95,16 +95,15 @@ class Row:
 
 
 def setup_of(r: dict[str, str]) -> TrainSetup:
-    code = _source_code(r)
+    stack = r["framework"] if r["framework"] in STACKS else "hf"
+    # another stack's preset fills what the row leaves out, not the HF sources' code below
+    code = _source_code(r) if stack == "hf" else {}
 
     def opt(key: str, default: str) -> str:
         value = r[key].strip() or code.get(key, default)
         return SPELLINGS.get(key, {}).get(value, value)
 
     method = r["method"]
-    stack = r["framework"] if r["framework"] in STACKS else "hf"
-    if stack != "hf":
-        code = {}  # the stack's preset fills what the row leaves out, not the HF defaults below
     targets = opt("lora_targets", "all-linear")
     batch, gpus = int(opt("batch_size", "1")), int(opt("num_gpus", "1"))
     accumulation = code.get("gradient_accumulation_steps", math.ceil(code.get("global_batch", 1) / batch / gpus))

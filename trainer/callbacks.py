@@ -78,13 +78,9 @@ class EventCallback(TrainerCallback):
     def _memory(self) -> tuple[int, int, int | None]:
         """(peak allocated, peak reserved, device used or None) so far."""
         used = self.device_used() if self.device_used is not None else None
-        if self.meter is not None:
-            return self.meter.peak_bytes(), self.meter.reserved_bytes(), used
-        if self.device != "cuda":
-            return 0, 0, None
-        import torch
-
-        return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved()), used
+        if self.meter is None:  # not attached (yet): nothing measured
+            return 0, 0, used
+        return self.meter.peak_bytes(), self.meter.reserved_bytes(), used
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

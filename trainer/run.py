@@ -135,12 +135,12 @@ class Run:
             callbacks=callbacks,
         )
         self.trainer.remove_callback(PrinterCallback)
-        if self.runtime.device in ("cpu", "cuda"):  # per-phase peaks: torch's counters, or the CPU's count
-            from trainer.tensor_memory import tracker
+        from trainer.tensor_memory import tracker
 
-            self.meter = tracker(self.runtime.device)
-            self.meter.attach(self.trainer)
-            self.callback.meter = self.meter
+        # per-phase peaks: torch's counters on CUDA, the run's own count on the CPU
+        self.meter = tracker(self.runtime.device)
+        self.meter.attach(self.trainer)
+        self.callback.meter = self.meter
         if self.runtime.device == "cuda":
             from trainer.measure import DeviceMemory, nvml_used
 
@@ -198,13 +198,11 @@ class Run:
         """Measured peak allocated tensor bytes (CUDA's own count, or the CPU run's tensor meter),
         the phase it happened in, its ratio to the predicted peak allocated, the peak of each phase,
         and on CUDA the peak reserved bytes and NVML's largest used reading."""
-        meter = self.meter
-        if meter is not None:
-            meter.settle()  # CUDA: the last step's save
-        peak = meter.peak if meter is not None else None
-        mine = (peak.bytes if peak else 0, peak.phase if peak else None,
-                meter.reserved_bytes() if meter is not None else 0,
-                meter.phase_bytes() if meter is not None else {}, meter.peak_shape if meter is not None else None)
+        meter = self.meter  # attached by setup, which every finished run went through
+        meter.settle()  # CUDA: the last step's save
+        peak = meter.peak
+        mine = (peak.bytes if peak else 0, peak.phase if peak else None, meter.reserved_bytes(), meter.phase_bytes(),
+                meter.peak_shape)
         # the GPU that came closest to its limit, with its own phases
         alloc, phase, reserved, phases, shape = max(gather(mine), key=lambda figures: figures[0])
         from trainer.prediction import predicted_at

@@ -184,6 +184,18 @@ def at_peak_batch(planned: int | None, end: Mapping[str, object]) -> tuple[int |
     return at_peak, f" ({rows}\u00d7{length:,})"
 
 
+RSS_LABEL = "host RSS (Python + torch, not comparable)"
+"""The host RSS curve's legend key: beside the GPU figures, never compared with a prediction."""
+
+
+def rss_key(rss_peak: float, axis_top: float) -> str:
+    """The RSS curve's key: :data:`RSS_LABEL`, or, when the axis fits the comparable figures and
+    the RSS (a CPU run's whole Python process) runs off its top, how high it is."""
+    if rss_peak > axis_top:
+        return f"host RSS {fmt_bytes(int(rss_peak))}, off scale (not comparable)"
+    return RSS_LABEL
+
+
 class PredictionLine:
     """The predicted peak: a dashed horizontal line, its number in the legend.
 
@@ -210,9 +222,14 @@ class PredictionLine:
     @property
     def entry(self) -> tuple[pg.PlotDataItem, str]:
         """The legend entry: (key, "predicted 4.00 GiB"), and the batch it is for when not the plan's."""
+        return self.entry_of("")
+
+    def entry_of(self, what: str) -> tuple[pg.PlotDataItem, str]:
+        """The legend entry naming what is predicted ("allocated", "reserved"...), for a plot with
+        more than one prediction line."""
         if not self.peak_bytes:
             return self.key, "no prediction"
-        return self.key, f"predicted {fmt_bytes(self.peak_bytes)}{self.note}"
+        return self.key, f"predicted {what + ' ' if what else ''}{fmt_bytes(self.peak_bytes)}{self.note}"
 
     def set_colour(self, fg: QColor) -> None:
         dashed = pg.mkPen(fg, width=1.5, style=Qt.PenStyle.DashLine)

@@ -11,6 +11,7 @@ from typing import Any
 
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu
+from planner.cli_options import STACK_OPTIONS
 from planner.launch import why_not_trainable
 from planner.memory import Breakdown, Estimate, estimate
 from planner.options import STACKS, TrainSetup
@@ -115,11 +116,8 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-FORM_KNOBS = {"precision": "precision", "optimizer": "optimizer", "optimizer_in_backward": "optimizer_in_backward",
-              "gradient_accumulation_steps": "gradient_accumulation_steps", "grad_checkpointing": "grad_checkpointing",
-              "offload_activations": "offload_activations", "loss": "loss", "double_quant": "double_quant",
-              "kbit_upcast": "kbit_prepare", "adapter_dtype": "adapter_dtype"}
-"""The form's fields a stack's preset may set (form field -> TrainSetup knob)."""
+FORM_KNOBS = {option: knob for option, knob in STACK_OPTIONS.items() if option in {f.name for f in fields(FormValues)}}
+"""The form's fields a stack's preset may set (form field, named as the CLI option -> TrainSetup knob)."""
 
 
 def stack_form_values(name: str, method: str, recipe_only: bool = False) -> dict[str, Any]:

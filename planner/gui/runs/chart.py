@@ -15,21 +15,22 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
 
 from planner.gui.common.chart_style import (
+    RSS_LABEL,
     EmptyNote,
     PredictionLine,
     follow_palette,
     keep_whole,
     legend_below,
+    rss_key,
     set_entries,
     style_legend,
     style_plot,
 )
-from planner.units import GiB, fmt_bytes
+from planner.units import GiB
 from trainer.protocol import Event
 
 # Tableau 10, as elsewhere
 LOSS, EVAL, MEASURED, RESERVED, DEVICE, RSS = "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#b07aa1"
-RSS_LABEL = "host RSS (Python + torch, not comparable)"
 MIN_VIEW = (160, 90)
 """The data area's smallest size (px): below it the curves no longer show a trend."""
 
@@ -187,7 +188,7 @@ class ReplayChart(QWidget):
                 differs = shown and bool(predicted) and predicted != replay.predicted
                 line.set_peak(predicted if differs else None, shown=has_steps)
                 if differs and predicted:
-                    extra.append((line.key, f"predicted {label.split(',')[0]} {fmt_bytes(predicted)}"))
+                    extra.append(line.entry_of(label.split(",")[0]))
                     top = max(top, predicted / GiB)
         self.prediction.set_peak(replay.predicted, shown=has_steps, end=replay.end)
         if self.prediction.peak_bytes:
@@ -200,16 +201,15 @@ class ReplayChart(QWidget):
         if not top and rss:
             top = max(rss) / GiB
         floor = 1 / 1024  # 1 MiB: a CPU demo's tensors are tens of MiB, and must not lie flat at 0
-        if rss and max(rss) / GiB > max(top, floor) * 1.1:
-            memory = [(c, f"host RSS {fmt_bytes(int(max(rss)))}, off scale (not comparable)")
-                      if c is self.rss_curve else (c, lab) for c, lab in memory]
+        if rss:
+            memory = [(c, rss_key(max(rss), max(top, floor) * 1.1 * GiB)) if c is self.rss_curve else (c, lab)
+                      for c, lab in memory]
         self.memory_plot.setYRange(0, max(top, floor) * 1.1, padding=0)
         loss = [(self.loss_curve, "train loss")] if has_steps else []
         if replay.eval_steps:  # no eval points, no "eval loss" key
             loss.append((self.eval_curve, "eval loss"))
         if has_steps or replay.predicted:
-            key, label = self.prediction.entry
-            memory.append((key, label.replace("predicted", "predicted allocated", 1) if extra else label))
+            memory.append(self.prediction.entry_of("allocated" if extra else ""))
         memory += extra
         for plot, legend, entries in ((self.loss_plot, self.loss_legend, loss),
                                       (self.memory_plot, self.memory_legend, memory)):

@@ -16,21 +16,20 @@ from PySide6.QtWidgets import QWidget
 
 from planner.gui.common.chart_style import (
     LEGEND_ROW,
+    RSS_LABEL,
     EmptyNote,
     PredictionLine,
     follow_palette,
     keep_whole,
     legend_below,
+    rss_key,
     series_colour,
     set_entries,
     style_legend,
     style_plot,
 )
 from planner.gui.train.run_model import RunModel, Series
-from planner.units import GiB, fmt_bytes
-
-RSS_LABEL = "host RSS (Python + torch, not comparable)"
-"""The process's resident memory: everything Python and torch hold, never set against a prediction."""
+from planner.units import GiB
 
 # Tableau 10, as the other pages: distinguishable on light and dark backgrounds.
 BLUE, ORANGE, GREEN, RED, TEAL, PURPLE, GREY = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
@@ -165,18 +164,16 @@ class TrainCharts(pg.GraphicsLayoutWidget):
                 and len(curve.xData) > 0
             line.set_peak(predicted if shown else None, shown=has_steps)
             if shown and predicted:
-                extra.append((line.key, f"predicted {what} {fmt_bytes(predicted)}"))
+                extra.append(line.entry_of(what))
                 top = max(top, predicted)
         if model.predicted_peak_bytes:
-            key, label = self.prediction.entry
-            memory_entries.append((key, label.replace("predicted", "predicted allocated", 1) if extra else label))
+            memory_entries.append(self.prediction.entry_of("allocated" if extra else ""))
             top = max(top, self.prediction.peak_bytes or 0)
         memory_entries += extra
         if not top:
             top = rss_top
-        if rss_top > top * 1.08:
-            memory_entries = [(c, f"host RSS {fmt_bytes(int(rss_top))}, off scale (not comparable)")
-                              if c is self.rss else (c, lab) for c, lab in memory_entries]
+        memory_entries = [(c, rss_key(rss_top, top * 1.08)) if c is self.rss else (c, lab)
+                          for c, lab in memory_entries]
         for key, series in (("loss", model.loss), ("lr", model.lr), ("tps", model.tokens_per_s)):
             self.empty_notes[key].set_empty(len(series) == 0)
         self.empty_notes["memory"].set_empty(not has_steps)
