@@ -283,3 +283,23 @@ def test_empty_charts_say_so_instead_of_a_made_up_range(qtbot):
         assert not note.label.isVisible()
     assert tick_texts(replay_chart.loss_plot.getPlotItem(), "left") != []
     assert tick_texts(train_charts.plots["memory"], "bottom") != []
+
+
+def test_a_rebuilt_legend_deletes_its_old_keys_at_once(qtbot):
+    """set_entries deletes a cleared legend's samples and labels itself (pyqtgraph 0.14, PySide6
+    6.11 leave them to the cycle collector, which destroyed them mid-layout in a later test)."""
+    import pyqtgraph as pg
+    import shiboken6
+
+    from planner.gui.common.chart_style import legend_below, set_entries
+
+    widget = pg.PlotWidget()
+    qtbot.addWidget(widget)
+    curve = widget.plot([0, 1], [0, 1])
+    legend = legend_below(widget.getPlotItem(), columns=1)
+    assert set_entries(legend, [(curve, "before")])
+    old = [part for pair in legend.items for part in pair]
+    assert set_entries(legend, [(curve, "after")])
+    assert not any(shiboken6.isValid(part) for part in old)
+    assert [label.text for _, label in legend.items] == ["after"]
+    assert (pg.__version__, __import__("PySide6").__version__) == ("0.14.0", "6.11.3")  # the versions checked

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 import pyqtgraph as pg
+import shiboken6
 from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QGraphicsView, QGraphicsWidget, QSizePolicy, QWidget
@@ -166,7 +167,13 @@ def set_entries(legend: pg.LegendItem, entries: list[tuple[pg.GraphicsObject, st
     """
     if [(sample.item, label.text) for sample, label in legend.items] == entries:
         return False
+    removed = [part for pair in legend.items for part in pair]
     legend.clear()
+    # pyqtgraph 0.14 / PySide6 6.11: a cleared legend's samples and labels are left to Python's
+    # cycle collector, which may destroy them later in the middle of some other layout pass
+    # (LabelItem.sizeHint on a cleared instance, then "pure virtual method called"): delete them now
+    for part in removed:
+        shiboken6.delete(part)
     for item, name in entries:
         legend.addItem(item, name)
         # a click would hide a curve, which then reads as "no data"
