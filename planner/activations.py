@@ -51,11 +51,10 @@ def lora_targeted(linear: Linear, targets: tuple[str, ...]) -> bool:
 def residual_bytes(setup: TrainSetup) -> int:
     """Bytes per element of the residual stream.
 
-    Embeddings stored in fp32 (mixed precision, fp32, or QLoRA after
-    ``prepare_model_for_kbit_training``) make every residual add promote to fp32.
+    Embeddings computing in fp32 (mixed precision, fp32, or QLoRA after
+    ``prepare_model_for_kbit_training``, unsharded) make every residual add promote to fp32.
     """
-    fp32_embeddings = setup.weight_bytes == FP32 or setup.fp32_unquantized
-    return FP32 if fp32_embeddings else setup.compute_bytes
+    return FP32 if setup.fp32_weights_compute else setup.compute_bytes
 
 
 HEAD_NAMES = ("lm_head", "embed_out", "output")
@@ -65,6 +64,8 @@ HEAD_NAMES = ("lm_head", "embed_out", "output")
 def trainable_head_bytes(setup: TrainSetup) -> int:
     """Bytes per element of the LM head's weight when it trains (full fine-tuning, or the head in
     ``modules_to_save``: peft's trainable copy in the dtype the other weights have), else 0."""
+    if setup.fp32_masters and (setup.method == "full" or any(name in HEAD_NAMES for name in setup.modules_to_save)):
+        return FP32
     if setup.method == "full":
         return setup.weight_bytes
     if any(name in HEAD_NAMES for name in setup.modules_to_save):
@@ -301,8 +302,7 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     if arch.logit_softcap:
         logits += loss_tokens * arch.vocab_size * c  # tanh's output, kept for its backward
     head_copy = 0
-    head_fp32 = setup.weight_bytes == FP32 or setup.fp32_unquantized
-    if head_fp32 and c != FP32:
+    if setup.fp32_weights_compute and c != FP32:
         head_copy = c * arch.vocab_size * h
     if setup.loss == "chunked":
         # the chunked loss casts the head chunk by chunk and has its gradients before backward

@@ -135,8 +135,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     if setup.optimizer_in_backward:
         flight = _in_backward(arch, setup, p, opt_temp)
         gradients, opt_temp = 0, 0
-    elif setup.gradient_accumulation_steps == 1 and shard in ("none", "ddp"):
-        flight = _fresh_gradients(arch, setup, p, acts)
+    elif setup.gradient_accumulation_steps == 1 and shard != "ddp":
+        flight = _fresh_gradients(arch, setup, p, acts, n if shard != "none" else 1)
         gradients = 0
     weights, quant_state, adapters = p.weights, p.quant_state, p.adapters
     gathered = 0
@@ -155,18 +155,23 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
 
         wb_compute = setup.compute_bytes
         gathered = int(2 * max(layer_bytes(b) for b in arch.blocks))
-    root = 0
+    tail = 0
     if shard == "fsdp":
-        # FSDP keeps the root unit (what no decoder layer wraps: embeddings, final norm, LM head)
-        # unsharded from forward through backward (torch/distributed/fsdp/_runtime_utils.py
-        # _post_forward_reshard: "Do not free the root's parameters in the post-forward")
-        root = (arch.embed_params + arch.lm_head_params + arch.final_norm_params) * setup.compute_bytes
+        # accelerate shards the final norm and the LM head (with a tied embedding) as one unit kept
+        # gathered from forward through backward, the input embedding its own unit, resharded
+        # after forward (accelerate 1.15 fsdp_utils.fsdp2_prepare_model: "Carve embed +
+        # tail=[final_norm, lm_head] into their own units. Tail gets `False`")
+        tail = ((arch.lm_head_params or arch.embed_params) + arch.final_norm_params) * setup.compute_bytes
     if setup.offload in ("optimizer", "params"):
         host += optimizer
         optimizer, opt_temp = 0, 0
     if setup.offload == "params":
-        host += weights + gradients
+        # each sharded gradient goes to host RAM after its reduce-scatter; on the GPU stay the
+        # gathered layers, the tail, and one layer's unsharded gradient until its reduce-scatter
+        # (torch FSDP2 CPUOffloadPolicy: post_backward copies the reduced shard to the CPU)
+        host += weights + max(gradients, flight.end[0])
         weights, gradients = 0, 0
+        flight = replace(flight, head=(0, flight.head[1]), layer=(0, flight.layer[1]), end=(0, flight.end[1]))
     # bitsandbytes pages large tensors' state on a GPU only (on the CPU it falls back to torch tensors)
     paged = min(optimizer, paged_state_bytes(arch, setup) // (n if shard in ("zero2", "fsdp", "zero3") else 1)
                 if cuda else 0)
@@ -180,7 +185,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     if setup.method == "qlora":
         big = arch.largest_linear()
         dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
-    workspace_fb = cublas + dequant + gathered + root
+    workspace_fb = cublas + dequant + gathered + tail
     # Backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. Under
     # the optimizer step in backward the head steps at the start: with the standard loss once its
     # buffers have shrunk to the 16-bit logits' gradient; the chunked loss already counts the head's
@@ -245,20 +250,25 @@ class _Flight:
     """Saved activations of the layers whose backward has run by the ``layer`` peak."""
 
 
-def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: Params, acts: ActivationPeak) -> _Flight:
+def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: Params, acts: ActivationPeak, shards: int) -> _Flight:
     """Gradients without accumulation: none exist through forward (the Trainer's
     ``zero_grad(set_to_none=True)`` after every step); backward allocates the head's, then each
     layer's as it frees that layer's saved activations, then the embedding's. With the same
     activations (a) and gradients (g) per layer, live bytes through the layers change by g - a per
-    layer, so the peak is at the top layer (a >= g) or the bottom one (g > a)."""
-    head = trainable_head_bytes(setup) * arch.vocab_size * arch.hidden_size
+    layer, so the peak is at the top layer (a >= g) or the bottom one (g > a).
+
+    Sharded over ``shards`` GPUs a layer keeps 1/shards of its gradient; the whole gradient, in the
+    compute dtype, exists only until its reduce-scatter (FSDP2's ``post_backward``), one layer's at
+    a time."""
+    head = trainable_head_bytes(setup) * arch.vocab_size * arch.hidden_size // shards
     if setup.method == "full" and arch.tie_word_embeddings:
         head = 0  # a tied head's gradient waits in autograd's buffer: activations.py counts it
     n = arch.num_layers
-    a, g = acts.layers_saved / n, p.layer_bytes / n
+    a, g = acts.layers_saved / n, p.layer_bytes / n / shards
+    unsharded = int(p.layer_bytes / n * setup.compute_bytes * p.trainable / p.trainable_bytes) if shards > 1 else 0
     below = n - 1 if g > a else 0  # layers below the peak's whose backward has run
-    return _Flight(head=(head, 0), layer=(int(head + (below + 1) * g), 0), end=(p.trainable_bytes, 0),
-                   freed=int(below * a))
+    return _Flight(head=(head, 0), layer=(int(head + (below + 1) * g), unsharded),
+                   end=(p.trainable_bytes // shards, 0), freed=int(below * a))
 
 def _in_backward(arch: Architecture, setup: TrainSetup, p: Params, opt_temp: int) -> _Flight:
     """Each gradient lives from its accumulation to its own parameter's step (torchtune's

@@ -202,9 +202,27 @@ class TrainSetup:
     @property
     def fp32_unquantized(self) -> bool:
         """QLoRA weights bitsandbytes left alone end up fp32: prepare_model_for_kbit_training
-        upcasts them, except under FSDP/ZeRO-3, whose flat parameters need one dtype (the
-        FSDP-QLoRA recipe stores everything in the 16-bit quant_storage dtype instead)."""
-        return self.method == "qlora" and self.kbit_prepare and self.sharding not in ("fsdp", "zero3")
+        upcasts them, sharded or not (FSDP2 all-gathers them in the compute dtype; its uniform
+        dtype rule binds only trainable parameters). The FSDP-QLoRA recipe skips the preparation:
+        ``--no-kbit-upcast``."""
+        return self.method == "qlora" and self.kbit_prepare
+
+    @property
+    def fp32_weights_compute(self) -> bool:
+        """Some weights compute in fp32 (fp32 masters under autocast, QLoRA's upcast ones), which
+        promotes the residual stream and has autocast keep a 16-bit copy of the LM head; not on
+        sharded GPUs, whose all-gather hands every layer its parameters in the compute dtype
+        (FSDP2's ``MixedPrecisionPolicy(param_dtype)``; DeepSpeed ZeRO-3 stores them in it)."""
+        sharded_16bit = self.sharding in ("fsdp", "zero3") and self.precision != "fp32"
+        return (self.weight_bytes == 4 or self.fp32_unquantized) and not sharded_16bit
+
+    @property
+    def fp32_masters(self) -> bool:
+        """Sharded 16-bit runs train fp32 copies: accelerate's FSDP2 preparation upcasts every
+        trainable parameter to fp32 under mixed precision and computes in the autocast dtype
+        (accelerate 1.15 ``fsdp2_prepare_model``: "Upcast to fp32 master weights"; DeepSpeed's
+        ZeRO-3 keeps fp32 masters too). QLoRA is left alone there (a ``Params4bit`` model)."""
+        return self.sharding in ("fsdp", "zero3") and self.precision != "fp32" and self.method != "qlora"
 
     @property
     def checkpointing(self) -> str:

@@ -80,10 +80,11 @@ def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
     if setup.method == "full":
         dims = sum(b.count * lin.copies * (lin.d_in + lin.d_out) for b in arch.blocks for lin in b.linears)
         largest = max([embed] + [lin.d_in * lin.d_out for b in arch.blocks for lin in b.linears])
+        wb = FP32 if setup.fp32_masters else wb
         return Params(total * wb, 0, 0, total, total * wb, dims, largest, arch.layer_params * wb)
 
     lora, dims, lora_largest = _lora_params(arch, setup)
-    adapter_b = FP32 if setup.adapter_dtype == "fp32" else 2
+    adapter_b = FP32 if setup.adapter_dtype == "fp32" or setup.fp32_masters else 2
     if setup.method == "lora":
         weights, quant_state, other_b = total * wb, 0, wb
     else:
@@ -94,10 +95,10 @@ def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
         weights = quantized * bits // 8 + (total - quantized) * other_b
         quant_state = _quant_state_bytes(arch, setup, quantized)
     mts = _modules_to_save(arch, setup.modules_to_save)
-    adapters = lora * adapter_b + mts * other_b
+    mts_b = FP32 if setup.fp32_masters else other_b
+    adapters = lora * adapter_b + mts * mts_b
     largest = embed if mts else lora_largest
-    return Params(weights, quant_state, adapters, lora + mts, lora * adapter_b + mts * other_b, dims, largest,
-                   lora * adapter_b)
+    return Params(weights, quant_state, adapters, lora + mts, adapters, dims, largest, lora * adapter_b)
 
 
 def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:

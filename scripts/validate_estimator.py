@@ -46,7 +46,7 @@ SPELLINGS = {"precision": {"bf16-true": "bf16"}, "attention": {"xformers": "sdpa
 """Other stacks' words for a setting the estimator names otherwise: litgpt's ``bf16-true`` is pure
 bf16; xformers' memory-efficient attention, like sdpa's, keeps no (s x s) scores."""
 STATED = {"precision": "precision", "adapter_dtype": "adapter_dtype", "optimizer": "optimizer",
-          "grad_checkpointing": "grad_checkpointing", "double_quant": "double_quant"}
+          "grad_checkpointing": "grad_checkpointing", "double_quant": "double_quant", "loss": "loss"}
 """Row columns that are stack knobs (column -> TrainSetup field): stated, they are the run's own."""
 
 # What a source's own code did where its row leaves a setting unstated (read from the code at the
@@ -100,7 +100,7 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
     code = _source_code(r) if stack == "hf" else {}
 
     def opt(key: str, default: str) -> str:
-        value = r[key].strip() or code.get(key, default)
+        value = (r.get(key) or "").strip() or code.get(key, default)  # "loss" is stack_measurements.csv's only
         return SPELLINGS.get(key, {}).get(value, value)
 
     method = r["method"]
@@ -128,7 +128,8 @@ def setup_of(r: dict[str, str]) -> TrainSetup:
         offload="none" if r["offload"] == "activations" else opt("offload", "none"),
         offload_activations=r["offload"] == "activations",
         kbit_prepare=code.get("kbit_prepare", r["kind"] != "weights_only"),
-        explicit=frozenset(field for column, field in STATED.items() if r[column].strip())
+        loss=opt("loss", "standard"),
+        explicit=frozenset(field for column, field in STATED.items() if (r.get(column) or "").strip())
         | ({"offload_activations"} if r["offload"].strip() else set()),
     )
     return load_stack(stack).apply(setup) if stack != "hf" else setup

@@ -94,6 +94,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
 
     from planner.autocast_policy import CUDA
     from planner.simulate.chunked_loss import causal_lm_loss, chunked_output_loss
+    from planner.simulate.fsdp import fake_world, shard
     from planner.simulate.in_backward import in_backward_class
     from planner.simulate.offload import host_offload
 
@@ -109,14 +110,20 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     # transformers looks for packed sequences by reading position ids (data the meta device does
     # not have); the simulated batch is unpacked, which is what that check would find.
     offload = host_offload() if setup.offload_activations else contextlib.nullcontext()
-    with (mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), counter,
-          offload as host):
+    sharded = setup.sharding == "fsdp" and setup.num_gpus > 1
+    world = fake_world(setup.num_gpus, counter.resized, device) if sharded else contextlib.nullcontext()
+    with (world, mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None),
+          counter, offload as host):
         model = build_model(config, layers, setup, device, semantics)
+        if sharded:
+            model = shard(model, setup)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if setup.optimizer_in_backward:  # the trainer's: one optimizer per parameter, stepped in backward
             optimizer = in_backward_class()(trainable, lambda groups: make_optimizer(setup.optimizer, groups, foreach))
         else:
             optimizer = make_optimizer(setup.optimizer, trainable, foreach)
+        if sharded:
+            counter.reseed([t for group in persistent_tensors(model, optimizer).values() for t in group])
         ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
         for step in range(2):  # the second step has optimizer state and gradients from the first
             owners = _persistent_storages(model, optimizer)
@@ -180,8 +187,9 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
         setup = replace(setup, offload_activations=False)
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
-    if setup.num_gpus > 1:
-        raise PlannerError("precise mode simulates one GPU; use `estimate` for --num-gpus > 1")
+    if setup.num_gpus > 1 and (setup.sharding != "fsdp" or setup.offload != "none"):
+        raise PlannerError("precise mode simulates several GPUs with --sharding fsdp and no --offload (rank 0 of "
+                           "the FSDP the trainer runs); use `estimate` for the others")
     window = model.config.get("sliding_window")
     if isinstance(window, int) and setup.seq_len > window and setup.attention == "sdpa":
         # an explicit band mask makes GPUs pick the memory-efficient kernel, which the meta device

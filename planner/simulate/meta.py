@@ -51,7 +51,7 @@ def live_bytes_class() -> type:
             self.saved = set(self.live) - persistent
 
         def track(self, t: Any) -> None:
-            storage = t.untyped_storage()
+            storage = local(t).untyped_storage()
             key = storage._cdata
             if key in self.live:
                 return
@@ -64,6 +64,25 @@ def live_bytes_class() -> type:
         def _release(self, key: int) -> None:
             self.current -= self.live.pop(key, 0)
             self.saved.discard(key)
+
+        def resized(self, t: Any) -> None:
+            """A storage resized in place (FSDP frees and refills its unsharded parameters so)."""
+            storage = local(t).untyped_storage()
+            key = storage._cdata
+            if key not in self.live:
+                self.track(t)
+                return
+            self.current += storage.nbytes() - self.live[key]
+            self.live[key] = storage.nbytes()
+            self._raise_peak(self.current)
+
+        def reseed(self, tensors: list[Any]) -> None:
+            """Count exactly ``tensors`` as what exists now. FSDP frees the unsharded parameters it
+            replaces through references this counter never hears of dropping."""
+            self.live, self.current, self.saved = {}, 0, set()
+            for t in tensors:
+                self.track(t)
+            self.reset_peak()
 
         def reset_peak(self) -> None:
             self.peak = self.current
@@ -83,6 +102,11 @@ def live_bytes_class() -> type:
     return LiveBytes
 
 
+def local(t: Any) -> Any:
+    """A tensor's own storage holder: a DTensor's (FSDP's shards) is this rank's local tensor."""
+    return getattr(t, "_local_tensor", t)
+
+
 def persistent_tensors(model: Any, optimizer: Any) -> dict[str, list[Any]]:
     """What a training step keeps from one step to the next, by category: the weights (with
     bitsandbytes' quantization state), the gradients, the optimizer's state (each parameter's
@@ -90,7 +114,7 @@ def persistent_tensors(model: Any, optimizer: Any) -> dict[str, list[Any]]:
     import torch
 
     def tensors(values: Any) -> list[Any]:
-        return [t for t in values if isinstance(t, torch.Tensor)]
+        return [local(t) for t in values if isinstance(t, torch.Tensor)]
 
     weights = [*model.parameters(), *model.buffers()]
     for param in model.parameters():  # bitsandbytes keeps absmax and code tables beside the packed weight

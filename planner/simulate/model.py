@@ -103,18 +103,24 @@ def _quantize(model: Any, setup: TrainSetup) -> None:
     qmaps = bnb.functional.name2qmap
     if "dynamic" in qmaps and qmaps["dynamic"].device.type == "meta":
         qmaps["dynamic"] = bnb.functional.create_dynamic_map()
+    # the trainer's FSDP recipe: packed weights stored in the compute dtype, so FSDP can shard them
+    # with the rest (trainer/loading.py quantization_config)
+    sharded = setup.sharding == "fsdp" and setup.num_gpus > 1
+    storage = (autocast_dtype(setup) or torch.float32) if sharded else torch.uint8
     head = model.get_output_embeddings()
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if isinstance(child, torch.nn.Linear) and child is not head]
     for parent, name, linear in swaps:
         q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
                               compute_dtype=autocast_dtype(setup) or torch.float32, quant_type=setup.quant,
-                              compress_statistics=setup.double_quant, device=linear.weight.device)
+                              compress_statistics=setup.double_quant, quant_storage=storage,
+                              device=linear.weight.device)
         packed, state = quantize_4bit(linear.weight.data, blocksize=64, compress_statistics=setup.double_quant,
-                                      quant_type=setup.quant)
+                                      quant_type=setup.quant, quant_storage=storage)
         q.weight = bnb.nn.Params4bit(data=packed, requires_grad=False, quant_state=state, quant_type=setup.quant,
                                      blocksize=64, compress_statistics=setup.double_quant, bnb_quantized=True,
-                                     module=q)
+                                     quant_storage=storage, module=q)
+        q.quant_state = state  # as bitsandbytes' own quantizing sets it: FSDP's shards drop the weight's
         q.bias = linear.bias
         setattr(parent, name, q)
 
