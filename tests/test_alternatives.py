@@ -17,7 +17,7 @@ from planner.recommend import HEADROOM, recommend
 
 def test_more_gpus_means_the_fewest_that_fit():
     """FSDP shards over any count: 70B QLoRA on 4090s needs 4 (with the headroom the recommendation
-    asks for: on 3 each would hold 22.2 of 23.99 GiB, its root unit's embeddings and head whole),
+    asks for: on 3 each would hold 21.6 of 23.99 GiB, its final norm and LM head gathered whole),
     and 3 really do not fit. The count is the planned setup's, not parsed from the text."""
     from planner.alternatives import what_would_fit
 

@@ -126,8 +126,8 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
             counter.reseed([t for group in persistent_tensors(model, optimizer).values() for t in group])
         ids = torch.randint(0, int(config.get("vocab_size", 2)), (setup.batch_size, setup.seq_len), device=device)
         for step in range(2):  # the second step has optimizer state and gradients from the first
-            owners = _persistent_storages(model, optimizer)
-            persistent = set().union(*owners.values())
+            owners = _persistent_storages(model, optimizer, counter)
+            persistent = {key for key, _ in set().union(*owners.values())}
             counter.reset_peak()
             if semantics:
                 semantics.caching = True
@@ -147,7 +147,7 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
             loss.backward()
             del loss
             # the gradients backward created (none before it without accumulation) are gradients too
-            grown = _persistent_storages(model, optimizer)
+            grown = _persistent_storages(model, optimizer, counter)
             at_peak["backward"] = (counter.peak, counter.peak_live, counter.peak_saved)
             counter.reset_peak()
             optimizer.step()
@@ -158,12 +158,27 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
     return StepPeaks({phase: peak for phase, (peak, _, _) in at_peak.items()}, categories, host.peak if host else 0)
 
 
-def _persistent_storages(model: Any, optimizer: Any) -> dict[str, set[int]]:
-    return {category: {t.untyped_storage()._cdata for t in tensors}
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """The libraries' notes about the step precise mode runs are not the user's: transformers'
+    FutureWarnings for its checkpointing API, bitsandbytes' "Failed to load CPU gemm_4bit_forward
+    ... pip install kernels" (its logger, set before peft first imports it)."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _persistent_storages(model: Any, optimizer: Any, counter: Any) -> dict[str, set[tuple[int, int]]]:
+    return {category: {counter.identity(t) for t in tensors}
             for category, tensors in persistent_tensors(model, optimizer).items()}
 
 
-def _categorize(peak: int, live: dict[int, int], saved: int | None, owners: dict[str, set[int]]) -> dict[str, int]:
+def _categorize(peak: int, live: dict[tuple[int, int], int], saved: int | None,
+                owners: dict[str, set[tuple[int, int]]]) -> dict[str, int]:
     """``saved``: bytes at the peak that the forward left for backward; None for the forward's own
     peak, where everything not persistent counts as activations (the layers' saved tensors are
     most of it, and the rest cannot be told apart until the forward ends)."""
@@ -201,7 +216,8 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
     first = 2 if setup.offload_activations and model.arch.num_layers > 2 else 1
     try:
         policy = CPU if device == "cpu" else None
-        one, two = (run_step(model.config, n, setup, policy=policy, target=device) for n in (first, first + 1))
+        with _quiet():
+            one, two = (run_step(model.config, n, setup, policy=policy, target=device) for n in (first, first + 1))
     except PlannerError:
         raise
     except Exception as exc:  # an op the meta device lacks, an unknown layer type: say so, no traceback

@@ -10,6 +10,7 @@ CPU runs measure their tensor memory with it, trainer/tensor_memory.py).
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Any
 
@@ -32,19 +33,27 @@ def live_bytes_class() -> type:
             self.gpu_kernels = gpu_kernels
             self.saved: set[int] = set()
             """Storages the forward left alive for backward (those still alive)."""
-            self.peak_live: dict[int, int] = {}
+            self._serials = itertools.count()
+            self.born: dict[int, int] = {}
+            """Each live storage's serial number: addresses are reused once freed, so a storage
+            is (address, serial)."""
+            self.peak_live: dict[tuple[int, int], int] = {}
             self.peak_saved = 0
-            """The live storages at the peak, and the saved bytes among them: what precise mode
-            breaks down by category. Keys are storage addresses, reused once freed, so the
-            split is taken at the moment itself."""
+            """The live storages at the peak, by ``identity``, and the saved bytes among them:
+            what precise mode breaks down by category."""
 
         def _raise_peak(self, value: int) -> None:
             if value > self.peak:
                 self.peak = value
                 self._snapshot()
 
+        def identity(self, t: Any) -> tuple[int, int]:
+            """A tracked tensor's storage, told apart from earlier ones at the same address."""
+            key = local(t).untyped_storage()._cdata
+            return key, self.born.get(key, -1)
+
         def _snapshot(self) -> None:
-            self.peak_live = dict(self.live)
+            self.peak_live = {(k, self.born[k]): size for k, size in self.live.items()}
             self.peak_saved = sum(self.live[k] for k in self.saved)
 
         def mark_saved(self, persistent: set[int]) -> None:
@@ -57,12 +66,14 @@ def live_bytes_class() -> type:
                 return
             size = storage.nbytes()
             self.live[key] = size
+            self.born[key] = next(self._serials)
             self.current += size
             self._raise_peak(self.current)
             weakref.finalize(storage, self._release, key)
 
         def _release(self, key: int) -> None:
             self.current -= self.live.pop(key, 0)
+            self.born.pop(key, None)
             self.saved.discard(key)
 
         def resized(self, t: Any) -> None:
@@ -79,7 +90,7 @@ def live_bytes_class() -> type:
         def reseed(self, tensors: list[Any]) -> None:
             """Count exactly ``tensors`` as what exists now. FSDP frees the unsharded parameters it
             replaces through references this counter never hears of dropping."""
-            self.live, self.current, self.saved = {}, 0, set()
+            self.live, self.born, self.current, self.saved = {}, {}, 0, set()
             for t in tensors:
                 self.track(t)
             self.reset_peak()
