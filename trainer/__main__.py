@@ -1,4 +1,4 @@
-"""``python -m trainer``: run, export, make-demo (DESIGN.md, "CLI contract")."""
+"""``python -m trainer``: run, export, make-demo, generate (DESIGN.md, "CLI contract")."""
 
 from __future__ import annotations
 
@@ -34,12 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", default="tiny", choices=tuple(SIZES),
                       help="tiny (3.5M parameters, default), small (98M) or medium (0.77B): the larger ones "
                            "check memory on a GPU, where fixed costs would dwarf the tiny model")
+    gen = sub.add_parser("generate", help="try a trained model: JSON-line requests on stdin, tokens as events")
+    gen.add_argument("--run", metavar="RUN_DIR", help="a finished or stopped run: its base, adapter and data")
+    gen.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                     help="a peft adapter folder to load on the same base (repeatable)")
+    gen.add_argument("--model", metavar="DIR", help="the base for --adapter (default: the adapter's own base)")
+    gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
 
     if args.command == "run":
         from trainer.run import main as run_main
 
         return run_main(args.config, args.resume, worker=args.worker)
+    if args.command == "generate":
+        from trainer.generate import main as generate_main
+
+        return generate_main(args.run, args.adapter, args.model, args.device)
     if args.command == "export":
         from trainer.export import main as export_main
 

@@ -66,7 +66,7 @@ from trainer.formats import DataError, Example, detect_format, load_examples
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["DataError", "PreparedData", "collate", "detect_format", "prepare_data"]
+__all__ = ["DataError", "PreparedData", "collate", "detect_format", "held_out", "prepare_data", "prompt_text"]
 
 IGNORE = -100
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -91,14 +91,27 @@ class PreparedData:
     """How assistant tokens were found: ``generation``, ``prefix``, ``fallback`` or ``none``."""
 
 
-def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
-    """Read, convert, tokenize, truncate, split and (optionally) pack ``config.dataset``."""
+@dataclass(frozen=True)
+class _Usable:
+    """The rows of ``config.dataset`` that have tokens to learn from, tokenized and truncated."""
+
+    format: str
+    mode: str
+    examples: list[Example]
+    rows: list[tuple[list[int], list[int]]]
+    n_examples: int
+    n_truncated: int
+    n_skipped: int
+
+
+def _usable(config: TrainConfig, tokenizer: Any) -> _Usable:
     path = Path(config.dataset).expanduser()
     fmt, examples, n_rows = load_examples(path, config.data_format)
     template = _chat_template(tokenizer)
     mode = ("none" if fmt == "text" else "fallback" if template is None
             else "generation" if _GENERATION_BLOCK.search(template) else "prefix")
-    limit, eos_id = config.max_seq_len, tokenizer.eos_token_id
+    limit = config.max_seq_len
+    kept: list[Example] = []
     rows: list[tuple[list[int], list[int]]] = []
     n_truncated = n_skipped = 0
     for ex in examples:
@@ -111,11 +124,34 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
         if all(label == IGNORE for label in labels):
             n_skipped += 1
             continue
+        kept.append(ex)
         rows.append((ids, labels))
     if not rows:
         cut = f", or the reply was cut off by max_seq_len={limit}" if n_truncated else ""
         raise DataError(path, f"no example has tokens to learn from ({n_skipped} of {n_rows} rows skipped: "
                               f"no assistant reply or empty text{cut})")
+    return _Usable(fmt, mode, kept, rows, n_rows, n_truncated, n_skipped)
+
+
+def held_out(config: TrainConfig, tokenizer: Any) -> tuple[str, list[tuple[Example, list[int], list[int]]]]:
+    """The examples the run held out for evaluation (``"validation"``), each with its token ids and
+    labels as training saw them; a run without a validation split gives its training examples
+    (``"train"``), in file order."""
+    usable = _usable(config, tokenizer)
+    path = Path(config.dataset).expanduser()
+    indices = _held_indices(len(usable.rows), config.val_split, config.seed, path)
+    split = "validation" if indices else "train"
+    chosen = sorted(indices) if indices else range(len(usable.rows))
+    return split, [(usable.examples[i], *usable.rows[i]) for i in chosen]
+
+
+def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
+    """Read, convert, tokenize, truncate, split and (optionally) pack ``config.dataset``."""
+    path = Path(config.dataset).expanduser()
+    usable = _usable(config, tokenizer)
+    fmt, mode, rows = usable.format, usable.mode, usable.rows
+    n_rows, n_truncated, n_skipped = usable.n_examples, usable.n_truncated, usable.n_skipped
+    limit, eos_id = config.max_seq_len, tokenizer.eos_token_id
     train, held = _split(rows, config.val_split, config.seed, path)
     pad_id = _pad_id(tokenizer)
     if config.packing:
@@ -192,6 +228,16 @@ def _encode(tok: Any, ex: Example, mode: str, assistant_only: bool, path: Path) 
     return ids, labels
 
 
+def prompt_text(tok: Any, messages: list[dict]) -> str:
+    """What the model is given to answer ``messages`` (ending with a user turn), laid out as the
+    run trained: the tokenizer's chat template with its generation prompt, else the fallback
+    layout up to the assistant header."""
+    if _chat_template(tok) is not None:
+        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    text, _ = _fallback_layout(tok, messages)
+    return text + "\n\n" + _HEADERS["assistant"]
+
+
 def _template_spans(tok: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     def render(msgs: list[dict], prompt: bool = False) -> str:
         return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
@@ -247,13 +293,19 @@ def _common_prefix(a: Sequence, b: Sequence) -> int:
 
 # ---- split, packing, datasets -------------------------------------------------------------------
 
-def _split(rows: list, fraction: float, seed: int, path: Path) -> tuple[list, list | None]:
+def _held_indices(n: int, fraction: float, seed: int, path: Path) -> set[int]:
     if fraction <= 0:
+        return set()
+    if n < 2:
+        raise DataError(path, f"val_split={fraction} needs at least 2 usable examples, found {n}")
+    k = min(n - 1, max(1, round(n * fraction)))
+    return set(random.Random(seed).sample(range(n), k))
+
+
+def _split(rows: list, fraction: float, seed: int, path: Path) -> tuple[list, list | None]:
+    held = _held_indices(len(rows), fraction, seed, path)
+    if not held:
         return rows, None
-    if len(rows) < 2:
-        raise DataError(path, f"val_split={fraction} needs at least 2 usable examples, found {len(rows)}")
-    k = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
-    held = set(random.Random(seed).sample(range(len(rows)), k))
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 

@@ -26,6 +26,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "checkpoint": ("step", "path"),
     "end": ("status", "steps", "runtime_s", "output_dir"),
     "error": ("type", "message", "hint"),
+    # `python -m trainer generate` (the Try page): a session that loads once and answers requests
+    "ready": ("model", "adapters", "device", "load_s", "weights_bytes"),
+    "token": ("id", "text"),
+    "done": ("id", "status", "new_tokens", "ttft_s", "tokens_per_s"),
+    "example": ("id", "index", "split", "messages_json", "reference"),
+    "score": ("id", "adapter", "examples", "loss", "token_accuracy"),
 }
 # Optional memory fields (issue 16), None where not measured:
 # - step: device_used_bytes (CUDA only: NVML's used memory of the run's GPU, every process on it);
@@ -33,6 +39,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # - end (and run.json): peak_alloc_bytes, peak_alloc_phase ("forward", "backward", "optimizer step",
 #   or on CUDA "outside a step"), peak_ratio, peak_forward_bytes, peak_backward_bytes,
 #   peak_optimizer_bytes; on CUDA also peak_reserved_bytes and peak_device_bytes (NVML's largest).
+# Optional generate fields: ready carries the model's generation_config defaults (temperature,
+# top_p, max_new_tokens; None where unset), chat ("template", "fallback" or "none"); done carries
+# prompt_tokens and peak_alloc_bytes (CUDA always, the CPU when the request asked to measure);
+# error carries the request's id when one failed.
 END_STATUSES = ("completed", "stopped", "cancelled", "failed")
 ERROR_TYPES = ("oom", "data", "config", "model", "io", "internal")
 """``io``: the run directory's filesystem failed (disk full, read-only, the folder removed mid-run)."""
@@ -104,6 +114,33 @@ def decode(line: str) -> Event:
         raise ProtocolError("event lacks a numeric 't'")
     _check(str(kind), body)
     return Event(str(kind), float(t), body)
+
+
+REQUEST_OPS = ("generate", "score", "examples")
+"""What a generate session is asked, one JSON object per stdin line: ``{"op": "generate", "id": "1",
+"messages": [{"role", "content"}, ...] or "prompt": str, "adapter": name or null (the base),
+"temperature", "top_p", "max_new_tokens", "measure": bool}``; ``{"op": "score", "id", "adapter",
+"limit"}``: loss and greedy token accuracy on held-out examples; ``{"op": "examples", "id",
+"limit"}``: those examples. The plain words ``stop`` (the generation in progress ends where it
+is) and ``quit`` (or the end of stdin) are commands too."""
+
+
+def parse_request(line: str) -> dict[str, Any] | str | None:
+    """A generate session's stdin line: a request dict, ``"stop"``/``"quit"``, or None (blank).
+    Raises :class:`ProtocolError` for a line that is neither, saying why."""
+    text = line.strip()
+    if not text:
+        return None
+    if text.lower() in ("stop", "quit"):
+        return text.lower()
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not a request (JSON object) or a command word: {exc}") from None
+    if not isinstance(body, dict) or body.get("op") not in REQUEST_OPS:
+        raise ProtocolError(f"a request needs \"op\": one of {', '.join(REQUEST_OPS)}")
+    body["id"] = str(body.get("id", ""))
+    return body
 
 
 def parse_command(line: str) -> str | None:

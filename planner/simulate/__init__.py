@@ -159,17 +159,26 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
 
 
 @contextlib.contextmanager
-def _quiet() -> Any:
-    """The libraries' notes about the step precise mode runs are not the user's: transformers'
-    FutureWarnings for its checkpointing API, bitsandbytes' "Failed to load CPU gemm_4bit_forward
-    ... pip install kernels" (its logger, set before peft first imports it)."""
+def quiet() -> Any:
+    """The libraries' notes about what precise mode (or a generate session) runs are not the
+    user's: transformers' FutureWarnings for its checkpointing API and its weight-loading progress
+    bar, bitsandbytes' "Failed to load CPU gemm_4bit_forward ... pip install kernels" (its logger,
+    set before peft first imports it)."""
     import logging
     import warnings
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def _persistent_storages(model: Any, optimizer: Any, counter: Any) -> dict[str, set[tuple[int, int]]]:
@@ -216,7 +225,7 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
     first = 2 if setup.offload_activations and model.arch.num_layers > 2 else 1
     try:
         policy = CPU if device == "cpu" else None
-        with _quiet():
+        with quiet():
             one, two = (run_step(model.config, n, setup, policy=policy, target=device) for n in (first, first + 1))
     except PlannerError:
         raise

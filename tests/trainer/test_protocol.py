@@ -2,12 +2,13 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainer.protocol import REQUIRED, ProtocolError, decode, encode, parse_command
+from trainer.protocol import REQUIRED, ProtocolError, decode, encode, parse_command, parse_request
 
 STEP = dict(step=3, epoch=0.1, loss=2.5, lr=1e-4, grad_norm=0.9, tokens_per_s=1200.0,
             peak_alloc_bytes=10, peak_reserved_bytes=12, rss_bytes=99)
@@ -61,4 +62,23 @@ def test_commands():
 
 
 def test_every_kind_documented():
-    assert set(REQUIRED) == {"start", "step", "eval", "checkpoint", "end", "error"}
+    training = {"start", "step", "eval", "checkpoint", "end", "error"}
+    generating = {"ready", "token", "done", "example", "score"}  # `python -m trainer generate` (docs/try.md)
+    assert set(REQUIRED) == training | generating
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "try.md").read_text()
+    assert all(f"`{kind}`" in docs for kind in generating)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"op": "generate", "id": 7, "prompt": "hi"}', {"op": "generate", "id": "7", "prompt": "hi"}),
+    ("  STOP \n", "stop"), ("quit", "quit"), ("   ", None),
+])
+def test_generate_requests_parse(line, expected):
+    assert parse_request(line) == expected
+
+
+@pytest.mark.parametrize("line, message", [("{not json", "not a request"), ('{"op": "train"}', "one of generate"),
+                                           ("[1, 2]", "one of generate")])
+def test_a_bad_generate_request_says_why(line, message):
+    with pytest.raises(ProtocolError, match=message):
+        parse_request(line)
