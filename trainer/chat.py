@@ -19,6 +19,8 @@ BASE = "base"
 """The name a request gives to answer with every adapter disabled."""
 TUNED = "tuned"
 """A run's own adapter (or, for a full fine-tune, its model)."""
+MODEL = "model"
+"""A model opened on its own (``--model`` without adapters: a merged export, say)."""
 NO_DATASET = "-"
 """A session opened on adapters alone has no data."""
 
@@ -78,15 +80,21 @@ class Session:
         """A context in which the model answers as ``name``: the base, or one adapter."""
         import contextlib
 
-        name = name if name is not None else self.loaded.names[-1 if len(self.loaded.names) == 1 else 1]
-        if name not in self.loaded.names:
-            raise ConfigError(f"adapter '{name}' is not loaded; one of: {', '.join(self.loaded.names)}", "adapter")
-        model = self.loaded.model
+        names = self.loaded.names
+        name = name if name is not None else self.default
+        if name not in names:
+            raise ConfigError(f"adapter '{name}' is not loaded; one of: {', '.join(names)}", "adapter")
         if name == BASE:
-            return model.disable_adapter()
-        if name != TUNED or hasattr(model, "set_adapter"):
-            model.set_adapter(name)
+            return self.loaded.model.disable_adapter()
+        if len(names) > 1:
+            self.loaded.model.set_adapter(name)
         return contextlib.nullcontext()
+
+    @property
+    def default(self) -> str:
+        """What a request that names nothing gets: the first adapter (the run's own), else the model."""
+        names = self.loaded.names
+        return names[1] if len(names) > 1 else names[0]
 
 
 def _chat_kind(tokenizer: Any) -> str:
@@ -252,7 +260,7 @@ def score(session: Session, request: dict[str, Any]) -> None:
             loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum"))
             right += int((logits[mask].argmax(-1) == target[mask]).sum())
             count += int(mask.sum())
-    name = request.get("adapter") or session.loaded.names[-1 if len(session.loaded.names) == 1 else 1]
+    name = request.get("adapter") or session.default
     session.emit("score", id=request["id"], adapter=str(name), examples=len(rows), split=split,
                  loss=loss_sum / count if count else None, token_accuracy=right / count if count else None,
                  tokens=count)

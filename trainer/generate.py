@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainer.chat import BASE, NO_DATASET, TUNED, Loaded, Session
+from trainer.chat import BASE, MODEL, NO_DATASET, TUNED, Loaded, Session
 from trainer.config import ConfigError, TrainConfig
 from trainer.export import ExportError, trained_weights
 from trainer.loading import ModelError, load_tokenizer, model_class, model_layout, quantization_config
@@ -48,8 +48,9 @@ def _base_of(adapter: Path) -> str:
     return str(base)
 
 
-def plan(run: str | None, adapters: list[str], model: str | None) -> tuple[TrainConfig, dict[str, Path]]:
-    """The base to load (as a run config) and the adapters to put on it, by name."""
+def plan(run: str | None, adapters: list[str], model: str | None) -> tuple[TrainConfig, dict[str, Path], str]:
+    """The base to load (as a run config), the adapters to put on it by name, and the name of the
+    model when it has no adapter."""
     named = dict(_adapter_arg(a) for a in adapters)
     if BASE in named or (run and TUNED in named):
         raise ConfigError(f"--adapter names '{BASE}' and '{TUNED}' are taken; name it NAME=DIR", "adapter")
@@ -63,15 +64,16 @@ def plan(run: str | None, adapters: list[str], model: str | None) -> tuple[Train
             if named:
                 raise ConfigError("a full fine-tune has no base to put adapters on; open the adapters with --model",
                                   "adapter")
-            return TrainConfig(model=str(weights), dataset=cfg.dataset, method="full"), {}
-        return cfg, {TUNED: weights, **named}
-    if not named:
-        raise ConfigError("give --run RUN_DIR, or --adapter DIR (its base from adapter_config.json)", "run")
+            return TrainConfig(model=str(weights), dataset=cfg.dataset, method="full"), {}, TUNED
+        return cfg, {TUNED: weights, **named}, TUNED
+    if not named and not model:
+        raise ConfigError("give --run RUN_DIR, --model DIR, or --adapter DIR (its base from adapter_config.json)",
+                          "run")
     base = model or _base_of(next(iter(named.values())))
-    return TrainConfig(model=base, dataset=NO_DATASET, method="lora"), named
+    return TrainConfig(model=base, dataset=NO_DATASET, method="lora" if named else "full"), named, MODEL
 
 
-def load(cfg: TrainConfig, adapters: dict[str, Path], device: str) -> Loaded:
+def load(cfg: TrainConfig, adapters: dict[str, Path], device: str, solo: str = TUNED) -> Loaded:
     import torch
     from peft import PeftModel
 
@@ -104,7 +106,7 @@ def load(cfg: TrainConfig, adapters: dict[str, Path], device: str) -> Loaded:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(f"cannot load {cfg.model} with its adapters: {first}") from None
     model.eval()
-    names = ((BASE, *adapters) if adapters else (TUNED,))
+    names = (BASE, *adapters) if adapters else (solo,)
     return Loaded(model, tokenizer, cfg, names, device, time.monotonic() - start)
 
 
@@ -135,9 +137,9 @@ def main(run: str | None, adapters: list[str], model: str | None, device: str = 
     from planner.simulate import quiet
 
     try:
-        cfg, named = plan(run, adapters, model)
+        cfg, named, solo = plan(run, adapters, model)
         with quiet(), model_layout(cfg):
-            loaded = load(cfg, named, device)
+            loaded = load(cfg, named, device, solo)
             stop = threading.Event()
             session = Session(loaded, emit, stop)
             session.ready()

@@ -147,7 +147,7 @@ def test_a_bad_request_is_one_error_event_and_the_session_goes_on(run_dir):
 
 @pytest.mark.parametrize("args, message", [
     (("--run", "/no/such/run"), "/no/such/run is not a run directory"),
-    ((), "give --run RUN_DIR, or --adapter DIR"),
+    ((), "give --run RUN_DIR, --model DIR, or --adapter DIR"),
     (("--adapter", "/no/such/adapter"), "/no/such/adapter is not a peft adapter folder"),
 ])
 def test_what_cannot_be_opened_is_one_line_and_exit_2(args, message, capsys):
@@ -155,3 +155,16 @@ def test_what_cannot_be_opened_is_one_line_and_exit_2(args, message, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and not events
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_a_merged_export_answers_as_the_adapter_on_its_base(run_dir, tmp_path):
+    from trainer.export import main as export_main
+
+    assert export_main(str(run_dir), str(tmp_path / "merged"), merge=True) == 0
+    ask = {"op": "generate", "id": "m", "messages": ASK, "max_new_tokens": 6, "temperature": 0}
+    _, merged = session(ask, args=("--model", str(tmp_path / "merged")))
+    _, tuned = session(ask, args=("--run", str(run_dir)))
+    assert of(merged, "ready")[0]["adapters"] == "model"
+    answer = {name: "".join(t["text"] for t in of(events, "token", "m")) for name, events in
+              (("merged", merged), ("tuned", tuned))}
+    assert answer["merged"] == answer["tuned"] and answer["merged"].strip()
