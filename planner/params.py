@@ -88,12 +88,9 @@ def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
     if setup.method == "lora":
         weights, quant_state, other_b = total * wb, 0, wb
     else:
-        quantized = arch.linear_weight_params
         # prepare_model_for_kbit_training casts every weight bitsandbytes left alone to fp32.
         other_b = FP32 if setup.fp32_unquantized else wb
-        bits = QUANT_BITS[setup.quant or "nf4"]
-        weights = quantized * bits // 8 + (total - quantized) * other_b
-        quant_state = _quant_state_bytes(arch, setup, quantized)
+        weights, quant_state = quantized_base(arch, setup.quant or "nf4", setup.double_quant, total, other_b)
     mts = _modules_to_save(arch, setup.modules_to_save)
     mts_b = FP32 if setup.fp32_masters else other_b
     adapters = lora * adapter_b + mts * mts_b
@@ -101,14 +98,22 @@ def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
     return Params(weights, quant_state, adapters, lora + mts, adapters, dims, largest, lora * adapter_b)
 
 
-def _quant_state_bytes(arch: Architecture, setup: TrainSetup, quantized: int) -> int:
-    if setup.quant in ("nf4", "fp4"):
+def quantized_base(arch: Architecture, quant: str, double_quant: bool, total: int, other_bytes: int) -> tuple[int, int]:
+    """(weights, quant_state) bytes of a ``total``-parameter base whose decoder Linears are stored
+    in ``quant`` and whose other weights take ``other_bytes`` each (QLoRA training, 4-bit inference)."""
+    quantized = arch.linear_weight_params
+    weights = quantized * QUANT_BITS[quant] // 8 + (total - quantized) * other_bytes
+    return weights, _quant_state_bytes(arch, quant, double_quant, quantized)
+
+
+def _quant_state_bytes(arch: Architecture, quant: str, double_quant: bool, quantized: int) -> int:
+    if quant in ("nf4", "fp4"):
         blocks = quantized // _NF4_BLOCK
-        if setup.double_quant:
+        if double_quant:
             # uint8 absmax per block, re-quantized with one fp32 scale per 256 of them
             return blocks + FP32 * (blocks // _DOUBLE_QUANT_BLOCK)
         return FP32 * blocks
-    if setup.quant == "int8":
+    if quant == "int8":
         # LLM.int8: one fp32 scale (SCB) per output row
         return FP32 * sum(b.count * lin.copies * lin.d_out for b in arch.blocks for lin in b.linears)
     # 2-bit HQQ-style: fp16 scale and zero point per group of 64
