@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Render the README's picture of every page: `python scripts/screenshots.py`.
 
-The real window, offscreen: Hardware as this machine sees it, Plan with its defaults, and Train
-and Runs on a real demo run trained here first (tiny model, ~30 steps on the CPU). Nothing is
+The real window, offscreen: Hardware as this machine sees it, Plan with its defaults, and Train,
+Runs and Try on a real demo run trained here first (tiny model, ~40 steps on the CPU). Nothing is
 written to the user's settings or runs folder.
 """
 
@@ -37,6 +37,36 @@ def train_demo(runs_root: Path) -> Path:
     return run_dir
 
 
+def try_demo(page, run_dir: Path, timeout_s: float = 120) -> bool:
+    """The Try page on the demo run: loaded, one held-out example asked side by side, scored."""
+    import time
+
+    from PySide6.QtWidgets import QApplication
+
+    def wait(done) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.02)
+        return bool(done())
+
+    page.run_edit.setText(str(run_dir))
+    page.device.setCurrentText("cpu")
+    page.load()
+    if not wait(lambda: page.send_button.isEnabled() and page.example_list.count() > 0):
+        return False
+    page.measure.setChecked(True)
+    page.temperature.setValue(0.0)
+    page.max_new.setValue(24)
+    page.example_list.setCurrentRow(0)
+    page._use_example(page.example_list.item(0))
+    page.send()
+    if not wait(lambda: bool(page.left.stats.text() and page.right.stats.text())):
+        return False
+    page.score()
+    return wait(lambda: "examples" in page.score_label.text())
+
+
 def main() -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
@@ -57,7 +87,10 @@ def main() -> int:
         window.resize(1280, 860)
         window.show()
         state.open_run.emit(str(run_dir))
-        for page in ("hardware", "plan", "train", "runs"):
+        answered = try_demo(window.pages["try"], run_dir)
+        for page in ("hardware", "plan", "train", "runs", "try"):
+            if page == "try" and not answered:
+                print("warning: the Try page did not answer in time; its screenshot shows it so", file=sys.stderr)
             window.show_page(page)
             target = OUT / f"{page}.png"
             # as `gui --screenshot`: the recommendation computed, the replay loaded, the charts painted

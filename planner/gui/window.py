@@ -1,4 +1,4 @@
-"""The main window: one tab per page, in the order of the workflow (GPU -> plan -> train -> runs)."""
+"""The main window: one tab per page, in the order of the workflow (GPU -> plan -> train -> runs -> try)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from planner.gui.plan.page import PlanPage
 from planner.gui.runs.page import RunsPage
 from planner.gui.state import AppState
 from planner.gui.train.page import TrainPage
+from planner.gui.tryout.page import TryPage
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("plan", "Plan", PlanPage),
     PageSpec("train", "Train", TrainPage),
     PageSpec("runs", "Runs", RunsPage),
+    PageSpec("try", "Try", TryPage),
 )
 PAGE_KEYS: tuple[str, ...] = tuple(p.key for p in PAGES)
 
@@ -50,7 +52,7 @@ class MainWindow(QMainWindow):
             self.pages[spec.key] = widget
             self.tabs.addTab(widget, spec.title)
         self.setCentralWidget(self.tabs)
-        # Ctrl+1..4 as in browsers and IDEs; the tab tooltips advertise them.
+        # Ctrl+1..5 as in browsers and IDEs; the tab tooltips advertise them.
         self.shortcuts: list[QShortcut] = []
         for index, spec in enumerate(PAGES):
             keys = QKeySequence(f"Ctrl+{index + 1}")
@@ -75,6 +77,9 @@ class MainWindow(QMainWindow):
             {"stop": train.stop_and_save, "background": train.detach, "cancel": train.cancel_run}[choice]()
         if train is not None and hasattr(train, "demo"):
             train.demo.stop()  # a half-built demo cleans up after itself rather than dying mid-write
+        tryout = self.pages.get("try")
+        if tryout is not None and hasattr(tryout, "shutdown"):
+            tryout.shutdown()
         if self.persist_geometry:
             self.state.settings.setValue("window/geometry", self.saveGeometry())
         event.accept()

@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 
 from fake_nvml import A100, RTX4090, FakeNVMLError, fresh_nvml, install, make_pynvml  # noqa: E402,F401
 
+from planner.gui.common.run_process import trainer_environment  # noqa: E402
 from planner.gui.state import AppState  # noqa: E402
 from planner.gui.train.charts import TrainCharts  # noqa: E402
 from planner.gui.train.gpus import launch_env, mismatch_note, resume_gpus  # noqa: E402
 from planner.gui.train.page import TrainPage  # noqa: E402
 from planner.gui.train.run_model import replay  # noqa: E402
-from planner.gui.train.run_process import trainer_environment  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.protocol import encode  # noqa: E402
 

@@ -13,8 +13,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from planner.gui.common.run_process import _take_lines  # noqa: E402
 from planner.gui.train.page import TrainPage  # noqa: E402
-from planner.gui.train.run_process import _take_lines  # noqa: E402
 from trainer.protocol import encode  # noqa: E402
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QScrollArea, QVBoxLayout, QWidget
 
+from planner.gui.common.run_process import RunProcess
 from planner.gui.state import AppState
 from planner.gui.train.demo import DemoBuilder
 from planner.gui.train.dialogs import OomDialog
@@ -31,7 +32,6 @@ from planner.gui.train.form import TrainForm
 from planner.gui.train.gpus import detected_gpus, env_prefix, launch_env, mismatch_note, resume_gpus
 from planner.gui.train.panel import RunPanel, RunViews
 from planner.gui.train.run_model import RunModel, nvml_sampler
-from planner.gui.train.run_process import RunProcess
 from trainer.protocol import Event
 
 FRAME_MS = 100

@@ -79,10 +79,13 @@ class RunProcess(QObject):
         """Write a protocol command (stop, cancel, checkpoint) to the trainer's stdin."""
         if command not in COMMANDS:
             raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+        return self._write_line(command)
+
+    def _write_line(self, line: str) -> bool:
         if not self.is_running():
             return False
         assert self._proc is not None
-        ok = self._proc.write(f"{command}\n".encode()) > 0
+        ok = self._proc.write(f"{line}\n".encode()) > 0
         # QProcess writes from the event loop; when the app is about to quit (stop & save on close)
         # there is no next iteration. A few bytes into a pipe: this returns at once.
         self._proc.waitForBytesWritten(1000)

@@ -1,0 +1,1 @@
+"""The Try page: chat with a trained run, base against tuned, adapter against adapter."""
