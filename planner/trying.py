@@ -1,6 +1,6 @@
 """What the Try page predicts: the memory of the generate session trainer/generate.py opens on a
-run (its base as the session loads it, 4-bit when the run trained QLoRA, with the run's adapter)
-or on a peft adapter folder, from planner/inference.py.
+run (its base as the session loads it, 4-bit when the run trained QLoRA, with the run's adapter),
+on a peft adapter folder, or on a model folder (a merged export), from planner/inference.py.
 
 The session loads in fp32 on the CPU and in 16 bits on a GPU; peft loads an adapter in fp32, and
 a run's ``modules_to_save`` as a trained copy in the base's dtype (``adapter_params`` counts the
@@ -20,6 +20,7 @@ from planner.inference import InferenceEstimate, inference_memory
 from planner.memory import estimate
 from planner.units import GiB, MiB
 from trainer.config import ConfigError, TrainConfig, setup_of
+from trainer.rundir import is_run_dir
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,10 @@ class TryPrediction:
 
 
 def _base_and_adapter(source: Path, dtype_bytes: int) -> tuple[str, str | None, bool, int]:
-    """(base model, quant, double quant, adapter parameters) of a run folder or an adapter folder."""
+    """(base model, quant, double quant, adapter parameters) of a run folder, an adapter folder or
+    a model folder (a merged export: no adapter)."""
+    if not is_run_dir(source) and not (source / "adapter_config.json").is_file():
+        return str(source), None, True, 0
     if (source / "adapter_config.json").is_file():
         base = json.loads((source / "adapter_config.json").read_text()).get("base_model_name_or_path")
         weights = source / "adapter_model.safetensors"

@@ -147,6 +147,8 @@ def generate(session: Session, request: dict[str, Any]) -> None:
     temperature = _number(request, "temperature", gc.temperature if gc.do_sample else 0.0, 0.0, 10.0) or 0.0
     top_p = _number(request, "top_p", gc.top_p, 0.0, 1.0)
     new = int(_number(request, "max_new_tokens", gc.max_new_tokens or 256, 1, 1_000_000))
+    # at least this many before EOS may end the answer (a benchmark's fixed length)
+    least = int(_number(request, "min_new_tokens", 0, 0, new))
     # the template writes its own special tokens; a plain prompt gets the tokenizer's (BOS)
     ids = tok(prompt, return_tensors="pt", add_special_tokens=messages is None).input_ids.to(model.device)
     clock = {"start": time.monotonic(), "first": None, "tokens": 0}
@@ -170,7 +172,8 @@ def generate(session: Session, request: dict[str, Any]) -> None:
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     measure = _Measure(model, loaded.device, bool(request.get("measure")))
     with session.variant(request.get("adapter")), torch.inference_mode(), measure:
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, pad_token_id=tok.pad_token_id,
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=least,
+                       pad_token_id=tok.pad_token_id,
                        streamer=Stream(tok, skip_prompt=True, skip_special_tokens=True),
                        stopping_criteria=StoppingCriteriaList([Stop()]), **sampling)
     end = time.monotonic()

@@ -119,10 +119,10 @@ def decode(line: str) -> Event:
 REQUEST_OPS = ("generate", "score", "examples")
 """What a generate session is asked, one JSON object per stdin line: ``{"op": "generate", "id": "1",
 "messages": [{"role", "content"}, ...] or "prompt": str, "adapter": name or null (the base),
-"temperature", "top_p", "max_new_tokens", "measure": bool}``; ``{"op": "score", "id", "adapter",
-"limit"}``: loss and greedy token accuracy on held-out examples; ``{"op": "examples", "id",
-"limit"}``: those examples. The plain words ``stop`` (the generation in progress ends where it
-is) and ``quit`` (or the end of stdin) are commands too."""
+"temperature", "top_p", "max_new_tokens", "min_new_tokens", "measure": bool}``;
+``{"op": "score", "id", "adapter", "limit"}``: loss and greedy token accuracy on held-out examples;
+``{"op": "examples", "id", "limit"}``: those examples. The plain words ``stop`` (the generation
+in progress ends where it is) and ``quit`` (or the end of stdin) are commands too."""
 
 
 def parse_request(line: str) -> dict[str, Any] | str | None:

@@ -38,6 +38,7 @@ from planner.gui.tryout.panes import AnswerPane, MemoryBars, fmt_bytes
 from planner.gui.tryout.process import GenerateProcess
 from planner.trying import predicted_bytes
 from trainer.protocol import Event
+from trainer.rundir import is_run_dir
 
 DEFAULT_NEW_TOKENS = 256
 BOTTOM_HEIGHT = 230
@@ -71,7 +72,7 @@ class TryPage(QWidget):
         """(prompt, new) tokens of the last measured answer: what its prediction is made for."""
 
         self.run_edit = QLineEdit(str(state.settings.value("try/run", "")))
-        self.run_edit.setPlaceholderText("a run folder, or a peft adapter folder")
+        self.run_edit.setPlaceholderText("a run folder, a peft adapter folder or a model folder")
         choose = QPushButton("Choose…")
         choose.clicked.connect(self._choose)
         self.other_edit = QLineEdit()
@@ -188,14 +189,16 @@ class TryPage(QWidget):
             return
         self.state.settings.setValue("try/run", str(path))
         others = [f"other={self.other_edit.text().strip()}"] if self.other_edit.text().strip() else []
-        is_run = (path / "config.json").is_file() and not (path / "adapter_config.json").is_file()
         self._reset()
         self.status.setText(f"Loading {path.name}…")
-        if is_run:
-            self.process.open(run_dir=path, adapters=others, device=self.device.currentText())
-        else:
-            self.process.open(adapters=[f"adapter={path}", *others], device=self.device.currentText())
-        self.run_dir = path if is_run else None
+        device = self.device.currentText()
+        if is_run_dir(path):
+            self.process.open(run_dir=path, adapters=others, device=device)
+        elif (path / "adapter_config.json").is_file() or not (path / "config.json").is_file():
+            self.process.open(adapters=[f"adapter={path}", *others], device=device)  # what it lacks, it says
+        else:  # a model folder: a merged export, say
+            self.process.open(model=path, adapters=others, device=device)
+        self.run_dir = path if is_run_dir(path) else None
         self._enable()
 
     def _reset(self) -> None:
