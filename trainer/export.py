@@ -2,7 +2,9 @@
 
 Without ``--merge`` the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``) is
 copied; with it, the adapter is merged into the base weights and a plain transformers model is
-written. A QLoRA adapter is merged onto the dequantized 4-bit base it was trained against.
+written. A QLoRA adapter is merged onto the dequantized 4-bit base it was trained against. Either
+way a model card (``README.md``, with ``loss.svg``: trainer/model_card.py) says how it was trained,
+what memory it measured against the prediction, and how to load it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from trainer.loading import (
     quantization_config,
     weight_dtype,
 )
+from trainer.model_card import write_card
 from trainer.rundir import is_run_dir, latest_checkpoint
 
 
@@ -83,6 +86,8 @@ def export(run_dir: Path, out: Path, merge: bool, force: bool = False) -> Path:
         else:
             _merge(cfg, source, tmp)
         tokenizer.save_pretrained(str(tmp))
+        kind = "full" if cfg.method == "full" else "merged" if merge else "adapter"
+        write_card(run_dir, cfg, tmp, kind, folder=out, source=source)
         (tmp / EXPORT_MARKER).write_text(json.dumps({"kind": "finetune-planner export", "run": str(run_dir.resolve()),
                                                      "merged": bool(merge and cfg.method != "full")}) + "\n")
     return out
