@@ -168,6 +168,10 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
             # dropout acts on the adapter's input: fp32 when it was cast to fp32 adapters, else
             # the compute dtype (bf16 adapters under bf16); plus its one-byte mask
             kept += passes * ((FP32 if adapter_cast else c) + 1) * lin.d_in
+        if setup.use_dora:
+            # DoRA scales the base output and the adapter's by magnitude / norm: both products
+            # keep their 16-bit operand for the magnitude's gradient (peft lora/dora.py forward)
+            kept += passes * 2 * c * lin.d_out
         return kept
 
     lora = sum(adapter(lin) for lin in block.linears)
@@ -226,9 +230,37 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         if input_saved and not setup.offload_activations:
             backward -= rb * h
     backward *= tokens
+    # DoRA's renormalization runs in the layer's (re)computed forward, before its backward: beside
+    # the gradient coming in, not beside backward's own transients
+    backward = max(backward, tokens * incoming + dora_transient(block, setup))
     if setup.attention == "eager":
         backward += tokens * arch.num_heads * s * FP32
     return LayerActivations(saved=saved, checkpoint=tokens * rb * h, backward_transient=backward)
+
+
+def dora_transient(block: Block, setup: TrainSetup) -> int:
+    """DoRA renormalizes each adapted weight every forward (and every recompute), independent of
+    the tokens: ``get_lora_weight`` pushes a d_in x d_in identity (the adapter's dtype, and
+    autocast's 16-bit copy, kept by lora_A for a backward that never comes) through the adapter
+    to get B @ A, then ``get_weight_norm`` adds it, scaled, to the (dequantized) weight. The
+    largest adapted layer's moment: the identity and its copy with B @ A, or the copy with
+    B @ A, its scaled copy and the sum (peft 0.21 lora/dora.py)."""
+    if not (setup.use_dora and setup.is_peft):
+        return 0
+    c = setup.compute_bytes
+    a = FP32 if setup.adapter_dtype == "fp32" else 2
+    worst = 0
+    for lin in block.linears:
+        if not lora_targeted(lin, setup.lora_targets):
+            continue
+        copy = c if a != c else 0
+        identity = lin.d_in * lin.d_in
+        product = lin.d_in * lin.d_out * c
+        dequantized = product if setup.method == "qlora" else 0
+        at_product = identity * (a + copy) + lin.d_in * setup.lora_r * c + product
+        at_sum = identity * (copy or a) + 3 * product + dequantized
+        worst = max(worst, at_product, at_sum)
+    return worst
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def _gib(n: int) -> str:
 def _describe(s: TrainSetup) -> str:
     method = s.method
     if s.is_peft:
-        method += f" r={s.lora_r} {','.join(s.lora_targets)}"
+        method += f"{' (DoRA)' if s.use_dora else ''} r={s.lora_r} {','.join(s.lora_targets)}"
     if s.method == "qlora":
         method += f" {s.quant}{' +dq' if s.double_quant else ''}"
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""

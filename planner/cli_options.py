@@ -97,6 +97,8 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--lora-dropout", type=float, default=None, help=f"({d.lora_dropout})")
     p.add_argument("--lora-targets", type=_csv, default=d.lora_targets, help="all-linear, or e.g. q_proj,v_proj")
     p.add_argument("--modules-to-save", type=_csv, default=(), help="e.g. embed_tokens,lm_head")
+    p.add_argument("--use-dora", action=argparse.BooleanOptionalAction, default=False,
+                   help="LoRA/QLoRA: DoRA, a trained magnitude per output row (peft use_dora)")
     p.add_argument("--num-gpus", type=int, default=d.num_gpus)
     p.add_argument("--sharding", default=d.sharding, metavar=_alts(SHARDINGS))
     p.add_argument("--offload", default=d.offload, metavar=_alts(OFFLOADS))
@@ -124,7 +126,7 @@ def setup_args(s: TrainSetup) -> list[str]:
             "--sharding", s.sharding, "--offload", s.offload,
             flag("double-quant", s.double_quant), flag("kbit-upcast", s.kbit_prepare),
             flag("grad-checkpointing", s.grad_checkpointing), flag("offload-activations", s.offload_activations),
-            flag("optimizer-in-backward", s.optimizer_in_backward)]
+            flag("optimizer-in-backward", s.optimizer_in_backward), flag("use-dora", s.use_dora)]
     return args + (["--quant", s.quant] if s.quant else [])
 
 
@@ -150,7 +152,7 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         method=getattr(a, "method", None) or ("full" if in_backward else TrainSetup().method),
         quant=getattr(a, "quant", None), batch_size=a.batch_size, seq_len=a.seq_len, attention=a.attention,
         lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=a.lora_targets, modules_to_save=a.modules_to_save,
-        num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
+        use_dora=bool(getattr(a, "use_dora", False)), num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
         # what the user chose, checked beside each other once the stack has filled the rest
         explicit=frozenset(given))
     return load_stack(a.stack).apply(setup, **given)

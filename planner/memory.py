@@ -321,6 +321,10 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
     if setup.method == "qlora":
         out.append("prepare_model_for_kbit_training: embeddings, LM head and norms in fp32" if setup.fp32_unquantized
                    else "non-quantized weights kept in the 16-bit load/storage dtype")
+    if setup.use_dora:
+        out.append("DoRA (peft use_dora): a trained magnitude per output row; each adapted layer keeps its base "
+                   "and adapter outputs for backward and renormalizes its weight every forward and recompute "
+                   "(a d_in x d_in identity through the adapter, then W + BA in 16 bits)")
     if arch.is_moe:
         out.append(f"MoE layout: {MOE_PER_EXPERT}" if setup.is_peft else f"MoE layout: {MOE_FUSED}, all trained")
         out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")

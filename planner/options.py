@@ -132,6 +132,9 @@ class TrainSetup:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("all-linear",)
     modules_to_save: tuple[str, ...] = ()
+    use_dora: bool = False
+    """DoRA (Liu et al. 2024): each adapted layer also trains a magnitude per output row and
+    renormalizes its weight every forward (peft ``LoraConfig(use_dora=True)``)."""
     num_gpus: int = 1
     sharding: str = "none"
     offload: str = "none"
@@ -184,6 +187,8 @@ class TrainSetup:
         if self.offload_activations and not self.grad_checkpointing:
             raise PlannerError("--offload-activations moves the checkpointed layer inputs to host RAM: it needs "
                                "--grad-checkpointing", "offload_activations")
+        if self.use_dora and not self.is_peft:
+            raise PlannerError("--use-dora adapts LoRA: it needs --method lora or qlora", "use_dora")
         if self.optimizer_in_backward and self.method != "full":
             raise PlannerError("--optimizer-in-backward applies to --method full (adapters' gradients are small)",
                                "optimizer_in_backward")

@@ -64,8 +64,10 @@ def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
     for block in arch.blocks:
         for lin in block.linears:
             if lora_targeted(lin, setup.lora_targets):
-                params += block.count * lin.copies * setup.lora_r * (lin.d_in + lin.d_out)
-                dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out)
+                # DoRA adds a trainable magnitude per output row (peft's lora_magnitude_vector)
+                magnitude = lin.d_out if setup.use_dora else 0
+                params += block.count * lin.copies * (setup.lora_r * (lin.d_in + lin.d_out) + magnitude)
+                dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out + magnitude)
                 largest = max(largest, setup.lora_r * max(lin.d_in, lin.d_out))
     if not largest:
         names = ", ".join(sorted(arch.linear_names()))

@@ -45,6 +45,7 @@ CASES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("LoRA bf16, chunked-output loss", {"method": "lora", "precision": "bf16", "loss": "chunked-output"}),
     ("LoRA bf16", {"method": "lora", "precision": "bf16"}),
     ("LoRA, offloaded activations", {"method": "lora", "offload_activations": True}),
+    ("DoRA", {"method": "lora", "use_dora": True}),
     ("full, optimizer in backward", {"method": "full", "optimizer_in_backward": True, "max_grad_norm": 0.0}),
 )
 """Method x checkpointing, then one case per technique that changes which tensors exist (the

@@ -159,3 +159,38 @@ def test_categories_tell_a_storage_from_a_later_one_at_the_same_address():
     for split in runs:
         assert min(split.values()) >= 0, split
         assert split["gradients"] == 0  # the peak is backward's start: no LoRA gradient exists yet
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_dora_meta_step_matches_real_tensors(checkpointing):
+    setup = TrainSetup(method="lora", use_dora=True, precision="fp32", batch_size=2, seq_len=64,
+                       grad_checkpointing=checkpointing)
+    meta, real = run_step(TINY, 2, setup, "meta"), run_step(TINY, 2, setup, "cpu")
+    for phase in PHASES:
+        assert meta[phase] == pytest.approx(real[phase], rel=0.01), phase
+
+
+@pytest.mark.parametrize("model", ["meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B"])
+@pytest.mark.parametrize("changes", [
+    {"grad_checkpointing": False, "seq_len": 2048}, {"grad_checkpointing": False, "seq_len": 256},
+    {"seq_len": 128}, {"seq_len": 2048}, {"seq_len": 512, "lora_targets": ("q_proj", "v_proj")},
+    {"seq_len": 256, "adapter_dtype": "bf16"}, {"seq_len": 256, "precision": "fp32"},
+])
+def test_dora_estimate_agrees_with_precise_mode(model, changes):
+    """DoRA's terms (planner/activations.py): the magnitude vector, two more outputs kept per
+    adapted layer, and the weight renormalization's transient, which alone is the layer's peak at
+    short sequences."""
+    spec = resolve_model(model)
+    setup = TrainSetup(method="lora", use_dora=True, **changes)
+    assert estimate(spec, setup).peak_allocated_bytes == pytest.approx(simulate(spec, setup).peak_allocated_bytes,
+                                                                       rel=0.05)
+    plain = estimate(spec, TrainSetup(method="lora", **changes))
+    assert estimate(spec, setup).params_trainable > plain.params_trainable
+
+
+def test_dora_on_a_4_bit_base_is_estimated_not_simulated():
+    spec = resolve_model("meta-llama/Llama-3.1-8B")
+    setup = TrainSetup(method="qlora", use_dora=True)
+    assert estimate(spec, setup).peak_allocated_bytes > estimate(spec, TrainSetup(method="qlora")).peak_allocated_bytes
+    with pytest.raises(PlannerError, match="cannot simulate DoRA on a 4-bit base"):
+        simulate(spec, setup)

@@ -61,6 +61,8 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("all-linear",)
     modules_to_save: tuple[str, ...] = ()
+    use_dora: bool = False
+    """LoRA/QLoRA: DoRA (peft ``use_dora``), a trained magnitude per output row of each adapted layer."""
     optimizer: str = "adamw_torch"
     optimizer_in_backward: bool = False
     """Full fine-tuning: each parameter stepped, and its gradient freed, as soon as backward has it
@@ -152,12 +154,14 @@ class TrainConfig:
         if not self.lora_targets:
             raise ConfigError("lora_targets: empty; use all-linear or names such as q_proj,v_proj", "lora_targets")
         for name in ("double_quant", "kbit_upcast", "grad_checkpointing", "offload_activations",
-                     "optimizer_in_backward", "assistant_only_loss", "packing", "trust_remote_code"):
+                     "optimizer_in_backward", "assistant_only_loss", "packing", "trust_remote_code", "use_dora"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}", name)
         if self.offload_activations and not self.grad_checkpointing:
             raise ConfigError("offload_activations: moves the checkpointed layer inputs to host RAM; it needs "
                               "grad_checkpointing true", "offload_activations")
+        if self.use_dora and self.method == "full":
+            raise ConfigError("use_dora: DoRA adapts LoRA; it needs method lora or qlora", "use_dora")
         if self.optimizer_in_backward:
             self._check_in_backward()
         if self.loss != "standard" and self.num_processes > 1:
@@ -266,7 +270,7 @@ SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "
                 "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
                 "loss_chunk_mib",
                 "lora_r", "lora_alpha",
-                "lora_dropout", "lora_targets", "modules_to_save", "num_processes", "sharding")
+                "lora_dropout", "lora_targets", "modules_to_save", "use_dora", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says; but a
 plan with the optimizer in backward also turns gradient clipping off, which that needs)."""
 
@@ -306,7 +310,7 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         "offload_activations": s.offload_activations, "attention": s.attention, "loss": s.loss,
         "loss_chunk_mib": s.loss_chunk_mib,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
-        "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save),
+        "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "use_dora": s.use_dora,
         "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
     }
 
@@ -324,7 +328,7 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
         offload_activations=cfg.offload_activations, attention=cfg.attention, loss=cfg.loss,
         loss_chunk_mib=cfg.loss_chunk_mib,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
-        modules_to_save=cfg.modules_to_save, num_gpus=cfg.num_processes,
+        modules_to_save=cfg.modules_to_save, use_dora=cfg.use_dora, num_gpus=cfg.num_processes,
         sharding="none" if cfg.num_processes == 1 else cfg.sharding,
     )
 

@@ -249,6 +249,7 @@ def _with_lora(cfg: TrainConfig, model: Any, load_dtype: Any) -> Any:
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
         modules_to_save=list(cfg.modules_to_save) or None,
+        use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
     try:

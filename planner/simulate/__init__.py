@@ -211,6 +211,9 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
         setup = replace(setup, offload_activations=False)
     if not model.config:
         raise PlannerError("precise mode needs the model's config.json; this model has none")
+    if setup.use_dora and setup.method == "qlora":
+        raise PlannerError("cannot simulate DoRA on a 4-bit base: peft dequantizes each weight, which meta tensors "
+                           "cannot; use `python -m planner estimate`")
     if setup.num_gpus > 1 and (setup.sharding != "fsdp" or setup.offload != "none"):
         raise PlannerError("precise mode simulates several GPUs with --sharding fsdp and no --offload (rank 0 of "
                            "the FSDP the trainer runs); use `estimate` for the others")

@@ -60,6 +60,7 @@ def build_model(config: dict[str, Any], layers: int, setup: TrainSetup, device: 
         with peft_targets_as_given():
             model = get_peft_model(model, LoraConfig(r=setup.lora_r, lora_alpha=setup.lora_alpha,
                                                      lora_dropout=setup.lora_dropout, target_modules=targets,
+                                                     use_dora=setup.use_dora,
                                                      modules_to_save=list(setup.modules_to_save) or None),
                                    autocast_adapter_dtype=setup.adapter_dtype == "fp32")
     if setup.grad_checkpointing:

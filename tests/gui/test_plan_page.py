@@ -31,10 +31,10 @@ def _all_heights(page: PlanPage) -> dict[str, tuple[float, ...]]:
     return {term: page.chart.bar_heights(term) for term in page.chart.bars}
 
 
-def test_window_has_four_pages(window):
+def test_window_has_five_pages(window):
     assert window.windowTitle() == "Fine-Tune Planner"
     titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
-    assert titles == ["Hardware", "Plan", "Train", "Runs"]
+    assert titles == ["Hardware", "Plan", "Train", "Runs", "Try"]
     assert window.current_page == "plan"
 
 
@@ -46,6 +46,8 @@ def test_ctrl_number_switches_pages(window, qtbot):
     assert window.current_page == "train"
     qtbot.keyClick(window, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
     assert window.current_page == "hardware"
+    qtbot.keyClick(window, Qt.Key.Key_5, Qt.KeyboardModifier.ControlModifier)
+    assert window.current_page == "try"
 
 
 def test_initial_page_is_selectable(qtbot):

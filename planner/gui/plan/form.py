@@ -131,6 +131,10 @@ class PlanForm(QWidget):
         self.lora_alpha_spin = _spin(1, 4096, "LoRA alpha (scaling; no memory effect).")
         self.targets_edit = _edit("all-linear, or module names such as q_proj,v_proj.")
         self.save_edit = _edit("Modules trained in full beside the adapters, e.g. embed_tokens,lm_head.")
+        self.dora_box = _check("DoRA (LoRA, QLoRA)",
+                               "Weight-decomposed LoRA (peft use_dora): a trained magnitude per output row; "
+                               "each adapted layer keeps two more outputs for backward and renormalizes its "
+                               "weight every forward.")
         self.ckpt_box = _check("gradient checkpointing", "Recompute activations in the "
                                "backward pass: far less activation memory for about a third more compute.")
         self.offload_acts_box = _check("offload checkpoints to host RAM",
@@ -184,6 +188,7 @@ class PlanForm(QWidget):
             Field("lora_alpha", "LoRA alpha", self.lora_alpha_spin, WHOLE),
             Field("lora_targets", "LoRA targets", self.targets_edit, TEXT),
             Field("modules_to_save", "Modules to save", self.save_edit, TEXT),
+            Field("use_dora", "", self.dora_box, FLAG),
             Field("grad_checkpointing", "", self.ckpt_box, FLAG),
             Field("offload_activations", "", self.offload_acts_box, FLAG),
             Field("attention", "Attention", self.attention_box, CHOICE),

@@ -74,6 +74,8 @@ class FormValues:
     lora_alpha: int = _D.lora_alpha
     lora_targets: str = "all-linear"
     modules_to_save: str = ""
+    use_dora: bool = _D.use_dora
+    """DoRA on the LoRA and QLoRA bars."""
     num_gpus: int = _D.num_gpus
     sharding: str = _D.sharding
     offload: str = _D.offload
@@ -150,6 +152,7 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
         method=method, quant=quant, batch_size=values.batch_size, seq_len=values.seq_len, attention=values.attention,
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
         modules_to_save=_names(values.modules_to_save) if method != "full" else (),
+        use_dora=values.use_dora and method != "full",
         num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload, explicit=frozenset(form),
         **form))
 
