@@ -212,9 +212,19 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
         phase, activations, logits, workspace = "optimizer step", 0, 0, step - flight.end[0]
         gradients += flight.end[0]
     peak_allocated = weights + quant_state + adapters + gradients + optimizer + activations + logits + workspace
-    # FSDP frees gathered layers on its all-gather stream: the compute stream cannot reuse those
-    # blocks at once, so one more gathered set stays reserved.
-    slack = int(ALLOCATOR_SLACK * (activations + logits + workspace)) + gathered if cuda else 0
+
+    def with_slack(total: int, new_gradient: int) -> int:
+        """A phase's bytes beyond what persists, and the allocator's slack over its transients."""
+        return total + int(ALLOCATOR_SLACK * (total - new_gradient))
+
+    # Reserved memory is the larger of the two phases' (the phase with the most allocated is not
+    # always the one with the most reserved: the step's transients are fewer). FSDP frees gathered
+    # layers on its all-gather stream: the compute stream cannot reuse those blocks at once, so
+    # one more gathered set stays reserved.
+    chosen = fwd_bwd if phase == "forward/backward" else step
+    fb_new = (flight.layer if at_layer > at_loss else head)[0]
+    top = max(with_slack(fwd_bwd, fb_new), with_slack(step, flight.end[0]))
+    slack = top - chosen + gathered if cuda else 0
     breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, paged, activations, logits,
                           workspace, context, slack)
     notes += _assumptions(arch, setup) + load_stack(setup.stack).assumptions(setup)

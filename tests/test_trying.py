@@ -25,8 +25,11 @@ def demo(tmp_path_factory) -> Path:
 
 
 def test_a_qlora_run_is_predicted_with_its_4_bit_base_and_grows_with_the_answer(demo, tmp_path):
+    from trainer.rundir import write_marker
+
     run = tmp_path / "run"
     run.mkdir()
+    write_marker(run)  # a run directory of this trainer, as a run leaves it
     (run / "config.json").write_text((demo / "run.json").read_text())  # the demo trains QLoRA
     before, small, large = (predicted_bytes(run, "cpu", shape) for shape in (None, (16, 16), (16, 512)))
     assert before and small and large
