@@ -5,6 +5,7 @@ flops/token = forward + backward to the activations + weight gradients (trainabl
               + LoRA adapter FLOPs
 step time   = tokens x flops/token / (peak x utilization) + QLoRA dequantization (memory-bound)
               + activation offloading's copies (out in forward, back in backward, over PCIe)
+              + DoRA's per-step weight renormalization (FLOPs and bytes moved)
 
 References:
     Kaplan et al. 2020, "Scaling Laws for Neural Language Models" (C = 6N per token; the
@@ -12,6 +13,7 @@ References:
     Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters"
     (backward = 2x forward; recomputation adds one forward);
     Hu et al. 2021, "LoRA" (frozen weights need no weight gradients: ~2/3 of full-FT compute);
+    Liu et al. 2024, "DoRA" (the weight's column norm recomputed from W + BA every step);
     Dettmers et al. 2023, "QLoRA" (4-bit weights dequantized to 16-bit for every matmul);
     transformers ``activation_checkpointing_enable(offload=True)`` (its copies run on the compute
     stream: they add to the step, not overlap it).
@@ -136,7 +138,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
     offload_s = offload_seconds(arch, setup)
-    per_gpu_tps = tokens_per_step / (compute_s + dequant_s + offload_s)
+    dora_s = dora_seconds(arch, setup, gpu, achieved)
+    per_gpu_tps = tokens_per_step / (compute_s + dequant_s + offload_s + dora_s)
     n = setup.num_gpus
     tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)
 
@@ -153,6 +156,26 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         elif usd_per_kwh is not None:
             cost = energy * usd_per_kwh
     return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s, offload_s)
+
+
+def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:
+    """DoRA's weight renormalization, once per forward and per recompute of every micro-batch,
+    whatever its tokens (peft lora/dora.py): a d_in x d_in identity made and pushed through A and
+    B (2 d_in^2 r + 2 d_in r d_out FLOPs), and the d_in x d_out product scaled, added to the
+    weight and normed: matmul FLOPs at the achieved rate, the identity (adapter dtype, its 16-bit
+    copy, read back) and the product's three 16-bit passes over memory bandwidth."""
+    if not (setup.use_dora and setup.is_peft):
+        return 0.0
+    passes = 2 if setup.grad_checkpointing else 1
+    c, a = setup.compute_bytes, 4 if setup.adapter_dtype == "fp32" else 2
+    flops = moved = 0.0
+    for block in arch.blocks:
+        for lin in block.linears:
+            if lora_targeted(lin, setup.lora_targets):
+                count = block.count * lin.copies
+                flops += count * 2 * setup.lora_r * lin.d_in * (lin.d_in + lin.d_out)
+                moved += count * (lin.d_in * lin.d_in * (a + 2 * c) + 6 * lin.d_in * lin.d_out * c)
+    return passes * (flops / achieved_flops + moved / gpu.bandwidth_bytes_per_s)
 
 
 def offload_seconds(arch: Architecture, setup: TrainSetup) -> float:

@@ -369,3 +369,22 @@ def test_activation_offloading_adds_its_host_copies_to_the_step():
     assert b.offload_seconds_per_step == 2 * activation_peak(arch, offloaded).offloaded / HOST_LINK_BYTES_PER_S
     step_a, step_b = 32768 / a.tokens_per_second, 32768 / b.tokens_per_second
     assert abs(step_b - step_a - b.offload_seconds_per_step) < 1e-9
+
+
+def test_dora_costs_a_renormalization_per_step_that_more_tokens_amortize():
+    from planner.cost import dora_seconds
+
+    arch, gpu = resolve_model("meta-llama/Llama-3.1-8B").arch, find_gpu("A100 80GB")
+
+    def tps(**changes):
+        return run_cost(arch, TrainSetup(method="lora", **changes), gpu).tokens_per_second
+
+    def ratio(seq_len: int) -> float:
+        return tps(seq_len=seq_len, use_dora=True) / tps(seq_len=seq_len)
+
+    assert ratio(512) < ratio(4096) < 1.0
+    assert dora_seconds(arch, TrainSetup(method="lora"), gpu, 1e14) == 0
+    # checkpointing renormalizes again in the recompute
+    on = dora_seconds(arch, TrainSetup(method="lora", use_dora=True), gpu, 1e14)
+    off = dora_seconds(arch, TrainSetup(method="lora", use_dora=True, grad_checkpointing=False), gpu, 1e14)
+    assert on == pytest.approx(2 * off)
