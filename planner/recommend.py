@@ -323,4 +323,18 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
         room = "does not fit" if not lora.fits else f"fits without {HEADROOM:.0%} headroom"
         text += (f" LoRA on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
                  f"on {fmt_gib(mem)}), so the base is quantized.")
+    if s.is_peft:
+        text += _dora_words(model, gpu, o)
     return text
+
+
+def _dora_words(model: ModelSpec, gpu: GpuTarget, o: Option) -> str:
+    """The other variant of the chosen adapter, in the estimator's and the time model's numbers:
+    DoRA (a magnitude per output row, the weight renormalized every forward) beside plain LoRA."""
+    other = replace(o.setup, use_dora=not o.setup.use_dora)
+    used = estimate(model, other).device_used_bytes
+    speed = run_cost(model.arch, other, gpu.spec).tokens_per_second
+    where = "fits" if fits(used, gpu.memory_bytes) else "does not fit"
+    name, than = ("plain LoRA", "DoRA") if o.setup.use_dora else ("DoRA at the same rank", "LoRA")
+    return (f" {name} would need {used / GiB:.1f} GiB ({where}) at ~{speed:,.0f} tokens/s "
+            f"({speed / o.tokens_per_second - 1:+.0%} against {than}).")

@@ -284,3 +284,19 @@ def test_the_recommendation_says_its_warnings_first():
     sharded = GpuTarget("H200", find_gpu("H200").memory_bytes, 2, "catalog", find_gpu("H200"))
     zero2 = recommend(model, TrainSetup(seq_len=2048, num_gpus=2, sharding="zero2"), sharded, alternatives=False)
     assert any("trainer cannot run" in w for w in zero2.warnings)
+
+
+def test_the_explanation_sets_dora_beside_the_chosen_lora_in_numbers():
+    """Issue 18: the other adapter variant, in the estimator's and the time model's numbers."""
+    from planner.cost import run_cost
+    from planner.memory import estimate
+
+    spec, gpu = resolve_model("meta-llama/Llama-3.1-8B"), target("RTX 4090")
+    rec = recommend(spec, TrainSetup(), gpu)
+    chosen = rec.options[rec.recommended]
+    assert chosen.setup.method in ("lora", "qlora") and not chosen.setup.use_dora
+    dora = replace(chosen.setup, use_dora=True)
+    used = estimate(spec, dora).device_used_bytes / 2**30
+    speed = run_cost(spec.arch, dora, gpu.spec).tokens_per_second
+    assert f"DoRA at the same rank would need {used:.1f} GiB" in rec.explanation
+    assert f"~{speed:,.0f} tokens/s ({speed / chosen.tokens_per_second - 1:+.0%} against LoRA)" in rec.explanation
