@@ -9,11 +9,10 @@ LoRA matrices and those copies, which is what the estimator counts as trainable)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.catalog import resolve_model
+from planner.catalog import ModelSpec, adapter_base, resolve_model
 from planner.catalog.safetensors_header import read_header
 from planner.errors import PlannerError
 from planner.inference import InferenceEstimate, inference_memory
@@ -33,23 +32,24 @@ class TryPrediction:
     text: str
 
 
-def _base_and_adapter(source: Path, dtype_bytes: int) -> tuple[str, str | None, bool, int]:
+def _base_and_adapter(source: Path, dtype_bytes: int) -> tuple[ModelSpec, str | None, bool, int]:
     """(base model, quant, double quant, adapter parameters) of a run folder, an adapter folder or
     a model folder (a merged export: no adapter)."""
-    if not is_run_dir(source) and not (source / "adapter_config.json").is_file():
-        return str(source), None, True, 0
     if (source / "adapter_config.json").is_file():
-        base = json.loads((source / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = adapter_base(source)
+        if not base:
+            raise PlannerError(f"{source} names no base model")
         weights = source / "adapter_model.safetensors"
         params = sum(t.numel for t in read_header(weights)) if weights.is_file() else 0
-        return str(base), None, True, params
+        return resolve_model(base), None, True, params
+    if not is_run_dir(source):
+        return resolve_model(str(source)), None, True, 0
     cfg = TrainConfig.load(source / "config.json")
-    precision = "fp32" if dtype_bytes == 4 else "bf16"
-    if cfg.method == "full":
-        return cfg.model, None, True, 0
     spec = resolve_model(cfg.model)
-    trainable = estimate(spec, setup_of(cfg, precision)).params_trainable
-    return cfg.model, cfg.quant if cfg.method == "qlora" else None, cfg.double_quant, trainable
+    if cfg.method == "full":
+        return spec, None, True, 0
+    trainable = estimate(spec, setup_of(cfg, "fp32" if dtype_bytes == 4 else "bf16")).params_trainable
+    return spec, cfg.quant if cfg.method == "qlora" else None, cfg.double_quant, trainable
 
 
 def predicted_bytes(source: Path, device: str, shape: tuple[int, int] | None) -> TryPrediction | None:
@@ -58,8 +58,8 @@ def predicted_bytes(source: Path, device: str, shape: tuple[int, int] | None) ->
     dtype_bytes = 4 if device == "cpu" else 2
     prompt, new = shape or (1, 1)
     try:
-        base, quant, double_quant, adapter_params = _base_and_adapter(source, dtype_bytes)
-        est = inference_memory(resolve_model(base), quant=quant, dtype_bytes=dtype_bytes, prompt_tokens=prompt,
+        spec, quant, double_quant, adapter_params = _base_and_adapter(source, dtype_bytes)
+        est = inference_memory(spec, quant=quant, dtype_bytes=dtype_bytes, prompt_tokens=prompt,
                                new_tokens=new, adapter_params=adapter_params, double_quant=double_quant,
                                device="cpu" if device == "cpu" else "cuda")
     except (PlannerError, ConfigError, OSError, ValueError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,7 @@ def stored_bytes(model: Any) -> int:
     from planner.simulate.meta import persistent_tensors
 
     storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
-                for t in persistent_tensors(model, types.SimpleNamespace(state={}))["parameters"]}
+                for t in persistent_tensors(model)["parameters"]}
     return sum(storages.values())
 
 
@@ -200,12 +199,10 @@ class _Measure:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         elif self.asked:
-            import types
-
             from planner.simulate.meta import live_bytes_class, persistent_tensors
 
             self._counter = live_bytes_class()(gpu_kernels=False)
-            for t in persistent_tensors(self.model, types.SimpleNamespace(state={}))["parameters"]:
+            for t in persistent_tensors(self.model)["parameters"]:
                 self._counter.track(t)
             self._counter.reset_peak()
             self._counter.__enter__()

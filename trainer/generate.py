@@ -17,7 +17,6 @@ the reply tokens only when the run trained on replies only.
 
 from __future__ import annotations
 
-import json
 import queue
 import sys
 import threading
@@ -25,10 +24,21 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from planner.catalog import adapter_base
+from planner.errors import PlannerError
 from trainer.chat import BASE, MODEL, NO_DATASET, TUNED, Loaded, Session
 from trainer.config import ConfigError, TrainConfig
 from trainer.export import ExportError, trained_weights
-from trainer.loading import ModelError, load_tokenizer, model_class, model_layout, quantization_config
+from trainer.loading import (
+    ModelError,
+    load_tokenizer,
+    model_class,
+    model_layout,
+    quantization_config,
+    reading,
+    source,
+    weight_dtype,
+)
 from trainer.protocol import ProtocolError, encode, parse_request
 from trainer.rundir import is_run_dir
 
@@ -36,16 +46,6 @@ from trainer.rundir import is_run_dir
 def _adapter_arg(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     return (name.strip(), Path(path).expanduser()) if sep else (Path(text).name, Path(text).expanduser())
-
-
-def _base_of(adapter: Path) -> str:
-    config = adapter / "adapter_config.json"
-    if not config.is_file():
-        raise ModelError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ModelError(f"{config} names no base model; give it with --model")
-    return str(base)
 
 
 def plan(run: str | None, adapters: list[str], model: str | None) -> tuple[TrainConfig, dict[str, Path], str]:
@@ -69,7 +69,9 @@ def plan(run: str | None, adapters: list[str], model: str | None) -> tuple[Train
     if not named and not model:
         raise ConfigError("give --run RUN_DIR, --model DIR, or --adapter DIR (its base from adapter_config.json)",
                           "run")
-    base = model or _base_of(next(iter(named.values())))
+    base = model or adapter_base(next(iter(named.values())))
+    if not base:
+        raise ModelError(f"{next(iter(named.values()))} names no base model; give it with --model")
     return TrainConfig(model=base, dataset=NO_DATASET, method="lora" if named else "full"), named, MODEL
 
 
@@ -83,28 +85,24 @@ def load(cfg: TrainConfig, adapters: dict[str, Path], device: str, solo: str = T
     elif device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
     precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-    kwargs: dict[str, Any] = dict(dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32),
-                                  use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+    kwargs: dict[str, Any] = dict(dtype=weight_dtype(precision), use_safetensors=True,
+                                  trust_remote_code=cfg.trust_remote_code)
     if cfg.method == "qlora":  # the 4-bit base the adapter was trained against
         kwargs.update(quantization_config=quantization_config(cfg, precision),
                       device_map={"": 0} if device == "cuda" else {"": "cpu"})
+    for path in adapters.values():
+        adapter_base(path)  # each a peft adapter folder, or one line saying it is not
     tokenizer = load_tokenizer(cfg)
-    try:
-        model = model_class(cfg).from_pretrained(cfg.model, **kwargs)
+    name, local = source(cfg)
+    with reading(name, local, f"{name}: cannot load the model with its adapters: {{why}}"):
+        model = model_class(cfg).from_pretrained(name, **kwargs)
         if cfg.method != "qlora":
             model = model.to(device)
-        for n, (name, path) in enumerate(adapters.items()):
-            if not (path / "adapter_config.json").is_file():
-                raise ModelError(f"{path} is not a peft adapter folder (no adapter_config.json)")
+        for n, (adapter, path) in enumerate(adapters.items()):
             if n == 0:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+                model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter)
             else:
-                model.load_adapter(str(path), adapter_name=name)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        if isinstance(exc, ModelError):
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelError(f"cannot load {cfg.model} with its adapters: {first}") from None
+                model.load_adapter(str(path), adapter_name=adapter)
     model.eval()
     names = (BASE, *adapters) if adapters else (solo,)
     return Loaded(model, tokenizer, cfg, names, device, time.monotonic() - start)
@@ -151,7 +149,7 @@ def main(run: str | None, adapters: list[str], model: str | None, device: str = 
                     continue
                 stop.clear()
                 session.handle(request)
-    except (ConfigError, ModelError, ExportError) as exc:
+    except (ConfigError, ModelError, ExportError, PlannerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

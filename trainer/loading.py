@@ -62,7 +62,7 @@ def compute_dtype(precision: str) -> Any:
     return torch.float32
 
 
-def _source(cfg: TrainConfig) -> tuple[str, bool]:
+def source(cfg: TrainConfig) -> tuple[str, bool]:
     """(name to load from, whether it is a local folder)."""
     path = Path(cfg.model).expanduser()
     if path.is_dir():
@@ -84,7 +84,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _reading(name: str, local: bool, problem: str) -> Iterator[None]:
+def reading(name: str, local: bool, problem: str) -> Iterator[None]:
     """A library reading the model failed on what it read, not on memory: a truncated weights
     file, a config value of the wrong type, a missing tokenizer file each raise their own
     exception type, and the user needs one line either way (``problem``, with ``{why}`` for the
@@ -109,8 +109,8 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
 def load_tokenizer(cfg: TrainConfig) -> Any:
     from transformers import AutoTokenizer
 
-    name, local = _source(cfg)
-    with _reading(name, local, f"{name}: cannot load the tokenizer ({{why}}); the folder needs the tokenizer "
+    name, local = source(cfg)
+    with reading(name, local, f"{name}: cannot load the tokenizer ({{why}}); the folder needs the tokenizer "
                                 "files saved with the model (tokenizer.json or tokenizer.model)"):
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     if tok is None or not callable(tok):
@@ -141,8 +141,8 @@ def _config(cfg: TrainConfig) -> Any:
     """The model's transformers config (its ``config.json``)."""
     from transformers import AutoConfig
 
-    name, local = _source(cfg)
-    with _reading(name, local, f"{name}: cannot read its config: {{why}}"):
+    name, local = source(cfg)
+    with reading(name, local, f"{name}: cannot read its config: {{why}}"):
         return AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
 
 
@@ -186,7 +186,7 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
     """The model ready for Trainer: quantized and prepared (QLoRA), wrapped with LoRA (LoRA, QLoRA).
 
     Call it inside ``model_layout(cfg)``."""
-    name, local = _source(cfg)
+    name, local = source(cfg)
     kwargs: dict[str, Any] = dict(
         dtype=weight_dtype(rt.precision),
         attn_implementation=cfg.attention,
@@ -196,7 +196,7 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
     if cfg.method == "qlora":
         kwargs["quantization_config"] = quantization_config(cfg, rt.precision)
         kwargs["device_map"] = {"": 0} if rt.device == "cuda" else {"": "cpu"}
-    with _reading(name, local, f"{name}: cannot load the model: {{why}}"):
+    with reading(name, local, f"{name}: cannot load the model: {{why}}"):
         model = model_class(cfg).from_pretrained(name, **kwargs)
     if cfg.method == "full":
         return model

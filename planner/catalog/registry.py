@@ -91,6 +91,20 @@ def _lookup(name: str) -> CatalogEntry | None:
     return folded.get(name.lower()) or short.get(name.lower())
 
 
+def adapter_base(folder: Path) -> str | None:
+    """The base model a peft adapter folder names (``adapter_config.json``'s
+    ``base_model_name_or_path``), None when it names none; PlannerError when the folder is not a
+    peft adapter folder."""
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise PlannerError(f"{folder} is not a peft adapter folder (no adapter_config.json)")
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise PlannerError(f"{config}: cannot read it ({exc})") from None
+    return str(base) if base else None
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))

@@ -118,10 +118,11 @@ def local(t: Any) -> Any:
     return getattr(t, "_local_tensor", t)
 
 
-def persistent_tensors(model: Any, optimizer: Any) -> dict[str, list[Any]]:
+def persistent_tensors(model: Any, optimizer: Any = None) -> dict[str, list[Any]]:
     """What a training step keeps from one step to the next, by category: the weights (with
     bitsandbytes' quantization state), the gradients, the optimizer's state (each parameter's
-    optimizer's when it steps in backward; accelerate's wrapper looked through)."""
+    optimizer's when it steps in backward; accelerate's wrapper looked through; none without an
+    optimizer, as when generating)."""
     import torch
 
     def tensors(values: Any) -> list[Any]:
@@ -135,7 +136,7 @@ def persistent_tensors(model: Any, optimizer: Any) -> dict[str, list[Any]]:
             state = getattr(state, "state2", None)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     optimizer = getattr(optimizer, "optimizer", optimizer)
-    optimizers = getattr(optimizer, "optimizers", [optimizer])
+    optimizers = getattr(optimizer, "optimizers", [optimizer]) if optimizer is not None else []
     states = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()]
     return {"parameters": tensors(weights), "gradients": tensors(grads), "optimizer_state": tensors(states)}
 

@@ -271,12 +271,9 @@ class TryPage(QWidget):
                 self.shape = (int(event.get("prompt_tokens") or 0), int(event["new_tokens"] or 0))
                 self._show_memory()
             self._busy = None
-            stopped, self._pending = event["status"] == "stopped", (None if event["status"] == "stopped"
-                                                                      else self._pending)
-            if self._pending and not stopped:
-                key, prompt = self._pending
-                self._pending = None
-                self._ask(key, prompt)
+            pending, self._pending = self._pending, None
+            if pending and event["status"] != "stopped":  # side by side: the second pane's turn
+                self._ask(*pending)
         elif kind == "example":
             messages = json.loads(str(event["messages_json"]))
             prompt = messages[-1]["content"] if messages else ""
