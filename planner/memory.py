@@ -171,7 +171,8 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
         # (torch FSDP2 CPUOffloadPolicy: post_backward copies the reduced shard to the CPU)
         host += weights + max(gradients, flight.end[0])
         weights, gradients = 0, 0
-        flight = replace(flight, head=(0, flight.head[1]), layer=(0, flight.layer[1]), end=(0, flight.end[1]))
+        flight = replace(flight, head=(0, flight.head[1]), layer=(0, flight.layer[1]), end=(0, flight.end[1]),
+                         other_layer=None)
     # bitsandbytes pages large tensors' state on a GPU only (on the CPU it falls back to torch tensors)
     paged = min(optimizer, paged_state_bytes(arch, setup) // (n if shard in ("zero2", "fsdp", "zero3") else 1)
                 if cuda else 0)
@@ -221,9 +222,14 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     # always the one with the most reserved: the step's transients are fewer). FSDP frees gathered
     # layers on its all-gather stream: the compute stream cannot reuse those blocks at once, so
     # one more gathered set stays reserved.
+    # Within forward/backward every candidate peak counts: one with less allocated may carry more
+    # transients.
     chosen = fwd_bwd if phase == "forward/backward" else step
-    fb_new = (flight.layer if at_layer > at_loss else head)[0]
-    top = max(with_slack(fwd_bwd, fb_new), with_slack(step, flight.end[0]))
+    fb_base = fwd_bwd - max(at_loss, at_layer)
+    layers = [(flight.layer[0], flight.freed)] + ([flight.other_layer] if flight.other_layer else [])
+    top = max([with_slack(fb_base + at_loss, head[0]), with_slack(step, flight.end[0])]
+              + [with_slack(fb_base + acts.working_set + grad + flight.layer[1] - freed, grad)
+                 for grad, freed in layers])
     slack = top - chosen + gathered if cuda else 0
     breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, paged, activations, logits,
                           workspace, context, slack)
@@ -258,6 +264,9 @@ class _Flight:
     tied head's, waiting) and its step's temporaries."""
     freed: int = 0
     """Saved activations of the layers whose backward has run by the ``layer`` peak."""
+    other_layer: tuple[int, int] | None = None
+    """(gradient, freed) at the layers' other candidate peak: less allocated, but its transients
+    can hold more reserved memory."""
 
 
 def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: Params, acts: ActivationPeak, shards: int) -> _Flight:
@@ -276,9 +285,10 @@ def _fresh_gradients(arch: Architecture, setup: TrainSetup, p: Params, acts: Act
     n = arch.num_layers
     a, g = acts.layers_saved / n, p.layer_bytes / n / shards
     unsharded = int(p.layer_bytes / n * setup.compute_bytes * p.trainable / p.trainable_bytes) if shards > 1 else 0
-    below = n - 1 if g > a else 0  # layers below the peak's whose backward has run
-    return _Flight(head=(head, 0), layer=(int(head + (below + 1) * g), unsharded),
-                   end=(p.trainable_bytes // shards, 0), freed=int(below * a))
+    top, bottom = (int(head + g), 0), (int(head + n * g), int((n - 1) * a))  # (gradient, freed)
+    (grad, freed), other = (bottom, top) if g > a else (top, bottom)
+    return _Flight(head=(head, 0), layer=(grad, unsharded), end=(p.trainable_bytes // shards, 0), freed=freed,
+                   other_layer=other)
 
 def _in_backward(arch: Architecture, setup: TrainSetup, p: Params, opt_temp: int) -> _Flight:
     """Each gradient lives from its accumulation to its own parameter's step (torchtune's

@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from planner.activations import activation_peak, layer_activations
@@ -190,6 +190,11 @@ def _peak(model_id, setup):
 
 @settings(max_examples=150, deadline=None)
 @given(MODELS, SETUPS, st.sampled_from(["batch_size", "seq_len", "lora_r"]))
+# both once lost reserved bytes when the peak moved between backward's candidate points
+@example("Qwen/Qwen3-30B-A3B", TrainSetup(method="qlora", batch_size=3, seq_len=3, lora_r=3,
+                                         grad_checkpointing=False, optimizer="sgd"), "lora_r")
+@example("huggyllama/llama-13b", TrainSetup(method="lora", batch_size=1, seq_len=209, lora_r=5,
+                                           attention="eager", optimizer="sgd"), "lora_r")
 def test_memory_never_decreases(model_id, setup, knob):
     bigger = replace(setup, **{knob: getattr(setup, knob) + 1})
     assert _peak(model_id, bigger) >= _peak(model_id, setup)
