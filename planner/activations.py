@@ -48,6 +48,26 @@ def lora_targeted(linear: Linear, targets: tuple[str, ...]) -> bool:
     return any(linear.name == t or linear.name.endswith("." + t) for t in targets)
 
 
+_IA3_ATTENTION = {"k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv"}
+
+
+def is_feedforward(linear: Linear) -> bool:
+    """IA3 scales a feedforward layer's input, any other layer's output (peft
+    ``feedforward_modules``: the MLP's down projection in peft's defaults)."""
+    return _is_down(linear)
+
+
+def adapted(linear: Linear, setup: TrainSetup) -> bool:
+    """Whether the run's adapter sits on this linear: LoRA, DoRA and AdaLoRA on ``lora_targets``;
+    IA3 on peft's defaults, the paper's keys, values and MLP down projection (or on
+    ``lora_targets`` when they name modules); prompt and prefix tuning on none."""
+    if not setup.adapts_linears or linear.role == "router":
+        return False
+    if setup.peft == "ia3" and setup.lora_targets == ("all-linear",):
+        return is_feedforward(linear) or linear.name.split(".")[-1] in _IA3_ATTENTION
+    return lora_targeted(linear, setup.lora_targets)
+
+
 def residual_bytes(setup: TrainSetup) -> int:
     """Bytes per element of the residual stream.
 
@@ -100,7 +120,7 @@ def _mlp_passes(block: Block) -> list[tuple[int, Linear | None, float]]:
 
 
 def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> LayerActivations:
-    tokens, s = setup.tokens, setup.seq_len
+    tokens, s, kv = setup.model_tokens, setup.model_seq_len, setup.kv_len
     c, rb, h = setup.compute_bytes, residual_bytes(setup), arch.hidden_size
     full = setup.method == "full"
     q_w = arch.num_heads * arch.head_dim
@@ -112,7 +132,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # Whether that input is the layer's own tensor or a fresh copy decides what stays alive:
     # peft casts a LoRA input to an fp32 adapter's dtype, and autocast casts an fp32 residual (or
     # norm output) to 16 bits for every matmul that reads it (one copy per consumer).
-    adapter_cast = setup.is_peft and setup.adapter_dtype == "fp32" and c != FP32
+    adapter_cast = setup.adapts_linears and setup.adapter_dtype == "fp32" and c != FP32
     residual_cast = rb != c
     readers = [lin for lin in block.linears
                if lin.role not in ("expert",) and lin.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
@@ -124,8 +144,8 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     norm_input = FP32
     norm_out = rb if arch.norm_kind == "rms" else FP32
     norm_cast = norm_out != c
-    uncast = setup.is_peft and not adapter_cast and not norm_cast
-    kept_by = {lin.role == "attn" for lin in readers if uncast and lora_targeted(lin, setup.lora_targets)}
+    uncast = setup.low_rank and not adapter_cast and not norm_cast
+    kept_by = {lin.role == "attn" for lin in readers if uncast and adapted(lin, setup)}
     outputs_kept = block.norms if full else min(len(kept_by), block.norms)
     norms = (block.norms * norm_input + outputs_kept * norm_out) * h
     if full and not residual_cast:
@@ -135,19 +155,24 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # Full fine-tuning: each 16-bit matmul reading an fp32 residual keeps its own cast copy.
     input_casts = len(readers) * c * h if full and residual_cast else 0
     # Attention: q, k, v and the output saved by SDPA/flash, plus the fp32 log-sum-exp per head.
+    # Prefix tuning's keys and values join each layer's (the cache's concatenation, kept instead):
+    # (kv - s) more rows of K and V per sample.
     if setup.attention == "eager":
         # repeat_kv expands K/V to every head; scores keep the fp32 softmax and its 16-bit copy.
-        attention = c * (3 * q_w + o_w) + arch.num_heads * s * (FP32 + c)
+        attention = c * (3 * q_w + o_w) + arch.num_heads * kv * (FP32 + c)
+        prefix_keys = setup.batch_size * (kv - s) * 2 * q_w * c
     else:
         attention = c * (q_w + 2 * kv_w + o_w) + FP32 * arch.num_heads
+        prefix_keys = setup.batch_size * (kv - s) * 2 * kv_w * c
     if full and setup.attention == "eager":
         # eager attention hands o_proj a contiguous copy of its (b, h, s, d) output, which o_proj
         # keeps; fused kernels already write (b, s, h, d)
         attention += c * o_w
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
-    down_lora = setup.is_peft and any(
-        lora_targeted(lin, setup.lora_targets) for lin in block.linears if _is_down(lin))
-    down_needs_input = full or (down_lora and not adapter_cast)
+    down_lora = setup.low_rank and any(adapted(lin, setup) for lin in block.linears if _is_down(lin))
+    # IA3 on down scales its input (kept for the scale's gradient), or a cast of it to its dtype
+    down_ia3 = setup.peft == "ia3" and any(adapted(lin, setup) for lin in block.linears if _is_down(lin))
+    down_needs_input = full or ((down_lora or down_ia3) and not adapter_cast)
     # bitsandbytes' Linear4bit returns its input's dtype: after prepare_model_for_kbit_training
     # the fp32 residual makes gate/up outputs, and everything the MLP computes from them, fp32.
     mlp_bytes = rb if setup.method == "qlora" else c
@@ -159,11 +184,17 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     moe = (2 * FP32 * block.experts + 2 * k * c * h) if block.experts else 0
     # LoRA: the adapter input cast to the adapter dtype (when it differs) and A's output.
     def adapter(lin: Linear) -> int:
-        if not setup.is_peft or not lora_targeted(lin, setup.lora_targets):
+        if not adapted(lin, setup):
             return 0
         passes = k if lin.role == "expert" else 1
+        if setup.peft == "ia3":
+            # peft ia3.Linear: a feedforward layer's input cast to the scale's dtype (when it
+            # differs), any other's base output, kept by the product with the scale
+            if is_feedforward(lin):
+                return passes * FP32 * lin.d_in if adapter_cast else 0
+            return passes * mlp_bytes * lin.d_out
         copied = adapter_cast or (norm_cast and lin in readers)
-        kept = passes * (c * setup.lora_r + (c * lin.d_in if copied else 0))
+        kept = passes * (c * setup.adapter_rank + (c * lin.d_in if copied else 0))
         if setup.lora_dropout > 0:
             # dropout acts on the adapter's input: fp32 when it was cast to fp32 adapters, else
             # the compute dtype (bf16 adapters under bf16); plus its one-byte mask
@@ -176,7 +207,12 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
 
     lora = sum(adapter(lin) for lin in block.linears)
     per_token = norms + input_casts + attention + mlp + moe + lora
-    saved = tokens * per_token
+    saved = tokens * per_token + prefix_keys
+    if setup.peft == "adalora":
+        # each SVD adapter multiplies A by its singular values every forward: the r x d_in
+        # product is kept for the input's gradient, whatever the tokens
+        a = FP32 if setup.adapter_dtype == "fp32" else c
+        saved += a * setup.adapter_rank * sum(lin.d_in * lin.copies for lin in block.linears if adapted(lin, setup))
     # Under mixed precision autocast casts each fp32 weight to 16 bits per matmul, and the matmul
     # keeps that copy to compute its input's gradient: trainable or frozen alike.
     if setup.weight_bytes == FP32 and c != FP32 and setup.method != "qlora":
@@ -204,7 +240,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         # the MLP keeps by then, beside an fp32 adapter's copy of the MLP norm's output.
         ups = [lin for lin in block.linears if down is not None and lin.role == down.role
                and not _is_down(lin) and lin.d_out == width]
-        if setup.is_peft and ups and lora_targeted(ups[-1], setup.lora_targets):
+        if setup.low_rank and ups and adapted(ups[-1], setup):
             cast = FP32 * h if adapter_cast and rb != FP32 else 0
             recompute_end = max(recompute_end, int(share * (2 * mlp_bytes * width - down_kept + cast)))
         # At down's adapter, its base output and its input, unless kept, are alive, and an fp32
@@ -234,7 +270,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # the gradient coming in, not beside backward's own transients
     backward = max(backward, tokens * incoming + dora_transient(block, setup))
     if setup.attention == "eager":
-        backward += tokens * arch.num_heads * s * FP32
+        backward += tokens * arch.num_heads * kv * FP32
     return LayerActivations(saved=saved, checkpoint=tokens * rb * h, backward_transient=backward)
 
 
@@ -245,13 +281,13 @@ def dora_transient(block: Block, setup: TrainSetup) -> int:
     to get B @ A, then ``get_weight_norm`` adds it, scaled, to the (dequantized) weight. The
     largest adapted layer's moment: the identity and its copy with B @ A, or the copy with
     B @ A, its scaled copy and the sum (peft 0.21 lora/dora.py)."""
-    if not (setup.use_dora and setup.is_peft):
+    if not (setup.use_dora and setup.low_rank):
         return 0
     c = setup.compute_bytes
     a = FP32 if setup.adapter_dtype == "fp32" else 2
     worst = 0
     for lin in block.linears:
-        if not lora_targeted(lin, setup.lora_targets):
+        if not adapted(lin, setup):
             continue
         copy = c if a != c else 0
         identity = lin.d_in * lin.d_in
@@ -284,7 +320,7 @@ class ActivationPeak:
 
 
 def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
-    tokens, c, rb, h = setup.tokens, setup.compute_bytes, residual_bytes(setup), arch.hidden_size
+    tokens, c, rb, h = setup.model_tokens, setup.compute_bytes, residual_bytes(setup), arch.hidden_size
     saved = offloaded = working = 0
     for block in arch.blocks:
         layer = layer_activations(arch, block, setup)

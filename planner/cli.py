@@ -39,7 +39,8 @@ def _gib(n: int) -> str:
 def _describe(s: TrainSetup) -> str:
     method = s.method
     if s.is_peft:
-        method += f"{' (DoRA)' if s.use_dora else ''} r={s.lora_r} {','.join(s.lora_targets)}"
+        targets = f" {','.join(s.lora_targets)}" if s.low_rank or s.lora_targets != ("all-linear",) else ""
+        method += f" {s.adapter_label}{targets if s.adapts_linears else ''}"
     if s.method == "qlora":
         method += f" {s.quant}{' +dq' if s.double_quant else ''}"
     gpus = f" · {s.num_gpus} GPUs {s.sharding}" if s.num_gpus > 1 else ""

@@ -16,6 +16,7 @@ from planner.options import (
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
+    PEFTS,
     PRECISIONS,
     SHARDINGS,
     STACKS,
@@ -99,6 +100,12 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--modules-to-save", type=_csv, default=(), help="e.g. embed_tokens,lm_head")
     p.add_argument("--use-dora", action=argparse.BooleanOptionalAction, default=False,
                    help="LoRA/QLoRA: DoRA, a trained magnitude per output row (peft use_dora)")
+    p.add_argument("--peft", default=d.peft, metavar=_alts(PEFTS),
+                   help="LoRA/QLoRA: the adapter (lora; prefix turns gradient checkpointing off unless given)")
+    p.add_argument("--adalora-init-r", type=int, default=d.adalora_init_r,
+                   help="AdaLoRA: starting rank, pruned to --lora-r on average (0: 1.5 x --lora-r)")
+    p.add_argument("--virtual-tokens", type=int, default=d.virtual_tokens,
+                   help=f"prompt/prefix tuning: trained virtual tokens ({d.virtual_tokens})")
     p.add_argument("--num-gpus", type=int, default=d.num_gpus)
     p.add_argument("--sharding", default=d.sharding, metavar=_alts(SHARDINGS))
     p.add_argument("--offload", default=d.offload, metavar=_alts(OFFLOADS))
@@ -122,7 +129,9 @@ def setup_args(s: TrainSetup) -> list[str]:
             "--attention", s.attention, "--loss", s.loss, "--loss-chunk-mib", str(s.loss_chunk_mib),
             "--stack", s.stack, "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha),
             "--lora-dropout", repr(s.lora_dropout), "--lora-targets", ",".join(s.lora_targets),
-            "--modules-to-save", ",".join(s.modules_to_save), "--num-gpus", str(s.num_gpus),
+            "--modules-to-save", ",".join(s.modules_to_save), "--peft", s.peft,
+            "--adalora-init-r", str(s.adalora_init_r), "--virtual-tokens", str(s.virtual_tokens),
+            "--num-gpus", str(s.num_gpus),
             "--sharding", s.sharding, "--offload", s.offload,
             flag("double-quant", s.double_quant), flag("kbit-upcast", s.kbit_prepare),
             flag("grad-checkpointing", s.grad_checkpointing), flag("offload-activations", s.offload_activations),
@@ -147,12 +156,18 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
     given = {field: getattr(a, option) for option, field in STACK_OPTIONS.items()
              if getattr(a, option, None) is not None}
     in_backward = bool(given.get("optimizer_in_backward"))
+    peft = getattr(a, "peft", "lora")
+    if peft == "prefix" and "grad_checkpointing" not in given:
+        given["grad_checkpointing"] = False  # TrainSetup says why prefix tuning needs it off
     setup = TrainSetup(
         # the optimizer in backward is for full fine-tuning: without --method (or in `table`) it picks it
         method=getattr(a, "method", None) or ("full" if in_backward else TrainSetup().method),
         quant=getattr(a, "quant", None), batch_size=a.batch_size, seq_len=a.seq_len, attention=a.attention,
         lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=a.lora_targets, modules_to_save=a.modules_to_save,
-        use_dora=bool(getattr(a, "use_dora", False)), num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
+        grad_checkpointing=given.get("grad_checkpointing", TrainSetup().grad_checkpointing),
+        use_dora=bool(getattr(a, "use_dora", False)), peft=peft, adalora_init_r=getattr(a, "adalora_init_r", 0),
+        virtual_tokens=getattr(a, "virtual_tokens", TrainSetup().virtual_tokens),
+        num_gpus=a.num_gpus, sharding=a.sharding, offload=a.offload,
         # what the user chose, checked beside each other once the stack has filled the rest
         explicit=frozenset(given))
     return load_stack(a.stack).apply(setup, **given)

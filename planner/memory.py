@@ -23,7 +23,7 @@ from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
-from planner.params import QUANT_BITS, Params, optimizer_state, paged_state_bytes, params
+from planner.params import QUANT_BITS, Params, importance_state, optimizer_state, paged_state_bytes, params
 from planner.stacks import load_stack
 
 MOE_PER_EXPERT = ("one nn.Linear per expert projection, as checkpoints store them and the trainer builds them, so "
@@ -103,9 +103,10 @@ def check_setup(arch: Architecture, setup: TrainSetup) -> None:
     the hidden size. Checked before anything is built: ``simulate`` would otherwise spend minutes
     and gigabytes on adapters of rank 100000.
     """
-    if setup.is_peft and setup.lora_r > arch.hidden_size:
-        raise PlannerError(f"--lora-r {setup.lora_r} exceeds the model's hidden size {arch.hidden_size}; "
-                           "LoRA rank must be at most the layer width", "lora_r")
+    if setup.low_rank and setup.adapter_rank > arch.hidden_size:
+        name = "adalora_init_r" if setup.adapter_rank != setup.lora_r else "lora_r"
+        raise PlannerError(f"--{name.replace('_', '-')} {setup.adapter_rank} exceeds the model's hidden size "
+                           f"{arch.hidden_size}; LoRA rank must be at most the layer width", name)
 
 
 DEVICES = ("cuda", "cpu")
@@ -128,6 +129,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     p = params(arch, setup, total)
     gradients = p.trainable_bytes
     optimizer, opt_temp = optimizer_state(setup, p, cuda)
+    optimizer += importance_state(setup, p)
     # a CPU run's "host" is the memory it trains in: offloaded checkpoints stay live tensors there
     acts = activation_peak(arch, setup if cuda else replace(setup, offload_activations=False))
     n, shard = setup.num_gpus, setup.sharding
@@ -193,7 +195,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     # gradient among its buffers, so only the step's temporaries add.
     loss_part, head = acts.logits, (0, flight.head[1]) if setup.loss == "chunked" else flight.head
     if setup.loss == "standard" and any(head):
-        shrunk = setup.tokens * arch.vocab_size * setup.compute_bytes
+        shrunk = setup.model_tokens * arch.vocab_size * setup.compute_bytes
         loss_part, head = (shrunk, head) if shrunk + sum(head) > acts.logits else (acts.logits, (0, 0))
     at_loss = loss_part + sum(head)
     at_layer = acts.working_set + sum(flight.layer) - flight.freed
@@ -314,9 +316,22 @@ def _loss_words(arch: Architecture, setup: TrainSetup) -> str:
     if setup.loss == "chunked-output":
         return (f"loss: LM head and cross-entropy on {OUTPUT_CHUNKS} token chunks, each upcast to fp32, every "
                 "chunk's fp32 log-probabilities saved for backward (torchtune's LinearCrossEntropyLoss)")
-    chunk = loss_chunk_tokens(setup.tokens, arch.vocab_size, arch.hidden_size, setup.loss_chunk_mib * 2**20)
+    chunk = loss_chunk_tokens(setup.model_tokens, arch.vocab_size, arch.hidden_size, setup.loss_chunk_mib * 2**20)
     return (f"loss: chunked LM head + cross-entropy, {chunk:,} tokens per chunk (fp32 buffers of one chunk; the "
             "hidden states' gradient kept for backward)")
+
+
+_PEFT_WORDS = {
+    "adalora": ("AdaLoRA (peft AdaLoraConfig): SVD adapters built at rank {s.adapter_rank}, pruned to {s.lora_r} on "
+                "average by masking (memory stays at the starting rank); its rank allocator keeps three copies of "
+                "the adapters (importance and two moving averages)"),
+    "ia3": ("IA3 (peft IA3Config): one trained scale per output of keys and values and per input of the MLP's "
+            "down projection; each keeps the tensor it scales for the scale's gradient"),
+    "prompt": ("prompt tuning (peft PromptTuningConfig): {s.virtual_tokens} trained virtual tokens prepended to "
+               "every sample, so every layer runs {s.model_seq_len:,} positions"),
+    "prefix": ("prefix tuning (peft PrefixTuningConfig): a trained key and value for {s.virtual_tokens} virtual "
+               "tokens in every layer; each attention runs over {s.kv_len:,} keys"),
+}
 
 
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
@@ -345,6 +360,8 @@ def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
         out.append("DoRA (peft use_dora): a trained magnitude per output row; each adapted layer keeps its base "
                    "and adapter outputs for backward and renormalizes its weight every forward and recompute "
                    "(a d_in x d_in identity through the adapter, then W + BA in 16 bits)")
+    if setup.is_peft and setup.peft != "lora":
+        out.append(_PEFT_WORDS[setup.peft].format(s=setup))
     if arch.is_moe:
         out.append(f"MoE layout: {MOE_PER_EXPERT}" if setup.is_peft else f"MoE layout: {MOE_FUSED}, all trained")
         out.append("MoE activations assume balanced routing (tokens x top_k spread over the experts)")

@@ -23,6 +23,10 @@ SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
 STACKS = ("hf", "torchtune", "axolotl", "litgpt", "unsloth")
 """Training stacks planned for (planner/stacks.py); ``hf`` is this app's own trainer."""
+PEFTS = ("lora", "adalora", "ia3", "prompt", "prefix")
+"""The adapter a LoRA/QLoRA run trains (peft): LoRA (DoRA with ``use_dora``), AdaLoRA (Zhang et al.
+2023), IA3 (Liu et al. 2022), prompt tuning (Lester et al. 2021), prefix tuning (Li & Liang 2021).
+Every one of them trains over a 16-bit (``lora``) or a quantized (``qlora``) base."""
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -81,6 +85,8 @@ BOUNDS: dict[str, Bound] = {
     "batch_size": Bound(1, 2**16, why="2**16 samples per GPU"),
     "seq_len": Bound(1, 2**24, why="2**24 tokens"),
     "lora_r": Bound(1, 2**16, why="and at most the model's hidden size"),
+    "adalora_init_r": Bound(0, 2**16, why="0: 1.5 x --lora-r"),
+    "virtual_tokens": Bound(1, 2**16, why="2**16 tokens"),
     "lora_alpha": Bound(1, 2**20, why="2**20"),
     "lora_dropout": Bound(0.0, 1.0, whole=False, high_open=True),
     "num_gpus": Bound(1, 2**16, why="2**16 GPUs"),
@@ -135,6 +141,13 @@ class TrainSetup:
     use_dora: bool = False
     """DoRA (Liu et al. 2024): each adapted layer also trains a magnitude per output row and
     renormalizes its weight every forward (peft ``LoraConfig(use_dora=True)``)."""
+    peft: str = "lora"
+    """Which adapter a LoRA/QLoRA run trains (``PEFTS``)."""
+    adalora_init_r: int = 0
+    """AdaLoRA's starting rank per layer (its budget prunes it to ``lora_r`` on average); 0 means
+    1.5 x ``lora_r``, the paper's b(0) = 1.5 b(T)."""
+    virtual_tokens: int = 20
+    """Prompt and prefix tuning: trained token positions (peft ``num_virtual_tokens``)."""
     num_gpus: int = 1
     sharding: str = "none"
     offload: str = "none"
@@ -177,8 +190,9 @@ class TrainSetup:
         _choice("stack", self.stack, STACKS)
         _choice("sharding", self.sharding, SHARDINGS)
         _choice("offload", self.offload, OFFLOADS)
+        _choice("peft", self.peft, PEFTS)
         for name in ("batch_size", "seq_len", "lora_r", "lora_alpha", "lora_dropout", "num_gpus",
-                     "gradient_accumulation_steps", "loss_chunk_mib"):
+                     "gradient_accumulation_steps", "loss_chunk_mib", "adalora_init_r", "virtual_tokens"):
             check_bound(name, getattr(self, name))
         if not self.lora_targets or any(not t for t in self.lora_targets):
             raise PlannerError("--lora-targets needs module names such as q_proj,v_proj, or all-linear", "lora_targets")
@@ -189,6 +203,19 @@ class TrainSetup:
                                "--grad-checkpointing", "offload_activations")
         if self.use_dora and not self.is_peft:
             raise PlannerError("--use-dora adapts LoRA: it needs --method lora or qlora", "use_dora")
+        if self.peft != "lora" and not self.is_peft:
+            raise PlannerError(f"--peft {self.peft} trains an adapter: it needs --method lora or qlora", "peft")
+        if self.use_dora and self.peft != "lora":
+            raise PlannerError(f"--use-dora is a kind of LoRA: it does not combine with --peft {self.peft}", "use_dora")
+        if self.adalora_init_r and self.adalora_init_r < self.lora_r:
+            raise PlannerError(f"--adalora-init-r {self.adalora_init_r} is below the rank AdaLoRA prunes to "
+                               f"(--lora-r {self.lora_r}): give at least {self.lora_r}", "adalora_init_r")
+        if self.is_peft and self.peft == "prefix" and self.grad_checkpointing:
+            raise PlannerError("--peft prefix needs --no-grad-checkpointing: transformers 5 drops the cache, and with "
+                               "it the prefix, inside a checkpointed layer", "grad_checkpointing")
+        if self.modules_to_save and self.peft in ("prompt", "prefix"):
+            raise PlannerError(f"--modules-to-save trains layers beside weight adapters: --peft {self.peft} adds "
+                               "virtual tokens and trains no layer", "modules_to_save")
         if self.optimizer_in_backward and self.method != "full":
             raise PlannerError("--optimizer-in-backward applies to --method full (adapters' gradients are small)",
                                "optimizer_in_backward")
@@ -239,6 +266,51 @@ class TrainSetup:
     @property
     def is_peft(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def adapts_linears(self) -> bool:
+        """The adapter sits on the model's linear layers (LoRA, AdaLoRA, IA3), not on its input."""
+        return self.is_peft and self.peft in ("lora", "adalora", "ia3")
+
+    @property
+    def low_rank(self) -> bool:
+        """LoRA-shaped adapters (A and B matrices): LoRA, DoRA, AdaLoRA."""
+        return self.is_peft and self.peft in ("lora", "adalora")
+
+    @property
+    def adapter_rank(self) -> int:
+        """The rank each low-rank adapter is built with: AdaLoRA starts above its target."""
+        if self.peft == "adalora":
+            return self.adalora_init_r or math.ceil(1.5 * self.lora_r)
+        return self.lora_r
+
+    @property
+    def adapter_label(self) -> str:
+        """The adapter as plans name it: ``DoRA r=16``, ``AdaLoRA r=24->16``, ``IA3``,
+        ``prompt tuning 20 tokens``; empty for full fine-tuning."""
+        if not self.is_peft:
+            return ""
+        if self.peft in ("prompt", "prefix"):
+            return f"{self.peft} tuning {self.virtual_tokens} tokens"
+        if self.peft == "ia3":
+            return "IA3"
+        if self.peft == "adalora":
+            return f"AdaLoRA r={self.adapter_rank}->{self.lora_r}"
+        return f"{'DoRA' if self.use_dora else 'LoRA'} r={self.lora_r}"
+
+    @property
+    def model_seq_len(self) -> int:
+        """Positions per sample the model runs: prompt tuning prepends its virtual tokens."""
+        return self.seq_len + (self.virtual_tokens if self.is_peft and self.peft == "prompt" else 0)
+
+    @property
+    def kv_len(self) -> int:
+        """Keys each query attends over: prefix tuning adds its virtual tokens to every layer's."""
+        return self.model_seq_len + (self.virtual_tokens if self.is_peft and self.peft == "prefix" else 0)
+
+    @property
+    def model_tokens(self) -> int:
+        return self.batch_size * self.model_seq_len
 
     @property
     def mixed(self) -> bool:

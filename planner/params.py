@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.activations import HEAD_NAMES, lora_targeted
+from planner.activations import HEAD_NAMES, adapted, is_feedforward
 from planner.catalog import Architecture
 from planner.errors import PlannerError
 from planner.options import TrainSetup
@@ -57,18 +57,35 @@ def _modules_to_save(arch: Architecture, names: tuple[str, ...]) -> int:
     return total
 
 
-def _lora_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
-    """LoRA parameters, their matrices' rows + columns, and the largest matrix's elements, over
-    every targeted module."""
+def _adapter_params(arch: Architecture, setup: TrainSetup) -> tuple[int, int, int]:
+    """The adapter's parameters, their matrices' rows + columns, and the largest tensor's
+    elements. LoRA: r x d_in and d_out x r per adapted layer; DoRA adds a magnitude per output row
+    (``lora_magnitude_vector``), AdaLoRA a singular value per rank (``lora_E``, r x 1) at its
+    starting rank. IA3: one scale per output (per input for a feedforward layer). Prompt tuning:
+    a virtual token embedding; prefix tuning: a key and a value per layer per virtual token
+    (peft's ``PrefixEncoder``, GQA-sized)."""
+    if setup.peft == "prompt":
+        n = setup.virtual_tokens * arch.hidden_size
+        return n, setup.virtual_tokens + arch.hidden_size, n
+    if setup.peft == "prefix":
+        width = arch.num_layers * 2 * arch.num_kv_heads * arch.head_dim
+        return setup.virtual_tokens * width, setup.virtual_tokens + width, setup.virtual_tokens * width
     params = dims = largest = 0
+    r = setup.adapter_rank
     for block in arch.blocks:
         for lin in block.linears:
-            if lora_targeted(lin, setup.lora_targets):
-                # DoRA adds a trainable magnitude per output row (peft's lora_magnitude_vector)
-                magnitude = lin.d_out if setup.use_dora else 0
-                params += block.count * lin.copies * (setup.lora_r * (lin.d_in + lin.d_out) + magnitude)
-                dims += block.count * lin.copies * (2 * setup.lora_r + lin.d_in + lin.d_out + magnitude)
-                largest = max(largest, setup.lora_r * max(lin.d_in, lin.d_out))
+            if not adapted(lin, setup):
+                continue
+            tensors = block.count * lin.copies
+            if setup.peft == "ia3":
+                d = lin.d_in if is_feedforward(lin) else lin.d_out
+                params, dims, largest = params + tensors * d, dims + tensors * (d + 1), max(largest, d)
+                continue
+            # DoRA's magnitude per output row, AdaLoRA's singular values
+            extra = lin.d_out if setup.use_dora else r if setup.peft == "adalora" else 0
+            params += tensors * (r * (lin.d_in + lin.d_out) + extra)
+            dims += tensors * (2 * r + lin.d_in + lin.d_out + extra + (1 if setup.peft == "adalora" else 0))
+            largest = max(largest, r * max(lin.d_in, lin.d_out))
     if not largest:
         names = ", ".join(sorted(arch.linear_names()))
         raise PlannerError(f"--lora-targets {','.join(setup.lora_targets)} matches no module; this model has: {names}",
@@ -85,7 +102,7 @@ def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
         wb = FP32 if setup.fp32_masters else wb
         return Params(total * wb, 0, 0, total, total * wb, dims, largest, arch.layer_params * wb)
 
-    lora, dims, lora_largest = _lora_params(arch, setup)
+    lora, dims, lora_largest = _adapter_params(arch, setup)
     adapter_b = FP32 if setup.adapter_dtype == "fp32" or setup.fp32_masters else 2
     if setup.method == "lora":
         weights, quant_state, other_b = total * wb, 0, wb
@@ -97,7 +114,9 @@ def params(arch: Architecture, setup: TrainSetup, total: int) -> Params:
     mts_b = FP32 if setup.fp32_masters else other_b
     adapters = lora * adapter_b + mts * mts_b
     largest = embed if mts else lora_largest
-    return Params(weights, quant_state, adapters, lora + mts, adapters, dims, largest, lora * adapter_b)
+    # prompt and prefix tuning train no layer: their one tensor's gradient comes at backward's end
+    layer_bytes = lora * adapter_b if setup.adapts_linears else 0
+    return Params(weights, quant_state, adapters, lora + mts, adapters, dims, largest, layer_bytes)
 
 
 def quantized_base(arch: Architecture, quant: str, double_quant: bool, total: int, other_bytes: int) -> tuple[int, int]:
@@ -146,8 +165,11 @@ def paged_state_bytes(arch: Architecture, setup: TrainSetup) -> int:
             tensors = block.count * lin.copies
             if setup.method == "full":
                 elements += tensors * big(lin.d_in * lin.d_out)
-            elif lora_targeted(lin, setup.lora_targets):
-                elements += tensors * (big(setup.lora_r * lin.d_in) + big(lin.d_out * setup.lora_r))
+            elif setup.low_rank and adapted(lin, setup):
+                r = setup.adapter_rank
+                elements += tensors * (big(r * lin.d_in) + big(lin.d_out * r))
+    if setup.peft in ("prompt", "prefix"):
+        elements += big(_adapter_params(arch, setup)[0])
     saved = setup.modules_to_save if setup.is_peft else ("embed_tokens", "lm_head")
     if any(name not in HEAD_NAMES for name in saved):  # the input embedding
         elements += big(embed)
@@ -175,3 +197,10 @@ def optimizer_state(setup: TrainSetup, p: Params, cuda: bool) -> tuple[int, int]
     # fp32 (16-bit parameters and gradients upcast, the squared gradient, the update).
     copies = 2 if setup.weight_bytes == FP32 else 4
     return FP32 * p.matrix_dims, copies * FP32 * p.largest
+
+
+def importance_state(setup: TrainSetup, p: Params) -> int:
+    """AdaLoRA's rank allocator keeps, per adapter tensor, its importance |w * grad| and that
+    importance's two moving averages, from the first step it scores on (peft adalora/layer.py
+    ``RankAllocator.update_ipt``): three copies of the adapters beside the optimizer's state."""
+    return 3 * p.layer_bytes if setup.peft == "adalora" else 0

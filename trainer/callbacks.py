@@ -130,3 +130,13 @@ def _float(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+class RankBudget(TrainerCallback):
+    """AdaLoRA's rank allocation, which no Trainer runs by itself: after each optimizer step, with
+    the gradients still there (before ``zero_grad``), score every adapter rank and mask the least
+    important ones down to the step's budget (peft ``AdaLoraModel.update_and_allocate``)."""
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        model = getattr(model, "module", model)  # DDP's wrapper
+        model.base_model.update_and_allocate(state.global_step)

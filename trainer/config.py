@@ -16,7 +16,7 @@ from typing import Any
 # The planner plans exactly what the trainer can run: one list of choices for both.
 from planner.errors import shown
 from planner.loss import LOSSES
-from planner.options import ATTENTIONS, BOUNDS, METHODS, OPTIMIZERS, QUANTS, Bound, TrainSetup
+from planner.options import ATTENTIONS, BOUNDS, METHODS, OPTIMIZERS, PEFTS, QUANTS, Bound, TrainSetup
 from planner.options import PRECISIONS as _PLANNED_PRECISIONS
 
 PRECISIONS = ("auto",) + _PLANNED_PRECISIONS
@@ -63,6 +63,12 @@ class TrainConfig:
     modules_to_save: tuple[str, ...] = ()
     use_dora: bool = False
     """LoRA/QLoRA: DoRA (peft ``use_dora``), a trained magnitude per output row of each adapted layer."""
+    peft: str = "lora"
+    """LoRA/QLoRA: the adapter trained (lora, adalora, ia3, prompt, prefix; planner.options.PEFTS)."""
+    adalora_init_r: int = 0
+    """AdaLoRA: starting rank, pruned to ``lora_r`` on average over the run (0: 1.5 x lora_r)."""
+    virtual_tokens: int = 20
+    """Prompt and prefix tuning: trained virtual tokens."""
     optimizer: str = "adamw_torch"
     optimizer_in_backward: bool = False
     """Full fine-tuning: each parameter stepped, and its gradient freed, as soon as backward has it
@@ -120,7 +126,8 @@ class TrainConfig:
         for name, allowed in (("method", METHODS), ("quant", QUANTS), ("precision", PRECISIONS),
                               ("optimizer", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS),
                               ("attention", ATTENTIONS), ("data_format", FORMATS), ("device", DEVICES),
-                              ("adapter_dtype", ("fp32", "bf16")), ("sharding", SHARDINGS), ("loss", LOSSES)):
+                              ("adapter_dtype", ("fp32", "bf16")), ("sharding", SHARDINGS), ("loss", LOSSES),
+                              ("peft", PEFTS)):
             value = getattr(self, name)
             if value not in allowed:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -162,6 +169,7 @@ class TrainConfig:
                               "grad_checkpointing true", "offload_activations")
         if self.use_dora and self.method == "full":
             raise ConfigError("use_dora: DoRA adapts LoRA; it needs method lora or qlora", "use_dora")
+        self._check_peft()
         if self.optimizer_in_backward:
             self._check_in_backward()
         if self.loss != "standard" and self.num_processes > 1:
@@ -170,6 +178,22 @@ class TrainConfig:
             raise ConfigError(CHUNKED_ONE_PROCESS, "loss")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra: expected a mapping, got {_jtype(self.extra)}", "extra")
+
+    def _check_peft(self) -> None:
+        if self.peft == "lora":
+            return
+        for wrong, name, why in (
+                (self.method == "full", "peft", "trains an adapter: it needs method lora or qlora"),
+                (self.use_dora, "use_dora", f"DoRA is a kind of LoRA: it does not combine with peft {self.peft}"),
+                (self.peft == "prefix" and self.grad_checkpointing, "grad_checkpointing",
+                 "prefix tuning needs grad_checkpointing false: transformers 5 drops the cache, and with it the "
+                 "prefix, inside a checkpointed layer"),
+                (self.peft in ("prompt", "prefix") and bool(self.modules_to_save), "modules_to_save",
+                 f"peft {self.peft} adds virtual tokens and trains no layer"),
+                (self.peft == "adalora" and 0 < self.adalora_init_r < self.lora_r, "adalora_init_r",
+                 f"below the rank AdaLoRA prunes to (lora_r {self.lora_r})")):
+            if wrong:
+                raise ConfigError(f"{name}: {why}", name)
 
     def _check_in_backward(self) -> None:
         for wrong, why in ((self.method != "full", "applies to method full (adapters' gradients are small)"),
@@ -270,7 +294,8 @@ SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "
                 "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
                 "loss_chunk_mib",
                 "lora_r", "lora_alpha",
-                "lora_dropout", "lora_targets", "modules_to_save", "use_dora", "num_processes", "sharding")
+                "lora_dropout", "lora_targets", "modules_to_save", "use_dora", "peft", "adalora_init_r",
+                "virtual_tokens", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says; but a
 plan with the optimizer in backward also turns gradient clipping off, which that needs)."""
 
@@ -311,6 +336,7 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         "loss_chunk_mib": s.loss_chunk_mib,
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "use_dora": s.use_dora,
+        "peft": s.peft, "adalora_init_r": s.adalora_init_r, "virtual_tokens": s.virtual_tokens,
         "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
     }
 
@@ -329,6 +355,8 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
         loss_chunk_mib=cfg.loss_chunk_mib,
         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
         modules_to_save=cfg.modules_to_save, use_dora=cfg.use_dora, num_gpus=cfg.num_processes,
+        peft=cfg.peft, adalora_init_r=cfg.adalora_init_r,
+        virtual_tokens=cfg.virtual_tokens,
         sharding="none" if cfg.num_processes == 1 else cfg.sharding,
     )
 
@@ -346,7 +374,8 @@ _BOUNDS = {
     # shared with the planner, which plans exactly what the trainer runs
     "lora_r": BOUNDS["lora_r"], "lora_alpha": BOUNDS["lora_alpha"], "batch_size": BOUNDS["batch_size"],
     "max_seq_len": BOUNDS["seq_len"], "num_processes": BOUNDS["num_gpus"], "epochs": BOUNDS["epochs"],
-    "loss_chunk_mib": BOUNDS["loss_chunk_mib"],
+    "loss_chunk_mib": BOUNDS["loss_chunk_mib"], "adalora_init_r": BOUNDS["adalora_init_r"],
+    "virtual_tokens": BOUNDS["virtual_tokens"],
     "gradient_accumulation_steps": Bound(1, 2**20), "logging_steps": Bound(1, 2**31 - 1),
     "save_total_limit": Bound(1, 2**20), "warmup_steps": _STEPS, "eval_steps": _STEPS, "save_steps": _STEPS,
     "seed": Bound(0, 2**32 - 1), "max_steps": Bound(-1, 2**31 - 1),

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig
+from planner.errors import PlannerError
+from trainer.config import TrainConfig, setup_of
 
 
 class ModelError(RuntimeError):
@@ -149,7 +150,6 @@ def _config(cfg: TrainConfig) -> Any:
 def per_expert(cfg: TrainConfig) -> str | None:
     """The model type when this run rebuilds MoE experts per expert (LoRA and QLoRA on a model
     whose experts transformers fuses; see planner/simulate/moe_layout.py), else None."""
-    from planner.errors import PlannerError
     from planner.simulate.moe_layout import needs_split
 
     if cfg.method == "full" or cfg.trust_remote_code:
@@ -182,8 +182,9 @@ def model_class(cfg: TrainConfig) -> Any:
     return per_expert_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(_config(cfg))])
 
 
-def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
-    """The model ready for Trainer: quantized and prepared (QLoRA), wrapped with LoRA (LoRA, QLoRA).
+def load_model(cfg: TrainConfig, rt: Runtime, total_steps: int = 1000) -> Any:
+    """The model ready for Trainer: quantized and prepared (QLoRA), wrapped with its adapter (LoRA,
+    QLoRA), for a run of ``total_steps`` optimizer steps (AdaLoRA's rank schedule).
 
     Call it inside ``model_layout(cfg)``."""
     name, local = source(cfg)
@@ -200,7 +201,7 @@ def load_model(cfg: TrainConfig, rt: Runtime) -> Any:
         model = model_class(cfg).from_pretrained(name, **kwargs)
     if cfg.method == "full":
         return model
-    return _with_lora(cfg, model, weight_dtype(rt.precision))
+    return _with_adapter(cfg, model, rt.precision, total_steps)
 
 
 def param_counts(model: Any) -> tuple[int, int]:
@@ -212,7 +213,9 @@ def param_counts(model: Any) -> tuple[int, int]:
     are in the trainable count); a 4-bit weight counts its values, not its packed bytes."""
     from peft import PeftModel
 
-    added = ("modules_to_save", model.base_model.prefix) if isinstance(model, PeftModel) else ()
+    # a tuner's own prefix (lora_, ia3_...); prompt learning keeps its encoder beside the base
+    tuner = getattr(model.base_model, "prefix", "prompt_encoder") if isinstance(model, PeftModel) else None
+    added = ("modules_to_save", "prompt_encoder", tuner) if tuner else ()
     total = trainable = 0
     for name, param in model.named_parameters():
         count = logical_numel(param)
@@ -231,8 +234,10 @@ def logical_numel(param: Any) -> int:
     return math.prod(shape) if shape is not None else int(param.numel())
 
 
-def _with_lora(cfg: TrainConfig, model: Any, load_dtype: Any) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def _with_adapter(cfg: TrainConfig, model: Any, precision: str, total_steps: int) -> Any:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from planner.simulate.adapters import freeze_rank_counts, peft_config
 
     if cfg.method == "qlora":
         # freezes the base, casts the non-quantized weights to fp32, enables input grads
@@ -240,22 +245,15 @@ def _with_lora(cfg: TrainConfig, model: Any, load_dtype: Any) -> Any:
             model, use_gradient_checkpointing=cfg.grad_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
         if not cfg.kbit_upcast:
-            _back_to(model, load_dtype)
+            _back_to(model, weight_dtype(precision))
     _check_modules_to_save(cfg, model)
-    targets: str | list[str] = "all-linear" if "all-linear" in cfg.lora_targets else list(cfg.lora_targets)
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        modules_to_save=list(cfg.modules_to_save) or None,
-        use_dora=cfg.use_dora,
-        task_type="CAUSAL_LM",
-    )
     try:
-        return get_peft_model(model, lora, autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
-    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+        model = get_peft_model(model, peft_config(setup_of(cfg, precision), total_steps),
+                               autocast_adapter_dtype=cfg.adapter_dtype == "fp32")
+    except (ValueError, PlannerError) as exc:  # peft: "Target modules {...} not found in the base model"
         raise ModelError(f"lora_targets: {str(exc).splitlines()[0]}") from None
+    freeze_rank_counts(model)
+    return model
 
 
 def _check_modules_to_save(cfg: TrainConfig, model: Any) -> None:

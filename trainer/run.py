@@ -103,7 +103,9 @@ class Run:
             from planner.simulate.offload import host_offload
 
             self.layout.enter_context(host_offload())
-        model = load_model(cfg, self.runtime)
+        steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
+        max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+        model = load_model(cfg, self.runtime, max_steps)
         predicted = predict(cfg, self.runtime.precision, self.runtime.device)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
         if predicted:
@@ -116,6 +118,10 @@ class Run:
 
         # plugged-in callbacks run before the event callback: a command they send acts at this very step
         callbacks = plugin_callbacks(cfg, self.commands) + [self.callback]
+        if cfg.peft == "adalora" and cfg.method != "full":
+            from trainer.callbacks import RankBudget
+
+            callbacks.insert(0, RankBudget())
         # with tqdm off, transformers prints every log dict to stdout: stdout is for events only
         from transformers.trainer_callback import PrinterCallback
 
@@ -153,8 +159,6 @@ class Run:
         # a resumed run killed before its first checkpoint starts over (and says so in `start`)
         self.checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
         params_total, trainable = param_counts(model)
-        steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
-        max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
         self.sink.emit(
             "start", model=cfg.model, method=cfg.method, params_total=params_total,
             params_trainable=trainable, max_steps=max_steps, run_dir=str(self.run_dir),

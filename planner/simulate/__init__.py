@@ -151,6 +151,8 @@ def run_step(config: dict[str, Any], layers: int, setup: TrainSetup, device: str
             at_peak["backward"] = (counter.peak, counter.peak_live, counter.peak_saved)
             counter.reset_peak()
             optimizer.step()
+            if setup.peft == "adalora":  # the trainer's callback, after the step and before zero_grad
+                model.base_model.update_and_allocate(step)
             at_peak["optimizer"] = (counter.peak, counter.peak_live, counter.peak_saved)
             if step == 0:  # the Trainer frees the gradients after each step; accumulation keeps them
                 optimizer.zero_grad(set_to_none=setup.gradient_accumulation_steps == 1)
@@ -223,6 +225,11 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
         # lacks: the meta step would materialise the full score matrix instead
         raise PlannerError(f"cannot simulate sdpa's sliding-window mask beyond the window ({window} tokens); "
                            "use --attention flash_attention_2, or `python -m planner estimate`")
+    if setup.peft == "prefix" and setup.attention == "sdpa":
+        # the same explicit mask (queries fewer than keys): a GPU's memory-efficient kernel, the
+        # full score matrix on the meta device
+        raise PlannerError("cannot simulate sdpa under prefix tuning (its mask has more keys than queries); use "
+                           "--attention flash_attention_2 or eager, or `python -m planner estimate`")
     # Offloading frees each layer's input once the next layer has run: from the second layer on,
     # one more input is alive inside a layer than in the first, so the affine part starts there.
     first = 2 if setup.offload_activations and model.arch.num_layers > 2 else 1

@@ -138,6 +138,10 @@ def persistent_tensors(model: Any, optimizer: Any = None) -> dict[str, list[Any]
     optimizer = getattr(optimizer, "optimizer", optimizer)
     optimizers = getattr(optimizer, "optimizers", [optimizer]) if optimizer is not None else []
     states = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()]
+    # AdaLoRA's rank allocator: each adapter tensor's importance and its two moving averages
+    allocator = getattr(getattr(model, "base_model", None), "rankallocator", None)
+    if allocator is not None:
+        states += [t for kept in (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc) for t in kept.values()]
     return {"parameters": tensors(weights), "gradients": tensors(grads), "optimizer_state": tensors(states)}
 
 

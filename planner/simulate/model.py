@@ -9,6 +9,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.options import TrainSetup
+from planner.simulate.adapters import freeze_rank_counts, peft_config
 from planner.simulate.meta import autocast_dtype, flash_attention
 from planner.simulate.moe_layout import needs_split, peft_targets_as_given, split_experts
 
@@ -54,15 +55,11 @@ def build_model(config: dict[str, Any], layers: int, setup: TrainSetup, device: 
             # checkpointing is enabled below, as for LoRA
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if setup.is_peft:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        targets = "all-linear" if "all-linear" in setup.lora_targets else list(setup.lora_targets)
         with peft_targets_as_given():
-            model = get_peft_model(model, LoraConfig(r=setup.lora_r, lora_alpha=setup.lora_alpha,
-                                                     lora_dropout=setup.lora_dropout, target_modules=targets,
-                                                     use_dora=setup.use_dora,
-                                                     modules_to_save=list(setup.modules_to_save) or None),
-                                   autocast_adapter_dtype=setup.adapter_dtype == "fp32")
+            model = get_peft_model(model, peft_config(setup), autocast_adapter_dtype=setup.adapter_dtype == "fp32")
+        freeze_rank_counts(model)
     if setup.grad_checkpointing:
         kwargs: dict[str, Any] = {"use_reentrant": False}
         if recompute is not None:
