@@ -121,7 +121,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_table(a: argparse.Namespace) -> int:
-    from planner.table import COLUMNS, MOE_LAYOUT, classic_table, moe_columns
+    from planner.table import ADAPTER_NOTE, COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 
     base = setup_from_args(a)
     rows = classic_table(base)
@@ -143,11 +143,12 @@ def cmd_table(a: argparse.Namespace) -> int:
           + (" · chunked loss" if base.loss == "chunked" else "")
           + (" · optimizer in backward (Full rows)" if base.optimizer_in_backward else "")
           + (f" · stack {base.stack} (each row its recipe: docs/stacks.md)" if base.stack != "hf" else ""))
-    header = f"{'Method':<7}{'Bits':>5}" + "".join(f"{size:>9}" for size, _ in COLUMNS)
+    header = f"{'Method':<8}{'Bits':>5}" + "".join(f"{size:>9}" for size, _ in COLUMNS)
     print(header)
     for r in rows:
-        print(f"{r.method:<7}{r.bits:>5}" + "".join(f"{e.device_used_bytes / GiB:9.1f}" for e in r.estimates))
+        print(f"{r.method:<8}{r.bits:>5}" + "".join(f"{e.device_used_bytes / GiB:9.1f}" for e in r.estimates))
     print("QLoRA 2 is a 2-bit base (HQQ-style): estimated only, the trainer does not offer it.")
+    print(textwrap.fill(ADAPTER_NOTE, width=100))
     print(textwrap.fill(f"{', '.join(moe)} (mixture of experts): {MOE_LAYOUT}.", width=100))
     return 0
 

@@ -6,6 +6,7 @@ flops/token = forward + backward to the activations + weight gradients (trainabl
 step time   = tokens x flops/token / (peak x utilization) + QLoRA dequantization (memory-bound)
               + activation offloading's copies (out in forward, back in backward, over PCIe)
               + DoRA's per-step weight renormalization (FLOPs and bytes moved)
+              + AdaLoRA's importance scores per optimizer step (bytes moved)
 
 References:
     Kaplan et al. 2020, "Scaling Laws for Neural Language Models" (C = 6N per token; the
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.activations import activation_peak, lora_targeted
+from planner.activations import activation_peak, adapted
 from planner.calibration import HOST_LINK_BYTES_PER_S, UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
 from planner.options import TrainSetup
+from planner.params import params
 
 # Bytes moved per weight by one dequantization: read the packed 4-bit weight, write 16-bit.
 _DEQUANT_BYTES = {"nf4": 0.5 + 2, "fp4": 0.5 + 2, "int8": 1 + 2, "2bit": 0.25 + 2}
@@ -92,16 +94,19 @@ def flops_per_token(arch: Architecture, setup: TrainSetup) -> FlopsPerToken:
     trainable_fraction = 1.0 if setup.method == "full" else 0.0
     weight_gradients = 2 * n_active * trainable_fraction
     # causal attention: QK^T and AV, each 2*s*d per token, halved by the mask; backward is 2x
-    attention_fwd = 2 * arch.num_layers * setup.seq_len * arch.num_heads * (arch.head_dim + arch.v_head_dim) / 2
+    # (prefix tuning's keys are all visible: its virtual tokens add a whole s x prefix term)
+    prefix = setup.kv_len - setup.model_seq_len
+    attention_fwd = 2 * arch.num_layers * (setup.model_seq_len / 2 + prefix) * arch.num_heads * (
+        arch.head_dim + arch.v_head_dim)
     attention = 3 * attention_fwd
     adapters = 0.0
-    if setup.is_peft:
+    if setup.low_rank:  # IA3's scales are elementwise; prompt and prefix tuning adapt no layer
         for block in arch.blocks:
             for lin in block.linears:
-                if lora_targeted(lin, setup.lora_targets):
+                if adapted(lin, setup):
                     passes = block.experts_per_token if lin.role == "expert" else 1
                     # forward, input gradient and weight gradient of A and B
-                    adapters += 6 * block.count * passes * setup.lora_r * (lin.d_in + lin.d_out)
+                    adapters += 6 * block.count * passes * setup.adapter_rank * (lin.d_in + lin.d_out)
     recompute = (forward + attention_fwd + adapters / 3) if setup.grad_checkpointing else 0.0
     return FlopsPerToken(forward, backward_activations, weight_gradients, attention, recompute, adapters)
 
@@ -130,15 +135,16 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     fpt = flops_per_token(arch, setup)
     util = min(utilization(gpu, setup.method), 1.0)  # never above the hardware peak
     achieved = gpu.peak_flops * util
+    # the model runs prompt tuning's virtual tokens too; throughput counts the data's tokens
     tokens_per_step = setup.batch_size * setup.seq_len
-    compute_s = tokens_per_step * fpt.total / achieved
+    compute_s = setup.model_tokens * fpt.total / achieved
     dequant_s = 0.0
     if setup.method == "qlora":
         passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
     offload_s = offload_seconds(arch, setup)
-    dora_s = dora_seconds(arch, setup, gpu, achieved)
+    dora_s = dora_seconds(arch, setup, gpu, achieved) + importance_seconds(arch, setup, gpu)
     per_gpu_tps = tokens_per_step / (compute_s + dequant_s + offload_s + dora_s)
     n = setup.num_gpus
     tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)
@@ -164,18 +170,28 @@ def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_f
     B (2 d_in^2 r + 2 d_in r d_out FLOPs), and the d_in x d_out product scaled, added to the
     weight and normed: matmul FLOPs at the achieved rate, the identity (adapter dtype, its 16-bit
     copy, read back) and the product's three 16-bit passes over memory bandwidth."""
-    if not (setup.use_dora and setup.is_peft):
+    if not (setup.use_dora and setup.low_rank):
         return 0.0
     passes = 2 if setup.grad_checkpointing else 1
     c, a = setup.compute_bytes, 4 if setup.adapter_dtype == "fp32" else 2
     flops = moved = 0.0
     for block in arch.blocks:
         for lin in block.linears:
-            if lora_targeted(lin, setup.lora_targets):
+            if adapted(lin, setup):
                 count = block.count * lin.copies
                 flops += count * 2 * setup.lora_r * lin.d_in * (lin.d_in + lin.d_out)
                 moved += count * (lin.d_in * lin.d_in * (a + 2 * c) + 6 * lin.d_in * lin.d_out * c)
     return passes * (flops / achieved_flops + moved / gpu.bandwidth_bytes_per_s)
+
+
+def importance_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> float:
+    """AdaLoRA's rank allocator after every optimizer step (peft ``RankAllocator.update_ipt``):
+    each adapter tensor and its gradient read, its importance and the two moving averages read
+    and written, about ten elementwise passes over the adapters' bytes."""
+    if setup.peft != "adalora" or not setup.is_peft:
+        return 0.0
+    adapters = params(arch, setup, 0).layer_bytes  # the adapters' bytes (no base weights counted)
+    return 10 * adapters / gpu.bandwidth_bytes_per_s / max(setup.gradient_accumulation_steps, 1)
 
 
 def offload_seconds(arch: Architecture, setup: TrainSetup) -> float:

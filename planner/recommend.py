@@ -20,6 +20,7 @@ from typing import Any
 from planner.alternatives import Alternative, what_would_fit
 from planner.calibration import HOST_LINK_BYTES_PER_S
 from planner.catalog import ModelSpec
+from planner.errors import PlannerError
 from planner.cost import run_cost
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
@@ -27,7 +28,7 @@ from planner.memory import estimate, memory_savers
 from planner.options import TrainSetup, at_micro_batch
 from planner.stacks import planned
 from planner.targets import GpuTarget
-from planner.units import GiB, fmt_gib
+from planner.units import GiB, fmt_count, fmt_gib
 
 METHODS = (("full", None), ("lora", None), ("qlora", "int8"), ("qlora", "nf4"))
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
@@ -324,17 +325,37 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
         text += (f" LoRA on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
                  f"on {fmt_gib(mem)}), so the base is quantized.")
     if s.is_peft:
-        text += _dora_words(model, gpu, o)
+        text += _adapter_words(model, gpu, o)
     return text
 
 
-def _dora_words(model: ModelSpec, gpu: GpuTarget, o: Option) -> str:
-    """The other variant of the chosen adapter, in the estimator's and the time model's numbers:
-    DoRA (a magnitude per output row, the weight renormalized every forward) beside plain LoRA."""
-    other = replace(o.setup, use_dora=not o.setup.use_dora)
-    used = estimate(model, other).device_used_bytes
-    speed = run_cost(model.arch, other, gpu.spec).tokens_per_second
-    where = "fits" if fits(used, gpu.memory_bytes) else "does not fit"
-    name, than = ("plain LoRA", "DoRA") if o.setup.use_dora else ("DoRA at the same rank", "LoRA")
-    return (f" {name} would need {used / GiB:.1f} GiB ({where}) at ~{speed:,.0f} tokens/s "
-            f"({speed / o.tokens_per_second - 1:+.0%} against {than}).")
+_ADAPTERS: tuple[dict[str, Any], ...] = (
+    {"peft": "lora", "use_dora": False}, {"peft": "lora", "use_dora": True}, {"peft": "adalora"}, {"peft": "ia3"},
+    {"peft": "prompt", "modules_to_save": ()},
+    {"peft": "prefix", "modules_to_save": (), "grad_checkpointing": False, "offload_activations": False},
+)
+"""The adapters a LoRA/QLoRA pick is set beside, on its own base (prefix tuning without checkpointing)."""
+
+
+def _adapter_words(model: ModelSpec, gpu: GpuTarget, o: Option) -> str:
+    """The other adapters on the chosen base, each in the estimator's and the time model's numbers:
+    memory, speed against the pick, and how many parameters it trains (fewer adapt less)."""
+    parts = []
+    for change in _ADAPTERS:
+        try:
+            other = replace(o.setup, **change)
+            used = estimate(model, other)
+        except PlannerError:
+            continue  # cannot combine with the pick's other settings
+        if other == o.setup:
+            continue
+        speed = run_cost(model.arch, other, gpu.spec).tokens_per_second
+        where = "" if fits(used.device_used_bytes, gpu.memory_bytes) else ", does not fit"
+        off = " (checkpointing off)" if other.grad_checkpointing != o.setup.grad_checkpointing else ""
+        parts.append(f"{other.adapter_label}{off} {used.device_used_bytes / GiB:.1f} GiB{where}, ~{speed:,.0f} "
+                     f"tokens/s ({speed / o.tokens_per_second - 1:+.0%}), {fmt_count(used.params_trainable)} trained")
+    if not parts:
+        return ""
+    return (f" Other adapters on this base ({o.setup.adapter_label}: "
+            f"{fmt_count(estimate(model, o.setup).params_trainable)} trained): " + "; ".join(parts)
+            + ". The fewer parameters an adapter trains, the less it can change the model.")

@@ -33,7 +33,20 @@ ROWS = (
     ("QLoRA", "8", dict(method="qlora", quant="int8", precision="bf16")),
     ("QLoRA", "4", dict(method="qlora", quant="nf4", precision="bf16")),
     ("QLoRA", "2", dict(method="qlora", quant="2bit", precision="bf16")),
+    # the other adapters, on the same 16-bit base as LoRA 16
+    ("DoRA", "16", dict(method="lora", quant=None, precision="bf16", use_dora=True)),
+    ("AdaLoRA", "16", dict(method="lora", quant=None, precision="bf16", peft="adalora")),
+    ("IA3", "16", dict(method="lora", quant=None, precision="bf16", peft="ia3")),
+    ("Prompt", "16", dict(method="lora", quant=None, precision="bf16", peft="prompt")),
+    ("Prefix", "16", dict(method="lora", quant=None, precision="bf16", peft="prefix", grad_checkpointing=False,
+                          offload_activations=False)),
 )
+
+ADAPTER_NOTE = ("DoRA, AdaLoRA, IA3, prompt and prefix tuning rows hold a 16-bit base; each also trains on a "
+                "4-bit one (bitsandbytes), which saves what QLoRA 4 saves against LoRA 16 (DoRA on 4 bits is "
+                "estimated, not simulated). Prefix tuning runs without gradient checkpointing (transformers 5 "
+                "drops its keys inside checkpointed layers).")
+"""What the adapter rows assume, said under every rendering of the table."""
 
 
 MOE_LAYOUT = f"Full rows train {MOE_FUSED}; LoRA and QLoRA rows hold {MOE_PER_EXPERT}"
@@ -57,7 +70,11 @@ def _row_setup(base: TrainSetup, fields: dict[str, Any]) -> TrainSetup:
     # modules_to_save only means something for adapter methods, the optimizer step in backward
     # only for full fine-tuning; the stack's recipe for the row's method supplies the rest
     extra: dict[str, Any] = {"modules_to_save": ()} if fields["method"] == "full" else {"optimizer_in_backward": False}
-    return planned(base, **fields, **extra)
+    # each row names its adapter: LoRA unless it says otherwise
+    adapter = {"peft": "lora", "use_dora": False}
+    if fields.get("peft") in ("prompt", "prefix"):
+        adapter["modules_to_save"] = ()
+    return planned(base, **{**adapter, **extra, **fields})
 
 
 def classic_table(base: TrainSetup) -> tuple[TableRow, ...]:

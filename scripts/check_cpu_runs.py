@@ -46,6 +46,12 @@ CASES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("LoRA bf16", {"method": "lora", "precision": "bf16"}),
     ("LoRA, offloaded activations", {"method": "lora", "offload_activations": True}),
     ("DoRA", {"method": "lora", "use_dora": True}),
+    ("AdaLoRA", {"method": "lora", "peft": "adalora"}),
+    ("IA3 on 4 bits", {"method": "qlora", "peft": "ia3"}),
+    ("prompt tuning", {"method": "lora", "peft": "prompt", "modules_to_save": []}),
+    # eager attention: precise mode lacks the kernel sdpa takes for prefix tuning's mask
+    ("prefix tuning, eager", {"method": "lora", "peft": "prefix", "modules_to_save": [], "grad_checkpointing": False,
+                              "attention": "eager"}),
     ("full, optimizer in backward", {"method": "full", "optimizer_in_backward": True, "max_grad_norm": 0.0}),
 )
 """Method x checkpointing, then one case per technique that changes which tensors exist (the

@@ -25,8 +25,6 @@ BYTES_KEYS = ("weights", "quant_state", "adapters", "gradients", "optimizer", "a
 # peak_allocated = persistent (weights..optimizer) + transient (activations, logits, workspace)
 ALLOCATED_TERMS = ("weights", "quant_state", "adapters", "gradients", "optimizer", "activations", "logits",
                    "workspace")
-TABLE_SIZES = ["7B", "13B", "30B", "70B", "110B", "8x7B", "8x22B"]
-TABLE_ROWS = [("Full", "AMP"), ("Full", "16"), ("LoRA", "16"), ("QLoRA", "8"), ("QLoRA", "4"), ("QLoRA", "2")]
 
 
 def catalog_config(model_id: str = MODEL) -> dict:
@@ -249,47 +247,6 @@ def test_folder_with_safetensors_counts_tensors(capsys, tmp_path):
 
 
 # --- table --------------------------------------------------------------------------------------------
-
-def test_table_json(capsys):
-    data = run_json(capsys, "table")
-    assert [c["size"] for c in data["columns"]] == TABLE_SIZES
-    layouts = [c["moe_layout"] for c in data["columns"]]
-    assert layouts[:5] == [None] * 5 and all("one nn.Linear per expert" in x for x in layouts[5:])
-    assert [(r["method"], r["bits"]) for r in data["rows"]] == TABLE_ROWS
-    for row in data["rows"]:
-        for key in ("device_used_bytes", "peak_allocated_bytes"):
-            assert len(row[key]) == 7
-            assert all(type(v) is int and v > 0 for v in row[key])
-        assert all(a <= d for a, d in zip(row["peak_allocated_bytes"], row["device_used_bytes"]))
-    for col in range(7):
-        used = [row["device_used_bytes"][col] for row in data["rows"]]
-        assert used == sorted(used, reverse=True) and len(set(used)) == 6, (TABLE_SIZES[col], used)
-    # within each row, the 7B..70B dense Llamas grow with size
-    for row in data["rows"]:
-        dense = row["device_used_bytes"][:4]
-        assert dense == sorted(dense)
-
-
-def test_table_json_follows_options(capsys):
-    small = run_json(capsys, "table", "--seq-len", "512")
-    large = run_json(capsys, "table", "--seq-len", "4096", "--batch-size", "2")
-    assert (small["seq_len"], large["seq_len"], large["batch_size"]) == (512, 4096, 2)
-    for s_row, l_row in zip(small["rows"], large["rows"]):
-        pairs = list(zip(s_row["device_used_bytes"], l_row["device_used_bytes"]))
-        # full fine-tuning peaks in the optimizer step, which does not depend on the tokens
-        assert all(short <= long for short, long in pairs)
-        if s_row["method"] != "Full":
-            assert all(short < long for short, long in pairs)
-
-
-def test_table_human(capsys):
-    out = run_ok(capsys, "table")
-    for size in TABLE_SIZES:
-        assert size in out
-    assert "QLoRA 2" in out and "estimated only" in out
-    assert "8x7B, 8x22B (mixture of experts): Full rows train transformers' fused experts" in out
-    assert len([line for line in out.splitlines() if line.startswith(("Full", "LoRA", "QLoRA "))]) >= 6
-
 
 # --- gpus ---------------------------------------------------------------------------------------------
 

@@ -286,17 +286,25 @@ def test_the_recommendation_says_its_warnings_first():
     assert any("trainer cannot run" in w for w in zero2.warnings)
 
 
-def test_the_explanation_sets_dora_beside_the_chosen_lora_in_numbers():
-    """Issue 18: the other adapter variant, in the estimator's and the time model's numbers."""
+def test_the_explanation_sets_the_other_adapters_beside_the_chosen_one_in_numbers():
+    """Issue 18 point 4: every other adapter on the pick's base, in the estimator's and the time
+    model's numbers (memory, speed against the pick, parameters trained), prefix tuning without
+    checkpointing."""
     from planner.cost import run_cost
     from planner.memory import estimate
+    from planner.units import fmt_count
 
     spec, gpu = resolve_model("meta-llama/Llama-3.1-8B"), target("RTX 4090")
     rec = recommend(spec, TrainSetup(), gpu)
     chosen = rec.options[rec.recommended]
     assert chosen.setup.method in ("lora", "qlora") and not chosen.setup.use_dora
-    dora = replace(chosen.setup, use_dora=True)
-    used = estimate(spec, dora).device_used_bytes / 2**30
-    speed = run_cost(spec.arch, dora, gpu.spec).tokens_per_second
-    assert f"DoRA at the same rank would need {used:.1f} GiB" in rec.explanation
-    assert f"~{speed:,.0f} tokens/s ({speed / chosen.tokens_per_second - 1:+.0%} against LoRA)" in rec.explanation
+    for change, label in ((dict(use_dora=True), "DoRA r=16"), (dict(peft="ia3"), "IA3"),
+                          (dict(peft="prompt", modules_to_save=()), "prompt tuning 20 tokens")):
+        other = replace(chosen.setup, **change)
+        e = estimate(spec, other)
+        speed = run_cost(spec.arch, other, gpu.spec).tokens_per_second
+        assert (f"{label} {e.device_used_bytes / 2**30:.1f} GiB, ~{speed:,.0f} tokens/s "
+                f"({speed / chosen.tokens_per_second - 1:+.0%}), {fmt_count(e.params_trainable)} trained"
+                ) in rec.explanation
+    assert "prefix tuning 20 tokens (checkpointing off)" in rec.explanation
+    assert "AdaLoRA r=24->16" in rec.explanation

@@ -20,7 +20,8 @@ OTHER = FormValues(model="mistralai/Mistral-7B-v0.1", stack="axolotl", method="q
                    quant="fp4", double_quant=False, adapter_dtype="bf16", lora_alpha=64, lora_targets="q_proj,v_proj",
                    modules_to_save="lm_head", num_gpus=4, sharding="zero3", offload="params",
                    dataset_tokens=123_000_000, epochs=2.5, max_quality=True, loss="chunked", kbit_upcast=False,
-                   offload_activations=True, optimizer_in_backward=True, gradient_accumulation_steps=4, use_dora=True)
+                   offload_activations=True, optimizer_in_backward=True, gradient_accumulation_steps=4, use_dora=True,
+                   peft="prompt", virtual_tokens=32)
 
 
 @pytest.fixture

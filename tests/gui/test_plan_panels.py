@@ -61,7 +61,12 @@ def test_each_alternative_the_trainer_can_run_has_its_own_use(page, qtbot, state
 
 
 def test_size_table_is_coloured_by_fit(page):
-    assert (page.sizes.rowCount(), page.sizes.columnCount()) == (6, 7)
+    assert (page.sizes.rowCount(), page.sizes.columnCount()) == (11, 7)
+    # the other adapters' rows say what they assume (their base, prefix tuning's checkpointing)
+    assert page.sizes.verticalHeaderItem(10).text() == "Prefix 16"
+    assert "without gradient checkpointing" in page.sizes.verticalHeaderItem(10).toolTip()
+    assert "without gradient checkpointing" in page.sizes.item(10, 0).toolTip()
+    assert not page.sizes.verticalHeaderItem(2).toolTip()  # LoRA 16
     first, last = page.sizes.item(4, 0), page.sizes.item(0, 6)  # QLoRA 4 at 7B, Full AMP at 8x22B
     assert first.background().color() != last.background().color()
     assert "fits on 23.99 GiB" in first.toolTip() and "does not fit" in last.toolTip()

@@ -13,7 +13,7 @@ from planner.catalog.gpus import GpuSpec, gpu_catalog
 from planner.cost import run_cost
 from planner.gui.plan.model import FormValues, my_setup, setup_for
 from planner.memory import estimate
-from planner.table import COLUMNS, MOE_LAYOUT, classic_table, moe_columns
+from planner.table import ADAPTER_NOTE, COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 from planner.units import GiB
 
 
@@ -30,6 +30,8 @@ class SizesTable:
     """(row label such as "QLoRA 4", cells per column)."""
     column_notes: tuple[str, ...]
     """Per column, what its estimates assume beyond the row (the MoE layout), or ""."""
+    row_notes: tuple[str, ...] = ()
+    """Per row, what it assumes beyond its label (the other adapters' base and checkpointing), or ""."""
 
 
 def sizes_table(values: FormValues, gpu_bytes: int) -> SizesTable:
@@ -37,13 +39,14 @@ def sizes_table(values: FormValues, gpu_bytes: int) -> SizesTable:
     # the rows set the method; the optimizer in backward (a full fine-tuning switch) needs a full base
     source = setup_for(values, "full", None) if values.optimizer_in_backward else my_setup(values)
     base = replace(source, method="full" if source.optimizer_in_backward else "lora", quant=None, modules_to_save=())
-    rows = []
+    rows, row_notes = [], []
     for row in classic_table(base):
         cells = tuple(SizeCell(e.device_used_bytes / GiB, e.device_used_bytes <= gpu_bytes) for e in row.estimates)
         rows.append((f"{row.method} {row.bits}", cells))
+        row_notes.append(ADAPTER_NOTE if row.method not in ("Full", "LoRA", "QLoRA") else "")
     moe = moe_columns()
     notes = tuple(f"{size}: mixture of experts. {MOE_LAYOUT}." if size in moe else "" for size, _ in COLUMNS)
-    return SizesTable(tuple(size for size, _ in COLUMNS), tuple(rows), notes)
+    return SizesTable(tuple(size for size, _ in COLUMNS), tuple(rows), notes, tuple(row_notes))
 
 
 @dataclass(frozen=True)

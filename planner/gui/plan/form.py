@@ -46,6 +46,7 @@ from planner.options import (
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
+    PEFTS,
     PRECISIONS,
     QUANTS,
     SHARDINGS,
@@ -131,6 +132,13 @@ class PlanForm(QWidget):
         self.lora_alpha_spin = _spin(1, 4096, "LoRA alpha (scaling; no memory effect).")
         self.targets_edit = _edit("all-linear, or module names such as q_proj,v_proj.")
         self.save_edit = _edit("Modules trained in full beside the adapters, e.g. embed_tokens,lm_head.")
+        self.peft_box = _combo(PEFTS, "The adapter on the LoRA and QLoRA bars (peft): lora (DoRA with the box "
+                               "below), adalora (ranks pruned by importance), ia3 (learned scales), prompt "
+                               "(virtual tokens at the input), prefix (virtual keys and values in every layer; "
+                               "its bars plan checkpointing off, which it needs). All of them train on a 4-bit "
+                               "base too.")
+        self.virtual_spin = _spin(1, 4096, "Prompt and prefix tuning: trained virtual tokens (they lengthen every "
+                                  "sample, or every layer's keys).")
         self.dora_box = _check("DoRA (LoRA, QLoRA)",
                                "Weight-decomposed LoRA (peft use_dora): a trained magnitude per output row; "
                                "each adapted layer keeps two more outputs for backward and renormalizes its "
@@ -188,6 +196,8 @@ class PlanForm(QWidget):
             Field("lora_alpha", "LoRA alpha", self.lora_alpha_spin, WHOLE),
             Field("lora_targets", "LoRA targets", self.targets_edit, TEXT),
             Field("modules_to_save", "Modules to save", self.save_edit, TEXT),
+            Field("peft", "Adapter", self.peft_box, CHOICE),
+            Field("virtual_tokens", "Virtual tokens", self.virtual_spin, WHOLE),
             Field("use_dora", "", self.dora_box, FLAG),
             Field("grad_checkpointing", "", self.ckpt_box, FLAG),
             Field("offload_activations", "", self.offload_acts_box, FLAG),

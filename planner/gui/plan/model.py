@@ -76,6 +76,9 @@ class FormValues:
     modules_to_save: str = ""
     use_dora: bool = _D.use_dora
     """DoRA on the LoRA and QLoRA bars."""
+    peft: str = _D.peft
+    """The adapter on the LoRA and QLoRA bars (planner.options.PEFTS)."""
+    virtual_tokens: int = _D.virtual_tokens
     num_gpus: int = _D.num_gpus
     sharding: str = _D.sharding
     offload: str = _D.offload
@@ -148,11 +151,14 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
     form = {knob: getattr(values, field) for field, knob in FORM_KNOBS.items() if knob not in per_method}
     if "optimizer_in_backward" in form:
         form["optimizer_in_backward"] = form["optimizer_in_backward"] and method == "full"
+    if values.peft == "prefix" and method != "full":  # prefix tuning trains without checkpointing
+        form.update(grad_checkpointing=False, offload_activations=False)
     return stack.apply(TrainSetup(
         method=method, quant=quant, batch_size=values.batch_size, seq_len=values.seq_len, attention=values.attention,
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
         modules_to_save=_names(values.modules_to_save) if method != "full" else (),
         use_dora=values.use_dora and method != "full",
+        peft=values.peft if method != "full" else "lora", virtual_tokens=values.virtual_tokens,
         num_gpus=values.num_gpus, sharding=values.sharding, offload=values.offload, explicit=frozenset(form),
         **form))
 

@@ -128,11 +128,13 @@ class SizesPanel(QTableWidget):
         for c, note in enumerate(table.column_notes):
             self.horizontalHeaderItem(c).setToolTip(note)
         self.setVerticalHeaderLabels([label for label, _ in table.rows])
+        row_notes = table.row_notes or ("",) * len(table.rows)
         for r, (label, cells) in enumerate(table.rows):
+            self.verticalHeaderItem(r).setToolTip(row_notes[r])
             for c, cell in enumerate(cells):
                 verdict = "fits" if cell.fits else "does not fit"
                 tip = (f"{label}, {table.columns[c]}: {cell.device_used_gib:.1f} GiB, {verdict} on "
-                       f"{fmt_gib(gpu_gib)}\n{table.column_notes[c]}")
+                       f"{fmt_gib(gpu_gib)}\n{table.column_notes[c]}\n{row_notes[r]}")
                 item = _item(f"{cell.device_used_gib:,.1f}", tip.strip())
                 item.setBackground(QBrush(FITS if cell.fits else MISSES))
                 self.setItem(r, c, item)
