@@ -158,8 +158,9 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # Prefix tuning's keys and values join each layer's (the cache's concatenation, kept instead):
     # (kv - s) more rows of K and V per sample.
     if setup.attention == "eager":
-        # repeat_kv expands K/V to every head; scores keep the fp32 softmax and its 16-bit copy.
-        attention = c * (3 * q_w + o_w) + arch.num_heads * kv * (FP32 + c)
+        # repeat_kv expands K/V to every head; scores keep the fp32 softmax and its copy in the
+        # compute dtype (none when that is fp32: ``.to(query.dtype)`` returns the tensor itself).
+        attention = c * (3 * q_w + o_w) + arch.num_heads * kv * (FP32 + (c if c != FP32 else 0))
         prefix_keys = setup.batch_size * (kv - s) * 2 * q_w * c
     else:
         attention = c * (q_w + 2 * kv_w + o_w) + FP32 * arch.num_heads
