@@ -80,7 +80,7 @@ class Session:
         import contextlib
 
         names = self.loaded.names
-        name = name if name is not None else self.default
+        name = self.named(name)
         if name not in names:
             raise ConfigError(f"adapter '{name}' is not loaded; one of: {', '.join(names)}", "adapter")
         if name == BASE:
@@ -88,6 +88,10 @@ class Session:
         if len(names) > 1:
             self.loaded.model.set_adapter(name)
         return contextlib.nullcontext()
+
+    def named(self, name: Any) -> Any:
+        """What a request's ``adapter`` names: itself, or :attr:`default` when it names nothing."""
+        return name if name is not None else self.default
 
     @property
     def default(self) -> str:
@@ -136,6 +140,9 @@ def generate(session: Session, request: dict[str, Any]) -> None:
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+    from trainer.virtual_tokens import generate as virtual_generate
+    from trainer.virtual_tokens import virtual_kind
+
     loaded, rid = session.loaded, request["id"]
     tok, model = loaded.tokenizer, loaded.model
     messages = _messages(request)
@@ -170,11 +177,14 @@ def generate(session: Session, request: dict[str, Any]) -> None:
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     measure = _Measure(model, loaded.device, bool(request.get("measure")))
+    options = dict(max_new_tokens=new, min_new_tokens=least, streamer=Stream(tok, skip_prompt=True,
+                   skip_special_tokens=True), stopping_criteria=StoppingCriteriaList([Stop()]), **sampling)
     with session.variant(request.get("adapter")), torch.inference_mode(), measure:
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=least,
-                       pad_token_id=tok.pad_token_id,
-                       streamer=Stream(tok, skip_prompt=True, skip_special_tokens=True),
-                       stopping_criteria=StoppingCriteriaList([Stop()]), **sampling)
+        if session.named(request.get("adapter")) != BASE and virtual_kind(model):
+            # peft's own generate gets prompt and prefix tuning wrong (trainer/virtual_tokens.py)
+            virtual_generate(model, ids, pad_token_id=tok.pad_token_id, **options)
+        else:
+            model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=tok.pad_token_id, **options)
     end = time.monotonic()
     first, tokens = clock["first"], clock["tokens"]
     decode_s = end - first if first else 0.0
@@ -252,7 +262,8 @@ def score(session: Session, request: dict[str, Any]) -> None:
     with session.variant(request.get("adapter")), torch.inference_mode():
         for _, ids, labels in rows:
             inputs = torch.tensor([ids], device=model.device)
-            logits = model(input_ids=inputs).logits[0, :-1].float()
+            # the prompt's own positions: prompt tuning's logits also cover its virtual tokens, in front
+            logits = model(input_ids=inputs).logits[0, -len(ids):-1].float()
             target = torch.tensor(labels[1:], device=logits.device)
             mask = target != IGNORE
             if not bool(mask.any()):

@@ -44,6 +44,10 @@ def trained_weights(run_dir: Path, cfg: TrainConfig) -> Path:
     return checkpoint
 
 
+VIRTUAL_TOKENS = ("prompt", "prefix")
+"""Adapters that change no weight (they prepend trained token positions): peft has no
+``merge_and_unload`` for them."""
+
 EXPORT_MARKER = ".finetune-export.json"
 """Written into every export: the one kind of non-empty folder ``--force`` may replace."""
 
@@ -73,6 +77,9 @@ def export(run_dir: Path, out: Path, merge: bool, force: bool = False) -> Path:
     cfg = TrainConfig.load(run_dir / "config.json")
     out = out.expanduser().resolve()  # `--out .` names the folder itself
     check_target(out, run_dir, cfg, force)
+    if merge and cfg.method != "full" and cfg.peft in VIRTUAL_TOKENS:
+        raise ExportError(f"--merge: {cfg.peft} tuning adds virtual tokens: nothing to merge into the weights; "
+                          "export the adapter (without --merge)")
     source = trained_weights(run_dir, cfg)
     tokenizer = load_tokenizer(cfg)
     with atomic_dir(out, replace=force) as tmp:

@@ -73,3 +73,44 @@ def test_export_without_weights_fails_cleanly(demo_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "neither a final adapter/ nor a complete checkpoint" in err and len(err.strip().splitlines()) == 1
     assert export_main(str(tmp_path / "nowhere"), str(tmp_path / "out")) == 2
+
+
+@pytest.fixture(scope="module")
+def ia3_run(demo_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ia3") / "run"
+    code, _ = run_inprocess(write_config(demo_dir, run_dir, method="lora", peft="ia3", learning_rate=3e-2,
+                                         modules_to_save=[], max_steps=10, save_steps=0))
+    assert code == 0
+    return run_dir
+
+
+def test_an_ia3_adapter_merges_into_a_plain_model_that_computes_as_the_adapter(ia3_run, demo_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    assert export_main(str(ia3_run), str(out), merge=True) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert not any("ia3" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        got = merged(input_ids=torch.tensor(PROBE)).logits
+        base = AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32)(
+            input_ids=torch.tensor(PROBE)).logits
+    adapter = _peft_logits(demo_dir, "lora", ia3_run / "adapter")
+    assert (got - adapter).abs().max() < 1e-4
+    assert (got - base).abs().max() > 1e-2  # the scaling vectors went into the weights
+
+
+@pytest.mark.parametrize("peft", ["prompt", "prefix"])
+def test_merging_virtual_tokens_is_one_line_and_exit_2(peft, demo_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _ = run_inprocess(write_config(demo_dir, run_dir, method="lora", peft=peft, modules_to_save=[],
+                                         grad_checkpointing=False, max_steps=2, save_steps=0))
+    assert code == 0
+    capsys.readouterr()
+    assert export_main(str(run_dir), str(tmp_path / "merged"), merge=True) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --merge: {peft} tuning adds virtual tokens: nothing to merge into the weights; "
+                   "export the adapter (without --merge)\n")
+    assert not (tmp_path / "merged").exists()
+    assert export_main(str(run_dir), str(tmp_path / "adapter")) == 0  # the adapter itself exports

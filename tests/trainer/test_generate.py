@@ -168,3 +168,74 @@ def test_a_merged_export_answers_as_the_adapter_on_its_base(run_dir, tmp_path):
     answer = {name: "".join(t["text"] for t in of(events, "token", "m")) for name, events in
               (("merged", merged), ("tuned", tuned))}
     assert answer["merged"] == answer["tuned"] and answer["merged"].strip()
+
+
+@pytest.fixture(scope="module", params=["prompt", "prefix"])
+def virtual_run(request, demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A prompt- or prefix-tuning run of the demo (fp32 base): its virtual tokens change the greedy answer."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    code, events = run_inprocess(write_config(demo_dir, out, method="lora", peft=request.param, learning_rate=3e-2,
+                                              modules_to_save=[], grad_checkpointing=False, max_steps=30,
+                                              save_steps=0))
+    assert code == 0, events[-1]
+    return request.param, out
+
+
+def _greedy(model, ids, new: int, eos: int) -> list[int]:
+    """Greedy decoding the slow, sure way: the whole sequence through the forward at every token,
+    no cache; EOS held off (the request's ``min_new_tokens``), so every answer is ``new`` long."""
+    import torch
+
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(new):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            logits[eos] = float("-inf")
+            tokens.append(int(logits.argmax()))
+            ids = torch.cat([ids, torch.tensor([tokens[-1:]])], dim=1)
+    return tokens
+
+
+def test_prompt_and_prefix_tuning_answer_as_their_forward_and_the_base_as_the_base(virtual_run, demo_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import prompt_text
+
+    peft, run = virtual_run
+    new = 10
+    # the demo's tuned answer is EOS at once: holding it off makes every later token count
+    ask = {"op": "generate", "messages": ASK, "max_new_tokens": new, "min_new_tokens": new, "temperature": 0}
+    code, events = session({**ask, "id": "t"}, {**ask, "id": "b", "adapter": "base"}, {**ask, "id": "t2"},
+                           args=("--run", str(run)))
+    assert code == 0 and not of(events, "error")
+    text = {rid: "".join(t["text"] for t in of(events, "token", rid)) for rid in ("t", "b", "t2")}
+    count = {rid: of(events, "done", rid)[0]["new_tokens"] for rid in ("t", "b")}
+
+    tok = AutoTokenizer.from_pretrained(demo_dir / "model")
+    ids = tok(prompt_text(tok, ASK), return_tensors="pt", add_special_tokens=False).input_ids
+    eos = tok.eos_token_id
+
+    def base():
+        return AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32).eval()
+
+    tuned = _greedy(PeftModel.from_pretrained(base(), run / "adapter").eval(), ids, new, eos)
+    plain = _greedy(base(), ids, new, eos)
+    assert tuned != plain  # the virtual tokens change the answer: an ignored adapter would show
+    assert text["t"] == tok.decode(tuned, skip_special_tokens=True) and count["t"] == len(tuned)
+    assert text["b"] == tok.decode(plain, skip_special_tokens=True) and count["b"] == len(plain)
+    assert text["t2"] == text["t"]  # answering as the base left the adapter as it was
+
+
+def test_prompt_and_prefix_tuning_score_their_held_out_examples(virtual_run):
+    code, events = session({"op": "score", "id": "tuned", "limit": 16},
+                           {"op": "score", "id": "base", "adapter": "base", "limit": 16},
+                           args=("--run", str(virtual_run[1])))
+    assert code == 0 and not of(events, "error")
+    tuned, base = of(events, "score", "tuned")[0], of(events, "score", "base")[0]
+    assert tuned["tokens"] == base["tokens"] > 0
+    assert tuned["loss"] < base["loss"] - 0.1
