@@ -250,7 +250,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
             cast = FP32 * width if adapter_cast and mlp_bytes != FP32 else 0
             end = mlp_bytes * h + mlp_bytes * width * int(not down_needs_input) + cast
             recompute_end = max(recompute_end, int(share * end))
-    backward = incoming + mlp_backward
+    backward = incoming + mlp_backward + _adapter_gradient_temps(block, setup, mlp_bytes)
     if setup.grad_checkpointing:
         # The recompute also holds the residual carried across the MLP, the MLP norm's output when
         # nothing keeps it, an offloaded input brought back to the GPU unless saved (below), and the
@@ -273,6 +273,20 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     if setup.attention == "eager":
         backward += tokens * arch.num_heads * kv * FP32
     return LayerActivations(saved=saved, checkpoint=tokens * rb * h, backward_transient=backward)
+
+
+def _adapter_gradient_temps(block: Block, setup: TrainSetup, out_bytes: int) -> int:
+    """Per token, what an adapter's own backward adds beside the MLP's at its widest layer: AdaLoRA
+    divides its output by the rank count, so the division's gradient is one more output-sized
+    tensor in the adapter's dtype; IA3's scale gradient first multiplies the incoming gradient by
+    the scaled tensor, element by element, before it sums over the tokens."""
+    widths = [lin.d_out for lin in block.linears if adapted(lin, setup)]
+    if not widths or setup.peft not in ("adalora", "ia3"):
+        return 0
+    if setup.peft == "adalora":
+        return (FP32 if setup.adapter_dtype == "fp32" else setup.compute_bytes) * max(widths)
+    return out_bytes * max(lin.d_in if is_feedforward(lin) else lin.d_out
+                           for lin in block.linears if adapted(lin, setup))
 
 
 def dora_transient(block: Block, setup: TrainSetup) -> int:
