@@ -91,13 +91,15 @@ def _layer_moment(arch: Architecture, b: int, a: int, lora: bool) -> int:
 
 def inference_memory(model: ModelSpec, *, quant: str | None, dtype_bytes: int, prompt_tokens: int,
                      new_tokens: int, adapter_params: int = 0, adapter_bytes: int = 4, batch: int = 1,
-                     double_quant: bool = True, device: str = "cuda") -> InferenceEstimate:
+                     double_quant: bool = True, device: str = "cuda", virtual_tokens: int = 0) -> InferenceEstimate:
     """Predict the peak memory of generating ``new_tokens`` after a ``prompt_tokens`` prompt for
     ``batch`` sequences, greedy, with transformers' default DynamicCache.
 
     ``dtype_bytes``: the load and compute dtype (2 for bf16/fp16, 4 for fp32); ``quant``: the
     base's bitsandbytes format (``nf4``, ``fp4``, ``int8``) or None; ``adapter_params``: LoRA
-    parameters over every loaded adapter, ``adapter_bytes`` each (peft keeps them in fp32)."""
+    parameters over every loaded adapter, ``adapter_bytes`` each (peft keeps them in fp32);
+    ``virtual_tokens``: a prompt- or prefix-tuning adapter's, which join the prompt's positions
+    (trainer/virtual_tokens.py) instead of adding a LoRA branch to every layer."""
     if device not in DEVICES:
         raise PlannerError(f"device '{device}' is not one of: {', '.join(DEVICES)}", "device")
     if quant is not None and quant not in QUANT_BITS:
@@ -111,7 +113,8 @@ def inference_memory(model: ModelSpec, *, quant: str | None, dtype_bytes: int, p
     if adapter_params < 0:
         raise PlannerError(f"adapter_params must be 0 or more, got {adapter_params}", "adapter_params")
     cuda, arch, b = device == "cuda", model.arch, dtype_bytes
-    total, lora = model.total_params, adapter_params > 0
+    total, lora = model.total_params, adapter_params > 0 and not virtual_tokens
+    prompt_tokens += virtual_tokens
     if quant is None:
         weights, quant_state = total * b, 0
     else:

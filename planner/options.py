@@ -27,6 +27,8 @@ PEFTS = ("lora", "adalora", "ia3", "prompt", "prefix")
 """The adapter a LoRA/QLoRA run trains (peft): LoRA (DoRA with ``use_dora``), AdaLoRA (Zhang et al.
 2023), IA3 (Liu et al. 2022), prompt tuning (Lester et al. 2021), prefix tuning (Li & Liang 2021).
 Every one of them trains over a 16-bit (``lora``) or a quantized (``qlora``) base."""
+PEFT_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "ia3": "IA3", "prompt": "prompt tuning", "prefix": "prefix tuning"}
+"""How plans, the recommendation and model cards name each adapter (DoRA: LoRA with ``use_dora``)."""
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -290,13 +292,14 @@ class TrainSetup:
         ``prompt tuning 20 tokens``; empty for full fine-tuning."""
         if not self.is_peft:
             return ""
+        name = "DoRA" if self.use_dora else PEFT_NAMES[self.peft]
         if self.peft in ("prompt", "prefix"):
-            return f"{self.peft} tuning {self.virtual_tokens} tokens"
+            return f"{name} {self.virtual_tokens} tokens"
         if self.peft == "ia3":
-            return "IA3"
+            return name
         if self.peft == "adalora":
-            return f"AdaLoRA r={self.adapter_rank}->{self.lora_r}"
-        return f"{'DoRA' if self.use_dora else 'LoRA'} r={self.lora_r}"
+            return f"{name} r={self.adapter_rank}->{self.lora_r}"
+        return f"{name} r={self.lora_r}"
 
     @property
     def model_seq_len(self) -> int:

@@ -20,8 +20,8 @@ from typing import Any
 from planner.alternatives import Alternative, what_would_fit
 from planner.calibration import HOST_LINK_BYTES_PER_S
 from planner.catalog import ModelSpec
-from planner.errors import PlannerError
 from planner.cost import run_cost
+from planner.errors import PlannerError
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
 from planner.memory import estimate, memory_savers

@@ -9,6 +9,7 @@ LoRA matrices and those copies, which is what the estimator counts as trainable)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,24 +33,27 @@ class TryPrediction:
     text: str
 
 
-def _base_and_adapter(source: Path, dtype_bytes: int) -> tuple[ModelSpec, str | None, bool, int]:
-    """(base model, quant, double quant, adapter parameters) of a run folder, an adapter folder or
-    a model folder (a merged export: no adapter)."""
+def _base_and_adapter(source: Path, dtype_bytes: int) -> tuple[ModelSpec, str | None, bool, int, int]:
+    """(base model, quant, double quant, adapter parameters, virtual tokens) of a run folder, an
+    adapter folder or a model folder (a merged export: no adapter)."""
     if (source / "adapter_config.json").is_file():
         base = adapter_base(source)
         if not base:
             raise PlannerError(f"{source} names no base model")
         weights = source / "adapter_model.safetensors"
         params = sum(t.numel for t in read_header(weights)) if weights.is_file() else 0
-        return resolve_model(base), None, True, params
+        config = json.loads((source / "adapter_config.json").read_text())
+        virtual = int(config.get("num_virtual_tokens") or 0)  # prompt and prefix tuning only
+        return resolve_model(base), None, True, params, virtual
     if not is_run_dir(source):
-        return resolve_model(str(source)), None, True, 0
+        return resolve_model(str(source)), None, True, 0, 0
     cfg = TrainConfig.load(source / "config.json")
     spec = resolve_model(cfg.model)
     if cfg.method == "full":
-        return spec, None, True, 0
+        return spec, None, True, 0, 0
     trainable = estimate(spec, setup_of(cfg, "fp32" if dtype_bytes == 4 else "bf16")).params_trainable
-    return spec, cfg.quant if cfg.method == "qlora" else None, cfg.double_quant, trainable
+    virtual = cfg.virtual_tokens if cfg.peft in ("prompt", "prefix") else 0
+    return spec, cfg.quant if cfg.method == "qlora" else None, cfg.double_quant, trainable, virtual
 
 
 def predicted_bytes(source: Path, device: str, shape: tuple[int, int] | None) -> TryPrediction | None:
@@ -58,11 +62,11 @@ def predicted_bytes(source: Path, device: str, shape: tuple[int, int] | None) ->
     dtype_bytes = 4 if device == "cpu" else 2
     prompt, new = shape or (1, 1)
     try:
-        spec, quant, double_quant, adapter_params = _base_and_adapter(source, dtype_bytes)
+        spec, quant, double_quant, adapter_params, virtual = _base_and_adapter(source, dtype_bytes)
         est = inference_memory(spec, quant=quant, dtype_bytes=dtype_bytes, prompt_tokens=prompt,
                                new_tokens=new, adapter_params=adapter_params, double_quant=double_quant,
-                               device="cpu" if device == "cpu" else "cuda")
-    except (PlannerError, ConfigError, OSError, ValueError):
+                               device="cpu" if device == "cpu" else "cuda", virtual_tokens=virtual)
+    except (PlannerError, ConfigError, OSError, ValueError):  # (a bad adapter_config.json is a ValueError)
         return None
     weights = est.weights + est.quant_state + est.adapters
     peak = est.peak_allocated_bytes if shape else None

@@ -43,8 +43,9 @@ ADAPTERS = (
 def table(precise: bool) -> str:
     model = resolve_model(MODEL)
     gpus = [find_gpu(name) for name in GPUS]
+    last = " | allocated est / precise GiB |" if precise else " |"
     head = ("| adapter | trained | 16-bit base GiB | 4-bit base GiB | "
-            + " | ".join(f"tokens/s {g.name}" for g in gpus) + (" | allocated est / precise GiB |" if precise else " |"))
+            + " | ".join(f"tokens/s {g.name}" for g in gpus) + last)
     rows = [head, "|---|---:|---:|---:|" + "---:|" * len(gpus) + ("---:|" if precise else "")]
     lora = TrainSetup()
     base_speed = [run_cost(model.arch, lora, g).tokens_per_second for g in gpus]

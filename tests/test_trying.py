@@ -61,6 +61,19 @@ def test_an_adapter_folder_is_predicted_on_its_16_or_32_bit_base(demo, tmp_path)
     assert p and p.estimate.quant_state == 0 and p.estimate.adapters == 2 * 8 * 128 * 4
 
 
+def test_a_prompt_tuning_adapter_adds_its_virtual_tokens_to_the_prompt(demo, tmp_path):
+    """trainer/virtual_tokens.py answers a prompt- or prefix-tuning adapter with its virtual
+    tokens ahead of the prompt: they join the KV cache, and no LoRA branch runs in any layer."""
+    adapter = tmp_path / "prompt"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(demo / "model"),
+                                                             "peft_type": "PROMPT_TUNING", "num_virtual_tokens": 20}))
+    _safetensors(adapter / "adapter_model.safetensors", {"prompt_embeddings": [20, 256]})
+    tuned, plain = predicted_bytes(adapter, "cpu", (8, 8)), predicted_bytes(demo / "model", "cpu", (28, 8))
+    assert tuned and plain and tuned.estimate.kv_cache == plain.estimate.kv_cache
+    assert tuned.estimate.adapters == 20 * 256 * 4
+
+
 def test_what_cannot_be_predicted_is_none(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "nobody/unknown-model"}))
     assert predicted_bytes(tmp_path, "cpu", (4, 4)) is None

@@ -10,11 +10,13 @@ said to be "not recorded".
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from planner.options import PEFT_NAMES
 from planner.units import GiB, MiB, fmt_bytes
 from trainer.config import TrainConfig
 from trainer.loss_figure import loss_svg
@@ -96,19 +98,43 @@ def load_snippet(kind: str, cfg: TrainConfig, folder: str) -> str:
     return code
 
 
+def method_name(cfg: TrainConfig) -> str:
+    """``QLoRA``, ``LoRA``, or the adapter the run trained instead (``IA3 on a 4-bit base``)."""
+    if cfg.method == "full" or (cfg.peft == "lora" and not cfg.use_dora):
+        return METHOD_NAMES[cfg.method]
+    adapter = "DoRA" if cfg.use_dora else PEFT_NAMES[cfg.peft]
+    return adapter + (f" on a {'8' if cfg.quant == 'int8' else '4'}-bit base" if cfg.method == "qlora" else "")
+
+
 def _what(kind: str, cfg: TrainConfig) -> str:
     if kind == "adapter":
-        return (f"the {METHOD_NAMES[cfg.method]} adapter only (peft layout): it needs its base model "
+        return (f"the {method_name(cfg)} adapter only (peft layout): it needs its base model "
                 f"`{cfg.model}` to run")
     if kind == "merged":
         bits = "8-bit" if cfg.quant == "int8" else "4-bit"
         onto = f" (dequantized from the {bits} base it was trained against)" if cfg.method == "qlora" else ""
-        return f"the {METHOD_NAMES[cfg.method]} adapter merged into the base weights{onto}: a plain transformers model"
+        return f"the {method_name(cfg)} adapter merged into the base weights{onto}: a plain transformers model"
     return "a fully fine-tuned model: a plain transformers model"
 
 
 def _table(rows: list[tuple[str, str]], head: tuple[str, str] = ("setting", "value")) -> list[str]:
     return [f"| {head[0]} | {head[1]} |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def _adapter_rows(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """The adapter's own settings, named as the run trained it (planner.options.PEFTS)."""
+    if cfg.peft in ("prompt", "prefix"):
+        return [("adapter", f"{cfg.peft} tuning, {cfg.virtual_tokens} virtual tokens")]
+    if cfg.peft == "ia3":
+        targets = "peft's defaults" if tuple(cfg.lora_targets) == ("all-linear",) else ", ".join(cfg.lora_targets)
+        return [("adapter", f"IA3, adapter dtype {cfg.adapter_dtype}"), ("IA3 targets", targets)]
+    if cfg.peft == "adalora":
+        start = cfg.adalora_init_r or math.ceil(1.5 * cfg.lora_r)
+        name, rank = "AdaLoRA", f"r {start} pruned to {cfg.lora_r} on average"
+    else:
+        name, rank = ("DoRA" if cfg.use_dora else "LoRA"), f"r {cfg.lora_r}"
+    return [(name, f"{rank}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, adapter dtype {cfg.adapter_dtype}"),
+            (f"{name} targets", ", ".join(cfg.lora_targets))]
 
 
 def settings_rows(cfg: TrainConfig, summary: dict[str, Any], start: dict[str, Any]) -> list[tuple[str, str]]:
@@ -117,9 +143,7 @@ def settings_rows(cfg: TrainConfig, summary: dict[str, Any], start: dict[str, An
     if cfg.method == "qlora":
         rows.append(("quantization", cfg.quant + (", double quant" if cfg.double_quant else "")))
     if cfg.method != "full":
-        rows += [("LoRA", f"r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, "
-                          f"adapter dtype {cfg.adapter_dtype}"),
-                 ("LoRA targets", ", ".join(cfg.lora_targets))]
+        rows += _adapter_rows(cfg)
         if cfg.modules_to_save:
             rows.append(("modules saved whole", ", ".join(cfg.modules_to_save)))
     global_batch = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.num_processes
@@ -169,7 +193,7 @@ def card_text(kind: str, cfg: TrainConfig, summary: dict[str, Any], history: His
     start = history.start
     examples = start.get("examples")
     skipped = start.get("skipped")
-    lines = front + [f"# `{name}`, fine-tuned ({METHOD_NAMES[cfg.method]})", "",
+    lines = front + [f"# `{name}`, fine-tuned ({method_name(cfg)})", "",
                      f"This folder holds {_what(kind, cfg)}. Exported by `python -m trainer export` from "
                      f"`{source}`.", "", "## How to load", "", "```python", load_snippet(kind, cfg, folder).rstrip(),
                      "```", "", "## Training settings", ""]

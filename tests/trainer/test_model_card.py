@@ -130,3 +130,22 @@ def test_a_full_fine_tune_card_loads_a_plain_model():
     assert "AutoModelForCausalLM.from_pretrained('out/full')" in card and "LoRA" not in card
     assert "| method | full |" in card and "| precision | bf16 |" in card and "`chat.jsonl`" in card
     assert "| what was measured | not recorded |" in card
+
+
+@pytest.mark.parametrize(("fields", "name"), [
+    (dict(method="qlora"), "QLoRA"), (dict(method="lora", use_dora=True), "DoRA"),
+    (dict(method="qlora", peft="ia3"), "IA3 on a 4-bit base"),
+    (dict(method="lora", peft="prompt", grad_checkpointing=False), "prompt tuning"),
+    (dict(method="lora", peft="adalora", lora_r=8), "AdaLoRA"),
+])
+def test_the_card_names_the_adapter_the_run_trained(fields, name):
+    from trainer.config import TrainConfig
+    from trainer.model_card import method_name, settings_rows
+
+    cfg = TrainConfig(model="m", dataset="d.jsonl", **fields)
+    assert method_name(cfg) == name
+    rows = dict(settings_rows(cfg, {}, {}))
+    if fields.get("peft") == "prompt":
+        assert rows["adapter"] == "prompt tuning, 20 virtual tokens" and "LoRA" not in rows
+    if fields.get("peft") == "adalora":
+        assert rows["AdaLoRA"].startswith("r 12 pruned to 8 on average")
