@@ -341,6 +341,12 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
     }
 
 
+def merged_precision(cfg: TrainConfig) -> str:
+    """The dtype ``export --merge`` writes: bf16 for a bf16 run, fp32 otherwise (fp16 would round
+    what the adapter learned; ``auto`` ran fp32 on the CPU)."""
+    return "bf16" if cfg.precision in ("bf16", "bf16-mixed") else "fp32"
+
+
 def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
     """What the planner estimates for ``cfg`` run at ``precision`` (``auto`` resolved by the
     trainer: it depends on the device)."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from planner.atomic import atomic_dir
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, merged_precision
 from trainer.loading import (
     ModelError,
     load_tokenizer,
@@ -117,7 +117,7 @@ def _merge(cfg: TrainConfig, adapter: Path, dest: Path) -> None:
 def _merge_in_layout(cfg: TrainConfig, adapter: Path, dest: Path) -> None:
     from peft import PeftModel
 
-    precision = "bf16" if cfg.precision in ("bf16", "bf16-mixed") else "fp32"
+    precision = merged_precision(cfg)
     kwargs = dict(dtype=weight_dtype(precision), use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
     if cfg.method == "qlora":
         kwargs.update(quantization_config=quantization_config(cfg, precision), device_map={"": "cpu"})

@@ -5,10 +5,6 @@ what it cannot open."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,18 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60_000
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished demo run, trained by the real trainer in a subprocess (this process stays torch-free)."""
-    root = tmp_path_factory.mktemp("try")
-    subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(root / "demo")], cwd=ROOT, check=True,
-                   capture_output=True)
-    config = json.loads((root / "demo" / "run.json").read_text())
-    config.update(output_dir=str(root / "run"), max_steps=60, val_split=0.1, save_steps=60)
-    (root / "run.json").write_text(json.dumps(config))
-    subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(root / "run.json")], cwd=ROOT, check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return root / "run"
+@pytest.fixture
+def run_dir(demo_run: Path) -> Path:
+    return demo_run
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from planner.accuracy import measured, summary_line, write_csv
 from planner.errors import PlannerError
 from planner.gui.common.worker import LatestOnly
 from planner.gui.runs.chart import Replay, ReplayChart
+from planner.gui.runs.export_dialog import ExportDialog
 from planner.gui.runs.model import (
     COLUMN,
     SORT_ROLE,
@@ -118,8 +119,11 @@ class RunsPage(QWidget):
         self.open_button = QPushButton("Open folder")
         self.train_button = QPushButton("Show in Train")
         self.delete_button = QPushButton("Delete\u2026")
+        self.model_button = QPushButton("Export model\u2026")
+        self.model_button.setToolTip("Write the trained adapter, or the adapter merged into its base, to a new folder "
+                                     "with a model card: each choice with its disk size and cost per token.")
         buttons = QHBoxLayout()
-        for button in (self.open_button, self.train_button, self.delete_button):
+        for button in (self.open_button, self.train_button, self.model_button, self.delete_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         buttons.addWidget(self.export_button)
@@ -167,6 +171,8 @@ class RunsPage(QWidget):
         self.open_button.clicked.connect(self.open_folder)
         self.train_button.clicked.connect(self.show_in_train)
         self.delete_button.clicked.connect(self.delete_selected)
+        self.model_button.clicked.connect(self.export_model)
+        self.export_dialog: ExportDialog | None = None
         self.export_button.clicked.connect(self.export_measurements)
         state.run_changed.connect(lambda path: self.refresh(changed=Path(path)))
         self.refresh()
@@ -259,7 +265,7 @@ class RunsPage(QWidget):
 
     def _update_selection_views(self) -> None:
         run = self.selected()
-        for button in (self.open_button, self.train_button, self.delete_button):
+        for button in (self.open_button, self.train_button, self.delete_button, self.model_button):
             button.setEnabled(run is not None)
         self.chart.setVisible(run is not None)  # empty axes would only look like a run with no data
         if run is None:
@@ -302,6 +308,19 @@ class RunsPage(QWidget):
         if run is not None:
             self.state.open_run.emit(str(run.path))
             self.state.page_requested.emit("train")
+
+    def export_model(self) -> None:
+        """The export dialog for the selected run (window-modal, returns at once)."""
+        run = self.selected()
+        if run is None:
+            return
+        try:
+            self.export_dialog = ExportDialog(run.path, self)
+        except PlannerError as exc:
+            self.message.setText(f"Not exported: {exc}")
+            return
+        self.export_dialog.exported.connect(lambda out: self.message.setText(f"Exported to {out}."))
+        self.export_dialog.open()
 
     def delete_selected(self) -> None:
         run = self.selected()
