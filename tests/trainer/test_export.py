@@ -45,17 +45,22 @@ def test_export_adapter(trained, demo_dir, tmp_path):
     assert _peft_logits(demo_dir, method, out).isfinite().all()
 
 
-def test_export_merged_matches_adapter(trained, demo_dir, tmp_path):
+def _merged_logits(run_dir, out, adapter_prefix: str):
+    """``export --merge`` of the run: a plain model without the adapter's parameters; its logits on PROBE."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    method, run_dir = trained
-    out = tmp_path / "merged"
     assert export_main(str(run_dir), str(out), merge=True) == 0
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert not any(adapter_prefix in name for name, _ in merged.named_parameters())
     with torch.no_grad():
-        got = merged(input_ids=torch.tensor(PROBE)).logits
+        return merged(input_ids=torch.tensor(PROBE)).logits
+
+
+def test_export_merged_matches_adapter(trained, demo_dir, tmp_path):
+
+    method, run_dir = trained
+    got = _merged_logits(run_dir, tmp_path / "merged", "lora")
     # QLoRA merges onto the dequantized 4-bit base: exactly that base plus the adapter...
     exact = _peft_logits(demo_dir, method, run_dir / "adapter", dequantize=method == "qlora")
     assert (got - exact).abs().max() < 1e-4
@@ -88,12 +93,8 @@ def test_an_ia3_adapter_merges_into_a_plain_model_that_computes_as_the_adapter(i
     import torch
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / "merged"
-    assert export_main(str(ia3_run), str(out), merge=True) == 0
-    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert not any("ia3" in name for name, _ in merged.named_parameters())
+    got = _merged_logits(ia3_run, tmp_path / "merged", "ia3")
     with torch.no_grad():
-        got = merged(input_ids=torch.tensor(PROBE)).logits
         base = AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32)(
             input_ids=torch.tensor(PROBE)).logits
     adapter = _peft_logits(demo_dir, "lora", ia3_run / "adapter")
