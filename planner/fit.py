@@ -33,7 +33,7 @@ class Fix:
 
 def _candidates(s: TrainSetup) -> Iterator[tuple[TrainSetup, int, str]]:
     base, also = s, ""
-    if not s.grad_checkpointing:
+    if not s.grad_checkpointing and not s.peft == "prefix":  # prefix tuning trains without it
         base, also = replace(s, grad_checkpointing=True), "gradient checkpointing on and "
         yield base, 1, "turn gradient checkpointing on"
     batch, factor = base.batch_size, 1

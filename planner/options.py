@@ -287,12 +287,17 @@ class TrainSetup:
         return self.lora_r
 
     @property
+    def adapter_name(self) -> str:
+        """``LoRA``, ``DoRA``, ``AdaLoRA``, ``IA3``, ``prompt tuning``, ``prefix tuning``; empty for full."""
+        return "" if not self.is_peft else "DoRA" if self.use_dora else PEFT_NAMES[self.peft]
+
+    @property
     def adapter_label(self) -> str:
         """The adapter as plans name it: ``DoRA r=16``, ``AdaLoRA r=24->16``, ``IA3``,
         ``prompt tuning 20 tokens``; empty for full fine-tuning."""
         if not self.is_peft:
             return ""
-        name = "DoRA" if self.use_dora else PEFT_NAMES[self.peft]
+        name = self.adapter_name
         if self.peft in ("prompt", "prefix"):
             return f"{name} {self.virtual_tokens} tokens"
         if self.peft == "ia3":

@@ -157,6 +157,8 @@ def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: i
     options = []
     batches = sorted(set(BATCHES) | {base.batch_size})
     for (method, quant), ckpt, opt in product(methods, (True, False), OPTIMIZERS):
+        if ckpt and base.peft == "prefix" and method != "full":
+            continue  # prefix tuning trains without checkpointing
         combo = planned(base, method=method, quant=quant, grad_checkpointing=ckpt, optimizer=opt,
                         num_gpus=gpu.count, sharding=sharding, offload_activations=base.offload_activations and ckpt,
                         modules_to_save=base.modules_to_save if method != "full" else ())
@@ -168,8 +170,10 @@ def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: i
 
 
 def _label(s: TrainSetup) -> str:
-    method = {"full": "full fine-tuning", "lora": "LoRA (16-bit base)"}.get(
-        s.method, f"QLoRA ({'8-bit' if s.quant == 'int8' else '4-bit NF4'} base)")
+    plain = s.adapter_name == "LoRA"  # plain LoRA on a quantized base is QLoRA
+    adapter = s.adapter_name if plain else s.adapter_label
+    method = {"full": "full fine-tuning", "lora": f"{adapter} (16-bit base)"}.get(
+        s.method, f"{'QLoRA' if plain else adapter} ({'8-bit' if s.quant == 'int8' else '4-bit NF4'} base)")
     steps = s.gradient_accumulation_steps
     accumulated = f" (accumulation {steps})" if steps > 1 else ""
     return (f"{method}, {s.optimizer}, micro-batch {s.batch_size} x {s.seq_len} tokens{accumulated}, "
@@ -214,7 +218,10 @@ def recommend(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens
             break
         if all(getattr(setup, k) == v for k, v in change.items()):
             continue  # the user already asked for it
-        setup = replace(setup, **change)
+        try:
+            setup = replace(setup, **change)
+        except PlannerError:
+            continue  # cannot combine with the plan (activation offloading under prefix tuning)
         added.append(words)
         previous, (trial, trial_rank) = trial, _recommend(setup, *args)
         if trial_rank < rank:
@@ -322,7 +329,8 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
             text += " It fits too: ask for maximum quality to get it."
     elif s.method == "qlora" and lora is not None:
         room = "does not fit" if not lora.fits else f"fits without {HEADROOM:.0%} headroom"
-        text += (f" LoRA on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
+        name = s.adapter_name[0].upper() + s.adapter_name[1:]
+        text += (f" {name} on a 16-bit base needs {lora.device_used_bytes / GiB:.1f} GiB at the least ({room} "
                  f"on {fmt_gib(mem)}), so the base is quantized.")
     if s.is_peft:
         text += _adapter_words(model, gpu, o)

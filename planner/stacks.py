@@ -131,5 +131,10 @@ def load_stack(name: str) -> Stack:
 def planned(setup: TrainSetup, **changes: Any) -> TrainSetup:
     """``setup`` with ``changes`` (a method, an optimizer...), its stack's preset applied again for
     what changed: the one way to vary a stacked plan (a torchtune full fine-tuning plan turned
-    into LoRA takes torchtune's LoRA recipe, not its full recipe's optimizer)."""
+    into LoRA takes torchtune's LoRA recipe, not its full recipe's optimizer). Turned into full
+    fine-tuning, a plan drops its adapter; prefix tuning keeps checkpointing off."""
+    if changes.get("method") == "full":
+        changes = {"peft": "lora", "use_dora": False, "modules_to_save": (), **changes}
+    elif setup.peft == "prefix" and changes.get("method", setup.method) != "full":
+        changes = {**changes, "grad_checkpointing": False, "offload_activations": False}
     return load_stack(setup.stack).apply(setup, **changes)

@@ -32,3 +32,10 @@ def test_falls_back_to_qlora_then_shorter_sequences():
 
 def test_none_when_nothing_fits():
     assert nearest_fit(LLAMA, TrainSetup(method="lora"), 1 * GiB) is None
+
+
+def test_prefix_tuning_is_never_told_to_turn_checkpointing_on():
+    """It trains without it (transformers 5 drops the prefix inside a checkpointed layer)."""
+    spec = resolve_model("meta-llama/Llama-3.1-8B")
+    fix = nearest_fit(spec, TrainSetup(peft="prefix", grad_checkpointing=False, batch_size=8), 20 * GiB)
+    assert fix is not None and not fix.setup.grad_checkpointing and "checkpointing" not in fix.change

@@ -308,3 +308,18 @@ def test_the_explanation_sets_the_other_adapters_beside_the_chosen_one_in_number
                 ) in rec.explanation
     assert "prefix tuning 20 tokens (checkpointing off)" in rec.explanation
     assert "AdaLoRA r=24->16" in rec.explanation
+
+
+@pytest.mark.parametrize(("peft", "label"), [
+    ("prompt", "prompt tuning 20 tokens"), ("prefix", "prefix tuning 20 tokens"), ("ia3", "IA3")])
+def test_any_adapter_is_recommended_under_its_own_name(peft, label):
+    """A plan for another adapter searches its bases (full fine-tuning drops the adapter); prefix
+    tuning only without checkpointing, and the savers it cannot take are skipped."""
+    spec, gpu = resolve_model("meta-llama/Llama-3.1-8B"), target("RTX 4090")
+    rec = recommend(spec, TrainSetup(peft=peft, modules_to_save=(), grad_checkpointing=peft != "prefix"), gpu)
+    assert rec.best is not None and rec.explanation.startswith(label)
+    adapters = [o.setup for o in rec.options if o.setup.method != "full"]
+    assert adapters and {s.peft for s in adapters} == {peft}
+    assert {o.setup.peft for o in rec.options if o.setup.method == "full"} <= {"lora"}
+    if peft == "prefix":
+        assert not any(s.grad_checkpointing or s.offload_activations for s in adapters)
