@@ -20,54 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.adapted import adapted, is_down, is_feedforward
 from planner.catalog.arch import Architecture, Block, Linear
-from planner.catalog.hf_config import EXPERT_NAMES
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
 
 FP32 = 4
 # Linears that write back to the residual stream (they read an intermediate, not the normed input).
 _OUTPUT_PROJECTIONS = {"o_proj", "down_proj", "dense", "c_proj", "dense_4h_to_h", "fc2", "kv_b_proj", "q_b_proj"}
-_EXPERT_DOWN = {down for _, _, down in EXPERT_NAMES.values()}
-
-
-def _is_down(linear: Linear) -> bool:
-    """The MLP's (or an expert's) down projection: it reads the intermediate activation."""
-    if linear.role == "expert" and linear.name in _EXPERT_DOWN:
-        return True
-    return linear.name.endswith(("down_proj", "c_proj", "fc2"))
-
-
-def lora_targeted(linear: Linear, targets: tuple[str, ...]) -> bool:
-    """peft's rule: ``all-linear`` hits every ``nn.Linear`` but the LM head (an MoE router is
-    not one); names match as suffixes."""
-    if linear.role == "router":
-        return False
-    if "all-linear" in targets:
-        return True
-    return any(linear.name == t or linear.name.endswith("." + t) for t in targets)
-
-
-_IA3_ATTENTION = {"k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv"}
-
-
-def is_feedforward(linear: Linear) -> bool:
-    """IA3 scales a feedforward layer's input, any other layer's output (peft
-    ``feedforward_modules``: the MLP's down projection in peft's defaults)."""
-    return _is_down(linear)
-
-
-def adapted(linear: Linear, setup: TrainSetup) -> bool:
-    """Whether the run's adapter sits on this linear: LoRA, DoRA and AdaLoRA on ``lora_targets``;
-    IA3 on peft's defaults, the paper's keys, values and MLP down projection (or on
-    ``lora_targets`` when they name modules); prompt and prefix tuning on none."""
-    if not setup.adapts_linears or linear.role == "router":
-        return False
-    if setup.peft == "ia3" and setup.lora_targets == ("all-linear",):
-        return is_feedforward(linear) or linear.name.split(".")[-1] in _IA3_ATTENTION
-    return lora_targeted(linear, setup.lora_targets)
-
-
 def residual_bytes(setup: TrainSetup) -> int:
     """Bytes per element of the residual stream.
 
@@ -110,7 +70,7 @@ def _mlp_passes(block: Block) -> list[tuple[int, Linear | None, float]]:
     """(intermediate width per token, down projection, share of the tokens) of each MLP that runs
     as one pass: the dense MLP, or one routed expert at a time (tokens x top_k / experts each) and
     the shared expert."""
-    downs = [lin for lin in block.linears if _is_down(lin)]
+    downs = [lin for lin in block.linears if is_down(lin)]
     if not block.experts:
         return [(block.ffn_width, downs[0] if downs else None, 1.0)]
     routed = next((lin for lin in downs if lin.role == "expert"), None)
@@ -170,9 +130,9 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         # keeps; fused kernels already write (b, s, h, d)
         attention += c * o_w
     # MLP: gate, up and activation outputs; the down projection's input when anything needs it.
-    down_lora = setup.low_rank and any(adapted(lin, setup) for lin in block.linears if _is_down(lin))
+    down_lora = setup.low_rank and any(adapted(lin, setup) for lin in block.linears if is_down(lin))
     # IA3 on down scales its input (kept for the scale's gradient), or a cast of it to its dtype
-    down_ia3 = setup.peft == "ia3" and any(adapted(lin, setup) for lin in block.linears if _is_down(lin))
+    down_ia3 = setup.peft == "ia3" and any(adapted(lin, setup) for lin in block.linears if is_down(lin))
     down_needs_input = full or ((down_lora or down_ia3) and not adapter_cast)
     # bitsandbytes' Linear4bit returns its input's dtype: after prepare_model_for_kbit_training
     # the fp32 residual makes gate/up outputs, and everything the MLP computes from them, fp32.
@@ -240,7 +200,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
         # base output, scaled adapter output and their sum are alive: two intermediates more than
         # the MLP keeps by then, beside an fp32 adapter's copy of the MLP norm's output.
         ups = [lin for lin in block.linears if down is not None and lin.role == down.role
-               and not _is_down(lin) and lin.d_out == width]
+               and not is_down(lin) and lin.d_out == width]
         if setup.low_rank and ups and adapted(ups[-1], setup):
             cast = FP32 * h if adapter_cast and rb != FP32 else 0
             recompute_end = max(recompute_end, int(share * (2 * mlp_bytes * width - down_kept + cast)))

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.activations import activation_peak, adapted
+from planner.activations import activation_peak
+from planner.adapted import adapted
 from planner.calibration import HOST_LINK_BYTES_PER_S, UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec

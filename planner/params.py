@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.activations import HEAD_NAMES, adapted, is_feedforward
+from planner.activations import HEAD_NAMES
+from planner.adapted import adapted, is_feedforward
 from planner.catalog import Architecture
 from planner.errors import PlannerError
 from planner.options import TrainSetup
