@@ -26,14 +26,14 @@ CUDA's bandwidthTest measures 24-26 GB/s pinned (PCIe 5.0 about twice that). Not
 activation offloading's copies cost in the time model (planner/cost.py)."""
 
 UTILIZATION: dict[tuple[str, str], float] = {
-    ("consumer", "full"): 0.466,
+    ("consumer", "full"): 0.498,
     ("consumer", "lora"): 0.593,
     ("consumer", "qlora"): 0.575,
-    ("datacenter", "full"): 0.617,
+    ("datacenter", "full"): 0.639,
     ("datacenter", "lora"): 0.463,
     ("datacenter", "qlora"): 0.449,
-    ("workstation", "full"): 0.777,
-    ("workstation", "lora"): 0.964,
+    ("workstation", "full"): 0.895,
+    ("workstation", "lora"): 0.965,
 }
 """Achieved / dense-peak 16-bit FLOP/s by (GPU segment, method): the median over the rows of
 resources/reference/throughput.csv (``scripts/validate_cost.py --fit``). The rows mix compiled and

@@ -56,6 +56,31 @@ class FlopsPerToken:
 
 
 @dataclass(frozen=True)
+class StepTime:
+    """Seconds of one optimizer step on one GPU, by term (``accumulation`` micro-batches of compute,
+    then one update)."""
+
+    matmul: float
+    """Every micro-batch's training FLOPs (planner.cost.flops_per_token) at the achieved rate."""
+    dequant: float
+    """QLoRA's 4-bit weights dequantized for every matmul, over memory bandwidth."""
+    offload: float
+    """Activation offloading's host copies."""
+    adapter: float
+    """DoRA's weight renormalization and AdaLoRA's importance scores."""
+    optimizer: float
+    """The update over every trainable parameter: parameters, gradients and the optimizer's state
+    read and written once, over memory bandwidth (memory-bound elementwise kernels)."""
+    clipping: float
+    """Gradient clipping (the Trainer's ``max_grad_norm`` 1.0): every gradient read for the norm,
+    then read and written scaled."""
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.dequant + self.offload + self.adapter + self.optimizer + self.clipping
+
+
+@dataclass(frozen=True)
 class RunCost:
     tokens_per_second: float
     """Across all GPUs of the run."""
@@ -69,6 +94,8 @@ class RunCost:
     dequant_seconds_per_step: float
     offload_seconds_per_step: float = 0.0
     """Activation offloading's host copies per step (0 without it)."""
+    step: StepTime | None = None
+    """The optimizer step's seconds by term."""
 
     @property
     def hours(self) -> float | None:
@@ -137,16 +164,19 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     util = min(utilization(gpu, setup.method), 1.0)  # never above the hardware peak
     achieved = gpu.peak_flops * util
     # the model runs prompt tuning's virtual tokens too; throughput counts the data's tokens
-    tokens_per_step = setup.batch_size * setup.seq_len
-    compute_s = setup.model_tokens * fpt.total / achieved
+    micro = setup.gradient_accumulation_steps
+    tokens_per_step = setup.batch_size * setup.seq_len * micro
     dequant_s = 0.0
     if setup.method == "qlora":
         passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
-    offload_s = offload_seconds(arch, setup)
-    dora_s = dora_seconds(arch, setup, gpu, achieved) + importance_seconds(arch, setup, gpu)
-    per_gpu_tps = tokens_per_step / (compute_s + dequant_s + offload_s + dora_s)
+    update, clip = update_seconds(arch, setup, gpu)
+    step = StepTime(matmul=micro * setup.model_tokens * fpt.total / achieved, dequant=micro * dequant_s,
+                    offload=micro * offload_seconds(arch, setup),
+                    adapter=micro * dora_seconds(arch, setup, gpu, achieved) + importance_seconds(arch, setup, gpu),
+                    optimizer=update, clipping=clip)
+    per_gpu_tps = tokens_per_step / step.total
     n = setup.num_gpus
     tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)
 
@@ -162,7 +192,7 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
             cost = price * n * seconds / 3600
         elif usd_per_kwh is not None:
             cost = energy * usd_per_kwh
-    return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s, offload_s)
+    return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s, step.offload / micro, step)
 
 
 def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:
@@ -183,6 +213,32 @@ def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_f
                 flops += count * 2 * setup.lora_r * lin.d_in * (lin.d_in + lin.d_out)
                 moved += count * (lin.d_in * lin.d_in * (a + 2 * c) + 6 * lin.d_in * lin.d_out * c)
     return passes * (flops / achieved_flops + moved / gpu.bandwidth_bytes_per_s)
+
+
+_STATE_BYTES = {"adamw_torch": None, "adamw_torch_fused": None, "adamw_8bit": 1, "paged_adamw_8bit": 1,
+                "paged_adamw_32bit": 4}
+"""Bytes per element of each of AdamW's two moments (None: the parameter's own dtype)."""
+
+
+def update_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> tuple[float, float]:
+    """(optimizer update, gradient clipping) seconds per optimizer step on one GPU, from the bytes
+    the elementwise kernels move over memory bandwidth: AdamW reads the parameter, its gradient and
+    both moments and writes the parameter and the moments; SGD reads the parameter and gradient and
+    writes the parameter; Adafactor's factored moments are small beside the parameter's own two
+    passes. Clipping (off under the optimizer in backward, which has no moment to clip at) reads
+    every gradient for the norm, then reads and writes it scaled. Sharded runs update their shard."""
+    p = params(arch, setup, arch.total_params)
+    n = p.trainable / (setup.num_gpus if setup.sharding in ("zero2", "fsdp", "zero3") else 1)
+    pb = p.trainable_bytes / max(p.trainable, 1)  # bytes per trainable element (and per gradient)
+    if setup.optimizer in _STATE_BYTES:
+        state = _STATE_BYTES[setup.optimizer] or pb
+        per_element = 3 * pb + 4 * state
+    elif setup.optimizer == "sgd":
+        per_element = 3 * pb
+    else:  # adafactor
+        per_element = 5 * pb
+    clip = 0.0 if setup.optimizer_in_backward else 3 * pb * n / gpu.bandwidth_bytes_per_s
+    return per_element * n / gpu.bandwidth_bytes_per_s, clip
 
 
 def importance_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> float:

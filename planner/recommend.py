@@ -180,16 +180,21 @@ def _label(s: TrainSetup) -> str:
             f"checkpointing {s.checkpointing}")
 
 
+SPEED_TIE = 0.01
+"""Options this close to the fastest count as fast as it: the first of them (checkpointing on, the
+plain optimizer, the smallest micro-batch) is kept rather than spending memory on a difference
+far below the time model's resolution (a larger micro-batch amortizes the optimizer update)."""
+
+
 def _pick(options: tuple[Option, ...], method: str, quant: str | None, memory: int,
           headroom: float) -> int | None:
     """Fastest option of this method that fits, with HEADROOM to spare when ``headroom`` is set."""
-    best = None
-    for i, o in enumerate(options):
-        room = o.fits and (fits_comfortably(o.device_used_bytes, memory) or not headroom)
-        if o.setup.method == method and o.setup.quant == quant and room:
-            if best is None or o.tokens_per_second > options[best].tokens_per_second:
-                best = i
-    return best
+    eligible = [i for i, o in enumerate(options) if o.setup.method == method and o.setup.quant == quant
+                and o.fits and (fits_comfortably(o.device_used_bytes, memory) or not headroom)]
+    if not eligible:
+        return None
+    fastest = max(options[i].tokens_per_second for i in eligible)
+    return next(i for i in eligible if options[i].tokens_per_second >= (1 - SPEED_TIE) * fastest)
 
 
 def preference(max_quality: bool) -> list[tuple[str, str | None, float]]:

@@ -3,6 +3,8 @@
 
     python scripts/validate_cost.py [--csv PATH] [--fit] [--markdown]
 
+Then the leave-one-out errors by GPU generation, method, model size and tokens per optimizer step.
+
 Settings (batch, sequence, checkpointing, rank, GPUs, FSDP) are read from each row's own text;
 "same" repeats the row above. ``--fit`` prints the per-(GPU segment, method) utilization that
 the rows imply, for planner/calibration.py. Besides the in-sample error, each row is also
@@ -50,8 +52,10 @@ def _setup(method: str, setting: str, gpus: int, source: str) -> TrainSetup:
     else:
         ckpt = "checkpointing" in setting or "torchtune" not in source
     sharding = "fsdp" if "FSDP" in setting else ("ddp" if gpus > 1 else "none")
+    accumulation = int(m.group(1)) if (m := re.search(r"\bGA(\d+)", setting)) else 1
     return TrainSetup(method=method, quant="nf4" if method == "qlora" else None, batch_size=batch,
-                      seq_len=seq, grad_checkpointing=ckpt, lora_r=rank, num_gpus=gpus, sharding=sharding)
+                      seq_len=seq, grad_checkpointing=ckpt, lora_r=rank, num_gpus=gpus, sharding=sharding,
+                      gradient_accumulation_steps=accumulation)
 
 
 def load_rows(path: Path) -> list[Row]:
@@ -138,7 +142,38 @@ def main(argv: list[str] | None = None) -> int:
                   f"(leave-one-out {loo_err:+.1%})")
     print(f"\n{len(rows)} rows: median |error| {statistics.median(errors):.1%} (max {max(errors):.1%}); "
           f"leave-one-out median {statistics.median(loo_errors):.1%} (max {max(loo_errors):.1%})")
+    print(groups_table(rows, loo_errors, args.markdown))
     return 0
+
+
+def _size(row: Row) -> str:
+    billions = resolve_model(row.model).total_params / 1e9
+    return "under 5B" if billions < 5 else "5B to 15B" if billions < 15 else "15B and over"
+
+
+def _step_tokens(row: Row) -> str:
+    tokens = row.setup.batch_size * row.setup.seq_len * row.setup.gradient_accumulation_steps
+    return "under 2,048" if tokens < 2048 else "2,048 to 8,191" if tokens < 8192 else "8,192 and over"
+
+
+GROUPS = (("GPU generation", lambda r: r.gpu.generation), ("method", lambda r: r.setup.method),
+          ("model size", _size), ("tokens per optimizer step", _step_tokens))
+"""How the leave-one-out errors are broken down (issue 19): where the model misses in a pattern."""
+
+
+def groups_table(rows: list[Row], loo_errors: list[float], markdown: bool) -> str:
+    """Median and worst leave-one-out |error| per value of each grouping."""
+    lines = ["\n| grouping | value | rows | median | worst |", "|---|---|---:|---:|---:|"] if markdown else [""]
+    for name, key in GROUPS:
+        values: dict[str, list[float]] = {}
+        for row, err in zip(rows, loo_errors):
+            values.setdefault(key(row), []).append(err)
+        for value, errs in sorted(values.items()):
+            median, worst = statistics.median(errs), max(errs)
+            lines.append(f"| {name} | {value} | {len(errs)} | {median:.1%} | {worst:.1%} |" if markdown else
+                         f"{name:26} {value:16} {len(errs):3} rows  leave-one-out median {median:6.1%}  "
+                         f"worst {worst:6.1%}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

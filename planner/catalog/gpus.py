@@ -26,6 +26,9 @@ from planner.units import GiB, MiB, fmt_gib
 
 GPUS_JSON = resource("gpus.json")
 SEGMENTS = ("consumer", "workstation", "datacenter")
+GENERATIONS = ("Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell")
+"""NVIDIA architectures, oldest first (the product family names each: RTX 30 and A-series are Ampere,
+RTX 40 and L-series Ada, H-series Hopper, RTX 50 and B-series Blackwell)."""
 PRICE_KINDS = ("on-demand", "spot", "community")
 
 MEMORY_TOLERANCE = 0.08
@@ -71,6 +74,8 @@ class GpuSpec:
     bf16: bool
     segment: str
     """``consumer``, ``workstation`` or ``datacenter``: decides the calibrated utilization."""
+    generation: str = ""
+    """NVIDIA's architecture (``GENERATIONS``): the time model's errors are reported per generation."""
     prices: tuple[Price, ...] = ()
     nvml_names: tuple[str, ...] = ()
     """Substrings of NVML device names that identify this GPU (matched case-insensitively)."""
@@ -107,6 +112,7 @@ def _spec(raw: dict[str, Any]) -> GpuSpec:
         tdp_watts=float(raw["tdp_w"]),
         bf16=bool(raw["bf16"]),
         segment=raw["segment"],
+        generation=raw["generation"],
         prices=tuple(Price(float(p["usd_per_hour"]), p["source"], p["date"], p.get("kind", "on-demand"))
                      for p in raw["prices"]),
         nvml_names=tuple(raw["nvml_names"]),

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from planner.catalog.gpus import (
+    GENERATIONS,
     GPUS_JSON,
     MEMORY_TOLERANCE,
     PRICE_KINDS,
@@ -43,7 +44,7 @@ def test_entry(gpu):
     assert gpu.bf16 == (gpu.bf16_flops is not None)
     if gpu.bf16_flops is not None:
         assert 10e12 <= gpu.bf16_flops <= 3e15
-    assert gpu.segment in SEGMENTS
+    assert gpu.segment in SEGMENTS and gpu.generation in GENERATIONS
     for p in gpu.prices:
         assert p.usd_per_hour > 0 and p.source
         assert re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", p.date), p.date
