@@ -239,14 +239,15 @@ def _adapter_gradient_temps(block: Block, setup: TrainSetup, out_bytes: int) -> 
     """Per token, what an adapter's own backward adds beside the MLP's at its widest layer: AdaLoRA
     divides its output by the rank count, so the division's gradient is one more output-sized
     tensor in the adapter's dtype; IA3's scale gradient first multiplies the incoming gradient by
-    the scaled tensor, element by element, before it sums over the tokens."""
-    widths = [lin.d_out for lin in block.linears if adapted(lin, setup)]
-    if not widths or setup.peft not in ("adalora", "ia3"):
-        return 0
+    the scaled tensor (a feedforward layer's input, another's output), element by element, before
+    it sums over the tokens."""
+    mine = [lin for lin in block.linears if adapted(lin, setup)]
     if setup.peft == "adalora":
-        return (FP32 if setup.adapter_dtype == "fp32" else setup.compute_bytes) * max(widths)
-    return out_bytes * max(lin.d_in if is_feedforward(lin) else lin.d_out
-                           for lin in block.linears if adapted(lin, setup))
+        adapter_bytes = FP32 if setup.adapter_dtype == "fp32" else setup.compute_bytes
+        return adapter_bytes * max((lin.d_out for lin in mine), default=0)
+    if setup.peft == "ia3":
+        return out_bytes * max((lin.d_in if is_feedforward(lin) else lin.d_out for lin in mine), default=0)
+    return 0
 
 
 def dora_transient(block: Block, setup: TrainSetup) -> int:

@@ -9,13 +9,20 @@ from planner.catalog.hf_config import EXPERT_NAMES
 from planner.options import TrainSetup
 
 _EXPERT_DOWN = {down for _, _, down in EXPERT_NAMES.values()}
+DOWN_NAMES = ("down_proj", "c_proj", "fc2")
+"""How the MLP's down projection is named (experts may name theirs otherwise: ``EXPERT_NAMES``)."""
 
 
 def is_down(linear: Linear) -> bool:
     """The MLP's (or an expert's) down projection: it reads the intermediate activation."""
     if linear.role == "expert" and linear.name in _EXPERT_DOWN:
         return True
-    return linear.name.endswith(("down_proj", "c_proj", "fc2"))
+    return linear.name.endswith(DOWN_NAMES)
+
+
+def feedforward_names(targets: list[str]) -> list[str]:
+    """The ``targets`` IA3 treats as feedforward (peft ``feedforward_modules``): down projections."""
+    return [t for t in targets if t.endswith(DOWN_NAMES + tuple(_EXPERT_DOWN))]
 
 
 def lora_targeted(linear: Linear, targets: tuple[str, ...]) -> bool:

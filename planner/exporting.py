@@ -18,7 +18,7 @@ from planner.catalog import resolve_model
 from planner.cost import flops_per_token
 from planner.errors import PlannerError
 from trainer.config import ConfigError, TrainConfig, merged_precision, setup_of
-from trainer.rundir import latest_checkpoint
+from trainer.rundir import TRAINING_STATE, merge_refusal, trained_folder
 
 _WEIGHT_FILES = (".safetensors", ".json")
 
@@ -35,47 +35,39 @@ class ExportChoice:
     """Why this choice cannot be written for this run, or None."""
 
 
-def trained_folder(run_dir: Path, cfg: TrainConfig) -> Path | None:
-    """The run's final adapter (or model), else its newest complete checkpoint; None if neither."""
-    final = run_dir / ("model" if cfg.method == "full" else "adapter")
-    return final if final.is_dir() else latest_checkpoint(run_dir)
-
-
 def export_choices(run_dir: Path) -> tuple[ExportChoice, ...]:
     """The choices for ``run_dir``: one for a full fine-tune (its model), two for an adapter."""
     try:
         cfg = TrainConfig.load(run_dir / "config.json")
     except (ConfigError, OSError, ValueError) as exc:
         raise PlannerError(f"{run_dir}: cannot read its config.json ({exc})") from None
-    folder = trained_folder(run_dir, cfg)
+    folder = trained_folder(run_dir, cfg.method == "full")
     if folder is None:
         raise PlannerError(f"{run_dir} has no trained weights yet (no final folder, no complete checkpoint)")
     own = sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_FILES
-              and not p.name.startswith(("trainer_state", "optimizer", "scheduler", "rng_state")))
+              and not p.name.startswith(TRAINING_STATE))
     if cfg.method == "full":
         return (ExportChoice(False, "the fine-tuned model", own, "loads alone", "the base model's cost"),)
     precision = merged_precision(cfg)
+    refusal = merge_refusal(cfg.peft)
     try:
         spec = resolve_model(cfg.model)
-        setup = setup_of(cfg, "bf16" if precision == "bf16" else "fp32")
         merged_bytes: int | None = spec.total_params * (2 if precision == "bf16" else 4)
-        flops = flops_per_token(spec.arch, setup)
-        extra = flops.adapters / 3 / flops.forward  # the adapter's forward FLOPs (a third of its training's)
+        flops = flops_per_token(spec.arch, setup_of(cfg, precision))
+        # the adapter's forward FLOPs: a third of its training's
+        extra: float | None = flops.adapters / 3 / flops.forward
     except PlannerError:
         merged_bytes, extra = None, None
-    if cfg.peft == "ia3":
+    if refusal:
+        added = f"{cfg.virtual_tokens} virtual tokens ahead of every prompt"
+    elif cfg.peft == "ia3":
         added = "an elementwise scale in a few layers per token"
     elif extra is None:
         added = "the adapter's branch in every adapted layer per token"
     else:
         added = f"+{extra:.1%} of the base's FLOPs per token (its own kernels in every adapted layer)"
-    virtual = cfg.peft in ("prompt", "prefix")
-    if virtual:
-        added = f"{cfg.virtual_tokens} virtual tokens ahead of every prompt"
     adapter = ExportChoice(False, "the adapter alone (peft layout)", own,
                            f"its base {cfg.model} first, then the adapter on it", added)
     merged = ExportChoice(True, f"merged into the base ({precision})", merged_bytes, "loads alone, a plain model",
-                          "no added work: the base model's cost",
-                          unavailable=(f"{cfg.peft} tuning adds virtual tokens: nothing to merge into the weights"
-                                       if virtual else None))
+                          "no added work: the base model's cost", unavailable=refusal)
     return adapter, merged

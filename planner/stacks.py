@@ -135,6 +135,6 @@ def planned(setup: TrainSetup, **changes: Any) -> TrainSetup:
     fine-tuning, a plan drops its adapter; prefix tuning keeps checkpointing off."""
     if changes.get("method") == "full":
         changes = {"peft": "lora", "use_dora": False, "modules_to_save": (), **changes}
-    elif setup.peft == "prefix" and changes.get("method", setup.method) != "full":
+    elif changes.get("peft", setup.peft) == "prefix":
         changes = {**changes, "grad_checkpointing": False, "offload_activations": False}
     return load_stack(setup.stack).apply(setup, **changes)

@@ -26,7 +26,7 @@ from trainer.loading import (
     weight_dtype,
 )
 from trainer.model_card import write_card
-from trainer.rundir import is_run_dir, latest_checkpoint
+from trainer.rundir import TRAINING_STATE, is_run_dir, merge_refusal, trained_folder
 
 
 class ExportError(RuntimeError):
@@ -35,18 +35,12 @@ class ExportError(RuntimeError):
 
 def trained_weights(run_dir: Path, cfg: TrainConfig) -> Path:
     """The final adapter/model of the run, else its newest complete checkpoint."""
-    final = run_dir / ("model" if cfg.method == "full" else "adapter")
-    if final.is_dir():
-        return final
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise ExportError(f"{run_dir} has neither a final {final.name}/ nor a complete checkpoint to export")
-    return checkpoint
+    found = trained_folder(run_dir, cfg.method == "full")
+    if found is None:
+        final = "model" if cfg.method == "full" else "adapter"
+        raise ExportError(f"{run_dir} has neither a final {final}/ nor a complete checkpoint to export")
+    return found
 
-
-VIRTUAL_TOKENS = ("prompt", "prefix")
-"""Adapters that change no weight (they prepend trained token positions): peft has no
-``merge_and_unload`` for them."""
 
 EXPORT_MARKER = ".finetune-export.json"
 """Written into every export: the one kind of non-empty folder ``--force`` may replace."""
@@ -77,15 +71,14 @@ def export(run_dir: Path, out: Path, merge: bool, force: bool = False) -> Path:
     cfg = TrainConfig.load(run_dir / "config.json")
     out = out.expanduser().resolve()  # `--out .` names the folder itself
     check_target(out, run_dir, cfg, force)
-    if merge and cfg.method != "full" and cfg.peft in VIRTUAL_TOKENS:
-        raise ExportError(f"--merge: {cfg.peft} tuning adds virtual tokens: nothing to merge into the weights; "
-                          "export the adapter (without --merge)")
+    if merge and cfg.method != "full" and (why := merge_refusal(cfg.peft)):
+        raise ExportError(f"--merge: {why}; export the adapter (without --merge)")
     source = trained_weights(run_dir, cfg)
     tokenizer = load_tokenizer(cfg)
     with atomic_dir(out, replace=force) as tmp:
         if cfg.method == "full" or not merge:
             names = [p for p in source.iterdir() if p.suffix in (".json", ".safetensors", ".jinja", ".txt", ".model")
-                     and not p.name.startswith(("trainer_state", "optimizer", "scheduler", "rng_state"))]
+                     and not p.name.startswith(TRAINING_STATE)]
             for p in names:
                 shutil.copy2(p, tmp / p.name)
             if cfg.method != "full" and per_expert(cfg):

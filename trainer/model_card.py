@@ -10,15 +10,13 @@ said to be "not recorded".
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.options import PEFT_NAMES
 from planner.units import GiB, MiB, fmt_bytes
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, setup_of
 from trainer.loss_figure import loss_svg
 from trainer.protocol import ProtocolError, decode
 from trainer.rundir import METRICS, SUMMARY, read_json
@@ -102,7 +100,7 @@ def method_name(cfg: TrainConfig) -> str:
     """``QLoRA``, ``LoRA``, or the adapter the run trained instead (``IA3 on a 4-bit base``)."""
     if cfg.method == "full" or (cfg.peft == "lora" and not cfg.use_dora):
         return METHOD_NAMES[cfg.method]
-    adapter = "DoRA" if cfg.use_dora else PEFT_NAMES[cfg.peft]
+    adapter = setup_of(cfg, "fp32").adapter_name
     return adapter + (f" on a {'8' if cfg.quant == 'int8' else '4'}-bit base" if cfg.method == "qlora" else "")
 
 
@@ -128,11 +126,10 @@ def _adapter_rows(cfg: TrainConfig) -> list[tuple[str, str]]:
     if cfg.peft == "ia3":
         targets = "peft's defaults" if tuple(cfg.lora_targets) == ("all-linear",) else ", ".join(cfg.lora_targets)
         return [("adapter", f"IA3, adapter dtype {cfg.adapter_dtype}"), ("IA3 targets", targets)]
-    if cfg.peft == "adalora":
-        start = cfg.adalora_init_r or math.ceil(1.5 * cfg.lora_r)
-        name, rank = "AdaLoRA", f"r {start} pruned to {cfg.lora_r} on average"
-    else:
-        name, rank = ("DoRA" if cfg.use_dora else "LoRA"), f"r {cfg.lora_r}"
+    setup = setup_of(cfg, "fp32")
+    name = setup.adapter_name
+    rank = (f"r {setup.adapter_rank} pruned to {cfg.lora_r} on average" if cfg.peft == "adalora"
+            else f"r {cfg.lora_r}")
     return [(name, f"{rank}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}, adapter dtype {cfg.adapter_dtype}"),
             (f"{name} targets", ", ".join(cfg.lora_targets))]
 

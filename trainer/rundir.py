@@ -369,3 +369,21 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         if p.is_dir() and step.isdigit() and complete(p):
             found.append((int(step), p))
     return max(found)[1] if found else None
+
+
+TRAINING_STATE = ("trainer_state", "optimizer", "scheduler", "rng_state")
+"""A checkpoint's files that only resume training: never part of an exported model."""
+
+
+def trained_folder(run_dir: Path, full: bool) -> Path | None:
+    """The run's final adapter (``model/`` for a full fine-tune), else its newest complete
+    checkpoint; None when it has neither."""
+    final = run_dir / ("model" if full else "adapter")
+    return final if final.is_dir() else latest_checkpoint(run_dir)
+
+
+def merge_refusal(peft: str) -> str | None:
+    """Why a run's adapter cannot be merged into its base, or None: prompt and prefix tuning add
+    trained token positions and change no weight (peft has no ``merge_and_unload`` for them)."""
+    return f"{peft} tuning adds virtual tokens: nothing to merge into the weights" if peft in ("prompt", "prefix") \
+        else None

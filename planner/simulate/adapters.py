@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from planner.adapted import feedforward_names
 from planner.options import TrainSetup
 
 ADALORA_SCHEDULE = (0.1, 0.3, 10)
@@ -34,9 +35,9 @@ def peft_config(setup: TrainSetup, total_steps: int = 1000) -> Any:
         return PrefixTuningConfig(num_virtual_tokens=setup.virtual_tokens, task_type="CAUSAL_LM")
     if setup.peft == "ia3":
         # peft's defaults per model type are the paper's (keys, values, the MLP's down projection)
-        named = targets if targets != "all-linear" else None
-        down = [t for t in named if t.endswith(("down_proj", "w2", "fc2", "c_proj"))] if named else None
-        return IA3Config(target_modules=named, feedforward_modules=down, modules_to_save=saved, task_type="CAUSAL_LM")
+        named = None if targets == "all-linear" else list(setup.lora_targets)
+        return IA3Config(target_modules=named, feedforward_modules=named and feedforward_names(named),
+                         modules_to_save=saved, task_type="CAUSAL_LM")
     if setup.peft == "adalora":
         return AdaLoraConfig(init_r=setup.adapter_rank, target_r=setup.lora_r, lora_alpha=setup.lora_alpha,
                              lora_dropout=setup.lora_dropout, target_modules=targets, modules_to_save=saved,
