@@ -11,7 +11,9 @@ unquantized, though the QLoRA adapter was trained on its 4-bit base (the merged 
 dequantized base plus the adapter). One torch thread: the loaded 2-core machines these run on
 otherwise time the oversubscription.
 
-    python scripts/bench_export.py [--steps 40] [--reps 5] [--new-tokens 64]
+    python scripts/bench_export.py [--steps 40] [--reps 5] [--new-tokens 64] [--run RUN_DIR]
+
+``--run`` measures a finished demo run instead of training one (it is only read).
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def train_demo(work: Path, steps: int) -> tuple[Path, Path]:
     (work / "run.json").write_text(json.dumps(config))
     trainer("run", "--config", str(work / "run.json"))
     return demo / "model", run_dir
+
+
+def run_base(run_dir: Path) -> Path:
+    """The base model folder a finished run trained on (its config.json's ``model``)."""
+    return Path(json.loads((run_dir / "config.json").read_text())["model"])
 
 
 def disk_bytes(folder: Path) -> int:
@@ -136,6 +143,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _run_folder(text: str) -> Path:
+    folder = Path(text)
+    if not (folder / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a run folder (no config.json in it)")
+    return folder
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message}; see `python {self.prog} --help`", file=sys.stderr)
@@ -147,6 +161,7 @@ def main() -> int:
     parser.add_argument("--steps", type=_positive, default=40, help="training steps of the demo run")
     parser.add_argument("--reps", type=_positive, default=5, help="timed repetitions (after one warm-up)")
     parser.add_argument("--new-tokens", type=_positive, default=64, help="tokens generated per repetition")
+    parser.add_argument("--run", type=_run_folder, help="a finished run to measure instead of training the demo")
     args = parser.parse_args()
     import torch
     from transformers.utils import logging
@@ -156,7 +171,7 @@ def main() -> int:
     logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         work = Path(tmp)
-        base_dir, run_dir = train_demo(work, args.steps)
+        base_dir, run_dir = (run_base(args.run), args.run) if args.run else train_demo(work, args.steps)
         noise = io.StringIO()  # bitsandbytes' "pip install kernels", transformers' FutureWarnings
         try:
             with contextlib.redirect_stderr(noise):
@@ -164,7 +179,8 @@ def main() -> int:
         except BaseException:
             sys.stderr.write(noise.getvalue())
             raise
-    print(f"Demo QLoRA run, {args.steps} steps; CPU, torch {torch.__version__}, 1 thread. Loads and generation "
+    steps = json.loads((args.run / "config.json").read_text())["max_steps"] if args.run else args.steps
+    print(f"Demo QLoRA run, {steps} steps; CPU, torch {torch.__version__}, 1 thread. Loads and generation "
           "in this process after one warm-up; the adapter on the fp32 (unquantized) base.\n")
     print(table(rows, args.reps, args.new_tokens))
     return 0

@@ -9,7 +9,9 @@ answer is greedy and exactly ``--tokens`` long (``min_new_tokens``), the median 
 after one warm-up. One torch thread (``OMP_NUM_THREADS=1``): a loaded 2-core machine otherwise
 times its oversubscription.
 
-    python scripts/bench_try.py [--steps 40] [--tokens 64] [--repeats 5]
+    python scripts/bench_try.py [--steps 40] [--tokens 64] [--repeats 5] [--run RUN_DIR]
+
+``--run`` answers with a finished demo run instead of training one (it is only read).
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def trainer(*args: str) -> None:
                    stdin=subprocess.DEVNULL, env=ENV)
 
 
+def train_demo(root: Path, steps: int) -> Path:
+    trainer("make-demo", "--out", str(root / "demo"))
+    config = json.loads((root / "demo" / "run.json").read_text())
+    config.update(output_dir=str(root / "run"), max_steps=steps, save_steps=steps)
+    (root / "run.json").write_text(json.dumps(config))
+    trainer("run", "--config", str(root / "run.json"))
+    return root / "run"
+
+
 def session(args: list[str], requests: list[dict]) -> list[dict]:
     lines = "".join(json.dumps(r) + "\n" for r in requests)
     done = subprocess.run([sys.executable, "-m", "trainer", "generate", "--device", "cpu", *args], cwd=ROOT,
@@ -56,23 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--run", type=Path, help="a finished demo run to answer with instead of training one")
     args = parser.parse_args(argv)
     from planner.trying import predicted_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        trainer("make-demo", "--out", str(root / "demo"))
-        config = json.loads((root / "demo" / "run.json").read_text())
-        config.update(output_dir=str(root / "run"), max_steps=args.steps, save_steps=args.steps)
-        (root / "run.json").write_text(json.dumps(config))
-        trainer("run", "--config", str(root / "run.json"))
-        trainer("export", "--run", str(root / "run"), "--merge", "--out", str(root / "merged"))
-        run_ready, run_done = answers(["--run", str(root / "run")], ["base", "tuned"], args.tokens, args.repeats)
+        run = args.run or train_demo(root, args.steps)
+        steps = json.loads((run / "config.json").read_text())["max_steps"]
+        trainer("export", "--run", str(run), "--merge", "--out", str(root / "merged"))
+        run_ready, run_done = answers(["--run", str(run)], ["base", "tuned"], args.tokens, args.repeats)
         merged_ready, merged_done = answers(["--model", str(root / "merged")], ["model"], args.tokens, args.repeats)
-        rows = [("base (the run's 4-bit base, adapter off)", run_ready, run_done["base"], root / "run"),
-                ("tuned (adapter unmerged)", run_ready, run_done["tuned"], root / "run"),
+        rows = [("base (the run's 4-bit base, adapter off)", run_ready, run_done["base"], run),
+                ("tuned (adapter unmerged)", run_ready, run_done["tuned"], run),
                 ("merged export (fp32)", merged_ready, merged_done["model"], root / "merged")]
-        print(f"Demo model ({args.steps} training steps), CPU, one thread, greedy, {args.tokens} new tokens, "
+        print(f"Demo model ({steps} training steps), CPU, one thread, greedy, {args.tokens} new tokens, "
               f"median of {args.repeats}:\n")
         print("| answered by | load s | first token ms | tokens/s | peak predicted MiB | peak measured MiB | error |")
         print("|---|---:|---:|---:|---:|---:|---:|")

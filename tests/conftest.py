@@ -6,8 +6,11 @@ process already imported torch: the GUI tests' process must stay torch-free (tes
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +34,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     for item in gpu_tests:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished demo run (QLoRA, 60 steps, a held-out split), trained once for every test that
+    reads one (GUI pages, the Try and export benchmarks) by the real trainer in a subprocess: the
+    test process stays torch-free."""
+    root, repo = tmp_path_factory.mktemp("demo-run"), Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(root / "demo")], cwd=repo, check=True,
+                   capture_output=True)
+    config = json.loads((root / "demo" / "run.json").read_text())
+    config.update(output_dir=str(root / "run"), max_steps=60, val_split=0.1, save_steps=60)
+    (root / "run.json").write_text(json.dumps(config))
+    subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(root / "run.json")], cwd=repo, check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return root / "run"

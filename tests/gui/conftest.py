@@ -38,18 +38,3 @@ def train_page(qtbot, tmp_path):
     if page.is_running():  # a failed test must not leave a trainer behind
         with qtbot.waitSignal(page.process.finished, timeout=10_000):
             page.process.kill()
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished demo run (QLoRA, 60 steps, a held-out split), trained once for every GUI test that
-    reads one, by the real trainer in a subprocess (this process stays torch-free)."""
-    root, repo = tmp_path_factory.mktemp("demo-run"), Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(root / "demo")], cwd=repo, check=True,
-                   capture_output=True)
-    config = json.loads((root / "demo" / "run.json").read_text())
-    config.update(output_dir=str(root / "run"), max_steps=60, val_split=0.1, save_steps=60)
-    (root / "run.json").write_text(json.dumps(config))
-    subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(root / "run.json")], cwd=repo, check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return root / "run"

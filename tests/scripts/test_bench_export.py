@@ -21,11 +21,12 @@ def _number(cell: str) -> float:
     return float(found.group(1).replace(",", ""))
 
 
-def test_it_prints_the_size_load_and_token_latency_of_both_exports():
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_export.py"), "--steps", "2", "--reps", "1",
+def test_it_prints_the_size_load_and_token_latency_of_both_exports(demo_run):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_export.py"), "--run", str(demo_run), "--reps", "1",
                            "--new-tokens", "4"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
+    assert "Demo QLoRA run, 60 steps" in out, out
     assert "median of 1 x 4 tokens" in out and "1 thread" in out, out
     adapter = [_number(c) for c in _cells(out, "adapter only")]
     merged = [_number(c) for c in _cells(out, "merged")]
@@ -40,4 +41,11 @@ def test_a_bad_count_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_export.py"), "--reps", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "positive whole number" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_export.py"), "--run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is not a run folder" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

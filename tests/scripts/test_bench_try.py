@@ -7,8 +7,8 @@ import sys
 from scripttools import SCRIPTS
 
 
-def test_it_times_base_tuned_and_merged_and_sets_predicted_memory_beside_measured():
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_try.py"), "--steps", "10", "--tokens", "8",
+def test_it_times_base_tuned_and_merged_and_sets_predicted_memory_beside_measured(demo_run):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_try.py"), "--run", str(demo_run), "--tokens", "8",
                            "--repeats", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     number = r" \| ([\d.]+)"
