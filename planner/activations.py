@@ -88,7 +88,9 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     o_w = arch.num_heads * arch.v_head_dim
     k = max(block.experts_per_token, 1)
 
-    # A matmul saves its input for backward only when it needs it (trainable weight, or LoRA).
+    # A matmul saves its input for backward only when it needs it (trainable weight, or LoRA); a
+    # 4-bit one too from bitsandbytes 0.43.2 on (PR #1270; 0.41-0.43.1 kept every input, which
+    # litgpt's 2023 QLoRA rows measured: docs/stacks.md).
     # Whether that input is the layer's own tensor or a fresh copy decides what stays alive:
     # peft casts a LoRA input to an fp32 adapter's dtype, and autocast casts an fp32 residual (or
     # norm output) to 16 bits for every matmul that reads it (one copy per consumer).

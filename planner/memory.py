@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from planner.activations import ActivationPeak, activation_peak, trainable_head_bytes
+from planner.activations import FP32, ActivationPeak, activation_peak, trainable_head_bytes
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
+from planner.gathering import gathered
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
-from planner.params import QUANT_BITS, Params, importance_state, optimizer_state, paged_state_bytes, params
+from planner.params import Params, importance_state, optimizer_state, paged_state_bytes, params
 from planner.stacks import load_stack
 
 MOE_PER_EXPERT = ("one nn.Linear per expert projection, as checkpoints store them and the trainer builds them, so "
@@ -131,7 +132,12 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     optimizer, opt_temp = optimizer_state(setup, p, cuda)
     optimizer += importance_state(setup, p)
     # a CPU run's "host" is the memory it trains in: offloaded checkpoints stay live tensors there
-    acts = activation_peak(arch, setup if cuda else replace(setup, offload_activations=False))
+    acts_setup = setup if cuda else replace(setup, offload_activations=False)
+    if setup.sharding == "fsdp" and setup.num_gpus > 1 and setup.precision.endswith("-mixed"):
+        # FSDP's mixed precision gathers every parameter of a unit in 16 bits, the adapters too: they
+        # compute there (torch MixedPrecisionPolicy.param_dtype, "the dtype for forward/backward")
+        acts_setup = replace(acts_setup, adapter_dtype="bf16")
+    acts = activation_peak(arch, acts_setup)
     n, shard = setup.num_gpus, setup.sharding
     flight = _Flight()
     if setup.optimizer_in_backward:
@@ -141,7 +147,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
         flight = _fresh_gradients(arch, setup, p, acts, n if shard != "none" else 1)
         gradients = 0
     weights, quant_state, adapters = p.weights, p.quant_state, p.adapters
-    gathered = 0
+    whole = gathered(arch, setup)
     host = acts.offloaded
     if shard == "ddp":
         gradients += p.trainable_bytes  # DDP's reducer keeps its own bucket copy of every gradient
@@ -149,21 +155,6 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
         gradients, optimizer, opt_temp = gradients // n, optimizer // n, opt_temp // n
     if shard in ("fsdp", "zero3"):
         weights, quant_state, adapters = weights // n, quant_state // n, adapters // n
-        # the current and the prefetched layer are gathered whole (quantized weights stay packed)
-        def layer_bytes(block) -> float:
-            linear = sum(lin.weight_params for lin in block.linears)
-            packed = linear * QUANT_BITS[setup.quant or "nf4"] / 8 if setup.method == "qlora" else linear * wb_compute
-            return packed + (block.params - linear) * wb_compute
-
-        wb_compute = setup.compute_bytes
-        gathered = int(2 * max(layer_bytes(b) for b in arch.blocks))
-    tail = 0
-    if shard == "fsdp":
-        # accelerate shards the final norm and the LM head (with a tied embedding) as one unit kept
-        # gathered from forward through backward, the input embedding its own unit, resharded
-        # after forward (accelerate 1.15 fsdp_utils.fsdp2_prepare_model: "Carve embed +
-        # tail=[final_norm, lm_head] into their own units. Tail gets `False`")
-        tail = ((arch.lm_head_params or arch.embed_params) + arch.final_norm_params) * setup.compute_bytes
     if setup.offload in ("optimizer", "params"):
         host += optimizer
         optimizer, opt_temp = 0, 0
@@ -188,7 +179,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     if setup.method == "qlora":
         big = arch.largest_linear()
         dequant = big.d_in * big.d_out * setup.compute_bytes  # one weight dequantized at a time
-    workspace_fb = cublas + dequant + gathered + tail
+    workspace_fb = cublas + dequant
     # Backward's two candidate peaks: its start (the loss's buffers) and a layer's recompute. Under
     # the optimizer step in backward the head steps at the start: with the standard loss once its
     # buffers have shrunk to the 16-bit logits' gradient; the chunked loss already counts the head's
@@ -197,20 +188,28 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     if setup.loss == "standard" and any(head):
         shrunk = setup.model_tokens * arch.vocab_size * setup.compute_bytes
         loss_part, head = (shrunk, head) if shrunk + sum(head) > acts.logits else (acts.logits, (0, 0))
-    at_loss = loss_part + sum(head)
-    at_layer = acts.working_set + sum(flight.layer) - flight.freed
-    fwd_bwd = acts.saved + acts.lm_head_weight_copy + max(at_loss, at_layer) + workspace_fb
+    # the moments forward/backward peaks at, each with the parameters gathered whole then (sharded runs)
+    # the loss inside the forward (its 16-bit logits, their fp32 copy and log-softmax, for the standard
+    # loss) matters only beside a sharded run's extra gathered bytes there: otherwise it is backward's
+    forward_loss = (setup.model_tokens * arch.vocab_size * (setup.compute_bytes + 2 * FP32)
+                    if setup.loss == "standard" else loss_part) if whole.at_loss_forward else 0
+    moments = {"loss": loss_part + sum(head) + whole.at_loss,
+               "loss_forward": forward_loss + whole.at_loss_forward,
+               "layer": acts.working_set + sum(flight.layer) - flight.freed + whole.at_layer,
+               "copy_out": whole.at_copy_out}
+    moment = max(moments, key=moments.__getitem__)  # the first of equals: the loss
+    fwd_bwd = acts.saved + acts.lm_head_weight_copy + moments[moment] + workspace_fb
     # the optimizer step: after backward, or in backward the embedding's, the last to complete
     step = opt_temp + sum(flight.end) + cublas
     if fwd_bwd >= step:
         phase = "forward/backward"
-        in_flight = flight.layer if at_layer > at_loss else head
+        in_flight = {"layer": flight.layer, "loss": head}.get(moment, (0, 0))
         activations = acts.saved + acts.lm_head_weight_copy
-        if at_layer > at_loss:
+        if moment == "layer":
             activations += acts.working_set - flight.freed
-        logits = 0 if at_layer > at_loss else loss_part
+        logits = {"loss": loss_part, "loss_forward": forward_loss}.get(moment, 0)
         gradients += in_flight[0]
-        workspace = workspace_fb + in_flight[1]
+        workspace = workspace_fb + in_flight[1] + getattr(whole, f"at_{moment}")
     else:
         phase, activations, logits, workspace = "optimizer step", 0, 0, step - flight.end[0]
         gradients += flight.end[0]
@@ -227,12 +226,14 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     # Within forward/backward every candidate peak counts: one with less allocated may carry more
     # transients.
     chosen = fwd_bwd if phase == "forward/backward" else step
-    fb_base = fwd_bwd - max(at_loss, at_layer)
+    fb_base = fwd_bwd - moments[moment]
     layers = [(flight.layer[0], flight.freed)] + ([flight.other_layer] if flight.other_layer else [])
-    top = max([with_slack(fb_base + at_loss, head[0]), with_slack(step, flight.end[0])]
-              + [with_slack(fb_base + acts.working_set + grad + flight.layer[1] - freed, grad)
+    top = max([with_slack(fb_base + moments["loss"], head[0]), with_slack(fb_base + moments["loss_forward"], 0),
+               with_slack(fb_base + moments["copy_out"], 0),
+               with_slack(step, flight.end[0])]
+              + [with_slack(fb_base + acts.working_set + grad + flight.layer[1] - freed + whole.at_layer, grad)
                  for grad, freed in layers])
-    slack = top - chosen + gathered if cuda else 0
+    slack = top - chosen + whole.stream_held if cuda else 0
     breakdown = Breakdown(weights, quant_state, adapters, gradients, optimizer, paged, activations, logits,
                           workspace, context, slack)
     notes += _assumptions(arch, setup) + load_stack(setup.stack).assumptions(setup)

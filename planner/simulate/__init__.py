@@ -230,9 +230,12 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
         # full score matrix on the meta device
         raise PlannerError("cannot simulate sdpa under prefix tuning (its mask has more keys than queries); use "
                            "--attention flash_attention_2 or eager, or `python -m planner estimate`")
-    # Offloading frees each layer's input once the next layer has run: from the second layer on,
-    # one more input is alive inside a layer than in the first, so the affine part starts there.
-    first = 2 if setup.offload_activations and model.arch.num_layers > 2 else 1
+    # The affine part starts at the second layer where a layer's neighbour matters. Offloading frees
+    # each layer's input once the next layer has run, so from the second layer on one more input is
+    # alive inside a layer. FSDP all-gathers the next layer while one computes (backward prefetch):
+    # a single layer has nothing to prefetch, and its backward peak is lower by a gathered layer.
+    neighbours = setup.offload_activations or setup.sharding == "fsdp"
+    first = 2 if neighbours and model.arch.num_layers > 2 else 1
     try:
         policy = CPU if device == "cpu" else None
         with quiet():
