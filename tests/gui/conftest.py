@@ -1,9 +1,6 @@
 """GUI tests never read or write the user's real settings: QSettings go to a temporary folder."""
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
