@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from planner.adapted import adapted, is_down, is_feedforward
 from planner.catalog.arch import Architecture, Block, Linear
+from planner.fused_kernels import fused, unsloth_layer
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
 
@@ -82,6 +83,9 @@ def _mlp_passes(block: Block) -> list[tuple[int, Linear | None, float]]:
 def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> LayerActivations:
     tokens, s, kv = setup.model_tokens, setup.model_seq_len, setup.kv_len
     c, rb, h = setup.compute_bytes, residual_bytes(setup), arch.hidden_size
+    if fused(block, setup):
+        layer = unsloth_layer(arch, block, setup, rb)
+        return LayerActivations(tokens * layer.saved, tokens * rb * h, tokens * layer.backward)
     full = setup.method == "full"
     q_w = arch.num_heads * arch.head_dim
     kv_w = arch.num_kv_heads * arch.head_dim
@@ -319,7 +323,8 @@ def activation_peak(arch: Architecture, setup: TrainSetup) -> ActivationPeak:
     # Final norm (fp32 input + output) and the LM head's 16-bit input; their backward has run and
     # freed them before any layer's does.
     layers_saved = saved
-    head_side = tokens * (FP32 + rb + c) * h
+    # an fp32 copy in transformers' RMSNorm; Unsloth's keeps its input and 1/rms
+    head_side = tokens * ((rb + c) * h + FP32 if fused(arch.blocks[0], setup) else (FP32 + rb + c) * h)
     saved += head_side
     working -= head_side
     # ForCausalLMLoss: logits.float() and log_softmax's output are fp32; at the start of backward

@@ -13,6 +13,7 @@ from planner.loss import LOSSES
 from planner.options import (
     ADAPTER_DTYPES,
     ATTENTIONS,
+    KERNELS,
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
@@ -89,6 +90,9 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--loss-chunk-mib", type=int, default=None,
                    help="the chunked loss's chunks by their fp32 logits' size (Unsloth: 4096); 0: as large as the "
                         "hidden states (0)")
+    p.add_argument("--kernels", default=None, metavar=_alts(KERNELS),
+                   help="eager: PyTorch's and peft's modules; unsloth: Unsloth's fused LoRA kernels, which keep "
+                        f"fewer activations (estimate only) ({d.kernels})")
     p.add_argument("--optimizer-in-backward", action=argparse.BooleanOptionalAction, default=None,
                    help="full fine-tuning: update each parameter as soon as its gradient exists, then free it")
     p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
@@ -127,6 +131,7 @@ def setup_args(s: TrainSetup) -> list[str]:
             "--optimizer", s.optimizer, "--batch-size", str(s.batch_size),
             "--gradient-accumulation-steps", str(s.gradient_accumulation_steps), "--seq-len", str(s.seq_len),
             "--attention", s.attention, "--loss", s.loss, "--loss-chunk-mib", str(s.loss_chunk_mib),
+            "--kernels", s.kernels,
             "--stack", s.stack, "--lora-r", str(s.lora_r), "--lora-alpha", str(s.lora_alpha),
             "--lora-dropout", repr(s.lora_dropout), "--lora-targets", ",".join(s.lora_targets),
             "--modules-to-save", ",".join(s.modules_to_save), "--peft", s.peft,
@@ -144,7 +149,7 @@ STACK_OPTIONS = {"precision": "precision", "double_quant": "double_quant", "kbit
                  "gradient_accumulation_steps": "gradient_accumulation_steps",
                  "grad_checkpointing": "grad_checkpointing", "loss": "loss", "loss_chunk_mib": "loss_chunk_mib",
                  "optimizer_in_backward": "optimizer_in_backward", "offload_activations": "offload_activations",
-                 "lora_dropout": "lora_dropout"}
+                 "lora_dropout": "lora_dropout", "kernels": "kernels"}
 """Options a stack's preset may supply (argparse name -> TrainSetup field): None unless given."""
 
 

@@ -21,6 +21,7 @@ from planner.activations import FP32, ActivationPeak, activation_peak, trainable
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
+from planner.fused_kernels import fused
 from planner.gathering import gathered
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
@@ -336,8 +337,10 @@ _PEFT_WORDS = {
 
 
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
-    out = [_loss_words(arch, setup),
-           "eager PyTorch: no torch.compile, whose fused kernels can keep fewer activations (every stack's default)"]
+    kernels = ("Unsloth's fused LoRA kernels in every dense layer (planner/fused_kernels.py), no torch.compile"
+               if any(fused(b, setup) for b in arch.blocks) else "eager PyTorch: no torch.compile, whose fused "
+               "kernels can keep fewer activations (every stack's default)")
+    out = [_loss_words(arch, setup), kernels]
     if setup.optimizer_in_backward:
         out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "
                    "then the gradient freed (one layer weight's gradient and step temporaries at a time, and a "

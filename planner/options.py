@@ -19,6 +19,8 @@ ADAPTER_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
               "sgd", "adafactor")
 ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+KERNELS = ("eager", "unsloth")
+"""eager: PyTorch's and peft's modules; unsloth: Unsloth's fused LoRA kernels (planner/fused_kernels.py)."""
 SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
 STACKS = ("hf", "torchtune", "axolotl", "litgpt", "unsloth")
@@ -174,6 +176,8 @@ class TrainSetup:
     offload_activations: bool = False
     """Gradient checkpointing keeps each layer's input in (pinned) host RAM instead of on the GPU
     (transformers' ``activation_checkpointing_kwargs={"offload": True}``, torch's ``save_on_cpu``)."""
+    kernels: str = "eager"
+    """Which kernels a layer runs (``KERNELS``): Unsloth's fused LoRA kernels keep fewer activations."""
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -189,6 +193,7 @@ class TrainSetup:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("attention", self.attention, ATTENTIONS)
         _choice("loss", self.loss, LOSSES)
+        _choice("kernels", self.kernels, KERNELS)
         _choice("stack", self.stack, STACKS)
         _choice("sharding", self.sharding, SHARDINGS)
         _choice("offload", self.offload, OFFLOADS)

@@ -290,11 +290,9 @@ GPU (parameters, gradients and optimizer state all sharded), so a zero3 plan run
 (sharded optimizer and gradients, whole parameters) has no counterpart in the trainer."""
 
 SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "adapter_dtype", "optimizer",
-                "optimizer_in_backward", "gradient_accumulation_steps",
-                "batch_size", "max_seq_len", "grad_checkpointing", "offload_activations", "attention", "loss",
-                "loss_chunk_mib",
-                "lora_r", "lora_alpha",
-                "lora_dropout", "lora_targets", "modules_to_save", "use_dora", "peft", "adalora_init_r",
+                "optimizer_in_backward", "gradient_accumulation_steps", "batch_size", "max_seq_len",
+                "grad_checkpointing", "offload_activations", "attention", "loss", "loss_chunk_mib", "lora_r",
+                "lora_alpha", "lora_dropout", "lora_targets", "modules_to_save", "use_dora", "peft", "adalora_init_r",
                 "virtual_tokens", "num_processes", "sharding")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says; but a
 plan with the optimizer in backward also turns gradient clipping off, which that needs)."""
@@ -313,6 +311,8 @@ def why_not_trainable(setup: TrainSetup) -> str | None:
     if setup.sharding not in SHARDING_OF_PLAN:
         return (f"the trainer shards with {' or '.join(SHARDINGS)} only (planned: {setup.sharding}); "
                 "plan with fsdp or ddp to train here")
+    if setup.kernels != "eager":
+        return f"the trainer runs PyTorch's and peft's kernels (planned: {setup.kernels}'s); plan with eager to train"
     if setup.method == "qlora" and setup.quant == "2bit":
         return "the trainer quantizes with bitsandbytes (nf4, fp4, int8); 2-bit is an estimate only"
     return None

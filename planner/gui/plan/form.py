@@ -43,6 +43,7 @@ from planner.loss import LOSSES
 from planner.options import (
     ADAPTER_DTYPES,
     ATTENTIONS,
+    KERNELS,
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
@@ -153,6 +154,9 @@ class PlanForm(QWidget):
                                     "seq x seq score matrix.")
         self.loss_box = _combo(LOSSES, "standard: the whole (tokens x vocab) logits and three fp32 buffers at "
                                "once; chunked: LM head and loss chunk by chunk (the trainer's loss: chunked).")
+        self.kernels_box = _combo(KERNELS, "eager: PyTorch's and peft's modules (what this app's trainer runs); "
+                                  "unsloth: Unsloth's fused LoRA kernels, which keep fewer activations "
+                                  "(an estimate only: the trainer cannot run them).")
         self.upcast_box = _check("fp32 upcast (QLoRA)",
                                  "QLoRA: prepare_model_for_kbit_training casts embeddings, LM head and norms to "
                                  "fp32 (on by default). Off keeps them in the load dtype, as the QLoRA paper's "
@@ -203,6 +207,7 @@ class PlanForm(QWidget):
             Field("offload_activations", "", self.offload_acts_box, FLAG),
             Field("attention", "Attention", self.attention_box, CHOICE),
             Field("loss", "Loss", self.loss_box, CHOICE),
+            Field("kernels", "Kernels", self.kernels_box, CHOICE),
             Field("num_gpus", "GPUs", self.gpus_spin, WHOLE),
             Field("sharding", "Sharding", self.sharding_box, CHOICE),
             Field("offload", "Offload", self.offload_box, CHOICE),

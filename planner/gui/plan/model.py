@@ -64,6 +64,8 @@ class FormValues:
     offload_activations: bool = _D.offload_activations
     attention: str = _D.attention
     loss: str = _D.loss
+    kernels: str = _D.kernels
+    """Unsloth's fused LoRA kernels, or PyTorch's and peft's (the trainer's): planner.options.KERNELS."""
     gpu_gib: float = DEFAULT_GPU_GIB
     """Memory of the user's GPU; only draws the line and decides "fits"."""
     quant: str = "nf4"
