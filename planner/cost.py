@@ -7,6 +7,7 @@ step time   = tokens x flops/token / (peak x utilization) + QLoRA dequantization
               + activation offloading's copies (out in forward, back in backward, over PCIe)
               + DoRA's per-step weight renormalization (FLOPs and bytes moved)
               + AdaLoRA's importance scores per optimizer step (bytes moved)
+              + the GPU's wait for the host, when a micro-batch's kernels outrun their launches
 
 References:
     Kaplan et al. 2020, "Scaling Laws for Neural Language Models" (C = 6N per token; the
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 from planner.activations import activation_peak
 from planner.adapted import adapted
-from planner.calibration import HOST_LINK_BYTES_PER_S, UTILIZATION
+from planner.calibration import HOST_LINK_BYTES_PER_S, HOST_SECONDS_PER_LAYER, UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
 from planner.options import TrainSetup
@@ -68,6 +69,10 @@ class StepTime:
     """Activation offloading's host copies."""
     adapter: float
     """DoRA's weight renormalization and AdaLoRA's importance scores."""
+    host_wait: float
+    """Time the GPU waits for the host: where a micro-batch's kernels run faster than Python, the
+    dispatcher and autograd issue them (planner.calibration.HOST_SECONDS_PER_LAYER), the step
+    takes the host's time (the host runs ahead asynchronously otherwise)."""
     optimizer: float
     """The update over every trainable parameter: parameters, gradients and the optimizer's state
     read and written once, over memory bandwidth (memory-bound elementwise kernels)."""
@@ -77,7 +82,8 @@ class StepTime:
 
     @property
     def total(self) -> float:
-        return self.matmul + self.dequant + self.offload + self.adapter + self.optimizer + self.clipping
+        return (self.matmul + self.dequant + self.offload + self.adapter + self.host_wait + self.optimizer
+                + self.clipping)
 
 
 @dataclass(frozen=True)
@@ -172,9 +178,12 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
     update, clip = update_seconds(arch, setup, gpu)
-    step = StepTime(matmul=micro * setup.model_tokens * fpt.total / achieved, dequant=micro * dequant_s,
-                    offload=micro * offload_seconds(arch, setup),
-                    adapter=micro * dora_seconds(arch, setup, gpu, achieved) + importance_seconds(arch, setup, gpu),
+    matmul, offload = setup.model_tokens * fpt.total / achieved, offload_seconds(arch, setup)
+    dora = dora_seconds(arch, setup, gpu, achieved)
+    host = HOST_SECONDS_PER_LAYER[(setup.low_rank, setup.grad_checkpointing)] * arch.num_layers
+    step = StepTime(matmul=micro * matmul, dequant=micro * dequant_s, offload=micro * offload,
+                    adapter=micro * dora + importance_seconds(arch, setup, gpu),
+                    host_wait=micro * max(0.0, host - (matmul + dequant_s + offload + dora)),
                     optimizer=update, clipping=clip)
     per_gpu_tps = tokens_per_step / step.total
     n = setup.num_gpus

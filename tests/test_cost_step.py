@@ -45,3 +45,25 @@ def test_the_step_is_its_terms():
                                                       + s.clipping)
     assert c.tokens_per_second == pytest.approx(4 * 2048 / s.total)
     assert s.dequant == pytest.approx(4 * c.dequant_seconds_per_step)
+
+
+def test_a_fast_gpu_waits_for_the_host_on_small_micro_batches():
+    """Eager PyTorch issues a LoRA layer's kernels in about 2.6 ms of host time with checkpointing
+    (planner.calibration.HOST_SECONDS_PER_LAYER, measured): 32 layers take 82 ms whatever the
+    tokens. An H100 computes 256 tokens in less, so it waits; an RTX 4090 never does at these sizes."""
+    from planner.calibration import HOST_SECONDS_PER_LAYER
+
+    host = HOST_SECONDS_PER_LAYER[(True, True)] * LLAMA8.arch.num_layers
+
+    def step(gpu: str, seq: int):
+        return run_cost(LLAMA8.arch, TrainSetup(method="lora", seq_len=seq), find_gpu(gpu)).step
+
+    small, large = step("H100 SXM", 256), step("H100 SXM", 2048)
+    assert small.host_wait > 0 and small.matmul + small.host_wait == pytest.approx(host)
+    assert large.host_wait == 0  # 2,048 tokens keep it busy longer than the host needs
+    assert step("RTX 4090", 256).host_wait == 0
+    assert small.total / 256 > 1.5 * large.total / 2048  # per token, the small step is much slower
+    # accumulation does not help: every micro-batch is issued by the host
+    acc = run_cost(LLAMA8.arch, TrainSetup(method="lora", seq_len=256, gradient_accumulation_steps=4),
+                   find_gpu("H100 SXM")).step
+    assert acc.host_wait == pytest.approx(4 * small.host_wait)
