@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 from planner.catalog import Architecture, Block
 from planner.options import TrainSetup
-
-FP32 = 4
+from planner.params import FP32
 
 
 def fused(block: Block, setup: TrainSetup) -> bool:

@@ -6,13 +6,17 @@ it computes. Which units are whole at a given moment is a fact of the sharding c
 * torch FSDP2 (what ``--sharding fsdp`` plans; accelerate's fsdp2_prepare_model wraps each decoder
   layer, the input embedding, and the final norm with the LM head as its own units):
 
-  - forward, a layer's all-gather copy-out: the previous layer's all-gather buffer is still held
-    (``FSDPParamGroup.wait_for_unshard`` binds it to a local, ``prev_all_gather_state``, and
-    "defers free to allow for overlap of this copy-out with next all-gather collective"), beside
-    this layer's buffer and the unsharded parameters it is copied into: three layers' bytes;
-  - the loss: no layer (each resharded after its forward), only the tail unit (final norm and LM
-    head), which accelerate keeps gathered from its forward through its backward ("Tail gets
-    `False`" for reshard_after_forward);
+  - forward, a unit's all-gather copy-out: the previous unit's all-gather buffer is still held
+    (torch 2.13 ``FSDPParamGroup.wait_for_unshard`` binds it to a local, ``prev_all_gather_state``,
+    after it "defer[s] free to allow for overlap of this copy-out with next all-gather
+    collective"), beside this unit's buffer and the unsharded parameters it is copied into:
+    three layers, or, for the tail unit (final norm and LM head) after the last layer, one layer
+    and the tail twice;
+  - the loss: no layer (each resharded after its forward), only the tail, which accelerate keeps
+    gathered from its forward through its backward ("Tail gets `False`" for
+    reshard_after_forward). Its all-gather buffer is held until the root's post-forward
+    (``_fsdp_state.py``: "Free the last all-gather result"): through transformers' loss, computed
+    inside the forward, but not through the loss's backward;
   - a layer's backward: itself and the layer prefetched for the next backward (backward
     prefetch frees each all-gather buffer at once after its copy-out): two layers. The tail was
     resharded after its own backward, first of all.
