@@ -25,10 +25,12 @@ from planner.catalog.arch import Architecture, Block, Linear
 from planner.fused_kernels import fused, unsloth_layer
 from planner.loss import OUTPUT_CHUNKS, loss_chunk_tokens
 from planner.options import TrainSetup
+from planner.units import FP32
 
-FP32 = 4
 # Linears that write back to the residual stream (they read an intermediate, not the normed input).
 _OUTPUT_PROJECTIONS = {"o_proj", "down_proj", "dense", "c_proj", "dense_4h_to_h", "fc2", "kv_b_proj", "q_b_proj"}
+
+
 def residual_bytes(setup: TrainSetup) -> int:
     """Bytes per element of the residual stream.
 

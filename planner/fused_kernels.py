@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from planner.catalog import Architecture, Block
 from planner.options import TrainSetup
-from planner.params import FP32
+from planner.units import FP32
 
 
 def fused(block: Block, setup: TrainSetup) -> bool:

@@ -16,8 +16,8 @@ from planner.adapted import adapted, is_feedforward
 from planner.catalog import Architecture
 from planner.errors import PlannerError
 from planner.options import TrainSetup
+from planner.units import FP32
 
-FP32 = 4
 # Bits per weight of each quantized format, and the block-scale overhead in bytes per weight.
 QUANT_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "2bit": 2}
 _NF4_BLOCK = 64

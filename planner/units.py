@@ -6,6 +6,8 @@ KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
 GB = 10**9
+FP32 = 4
+"""Bytes of one fp32 element."""
 
 
 def fmt_bytes(n: float, unit: int = GiB, digits: int = 2) -> str:
