@@ -40,7 +40,7 @@ A GPU host adds CUDA's own launch per kernel, so this is the floor of its cost."
 UTILIZATION: dict[tuple[str, str], float] = {
     ("consumer", "full"): 0.498,
     ("consumer", "lora"): 0.593,
-    ("consumer", "qlora"): 0.575,
+    ("consumer", "qlora"): 0.524,
     ("datacenter", "full"): 0.639,
     ("datacenter", "lora"): 0.463,
     ("datacenter", "qlora"): 0.449,

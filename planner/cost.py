@@ -30,13 +30,12 @@ from planner.adapted import adapted
 from planner.calibration import HOST_LINK_BYTES_PER_S, HOST_SECONDS_PER_LAYER, UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
+from planner.gathering import layer_bytes
 from planner.options import TrainSetup
 from planner.params import params
 
 # Bytes moved per weight by one dequantization: read the packed 4-bit weight, write 16-bit.
 _DEQUANT_BYTES = {"nf4": 0.5 + 2, "fp4": 0.5 + 2, "int8": 1 + 2, "2bit": 0.25 + 2}
-# Multi-GPU runs lose time to communication: the fraction of linear scaling kept per GPU count.
-_SCALING = {"ddp": 0.92, "fsdp": 0.85, "zero2": 0.88, "zero3": 0.82, "none": 1.0}
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,8 @@ class StepTime:
     """Activation offloading's host copies."""
     adapter: float
     """DoRA's weight renormalization and AdaLoRA's importance scores."""
+    communication: float
+    """Collectives over the GPUs' link that compute does not hide (communication_seconds)."""
     host_wait: float
     """Time the GPU waits for the host: where a micro-batch's kernels run faster than Python, the
     dispatcher and autograd issue them (planner.calibration.HOST_SECONDS_PER_LAYER), the step
@@ -82,8 +83,8 @@ class StepTime:
 
     @property
     def total(self) -> float:
-        return (self.matmul + self.dequant + self.offload + self.adapter + self.host_wait + self.optimizer
-                + self.clipping)
+        return (self.matmul + self.dequant + self.offload + self.adapter + self.communication + self.host_wait
+                + self.optimizer + self.clipping)
 
 
 @dataclass(frozen=True)
@@ -181,13 +182,19 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     matmul, offload = setup.model_tokens * fpt.total / achieved, offload_seconds(arch, setup)
     dora = dora_seconds(arch, setup, gpu, achieved)
     host = HOST_SECONDS_PER_LAYER[(setup.low_rank, setup.grad_checkpointing)] * arch.num_layers
+    compute = matmul + dequant_s + offload + dora  # one micro-batch on the GPU
+    comm = communication_seconds(arch, setup, gpu)
+    # collectives run on their own stream beside compute: a layer's gathers and reductions beside the
+    # micro-batch, the step's gradient reduction beside the last micro-batch's backward (2/3 of it)
+    if comm.per_micro_batch:
+        exposed = micro * (comm.unhidden + max(0.0, comm.per_micro_batch - comm.unhidden - compute))
+    else:
+        exposed = comm.unhidden + max(0.0, comm.per_step - comm.unhidden - 2 / 3 * compute)
     step = StepTime(matmul=micro * matmul, dequant=micro * dequant_s, offload=micro * offload,
-                    adapter=micro * dora + importance_seconds(arch, setup, gpu),
-                    host_wait=micro * max(0.0, host - (matmul + dequant_s + offload + dora)),
-                    optimizer=update, clipping=clip)
-    per_gpu_tps = tokens_per_step / step.total
+                    adapter=micro * dora + importance_seconds(arch, setup, gpu), communication=exposed,
+                    host_wait=micro * max(0.0, host - compute), optimizer=update, clipping=clip)
     n = setup.num_gpus
-    tps = per_gpu_tps * n * (_SCALING[setup.sharding] if n > 1 else 1.0)
+    tps = tokens_per_step / step.total * n
 
     seconds = energy = cost = None
     if dataset_tokens:
@@ -258,6 +265,44 @@ def importance_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> f
         return 0.0
     adapters = params(arch, setup, 0).layer_bytes  # the adapters' bytes (no base weights counted)
     return 10 * adapters / gpu.bandwidth_bytes_per_s / max(setup.gradient_accumulation_steps, 1)
+
+
+DDP_BUCKET_BYTES = 25 * 2**20
+"""torch DDP's gradient bucket (``bucket_cap_mb=25``): the last one's all-reduce starts only when
+backward has ended."""
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """Seconds of ring collectives on each GPU's link (Patarasuk & Yuan 2009; NCCL's all-gather and
+    reduce-scatter send (n-1)/n of the tensor through every GPU's link, an all-reduce twice that)."""
+
+    per_micro_batch: float
+    """fsdp / zero3: each layer's parameters all-gathered for forward and again for backward (the
+    recompute runs inside the layer's backward, while it is whole), its gradients reduce-scattered
+    as its backward ends (planner/gathering.py: quantized weights travel packed)."""
+    per_step: float
+    """ddp: the gradients all-reduced once per optimizer step (accumulation runs without sync);
+    zero2: reduce-scattered, and the updated parameter shards all-gathered."""
+    unhidden: float
+    """What no compute can overlap: before the first layer's all-gather and after the last layer's
+    reduce-scatter (per micro-batch), or the last DDP bucket's all-reduce (per step)."""
+
+
+def communication_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> Collectives:
+    n = setup.num_gpus
+    if n < 2 or setup.sharding == "none":
+        return Collectives(0.0, 0.0, 0.0)
+    ring, link = (n - 1) / n, gpu.link_bytes_per_s
+    grads = params(arch, setup, arch.total_params).trainable_bytes
+    if setup.sharding in ("ddp", "zero2"):
+        return Collectives(0.0, 2 * ring * grads / link, 2 * ring * min(DDP_BUCKET_BYTES, grads) / link)
+    rest = (arch.embed_params + arch.lm_head_params + arch.final_norm_params) * setup.compute_bytes
+    layers = [(b.count, layer_bytes(b, setup)) for b in arch.blocks]
+    weights = sum(count * size for count, size in layers) + rest
+    layer = max(size for _, size in layers)
+    layer_grads = grads / arch.num_layers
+    return Collectives(ring * (2 * weights + grads) / link, 0.0, ring * (layer + layer_grads) / link)
 
 
 def offload_seconds(arch: Architecture, setup: TrainSetup) -> float:

@@ -30,6 +30,9 @@ GENERATIONS = ("Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell")
 """NVIDIA architectures, oldest first (the product family names each: RTX 30 and A-series are Ampere,
 RTX 40 and L-series Ada, H-series Hopper, RTX 50 and B-series Blackwell)."""
 PRICE_KINDS = ("on-demand", "spot", "community")
+PCIE4_X16 = 31.5e9
+"""PCIe 4.0 x16, bytes per second and direction (16 GT/s x 16 lanes, 128b/130b): a card's link when
+its entry names none."""
 
 MEMORY_TOLERANCE = 0.08
 """How far NVML's total may sit from the catalog's and still be that card. The catalog holds the
@@ -87,6 +90,10 @@ class GpuSpec:
     """The memory size the vendor advertises (decimal-ish GB), shown beside ``memory_bytes``."""
     memory_source: str = ""
     """Where ``memory_bytes`` comes from: a published nvidia-smi output, cloud or vendor docs."""
+    link_bytes_per_s: float = PCIE4_X16
+    """GPU-to-GPU bandwidth per direction of the card's standard link (NVLink on SXM boards, else its
+    PCIe slot; optional NVLink bridges are not assumed), what collectives move bytes over."""
+    link: str = "PCIe 4.0 x16"
 
     @property
     def peak_flops(self) -> float:
@@ -121,6 +128,8 @@ def _spec(raw: dict[str, Any]) -> GpuSpec:
         aliases=tuple(raw.get("aliases", ())),
         datasheet_gb=float(raw["memory_gb"]),
         memory_source=raw["memory_source"],
+        link_bytes_per_s=float(raw.get("link_gb_s", PCIE4_X16 / 1e9)) * 1e9,
+        link=raw.get("link", "PCIe 4.0 x16"),
     )
 
 
