@@ -37,15 +37,20 @@ and 8 tokens on the CPU, where the arithmetic is negligible (``scripts/bench_hos
 torch 2.13, transformers 5.24, peft 0.21, one thread of this project's 2-core machine). Not fitted.
 A GPU host adds CUDA's own launch per kernel, so this is the floor of its cost."""
 
+HOST_SECONDS_PER_STEP = 3.94e-3
+"""What the Hugging Face Trainer's loop adds on the host once per optimizer step (the data loader
+and collator, AdamW, clipping, the schedule, zeroing, logging): a Trainer step less the bare
+forward and backward of the same model, measured as ``HOST_SECONDS_PER_LAYER``. Not fitted."""
+
 UTILIZATION: dict[tuple[str, str], float] = {
     ("consumer", "full"): 0.498,
-    ("consumer", "lora"): 0.593,
-    ("consumer", "qlora"): 0.524,
+    ("consumer", "lora"): 0.594,
+    ("consumer", "qlora"): 0.525,
     ("datacenter", "full"): 0.639,
-    ("datacenter", "lora"): 0.463,
-    ("datacenter", "qlora"): 0.449,
+    ("datacenter", "lora"): 0.464,
+    ("datacenter", "qlora"): 0.45,
     ("workstation", "full"): 0.895,
-    ("workstation", "lora"): 0.965,
+    ("workstation", "lora"): 0.968,
 }
 """Achieved / dense-peak 16-bit FLOP/s by (GPU segment, method): the median over the rows of
 resources/reference/throughput.csv (``scripts/validate_cost.py --fit``). The rows mix compiled and

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from planner.activations import activation_peak
 from planner.adapted import adapted
-from planner.calibration import HOST_LINK_BYTES_PER_S, HOST_SECONDS_PER_LAYER, UTILIZATION
+from planner.calibration import HOST_LINK_BYTES_PER_S, HOST_SECONDS_PER_LAYER, HOST_SECONDS_PER_STEP, UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
 from planner.gathering import layer_bytes
@@ -71,9 +71,11 @@ class StepTime:
     communication: float
     """Collectives over the GPUs' link that compute does not hide (communication_seconds)."""
     host_wait: float
-    """Time the GPU waits for the host: where a micro-batch's kernels run faster than Python, the
-    dispatcher and autograd issue them (planner.calibration.HOST_SECONDS_PER_LAYER), the step
-    takes the host's time (the host runs ahead asynchronously otherwise)."""
+    """Time the GPU waits for the host. The host issues a micro-batch's kernels while the GPU runs
+    them (planner.calibration.HOST_SECONDS_PER_LAYER), and the Trainer waits for the GPU at the
+    end of every micro-batch (its NaN check reads the loss: transformers 5.24 trainer.py:1919-1922):
+    each micro-batch takes the longer of the two. The loop's own step (HOST_SECONDS_PER_STEP)
+    runs beside the update's kernels the same way."""
     optimizer: float
     """The update over every trainable parameter: parameters, gradients and the optimizer's state
     read and written once, over memory bandwidth (memory-bound elementwise kernels)."""
@@ -192,7 +194,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         exposed = comm.unhidden + max(0.0, comm.per_step - comm.unhidden - 2 / 3 * compute)
     step = StepTime(matmul=micro * matmul, dequant=micro * dequant_s, offload=micro * offload,
                     adapter=micro * dora + importance_seconds(arch, setup, gpu), communication=exposed,
-                    host_wait=micro * max(0.0, host - compute), optimizer=update, clipping=clip)
+                    host_wait=micro * max(0.0, host - compute) + max(0.0, HOST_SECONDS_PER_STEP - update - clip),
+                    optimizer=update, clipping=clip)
     n = setup.num_gpus
     tps = tokens_per_step / step.total * n
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The host side of a training step: seconds of Python, dispatcher and autograd per decoder layer.
+"""The host side of a training step: seconds of Python, dispatcher and autograd per decoder layer,
+and the training loop's own share per optimizer step.
 
 A GPU runs a step's kernels only as fast as the host launches them. Eager PyTorch spends
 microseconds per operation before any kernel starts (Python, the dispatcher, autograd's graph,
@@ -10,7 +11,8 @@ GPUs), the step takes the host's time.
 Measured here on the CPU with a Llama of width 64 and 8 tokens, one torch thread: the arithmetic
 is negligible, so a layer's time is its host cost. The slope between 2 and 6 layers (forward,
 backward, and the recompute under checkpointing) removes the fixed part (embedding, head, loss).
-Median of ``--repeats`` steps after warm-up.
+Median of ``--repeats`` steps after warm-up. The Hugging Face Trainer's step on the same model,
+less its bare forward and backward, is what the loop adds once per optimizer step.
 
     python scripts/bench_host_overhead.py [--repeats 30] [--json]
 """
@@ -18,6 +20,8 @@ Median of ``--repeats`` steps after warm-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -70,11 +74,44 @@ def step_seconds(layers: int, method: str, checkpointing: bool, repeats: int) ->
     return statistics.median(times)
 
 
+def trainer_step_seconds(layers: int, steps: int) -> float:
+    """Seconds per optimizer step of the Hugging Face Trainer (this app's trainer's loop) on the same
+    LoRA model with checkpointing: the forward and backward above, plus what the loop adds once a
+    step (the data loader and collator, AdamW, gradient clipping, the schedule, zeroing, logging)."""
+    import tempfile
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    model = _model(layers, "lora", True)
+    rows = [{"input_ids": torch.randint(0, 256, (8,)).tolist()} for _ in range(64)]
+
+    def collate(batch: list[dict]) -> dict:
+        ids = torch.tensor([row["input_ids"] for row in batch])
+        return {"input_ids": ids, "labels": ids}
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=1, max_steps=steps, logging_steps=10,
+                                 save_strategy="no", report_to=[], use_cpu=True, max_grad_norm=1.0,
+                                 disable_tqdm=True, dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+        with contextlib.redirect_stdout(io.StringIO()):  # its printed logs: the output is the table (or JSON)
+            trainer.train()  # warm-up: lazy imports, the optimizer's first state
+            args.max_steps = 2 * steps
+            start = time.perf_counter()
+            trainer.train(resume_from_checkpoint=None)
+            return (time.perf_counter() - start) / (2 * steps)
+
+
 def measure(repeats: int) -> dict[str, float]:
     out = {}
     for method, ckpt in CASES:
         few, many = (step_seconds(n, method, ckpt, repeats) for n in LAYERS)
         out[f"{method}, checkpointing {'on' if ckpt else 'off'}"] = (many - few) / (LAYERS[1] - LAYERS[0])
+    # the loop's own share: a Trainer step less the bare forward and backward of the same model
+    layers = LAYERS[0]
+    out["trainer loop, per optimizer step"] = (trainer_step_seconds(layers, 5 * repeats)
+                                               - step_seconds(layers, "lora", True, repeats))
     return out
 
 
@@ -95,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"Host seconds per decoder layer and micro-batch (torch {torch.__version__}, 1 thread, median of "
-          f"{args.repeats}):\n")
-    print("| case | ms per layer |")
+    print(f"Host milliseconds per decoder layer and micro-batch, and the loop's per optimizer step (torch "
+          f"{torch.__version__}, 1 thread, median of {args.repeats}):\n")
+    print("| case | ms |")
     print("|---|---:|")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds * 1000:.2f} |")

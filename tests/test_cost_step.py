@@ -33,16 +33,16 @@ def test_small_steps_lose_throughput_to_the_update_and_accumulation_wins_it_back
     small, large, accumulated = tps(batch_size=1), tps(batch_size=16), tps(batch_size=1, gradient_accumulation_steps=16)
     assert small < 0.8 * large  # 512 tokens a step pay a whole update over 8B parameters
     assert accumulated == pytest.approx(large, rel=0.05)
-    # an adapter's update is tiny: LoRA barely notices the step size
+    # an adapter's update and the Trainer loop's own step take a few ms: LoRA barely notices the step size
     lora = [run_cost(LLAMA8.arch, TrainSetup(seq_len=512, batch_size=b), g).tokens_per_second for b in (1, 16)]
-    assert lora[0] > 0.98 * lora[1]
+    assert lora[0] > 0.97 * lora[1]
 
 
 def test_the_step_is_its_terms():
     c = run_cost(LLAMA8.arch, TrainSetup(method="qlora", gradient_accumulation_steps=4), find_gpu("RTX 4090"))
     s = c.step
-    assert s is not None and s.total == pytest.approx(s.matmul + s.dequant + s.offload + s.adapter + s.optimizer
-                                                      + s.clipping)
+    assert s is not None and s.total == pytest.approx(s.matmul + s.dequant + s.offload + s.adapter + s.communication
+                                                      + s.host_wait + s.optimizer + s.clipping)
     assert c.tokens_per_second == pytest.approx(4 * 2048 / s.total)
     assert s.dequant == pytest.approx(4 * c.dequant_seconds_per_step)
 
@@ -51,19 +51,23 @@ def test_a_fast_gpu_waits_for_the_host_on_small_micro_batches():
     """Eager PyTorch issues a LoRA layer's kernels in about 2.6 ms of host time with checkpointing
     (planner.calibration.HOST_SECONDS_PER_LAYER, measured): 32 layers take 82 ms whatever the
     tokens. An H100 computes 256 tokens in less, so it waits; an RTX 4090 never does at these sizes."""
-    from planner.calibration import HOST_SECONDS_PER_LAYER
+    from planner.calibration import HOST_SECONDS_PER_LAYER, HOST_SECONDS_PER_STEP
 
     host = HOST_SECONDS_PER_LAYER[(True, True)] * LLAMA8.arch.num_layers
 
     def step(gpu: str, seq: int):
         return run_cost(LLAMA8.arch, TrainSetup(method="lora", seq_len=seq), find_gpu(gpu)).step
 
-    small, large = step("H100 SXM", 256), step("H100 SXM", 2048)
-    assert small.host_wait > 0 and small.matmul + small.host_wait == pytest.approx(host)
-    assert large.host_wait == 0  # 2,048 tokens keep it busy longer than the host needs
-    assert step("RTX 4090", 256).host_wait == 0
+    def loop(s) -> float:  # the loop's own step waits beside the update's kernels (an adapter's: ~1 ms)
+        return HOST_SECONDS_PER_STEP - s.optimizer - s.clipping
+
+    small, large, slow = step("H100 SXM", 256), step("H100 SXM", 2048), step("RTX 4090", 256)
+    assert small.host_wait > loop(small) > 0
+    assert small.matmul + small.host_wait == pytest.approx(host + loop(small))
+    assert large.host_wait == pytest.approx(loop(large))  # 2,048 tokens keep it busy longer than the host needs
+    assert slow.host_wait == pytest.approx(loop(slow))
     assert small.total / 256 > 1.5 * large.total / 2048  # per token, the small step is much slower
     # accumulation does not help: every micro-batch is issued by the host
     acc = run_cost(LLAMA8.arch, TrainSetup(method="lora", seq_len=256, gradient_accumulation_steps=4),
                    find_gpu("H100 SXM")).step
-    assert acc.host_wait == pytest.approx(4 * small.host_wait)
+    assert acc.host_wait == pytest.approx(4 * (small.host_wait - loop(small)) + loop(small))
