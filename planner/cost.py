@@ -68,6 +68,8 @@ class StepTime:
     """Activation offloading's host copies."""
     adapter: float
     """DoRA's weight renormalization and AdaLoRA's importance scores."""
+    attention_scores: float
+    """Eager attention's passes over every head's score matrix (eager_attention_seconds)."""
     communication: float
     """Collectives over the GPUs' link that compute does not hide (communication_seconds)."""
     host_wait: float
@@ -85,8 +87,8 @@ class StepTime:
 
     @property
     def total(self) -> float:
-        return (self.matmul + self.dequant + self.offload + self.adapter + self.communication + self.host_wait
-                + self.optimizer + self.clipping)
+        return (self.matmul + self.dequant + self.offload + self.adapter + self.attention_scores + self.communication
+                + self.host_wait + self.optimizer + self.clipping)
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,12 @@ def flops_per_token(arch: Architecture, setup: TrainSetup) -> FlopsPerToken:
     backward_activations = 2 * n_active
     trainable_fraction = 1.0 if setup.method == "full" else 0.0
     weight_gradients = 2 * n_active * trainable_fraction
-    # causal attention: QK^T and AV, each 2*s*d per token, halved by the mask; backward is 2x
-    # (prefix tuning's keys are all visible: its virtual tokens add a whole s x prefix term)
+    # causal attention: QK^T and AV, each 2*s*d per token, halved by the mask (fused kernels skip
+    # the masked blocks; eager attention multiplies the whole matrix); backward is 2x (prefix
+    # tuning's keys are all visible: its virtual tokens add a whole s x prefix term)
     prefix = setup.kv_len - setup.model_seq_len
-    attention_fwd = 2 * arch.num_layers * (setup.model_seq_len / 2 + prefix) * arch.num_heads * (
+    visible = setup.model_seq_len / (1 if setup.attention == "eager" else 2)
+    attention_fwd = 2 * arch.num_layers * (visible + prefix) * arch.num_heads * (
         arch.head_dim + arch.v_head_dim)
     attention = 3 * attention_fwd
     adapters = 0.0
@@ -184,7 +188,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     matmul, offload = setup.model_tokens * fpt.total / achieved, offload_seconds(arch, setup)
     dora = dora_seconds(arch, setup, gpu, achieved)
     host = HOST_SECONDS_PER_LAYER[(setup.low_rank, setup.grad_checkpointing)] * arch.num_layers
-    compute = matmul + dequant_s + offload + dora  # one micro-batch on the GPU
+    scores = eager_attention_seconds(arch, setup, gpu)
+    compute = matmul + dequant_s + offload + dora + scores  # one micro-batch on the GPU
     comm = communication_seconds(arch, setup, gpu)
     # collectives run on their own stream beside compute: a layer's gathers and reductions beside the
     # micro-batch, the step's gradient reduction beside the last micro-batch's backward (2/3 of it)
@@ -193,7 +198,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     else:
         exposed = comm.unhidden + max(0.0, comm.per_step - comm.unhidden - 2 / 3 * compute)
     step = StepTime(matmul=micro * matmul, dequant=micro * dequant_s, offload=micro * offload,
-                    adapter=micro * dora + importance_seconds(arch, setup, gpu), communication=exposed,
+                    adapter=micro * dora + importance_seconds(arch, setup, gpu), attention_scores=micro * scores,
+                    communication=exposed,
                     host_wait=micro * max(0.0, host - compute) + max(0.0, HOST_SECONDS_PER_STEP - update - clip),
                     optimizer=update, clipping=clip)
     n = setup.num_gpus
@@ -306,6 +312,20 @@ def communication_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -
     layer = max(size for _, size in layers)
     layer_grads = grads / arch.num_layers
     return Collectives(ring * (2 * weights + grads) / link, 0.0, ring * (layer + layer_grads) / link)
+
+
+def eager_attention_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> float:
+    """Eager attention writes every head's (tokens x keys) scores to memory and passes over them
+    elementwise (transformers ``eager_attention_forward``: the product written and scaled, the mask
+    added, an fp32 softmax and its cast back, read by the second matmul): 9 c + 8 bytes per score in
+    forward for a c-byte compute dtype, twice that in backward, once more in checkpointing's
+    recompute, over memory bandwidth. SDPA's and flash-attention's fused kernels keep the scores
+    on chip (Dao et al. 2022, "FlashAttention")."""
+    if setup.attention != "eager":
+        return 0.0
+    scores = setup.batch_size * arch.num_heads * setup.model_seq_len * setup.kv_len * arch.num_layers
+    forward = 9 * setup.compute_bytes + 8
+    return scores * forward * (3 + int(setup.grad_checkpointing)) / gpu.bandwidth_bytes_per_s
 
 
 def offload_seconds(arch: Architecture, setup: TrainSetup) -> float:

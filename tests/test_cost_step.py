@@ -1,6 +1,8 @@
 """The time model's per-step terms (issue 19 point 1): the optimizer update and gradient clipping
 over every trainable parameter, paid once per optimizer step whatever its tokens."""
 
+from dataclasses import replace
+
 import pytest
 
 from planner.catalog import resolve_model
@@ -41,8 +43,9 @@ def test_small_steps_lose_throughput_to_the_update_and_accumulation_wins_it_back
 def test_the_step_is_its_terms():
     c = run_cost(LLAMA8.arch, TrainSetup(method="qlora", gradient_accumulation_steps=4), find_gpu("RTX 4090"))
     s = c.step
-    assert s is not None and s.total == pytest.approx(s.matmul + s.dequant + s.offload + s.adapter + s.communication
-                                                      + s.host_wait + s.optimizer + s.clipping)
+    assert s is not None and s.total == pytest.approx(s.matmul + s.dequant + s.offload + s.adapter
+                                                      + s.attention_scores + s.communication + s.host_wait
+                                                      + s.optimizer + s.clipping)
     assert c.tokens_per_second == pytest.approx(4 * 2048 / s.total)
     assert s.dequant == pytest.approx(4 * c.dequant_seconds_per_step)
 
@@ -71,3 +74,21 @@ def test_a_fast_gpu_waits_for_the_host_on_small_micro_batches():
     acc = run_cost(LLAMA8.arch, TrainSetup(method="lora", seq_len=256, gradient_accumulation_steps=4),
                    find_gpu("H100 SXM")).step
     assert acc.host_wait == pytest.approx(4 * (small.host_wait - loop(small)) + loop(small))
+
+
+def test_eager_attention_passes_over_every_score_and_multiplies_the_whole_matrix():
+    """transformers' eager attention writes each head's (tokens x keys) scores, scales them, adds the
+    mask, softmaxes in fp32 and casts back: 9 x 2 + 8 = 26 bytes per bf16 score in forward, twice
+    in backward, once more in the recompute. Fused kernels skip the masked half of the matmuls."""
+    from planner.cost import flops_per_token
+
+    g = find_gpu("A100 80GB SXM")
+    setup = TrainSetup(method="lora", batch_size=4, seq_len=1024, attention="eager")
+    fused, eager = (run_cost(LLAMA8.arch, replace(setup, attention=a), g) for a in ("sdpa", "eager"))
+    a = LLAMA8.arch
+    scores = 4 * a.num_heads * 1024 * 1024 * a.num_layers
+    assert eager.step.attention_scores == pytest.approx(scores * 26 * 4 / g.bandwidth_bytes_per_s)
+    assert fused.step.attention_scores == 0
+    half, whole = (flops_per_token(a, replace(setup, attention=x)).attention for x in ("sdpa", "eager"))
+    assert whole == pytest.approx(2 * half)
+    assert 0.75 < eager.tokens_per_second / fused.tokens_per_second < 0.9  # the score traffic costs ~18%
