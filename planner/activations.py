@@ -100,7 +100,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     # Whether that input is the layer's own tensor or a fresh copy decides what stays alive:
     # peft casts a LoRA input to an fp32 adapter's dtype, and autocast casts an fp32 residual (or
     # norm output) to 16 bits for every matmul that reads it (one copy per consumer).
-    adapter_cast = setup.adapts_linears and setup.adapter_dtype == "fp32" and c != FP32
+    adapter_cast = setup.adapts_linears and setup.adapters_compute_fp32 and c != FP32
     residual_cast = rb != c
     readers = [lin for lin in block.linears
                if lin.role not in ("expert",) and lin.name.split(".")[-1] not in _OUTPUT_PROJECTIONS]
@@ -180,7 +180,7 @@ def layer_activations(arch: Architecture, block: Block, setup: TrainSetup) -> La
     if setup.peft == "adalora":
         # each SVD adapter multiplies A by its singular values every forward: the r x d_in
         # product is kept for the input's gradient, whatever the tokens
-        a = FP32 if setup.adapter_dtype == "fp32" else c
+        a = FP32 if setup.adapters_compute_fp32 else c
         saved += a * setup.adapter_rank * sum(lin.d_in * lin.copies for lin in block.linears if adapted(lin, setup))
     # Under mixed precision autocast casts each fp32 weight to 16 bits per matmul, and the matmul
     # keeps that copy to compute its input's gradient: trainable or frozen alike.
@@ -251,7 +251,7 @@ def _adapter_gradient_temps(block: Block, setup: TrainSetup, out_bytes: int) -> 
     it sums over the tokens."""
     mine = [lin for lin in block.linears if adapted(lin, setup)]
     if setup.peft == "adalora":
-        adapter_bytes = FP32 if setup.adapter_dtype == "fp32" else setup.compute_bytes
+        adapter_bytes = FP32 if setup.adapters_compute_fp32 else setup.compute_bytes
         return adapter_bytes * max((lin.d_out for lin in mine), default=0)
     if setup.peft == "ia3":
         return out_bytes * max((lin.d_in if is_feedforward(lin) else lin.d_out for lin in mine), default=0)
@@ -268,7 +268,7 @@ def dora_transient(block: Block, setup: TrainSetup) -> int:
     if not (setup.use_dora and setup.low_rank):
         return 0
     c = setup.compute_bytes
-    a = FP32 if setup.adapter_dtype == "fp32" else 2
+    a = FP32 if setup.adapters_compute_fp32 else 2
     worst = 0
     for lin in block.linears:
         if not adapted(lin, setup):

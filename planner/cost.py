@@ -102,11 +102,19 @@ class RunCost:
     utilization: float
     """Achieved / peak FLOP/s assumed for this GPU class and method."""
     flops_per_token: FlopsPerToken
-    dequant_seconds_per_step: float
-    offload_seconds_per_step: float = 0.0
-    """Activation offloading's host copies per step (0 without it)."""
-    step: StepTime | None = None
+    step: StepTime
     """The optimizer step's seconds by term."""
+    micro_batches: int = 1
+
+    @property
+    def dequant_seconds_per_step(self) -> float:
+        """One micro-batch's QLoRA dequantization (0 without it)."""
+        return self.step.dequant / self.micro_batches
+
+    @property
+    def offload_seconds_per_step(self) -> float:
+        """One micro-batch's activation offloading copies (0 without it)."""
+        return self.step.offload / self.micro_batches
 
     @property
     def hours(self) -> float | None:
@@ -217,7 +225,7 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
             cost = price * n * seconds / 3600
         elif usd_per_kwh is not None:
             cost = energy * usd_per_kwh
-    return RunCost(tps, seconds, energy, cost, util, fpt, dequant_s, step.offload / micro, step)
+    return RunCost(tps, seconds, energy, cost, util, fpt, step, micro)
 
 
 def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:

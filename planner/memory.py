@@ -133,12 +133,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     optimizer, opt_temp = optimizer_state(setup, p, cuda)
     optimizer += importance_state(setup, p)
     # a CPU run's "host" is the memory it trains in: offloaded checkpoints stay live tensors there
-    acts_setup = setup if cuda else replace(setup, offload_activations=False)
-    if setup.sharding == "fsdp" and setup.num_gpus > 1 and setup.precision.endswith("-mixed"):
-        # FSDP's mixed precision gathers every parameter of a unit in 16 bits, the adapters too: they
-        # compute there (torch MixedPrecisionPolicy.param_dtype, "the dtype for forward/backward")
-        acts_setup = replace(acts_setup, adapter_dtype="bf16")
-    acts = activation_peak(arch, acts_setup)
+    acts = activation_peak(arch, setup if cuda else replace(setup, offload_activations=False))
     n, shard = setup.num_gpus, setup.sharding
     flight = _Flight()
     if setup.optimizer_in_backward:
@@ -194,10 +189,11 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     # loss) matters only beside a sharded run's extra gathered bytes there: otherwise it is backward's
     forward_loss = (setup.model_tokens * arch.vocab_size * (setup.compute_bytes + 2 * FP32)
                     if setup.loss == "standard" else loss_part) if whole.at_loss_forward else 0
-    moments = {"loss": loss_part + sum(head) + whole.at_loss,
-               "loss_forward": forward_loss + whole.at_loss_forward,
-               "layer": acts.working_set + sum(flight.layer) - flight.freed + whole.at_layer,
-               "copy_out": whole.at_copy_out}
+    held = {"loss": whole.at_loss, "loss_forward": whole.at_loss_forward, "layer": whole.at_layer,
+            "copy_out": whole.at_copy_out}
+    own = {"loss": loss_part + sum(head), "loss_forward": forward_loss,
+           "layer": acts.working_set + sum(flight.layer) - flight.freed, "copy_out": 0}
+    moments = {m: own[m] + held[m] for m in held}
     moment = max(moments, key=moments.__getitem__)  # the first of equals: the loss
     fwd_bwd = acts.saved + acts.lm_head_weight_copy + moments[moment] + workspace_fb
     # the optimizer step: after backward, or in backward the embedding's, the last to complete
@@ -210,7 +206,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
             activations += acts.working_set - flight.freed
         logits = {"loss": loss_part, "loss_forward": forward_loss}.get(moment, 0)
         gradients += in_flight[0]
-        workspace = workspace_fb + in_flight[1] + getattr(whole, f"at_{moment}")
+        workspace = workspace_fb + in_flight[1] + held[moment]
     else:
         phase, activations, logits, workspace = "optimizer step", 0, 0, step - flight.end[0]
         gradients += flight.end[0]

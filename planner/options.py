@@ -29,6 +29,9 @@ PEFTS = ("lora", "adalora", "ia3", "prompt", "prefix")
 """The adapter a LoRA/QLoRA run trains (peft): LoRA (DoRA with ``use_dora``), AdaLoRA (Zhang et al.
 2023), IA3 (Liu et al. 2022), prompt tuning (Lester et al. 2021), prefix tuning (Li & Liang 2021).
 Every one of them trains over a 16-bit (``lora``) or a quantized (``qlora``) base."""
+PREFIX_CHECKPOINTING = {"grad_checkpointing": False, "offload_activations": False}
+"""Prefix tuning trains without checkpointing (``TrainSetup`` says why): what every plan that turns
+into prefix tuning sets."""
 PEFT_NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "ia3": "IA3", "prompt": "prompt tuning", "prefix": "prefix tuning"}
 """How plans, the recommendation and model cards name each adapter (DoRA: LoRA with ``use_dora``)."""
 
@@ -262,6 +265,14 @@ class TrainSetup:
         (accelerate 1.15 ``fsdp2_prepare_model``: "Upcast to fp32 master weights"; DeepSpeed's
         ZeRO-3 keeps fp32 masters too). QLoRA is left alone there (a ``Params4bit`` model)."""
         return self.sharding in ("fsdp", "zero3") and self.precision != "fp32" and self.method != "qlora"
+
+    @property
+    def adapters_compute_fp32(self) -> bool:
+        """fp32 adapters compute in fp32 (peft casts each input to their dtype), except under FSDP's
+        mixed precision, which gathers every parameter of a unit in 16 bits, the adapters too (torch
+        ``MixedPrecisionPolicy.param_dtype``, "the dtype for forward/backward computation")."""
+        fsdp_mixed = self.sharding == "fsdp" and self.num_gpus > 1 and self.mixed
+        return self.adapter_dtype == "fp32" and not fsdp_mixed
 
     @property
     def checkpointing(self) -> str:

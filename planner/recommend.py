@@ -25,7 +25,7 @@ from planner.errors import PlannerError
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
 from planner.memory import estimate, memory_savers
-from planner.options import TrainSetup, at_micro_batch
+from planner.options import PREFIX_CHECKPOINTING, TrainSetup, at_micro_batch
 from planner.stacks import planned
 from planner.targets import GpuTarget
 from planner.units import GiB, fmt_count, fmt_gib
@@ -345,7 +345,7 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
 _ADAPTERS: tuple[dict[str, Any], ...] = (
     {"peft": "lora", "use_dora": False}, {"peft": "lora", "use_dora": True}, {"peft": "adalora"}, {"peft": "ia3"},
     {"peft": "prompt", "modules_to_save": ()},
-    {"peft": "prefix", "modules_to_save": (), "grad_checkpointing": False, "offload_activations": False},
+    {"peft": "prefix", "modules_to_save": (), **PREFIX_CHECKPOINTING},
 )
 """The adapters a LoRA/QLoRA pick is set beside, on its own base (prefix tuning without checkpointing)."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.options import METHODS, STACKS, TrainSetup
+from planner.options import METHODS, PREFIX_CHECKPOINTING, STACKS, TrainSetup
 from planner.resource_files import resource
 
 
@@ -136,5 +136,5 @@ def planned(setup: TrainSetup, **changes: Any) -> TrainSetup:
     if changes.get("method") == "full":
         changes = {"peft": "lora", "use_dora": False, "modules_to_save": (), **changes}
     elif changes.get("peft", setup.peft) == "prefix":
-        changes = {**changes, "grad_checkpointing": False, "offload_activations": False}
+        changes = {**changes, **PREFIX_CHECKPOINTING}
     return load_stack(setup.stack).apply(setup, **changes)

@@ -31,8 +31,8 @@ GENERATIONS = ("Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell")
 RTX 40 and L-series Ada, H-series Hopper, RTX 50 and B-series Blackwell)."""
 PRICE_KINDS = ("on-demand", "spot", "community")
 PCIE4_X16 = 31.5e9
-"""PCIe 4.0 x16, bytes per second and direction (16 GT/s x 16 lanes, 128b/130b): a card's link when
-its entry names none."""
+"""PCIe 4.0 x16, bytes per second and direction (16 GT/s x 16 lanes, 128b/130b): the commonest
+link, ``GpuSpec``'s default (every catalog entry names its own)."""
 
 MEMORY_TOLERANCE = 0.08
 """How far NVML's total may sit from the catalog's and still be that card. The catalog holds the
@@ -128,8 +128,8 @@ def _spec(raw: dict[str, Any]) -> GpuSpec:
         aliases=tuple(raw.get("aliases", ())),
         datasheet_gb=float(raw["memory_gb"]),
         memory_source=raw["memory_source"],
-        link_bytes_per_s=float(raw.get("link_gb_s", PCIE4_X16 / 1e9)) * 1e9,
-        link=raw.get("link", "PCIe 4.0 x16"),
+        link_bytes_per_s=float(raw["link_gb_s"]) * 1e9,
+        link=raw["link"],
     )
 
 

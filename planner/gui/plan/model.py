@@ -14,7 +14,7 @@ from planner.catalog.gpus import find_gpu
 from planner.cli_options import STACK_OPTIONS
 from planner.launch import why_not_trainable
 from planner.memory import Breakdown, Estimate, estimate
-from planner.options import STACKS, TrainSetup
+from planner.options import PREFIX_CHECKPOINTING, STACKS, TrainSetup
 from planner.stacks import load_stack
 from planner.targets import DEFAULT_CATALOG_GPU
 from planner.units import GiB, fmt_gib
@@ -154,7 +154,7 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
     if "optimizer_in_backward" in form:
         form["optimizer_in_backward"] = form["optimizer_in_backward"] and method == "full"
     if values.peft == "prefix" and method != "full":  # prefix tuning trains without checkpointing
-        form.update(grad_checkpointing=False, offload_activations=False)
+        form.update(PREFIX_CHECKPOINTING)
     return stack.apply(TrainSetup(
         method=method, quant=quant, batch_size=values.batch_size, seq_len=values.seq_len, attention=values.attention,
         lora_r=values.lora_r, lora_alpha=values.lora_alpha, lora_targets=_names(values.lora_targets) or ("",),
