@@ -42,17 +42,10 @@ HOST_SECONDS_PER_STEP = 3.94e-3
 and collator, AdamW, clipping, the schedule, zeroing, logging): a Trainer step less the bare
 forward and backward of the same model, measured as ``HOST_SECONDS_PER_LAYER``. Not fitted."""
 
-UTILIZATION: dict[tuple[str, str], float] = {
-    ("consumer", "full"): 0.498,
-    ("consumer", "lora"): 0.594,
-    ("consumer", "qlora"): 0.525,
-    ("datacenter", "full"): 0.639,
-    ("datacenter", "lora"): 0.464,
-    ("datacenter", "qlora"): 0.45,
-    ("workstation", "full"): 0.895,
-    ("workstation", "lora"): 0.968,
-}
-"""Achieved / dense-peak 16-bit FLOP/s by (GPU segment, method): the median over the rows of
-resources/reference/throughput.csv (``scripts/validate_cost.py --fit``). The rows mix compiled and
-packed torchtune runs with plain HF ones, so these are what tuned stacks reach; a pair with no
-row takes its method's median over the other segments (planner.cost.utilization)."""
+MATMUL_UTILIZATION = 0.678
+"""Achieved / dense-peak 16-bit FLOP/s of training's large matmuls, on every GPU (the peaks are
+each card's own, with its accumulate precision: resources/gpus.json): the median over the rows of
+resources/reference/throughput.csv of the utilization that reproduces each row
+(``scripts/validate_cost.py --fit``), once the memory-bound traffic, the host and the
+communication are timed on their own (planner/cost.py). One constant: no per-GPU, per-method or
+per-row factor."""

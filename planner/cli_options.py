@@ -91,8 +91,9 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
                    help="the chunked loss's chunks by their fp32 logits' size (Unsloth: 4096); 0: as large as the "
                         "hidden states (0)")
     p.add_argument("--kernels", default=None, metavar=_alts(KERNELS),
-                   help="eager: PyTorch's and peft's modules; unsloth: Unsloth's fused LoRA kernels, which keep "
-                        f"fewer activations (estimate only) ({d.kernels})")
+                   help="eager: PyTorch's and peft's modules; compile: the same under torch.compile, pointwise "
+                        "operations fused (faster); unsloth: Unsloth's fused LoRA kernels, faster and keeping fewer "
+                        f"activations (both estimate only) ({d.kernels})")
     p.add_argument("--optimizer-in-backward", action=argparse.BooleanOptionalAction, default=None,
                    help="full fine-tuning: update each parameter as soon as its gradient exists, then free it")
     p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,

@@ -3,7 +3,10 @@
 flops/token = forward + backward to the activations + weight gradients (trainable only)
               + attention's sequence-dependent term + one more forward under checkpointing
               + LoRA adapter FLOPs
-step time   = tokens x flops/token / (peak x utilization) + QLoRA dequantization (memory-bound)
+step time   = tokens x flops/token / (peak x utilization)
+              + the memory-bound kernels' bytes over bandwidth (planner/traffic.py: norms, RoPE,
+                activations, residual adds, the loss, LoRA's low-rank matmuls and their passes)
+              + QLoRA dequantization (memory-bound)
               + activation offloading's copies (out in forward, back in backward, over PCIe)
               + DoRA's per-step weight renormalization (FLOPs and bytes moved)
               + AdaLoRA's importance scores per optimizer step (bytes moved)
@@ -27,12 +30,13 @@ from dataclasses import dataclass
 
 from planner.activations import activation_peak
 from planner.adapted import adapted
-from planner.calibration import HOST_LINK_BYTES_PER_S, HOST_SECONDS_PER_LAYER, HOST_SECONDS_PER_STEP, UTILIZATION
+from planner.calibration import HOST_LINK_BYTES_PER_S, HOST_SECONDS_PER_LAYER, HOST_SECONDS_PER_STEP, MATMUL_UTILIZATION
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
 from planner.gathering import layer_bytes
 from planner.options import TrainSetup
 from planner.params import params
+from planner.traffic import traffic_per_token
 
 # Bytes moved per weight by one dequantization: read the packed 4-bit weight, write 16-bit.
 _DEQUANT_BYTES = {"nf4": 0.5 + 2, "fp4": 0.5 + 2, "int8": 1 + 2, "2bit": 0.25 + 2}
@@ -61,7 +65,10 @@ class StepTime:
     then one update)."""
 
     matmul: float
-    """Every micro-batch's training FLOPs (planner.cost.flops_per_token) at the achieved rate."""
+    """Every micro-batch's training FLOPs (planner.cost.flops_per_token) at the achieved rate, but
+    LoRA's low-rank ones, which are memory-bound (``traffic``)."""
+    traffic: float
+    """The memory-bound kernels' bytes (planner.traffic.traffic_per_token) over memory bandwidth."""
     dequant: float
     """QLoRA's 4-bit weights dequantized for every matmul, over memory bandwidth."""
     offload: float
@@ -87,7 +94,7 @@ class StepTime:
 
     @property
     def total(self) -> float:
-        return (self.matmul + self.dequant + self.offload + self.adapter + self.attention_scores + self.communication
+        return (self.matmul + self.traffic + self.dequant + self.offload + self.adapter + self.attention_scores + self.communication
                 + self.host_wait + self.optimizer + self.clipping)
 
 
@@ -156,16 +163,34 @@ def flops_per_token(arch: Architecture, setup: TrainSetup) -> FlopsPerToken:
                     passes = block.experts_per_token if lin.role == "expert" else 1
                     # forward, input gradient and weight gradient of A and B
                     adapters += 6 * block.count * passes * setup.adapter_rank * (lin.d_in + lin.d_out)
-    recompute = (forward + attention_fwd + adapters / 3) if setup.grad_checkpointing else 0.0
+    head = 2 * arch.vocab_size * arch.hidden_size  # checkpointing recomputes the layers, not the head
+    recompute = (forward - head + attention_fwd + adapters / 3) if setup.grad_checkpointing else 0.0
     return FlopsPerToken(forward, backward_activations, weight_gradients, attention, recompute, adapters)
 
 
-def utilization(gpu: GpuSpec, method: str) -> float:
-    """Achieved fraction of peak, calibrated per GPU segment and method (planner/calibration.py)."""
-    if (gpu.segment, method) in UTILIZATION:
-        return UTILIZATION[(gpu.segment, method)]
-    same_method = sorted(v for (_, m), v in UTILIZATION.items() if m == method)
-    return same_method[len(same_method) // 2] if same_method else 0.4
+def matmul_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:
+    """One micro-batch's weight matmuls and attention products. Each weight's GEMM (M tokens x K in x
+    N out; an expert's M is the tokens routed to it) runs in forward, for the input's gradient, for
+    the weight's gradient when it trains, and again in the recompute; it takes the longer of its
+    2MKN FLOPs at the achieved rate and its operands' and product's bytes over memory bandwidth
+    (the roofline: short steps and narrow models turn memory-bound). Attention's FLOPs
+    (``flops_per_token``) run at the achieved rate; LoRA's low-rank products are memory traffic
+    (planner/traffic.py)."""
+    c, tokens = setup.compute_bytes, setup.model_tokens
+    passes = 2 + (setup.method == "full") + setup.grad_checkpointing
+
+    def gemm(m: float, k: int, n: int) -> float:
+        return max(2 * m * k * n / achieved_flops, c * (m * k + k * n + m * n) / gpu.bandwidth_bytes_per_s)
+
+    seconds = 0.0
+    for block in arch.blocks:
+        for lin in block.linears:
+            # an expert's copies (one per expert) multiply the tokens routed to them
+            m = tokens * block.experts_per_token / lin.copies if lin.role == "expert" else tokens
+            seconds += block.count * lin.copies * passes * gemm(m, lin.d_in, lin.d_out)
+    head = gemm(tokens, arch.hidden_size, arch.vocab_size) * (3 if setup.method == "full" else 2)
+    return seconds + head + tokens * flops_per_token(arch, setup).attention / achieved_flops * (
+        1 + setup.grad_checkpointing / 3)
 
 
 def _power_watts(gpu: GpuSpec, util: float) -> float:
@@ -175,14 +200,15 @@ def _power_watts(gpu: GpuSpec, util: float) -> float:
 
 def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens: int | None = None,
              epochs: float = 1.0, usd_per_hour: float | None = None,
-             usd_per_kwh: float | None = None) -> RunCost:
+             usd_per_kwh: float | None = None, utilization: float = MATMUL_UTILIZATION) -> RunCost:
     """Throughput, duration, energy and cost of training ``arch`` under ``setup`` on ``gpu`` x num_gpus.
 
     Cost is the cloud price per GPU-hour when given (or the catalog's snapshot), else local
-    electricity at ``usd_per_kwh``; None when neither is known.
+    electricity at ``usd_per_kwh``; None when neither is known. ``utilization``: the matmuls'
+    achieved fraction of peak (the calibration's, unless a fit tries another).
     """
     fpt = flops_per_token(arch, setup)
-    util = min(utilization(gpu, setup.method), 1.0)  # never above the hardware peak
+    util = min(utilization, 1.0)  # never above the hardware peak
     achieved = gpu.peak_flops * util
     # the model runs prompt tuning's virtual tokens too; throughput counts the data's tokens
     micro = setup.gradient_accumulation_steps
@@ -193,11 +219,12 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
     update, clip = update_seconds(arch, setup, gpu)
-    matmul, offload = setup.model_tokens * fpt.total / achieved, offload_seconds(arch, setup)
+    matmul, offload = matmul_seconds(arch, setup, gpu, achieved), offload_seconds(arch, setup)
+    traffic = setup.model_tokens * traffic_per_token(arch, setup).total / gpu.bandwidth_bytes_per_s
     dora = dora_seconds(arch, setup, gpu, achieved)
     host = HOST_SECONDS_PER_LAYER[(setup.low_rank, setup.grad_checkpointing)] * arch.num_layers
     scores = eager_attention_seconds(arch, setup, gpu)
-    compute = matmul + dequant_s + offload + dora + scores  # one micro-batch on the GPU
+    compute = matmul + traffic + dequant_s + offload + dora + scores  # one micro-batch on the GPU
     comm = communication_seconds(arch, setup, gpu)
     # collectives run on their own stream beside compute: a layer's gathers and reductions beside the
     # micro-batch, the step's gradient reduction beside the last micro-batch's backward (2/3 of it)
@@ -205,7 +232,7 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         exposed = micro * (comm.unhidden + max(0.0, comm.per_micro_batch - comm.unhidden - compute))
     else:
         exposed = comm.unhidden + max(0.0, comm.per_step - comm.unhidden - 2 / 3 * compute)
-    step = StepTime(matmul=micro * matmul, dequant=micro * dequant_s, offload=micro * offload,
+    step = StepTime(matmul=micro * matmul, traffic=micro * traffic, dequant=micro * dequant_s, offload=micro * offload,
                     adapter=micro * dora + importance_seconds(arch, setup, gpu), attention_scores=micro * scores,
                     communication=exposed,
                     host_wait=micro * max(0.0, host - compute) + max(0.0, HOST_SECONDS_PER_STEP - update - clip),

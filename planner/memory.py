@@ -333,9 +333,14 @@ _PEFT_WORDS = {
 
 
 def _assumptions(arch: Architecture, setup: TrainSetup) -> list[str]:
-    kernels = ("Unsloth's fused LoRA kernels in every dense layer (planner/fused_kernels.py), no torch.compile"
-               if any(fused(b, setup) for b in arch.blocks) else "eager PyTorch: no torch.compile, whose fused "
-               "kernels can keep fewer activations (every stack's default)")
+    if any(fused(b, setup) for b in arch.blocks):
+        kernels = "Unsloth's fused LoRA kernels in every dense layer (planner/fused_kernels.py), no torch.compile"
+    elif setup.kernels == "compile":
+        kernels = ("torch.compile: its fused kernels are timed (planner/traffic.py); their activations are counted "
+                   "as eager PyTorch's, though inductor may recompute some instead of keeping them")
+    else:
+        kernels = ("eager PyTorch: no torch.compile, whose fused kernels can keep fewer activations (every "
+                   "stack's default)")
     out = [_loss_words(arch, setup), kernels]
     if setup.optimizer_in_backward:
         out.append("optimizer step in backward: each parameter updated as soon as its gradient is accumulated, "

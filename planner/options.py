@@ -19,8 +19,10 @@ ADAPTER_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
               "sgd", "adafactor")
 ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
-KERNELS = ("eager", "unsloth")
-"""eager: PyTorch's and peft's modules; unsloth: Unsloth's fused LoRA kernels (planner/fused_kernels.py)."""
+KERNELS = ("eager", "compile", "unsloth")
+"""eager: PyTorch's and peft's modules, one kernel per operation; compile: the same modules under
+torch.compile, their pointwise chains fused (planner/traffic.py); unsloth: Unsloth's fused LoRA
+kernels (planner/fused_kernels.py)."""
 SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
 STACKS = ("hf", "torchtune", "axolotl", "litgpt", "unsloth")
@@ -180,7 +182,9 @@ class TrainSetup:
     """Gradient checkpointing keeps each layer's input in (pinned) host RAM instead of on the GPU
     (transformers' ``activation_checkpointing_kwargs={"offload": True}``, torch's ``save_on_cpu``)."""
     kernels: str = "eager"
-    """Which kernels a layer runs (``KERNELS``): Unsloth's fused LoRA kernels keep fewer activations."""
+    """Which kernels a layer runs (``KERNELS``): fused ones move fewer bytes (planner/traffic.py), and
+    Unsloth's fused LoRA kernels keep fewer activations. The activation memory of compiled modules
+    is counted as eager's (inductor may recompute some pointwise results instead of saving them)."""
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)

@@ -5,11 +5,12 @@
 
 Then the leave-one-out errors by GPU generation, method, model size and tokens per optimizer step.
 
-Settings (batch, sequence, checkpointing, rank, GPUs, FSDP) are read from each row's own text;
-"same" repeats the row above. ``--fit`` prints the per-(GPU segment, method) utilization that
-the rows imply, for planner/calibration.py. Besides the in-sample error, each row is also
-predicted with utilization fitted on the *other* rows only (leave-one-out), which is the
-honest measure for a table this small.
+Settings (batch, sequence, checkpointing, rank, GPUs, FSDP, compile, FlashAttention-2) are read
+from each row's own text; "same" repeats the row above; torchtune's rows take its preset for the
+rest. ``--fit`` prints the one matmul utilization the rows imply (the median of the utilizations
+that reproduce each row), for planner/calibration.py. Besides the in-sample error, each row is
+also predicted with the utilization fitted on the *other* rows only (leave-one-out), which is
+the honest measure for a table this small.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from planner.catalog import resolve_model
 from planner.catalog.gpus import GpuSpec, find_gpu
 from planner.cost import run_cost
 from planner.options import TrainSetup
+from planner.stacks import load_stack
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "resources" / "reference" / "throughput.csv"
 
@@ -53,9 +55,15 @@ def _setup(method: str, setting: str, gpus: int, source: str) -> TrainSetup:
         ckpt = "checkpointing" in setting or "torchtune" not in source
     sharding = "fsdp" if "FSDP" in setting else ("ddp" if gpus > 1 else "none")
     accumulation = int(m.group(1)) if (m := re.search(r"\bGA(\d+)", setting)) else 1
-    return TrainSetup(method=method, quant="nf4" if method == "qlora" else None, batch_size=batch,
-                      seq_len=seq, grad_checkpointing=ckpt, lora_r=rank, num_gpus=gpus, sharding=sharding,
-                      gradient_accumulation_steps=accumulation)
+    stated = {"method": method, "quant": "nf4" if method == "qlora" else None, "batch_size": batch, "seq_len": seq,
+              "grad_checkpointing": ckpt, "lora_r": rank, "num_gpus": gpus, "sharding": sharding,
+              "gradient_accumulation_steps": accumulation,
+              "kernels": "compile" if "compile" in setting else "eager",
+              "attention": "flash_attention_2" if re.search(r"\bFA2\b|FlashAttention-2", setting) else "sdpa"}
+    setup = TrainSetup(**stated, explicit=frozenset(stated))
+    # torchtune's rows ran its recipes: its preset fills what the row does not say (bf16 adapters,
+    # no dropout, its chunked loss)
+    return load_stack("torchtune").apply(setup) if "torchtune" in source else setup
 
 
 def load_rows(path: Path) -> list[Row]:
@@ -72,35 +80,25 @@ def load_rows(path: Path) -> list[Row]:
     return rows
 
 
-def predict(row: Row, util_table: dict) -> float:
-    saved, table = dict(calibration.UTILIZATION), dict(util_table)
-    calibration.UTILIZATION.clear()
-    calibration.UTILIZATION.update(table)
-    try:
-        return run_cost(resolve_model(row.model).arch, row.setup, row.gpu).tokens_per_second
-    finally:
-        calibration.UTILIZATION.clear()
-        calibration.UTILIZATION.update(saved)
+def predict(row: Row, utilization: float) -> float:
+    return run_cost(resolve_model(row.model).arch, row.setup, row.gpu, utilization=utilization).tokens_per_second
 
 
 def implied_utilization(row: Row) -> float:
     """The utilization at which the model reproduces this row exactly (bisection: tps rises with it)."""
-    key = (row.gpu.segment, row.setup.method)
     lo, hi = 1e-4, 1.0
-    for _ in range(60):
+    for _ in range(40):
         mid = (lo + hi) / 2
-        if predict(row, {**calibration.UTILIZATION, key: mid}) < row.measured:
+        if predict(row, mid) < row.measured:
             lo = mid
         else:
             hi = mid
     return (lo + hi) / 2
 
 
-def fit(rows: list[Row]) -> dict[tuple[str, str], float]:
-    groups: dict[tuple[str, str], list[float]] = {}
-    for row in rows:
-        groups.setdefault((row.gpu.segment, row.setup.method), []).append(implied_utilization(row))
-    return {k: round(statistics.median(v), 3) for k, v in sorted(groups.items())}
+def fit(implied: list[float]) -> float:
+    """The one matmul utilization: the median of the rows' implied ones."""
+    return round(statistics.median(implied), 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,23 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.csv} not found; pass --csv PATH to throughput.csv", file=sys.stderr)
         return 2
     rows = load_rows(args.csv)
+    implied = [implied_utilization(row) for row in rows]
     if args.fit:
-        for key, value in fit(rows).items():
-            print(f"    {key!r}: {value},")
+        print(f"MATMUL_UTILIZATION = {fit(implied)}")
         return 0
     errors, loo_errors = [], []
     if args.markdown:
         print("| model | method | GPU | setting | published tok/s | predicted | error | leave-one-out |")
         print("|---|---|---|---|---:|---:|---:|---:|")
     for i, row in enumerate(rows):
-        got = predict(row, calibration.UTILIZATION)
-        others = fit(rows[:i] + rows[i + 1:])
-        loo_table = {**calibration.UTILIZATION, **others}
-        key = (row.gpu.segment, row.setup.method)
-        if key not in others:  # no other row of this kind: fall back to the method's other segments
-            same_method = [v for (seg, m), v in others.items() if m == row.setup.method]
-            loo_table[key] = statistics.median(same_method) if same_method else calibration.UTILIZATION[key]
-        loo = predict(row, loo_table)
+        got = predict(row, calibration.MATMUL_UTILIZATION)
+        loo = predict(row, fit(implied[:i] + implied[i + 1:]))
         err, loo_err = got / row.measured - 1, loo / row.measured - 1
         errors.append(abs(err))
         loo_errors.append(abs(loo_err))

@@ -22,7 +22,8 @@ import pytest
 from planner.calibration import HOST_SECONDS_PER_STEP
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu, gpu_catalog
-from planner.cost import active_matmul_params, flops_per_token, run_cost, utilization
+from planner.cost import active_matmul_params, flops_per_token, run_cost
+from planner.traffic import traffic_per_token
 from planner.options import TrainSetup
 
 LLAMA2_7B = "meta-llama/Llama-2-7b-hf"
@@ -107,14 +108,14 @@ def test_full_ft_flops_without_checkpointing_is_6n_plus_attention(seq):
     assert f.total == pytest.approx(6 * LLAMA_N + 3 * attn, rel=1e-12)
 
 
-def test_full_ft_checkpointing_adds_one_forward():
+def test_full_ft_checkpointing_adds_one_forward_of_the_layers():
     arch = model(LLAMA2_7B).arch
     off = flops_per_token(arch, TrainSetup(method="full", grad_checkpointing=False))
     on = flops_per_token(arch, TrainSetup(method="full", grad_checkpointing=True))
-    one_forward = 2 * LLAMA_N + attention_fwd(L, 2048, 32, 128)
+    one_forward = 2 * LLAMA_DECODER + attention_fwd(L, 2048, 32, 128)  # the LM head is not recomputed
     assert on.recompute == pytest.approx(one_forward)
     assert on.total - off.total == pytest.approx(one_forward)
-    assert on.total == pytest.approx(8 * LLAMA_N + 4 * attention_fwd(L, 2048, 32, 128))
+    assert on.total == pytest.approx(6 * LLAMA_N + 2 * LLAMA_DECODER + 4 * attention_fwd(L, 2048, 32, 128))
 
 
 def test_kaplan_6n_dominates_at_short_sequences():
@@ -150,7 +151,7 @@ def test_lora_checkpointing_recomputes_forward_and_adapter_forward():
     off = flops_per_token(arch, TrainSetup(lora_r=r, grad_checkpointing=False))
     on = flops_per_token(arch, TrainSetup(lora_r=r, grad_checkpointing=True))
     adapter_fwd = L * sum(2 * r * (i + o) for i, o in LLAMA_LINEARS)
-    assert on.total - off.total == pytest.approx(2 * LLAMA_N + attention_fwd(L, 2048, 32, 128) + adapter_fwd)
+    assert on.total - off.total == pytest.approx(2 * LLAMA_DECODER + attention_fwd(L, 2048, 32, 128) + adapter_fwd)
 
 
 def test_lora_is_about_two_thirds_of_full():
@@ -227,7 +228,11 @@ def test_throughput_by_hand():
     setup = TrainSetup(method="qlora", batch_size=2, seq_len=1024)
     c = run_cost(arch, setup, g)
     tokens = 2 * 1024
-    compute = tokens * c.flops_per_token.total / (g.peak_flops * c.utilization)
+    # every GEMM is compute-bound at 2,048 tokens; LoRA's low-rank products are memory traffic
+    f = c.flops_per_token
+    assert f.recompute == pytest.approx(2 * LLAMA_DECODER + attention_fwd(L, 1024, 32, 128) + f.adapters / 3)
+    compute = tokens * (f.total - 4 / 3 * f.adapters) / (g.peak_flops * c.utilization)  # recomputed too
+    compute += tokens * traffic_per_token(arch, setup).total / g.bandwidth_bytes_per_s
     dequant = 3 * LLAMA_DECODER * 2.5 / g.bandwidth_bytes_per_s
     # once per optimizer step: AdamW over the fp32 adapters (3 x 4 + 4 x 4 bytes each), clipping (3 x 4)
     adapters = 32 * (4 * 16 * (4096 + 4096) + 3 * 16 * (4096 + 11008))
@@ -246,7 +251,6 @@ ALL_GPUS = sorted(gpu_catalog())
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_achieved_flops_never_exceed_peak(name, method):
     g = gpu_catalog()[name]
-    assert 0 < utilization(g, method) <= 1
     for ckpt in (True, False):
         for n, sharding in ((1, "none"), (4, "fsdp")):
             setup = TrainSetup(method=method, grad_checkpointing=ckpt, num_gpus=n, sharding=sharding)

@@ -43,7 +43,7 @@ def test_small_steps_lose_throughput_to_the_update_and_accumulation_wins_it_back
 def test_the_step_is_its_terms():
     c = run_cost(LLAMA8.arch, TrainSetup(method="qlora", gradient_accumulation_steps=4), find_gpu("RTX 4090"))
     s = c.step
-    assert s is not None and s.total == pytest.approx(s.matmul + s.dequant + s.offload + s.adapter
+    assert s is not None and s.total == pytest.approx(s.matmul + s.traffic + s.dequant + s.offload + s.adapter
                                                       + s.attention_scores + s.communication + s.host_wait
                                                       + s.optimizer + s.clipping)
     assert c.tokens_per_second == pytest.approx(4 * 2048 / s.total)
@@ -66,7 +66,7 @@ def test_a_fast_gpu_waits_for_the_host_on_small_micro_batches():
 
     small, large, slow = step("H100 SXM", 256), step("H100 SXM", 2048), step("RTX 4090", 256)
     assert small.host_wait > loop(small) > 0
-    assert small.matmul + small.host_wait == pytest.approx(host + loop(small))
+    assert small.matmul + small.traffic + small.host_wait == pytest.approx(host + loop(small))
     assert large.host_wait == pytest.approx(loop(large))  # 2,048 tokens keep it busy longer than the host needs
     assert slow.host_wait == pytest.approx(loop(slow))
     assert small.total / 256 > 1.5 * large.total / 2048  # per token, the small step is much slower
@@ -92,3 +92,24 @@ def test_eager_attention_passes_over_every_score_and_multiplies_the_whole_matrix
     half, whole = (flops_per_token(a, replace(setup, attention=x)).attention for x in ("sdpa", "eager"))
     assert whole == pytest.approx(2 * half)
     assert 0.75 < eager.tokens_per_second / fused.tokens_per_second < 0.9  # the score traffic costs ~18%
+
+
+def test_narrow_models_on_short_steps_turn_their_matmuls_memory_bound():
+    """Each weight's GEMM takes the longer of its FLOPs at the achieved rate and its operands' bytes
+    over bandwidth (the roofline). Qwen2.5-0.5B (width 896) at 64 tokens reads its weights for
+    little arithmetic; Llama-3.1-8B at 2,048 tokens is compute-bound in every GEMM."""
+    from planner.calibration import MATMUL_UTILIZATION
+    from planner.cost import flops_per_token, matmul_seconds
+
+    g = find_gpu("H100 SXM")
+    achieved = g.peak_flops * MATMUL_UTILIZATION
+
+    def ratio(arch, seq: int) -> float:
+        setup = TrainSetup(method="full", seq_len=seq, grad_checkpointing=False)
+        f = flops_per_token(arch, setup)
+        return matmul_seconds(arch, setup, g, achieved) / (seq * f.total / achieved)
+
+    assert ratio(LLAMA8.arch, 2048) == pytest.approx(1.0)
+    qwen = resolve_model("Qwen/Qwen2.5-0.5B").arch
+    assert 1.0 < ratio(qwen, 2048) < 1.02  # only its 896 x 128 key and value projections wait on memory
+    assert ratio(qwen, 64) > 2  # the weights read three times for 64 tokens' products

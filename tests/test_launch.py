@@ -20,6 +20,7 @@ def test_shardings_the_trainer_runs(planned, trained):
     (TrainSetup(num_gpus=2, sharding="fsdp", offload="optimizer"), "offload"),
     (TrainSetup(method="qlora", quant="2bit"), "2-bit"),
     (TrainSetup(kernels="unsloth"), "kernels"),
+    (TrainSetup(kernels="compile"), "planned: compile"),
 ])
 def test_what_the_trainer_cannot_run_is_named_and_never_silently_changed(setup, words):
     problem = why_not_trainable(setup)

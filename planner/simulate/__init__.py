@@ -274,9 +274,12 @@ def simulate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Simul
     if model.arch.is_moe:
         notes.append("MoE: routing spread evenly over the experts (tokens x top_k / experts each); layout: "
                      + (MOE_PER_EXPERT if setup.is_peft else MOE_FUSED))
-    if setup.kernels != "eager":
-        notes.append(f"{setup.kernels}'s fused kernels are not simulated: precise mode runs PyTorch's and peft's "
+    if setup.kernels == "unsloth":
+        notes.append("unsloth's fused kernels are not simulated: precise mode runs PyTorch's and peft's "
                      "modules (the estimate's kernels term is analytic: planner/fused_kernels.py)")
+    elif setup.kernels == "compile":
+        notes.append("torch.compile is not simulated: precise mode runs the modules eagerly, whose activations "
+                     "the estimate counts for compiled ones too")
     if paged:
         notes.append(f"paged optimizer: {paged / 2**30:.2f} GiB of its state in CUDA managed memory (the estimator's "
                      "rule for which tensors bitsandbytes pages), outside allocated and reserved, in device used")

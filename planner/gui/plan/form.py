@@ -155,8 +155,9 @@ class PlanForm(QWidget):
         self.loss_box = _combo(LOSSES, "standard: the whole (tokens x vocab) logits and three fp32 buffers at "
                                "once; chunked: LM head and loss chunk by chunk (the trainer's loss: chunked).")
         self.kernels_box = _combo(KERNELS, "eager: PyTorch's and peft's modules (what this app's trainer runs); "
-                                  "unsloth: Unsloth's fused LoRA kernels, which keep fewer activations "
-                                  "(an estimate only: the trainer cannot run them).")
+                                  "compile: the same under torch.compile, each chain of pointwise operations "
+                                  "one kernel (faster); unsloth: Unsloth's fused LoRA kernels, faster and "
+                                  "keeping fewer activations. Both are estimates only: the trainer runs eager.")
         self.upcast_box = _check("fp32 upcast (QLoRA)",
                                  "QLoRA: prepare_model_for_kbit_training casts embeddings, LM head and norms to "
                                  "fp32 (on by default). Off keeps them in the load dtype, as the QLoRA paper's "
