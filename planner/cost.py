@@ -1,9 +1,10 @@
 """Time, energy and money of a fine-tuning run: FLOPs per token over achieved FLOP/s.
 
 flops/token = forward + backward to the activations + weight gradients (trainable only)
-              + attention's sequence-dependent term + one more forward under checkpointing
-              + LoRA adapter FLOPs
-step time   = tokens x flops/token / (peak x utilization)
+              + attention's sequence-dependent term + one more forward of the layers under
+              checkpointing + LoRA adapter FLOPs
+step time   = each weight's GEMM on the roofline: the longer of its FLOPs / (peak x utilization)
+              and its operands' bytes / bandwidth; attention's FLOPs / (peak x utilization)
               + the memory-bound kernels' bytes over bandwidth (planner/traffic.py: norms, RoPE,
                 activations, residual adds, the loss, LoRA's low-rank matmuls and their passes)
               + QLoRA dequantization (memory-bound)
@@ -20,6 +21,7 @@ References:
     Hu et al. 2021, "LoRA" (frozen weights need no weight gradients: ~2/3 of full-FT compute);
     Liu et al. 2024, "DoRA" (the weight's column norm recomputed from W + BA every step);
     Dettmers et al. 2023, "QLoRA" (4-bit weights dequantized to 16-bit for every matmul);
+    Williams et al. 2009, "Roofline" (a kernel takes the longer of its FLOPs and its bytes);
     transformers ``activation_checkpointing_enable(offload=True)`` (its copies run on the compute
     stream: they add to the step, not overlap it).
 """
@@ -94,8 +96,8 @@ class StepTime:
 
     @property
     def total(self) -> float:
-        return (self.matmul + self.traffic + self.dequant + self.offload + self.adapter + self.attention_scores + self.communication
-                + self.host_wait + self.optimizer + self.clipping)
+        return (self.matmul + self.traffic + self.dequant + self.offload + self.adapter + self.attention_scores
+                + self.communication + self.host_wait + self.optimizer + self.clipping)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from planner.calibration import HOST_SECONDS_PER_STEP
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu, gpu_catalog
 from planner.cost import active_matmul_params, flops_per_token, run_cost
-from planner.traffic import traffic_per_token
 from planner.options import TrainSetup
+from planner.traffic import traffic_per_token
 
 LLAMA2_7B = "meta-llama/Llama-2-7b-hf"
 MIXTRAL = "mistralai/Mixtral-8x7B-v0.1"

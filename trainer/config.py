@@ -312,7 +312,8 @@ def why_not_trainable(setup: TrainSetup) -> str | None:
         return (f"the trainer shards with {' or '.join(SHARDINGS)} only (planned: {setup.sharding}); "
                 "plan with fsdp or ddp to train here")
     if setup.kernels != "eager":
-        return f"the trainer runs PyTorch's and peft's kernels eagerly (planned: {setup.kernels}); plan with eager to train"
+        return (f"the trainer runs PyTorch's and peft's kernels eagerly (planned: {setup.kernels}); "
+                "plan with eager to train")
     if setup.method == "qlora" and setup.quant == "2bit":
         return "the trainer quantizes with bitsandbytes (nf4, fp4, int8); 2-bit is an estimate only"
     return None
