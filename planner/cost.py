@@ -94,10 +94,22 @@ class StepTime:
     """Gradient clipping (the Trainer's ``max_grad_norm`` 1.0): every gradient read for the norm,
     then read and written scaled."""
 
+    def shares(self) -> dict[str, float]:
+        """Each term's share of the step (by ``TERM_NAMES``), largest first; terms taking no time left out."""
+        parts = {name: getattr(self, term) / self.total for term, name in TERM_NAMES.items() if getattr(self, term) > 0}
+        return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
+
     @property
     def total(self) -> float:
         return (self.matmul + self.traffic + self.dequant + self.offload + self.adapter + self.attention_scores
                 + self.communication + self.host_wait + self.optimizer + self.clipping)
+
+
+TERM_NAMES = {"matmul": "matmuls", "traffic": "memory-bound kernels", "dequant": "dequantization",
+              "offload": "offload copies", "adapter": "adapter upkeep", "attention_scores": "eager attention scores",
+              "communication": "communication", "host_wait": "waiting for the host", "optimizer": "optimizer step",
+              "clipping": "gradient clipping"}
+"""How plans name each of ``StepTime``'s terms."""
 
 
 @dataclass(frozen=True)

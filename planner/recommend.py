@@ -13,7 +13,8 @@ host RAM, checked against the machine's when it is known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any
 
@@ -61,6 +62,8 @@ class Option:
     cost_usd: float | None
     warnings: tuple[str, ...] = ()
     """Its estimate's warnings (a sequence beyond the context...), said before anything else."""
+    time_shares: Mapping[str, float] = field(default_factory=dict)
+    """Where an optimizer step's time goes (planner.cost.StepTime.shares)."""
 
     def to_json(self) -> dict:
         s = self.setup
@@ -73,6 +76,7 @@ class Option:
             "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
             "max_seq_len": self.max_seq_len, "tokens_per_second": round(self.tokens_per_second, 1),
             "hours": self.hours, "energy_kwh": self.energy_kwh, "cost_usd": self.cost_usd,
+            "step_time_shares": {name: round(share, 4) for name, share in self.time_shares.items()},
         }
 
 
@@ -145,7 +149,7 @@ def _option(model: ModelSpec, setup: TrainSetup, gpu: GpuTarget, max_batch: int,
         headroom_bytes=gpu.memory_bytes - est.device_used_bytes, max_batch_size=max_batch,
         max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit, host_memory),
         tokens_per_second=cost.tokens_per_second, hours=cost.hours, energy_kwh=cost.energy_kwh,
-        cost_usd=cost.cost_usd, warnings=est.warnings)
+        cost_usd=cost.cost_usd, warnings=est.warnings, time_shares=cost.step.shares())
 
 
 def search(model: ModelSpec, base: TrainSetup, gpu: GpuTarget, dataset_tokens: int | None = None,
@@ -319,6 +323,9 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
     text = (f"{_label(s)}. On {where} it needs {o.device_used_bytes / GiB:.1f} GiB of {fmt_gib(mem)} per GPU "
             f"({o.headroom_bytes / GiB:.1f} GiB, {o.headroom_bytes / gpu.memory_bytes:.0%} free), "
             f"~{o.tokens_per_second:,.0f} tokens/s")
+    major = [f"{name} {share:.0%}" for name, share in o.time_shares.items() if share >= 0.05][:3]
+    if major:
+        text += f" ({', '.join(major)} of a step)"
     if o.hours is not None:
         text += f", {o.hours:.1f} h"
         if o.cost_usd is not None:

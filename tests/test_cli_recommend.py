@@ -26,6 +26,8 @@ OPTION_KEYS = {
     "host_bytes": int, "loss": str, "kbit_upcast": bool, "offload_activations": bool, "optimizer_in_backward": bool,
     # and the accumulation that keeps the asked batch at a smaller micro-batch (issue 16)
     "gradient_accumulation_steps": int,
+    # and where an optimizer step's time goes, each term's share (issue 19)
+    "step_time_shares": dict,
 }
 TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
 
@@ -78,6 +80,9 @@ def test_json_matches_the_design_schema(capsys):
     assert best["method"] == "lora" and best["grad_checkpointing"] is True
     assert best["cost_usd"] is not None  # the catalog has an RTX 4090 price
     assert doc["alternatives"] == []
+    shares = best["step_time_shares"]
+    assert list(shares)[:2] == ["matmuls", "memory-bound kernels"]
+    assert sum(shares.values()) == pytest.approx(1, abs=1e-3)
 
 
 def test_json_schema_without_dataset_tokens(capsys):
