@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Predicted vs published training throughput (tokens/s), row by row.
 
-    python scripts/validate_cost.py [--csv PATH] [--fit] [--markdown]
+    python scripts/validate_cost.py [--csv PATH] [--fit] [--markdown] [--summary]
 
 Then the leave-one-out errors by GPU generation, method, model size and tokens per optimizer step.
 
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--summary", action="store_true", help="only the medians and the breakdown, not every row")
     args = ap.parse_args(argv)
     if not args.csv.is_file():
         print(f"error: {args.csv} not found; pass --csv PATH to throughput.csv", file=sys.stderr)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MATMUL_UTILIZATION = {fit(implied)}")
         return 0
     errors, loo_errors = [], []
-    if args.markdown:
+    if args.markdown and not args.summary:
         print("| model | method | GPU | setting | published tok/s | predicted | error | leave-one-out |")
         print("|---|---|---|---|---:|---:|---:|---:|")
     for i, row in enumerate(rows):
@@ -126,13 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         errors.append(abs(err))
         loo_errors.append(abs(loo_err))
         gpus = f"{row.setup.num_gpus}x {row.gpu.name}"
+        if args.summary:
+            continue
         if args.markdown:
             print(f"| {row.model} | {row.setup.method} | {gpus} | {row.setting} | {row.measured:.0f} | {got:.0f} | "
                   f"{err:+.1%} | {loo_err:+.1%} |")
         else:
             print(f"{row.model:34} {row.setup.method:5} {gpus:16} {row.measured:7.0f} {got:7.0f} {err:+7.1%} "
                   f"(leave-one-out {loo_err:+.1%})")
-    print(f"\n{len(rows)} rows: median |error| {statistics.median(errors):.1%} (max {max(errors):.1%}); "
+    if not args.summary:
+        print()
+    print(f"{len(rows)} rows: median |error| {statistics.median(errors):.1%} (max {max(errors):.1%}); "
           f"leave-one-out median {statistics.median(loo_errors):.1%} (max {max(loo_errors):.1%})")
     print(groups_table(rows, loo_errors, args.markdown))
     return 0
