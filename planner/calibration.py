@@ -25,17 +25,22 @@ HOST_LINK_BYTES_PER_S = 25e9
 CUDA's bandwidthTest measures 24-26 GB/s pinned (PCIe 5.0 about twice that). Not fitted; what
 activation offloading's copies cost in the time model (planner/cost.py)."""
 
-HOST_SECONDS_PER_LAYER: dict[tuple[bool, bool], float] = {
-    (False, False): 0.62e-3,
-    (False, True): 1.53e-3,
-    (True, False): 1.19e-3,
-    (True, True): 2.56e-3,
+HOST_SECONDS_PER_LAYER: dict[tuple[bool, bool, bool], float] = {
+    (False, False, False): 0.62e-3,
+    (False, True, False): 1.53e-3,
+    (True, False, False): 1.19e-3,
+    (True, True, False): 2.56e-3,
+    (False, False, True): 0.20e-3,
+    (False, True, True): 0.35e-3,
+    (True, False, True): 0.59e-3,
+    (True, True, True): 0.99e-3,
 }
-"""Host seconds per decoder layer and micro-batch, by (adapters on the layers, checkpointing):
-Python, the dispatcher and autograd before any kernel runs, measured with a Llama of width 64
-and 8 tokens on the CPU, where the arithmetic is negligible (``scripts/bench_host_overhead.py``,
-torch 2.13, transformers 5.24, peft 0.21, one thread of this project's 2-core machine). Not fitted.
-A GPU host adds CUDA's own launch per kernel, so this is the floor of its cost."""
+"""Host seconds per decoder layer and micro-batch, by (adapters on the layers, checkpointing,
+torch.compile): Python, the dispatcher and autograd before any kernel runs, measured with a Llama
+of width 64 and 8 tokens on the CPU, where the arithmetic is negligible
+(``scripts/bench_host_overhead.py [--compile]``, torch 2.13, transformers 5.24, peft 0.21, one
+thread of this project's 2-core machine; the compiled ones the mean of two runs). Not fitted. A
+GPU host adds CUDA's own launch per kernel, so this is the floor of its cost."""
 
 HOST_SECONDS_PER_STEP = 3.94e-3
 """What the Hugging Face Trainer's loop adds on the host once per optimizer step (the data loader

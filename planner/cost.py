@@ -236,7 +236,8 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     matmul, offload = matmul_seconds(arch, setup, gpu, achieved), offload_seconds(arch, setup)
     traffic = setup.model_tokens * traffic_per_token(arch, setup).total / gpu.bandwidth_bytes_per_s
     dora = dora_seconds(arch, setup, gpu, achieved)
-    host = HOST_SECONDS_PER_LAYER[(setup.low_rank, setup.grad_checkpointing)] * arch.num_layers
+    compiled = setup.kernels == "compile"
+    host = HOST_SECONDS_PER_LAYER[(setup.low_rank, setup.grad_checkpointing, compiled)] * arch.num_layers
     scores = eager_attention_seconds(arch, setup, gpu)
     compute = matmul + traffic + dequant_s + offload + dora + scores  # one micro-batch on the GPU
     comm = communication_seconds(arch, setup, gpu)
@@ -293,18 +294,29 @@ _STATE_BYTES = {"adamw_torch": None, "adamw_torch_fused": None, "adamw_8bit": 1,
                 "paged_adamw_32bit": 4}
 """Bytes per element of each of AdamW's two moments (None: the parameter's own dtype)."""
 
+FOREACH_ADAMW_PASSES = 18
+"""Element passes of torch.optim.AdamW's default multi-tensor path (``adamw_torch``; torch 2.13
+optim/adam.py ``_multi_tensor_adam``, non-capturable branch), one per foreach kernel's operand:
+lerp (m, g read, m written), mul (v), addcmul (v, g read, v written), sqrt (v read, s written), div
+and add (s), addcdiv (p, m, s read, p written); every tensor in the parameter's dtype. The
+Trainer's default weight decay 0 skips the decay's pass. The fused kernels (``adamw_torch_fused``,
+bitsandbytes') read p, g, m and v once and write p, m and v."""
+
 
 def update_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec) -> tuple[float, float]:
     """(optimizer update, gradient clipping) seconds per optimizer step on one GPU, from the bytes
-    the elementwise kernels move over memory bandwidth: AdamW reads the parameter, its gradient and
-    both moments and writes the parameter and the moments; SGD reads the parameter and gradient and
+    the elementwise kernels move over memory bandwidth: fused AdamW reads the parameter, its gradient
+    and both moments and writes the parameter and the moments, the multi-tensor one passes over them
+    ``FOREACH_ADAMW_PASSES`` times; SGD reads the parameter and gradient and
     writes the parameter; Adafactor's factored moments are small beside the parameter's own two
     passes. Clipping (off under the optimizer in backward, which has no moment to clip at) reads
     every gradient for the norm, then reads and writes it scaled. Sharded runs update their shard."""
     p = params(arch, setup, arch.total_params)
     n = p.trainable / (setup.num_gpus if setup.sharding in ("zero2", "fsdp", "zero3") else 1)
     pb = p.trainable_bytes / max(p.trainable, 1)  # bytes per trainable element (and per gradient)
-    if setup.optimizer in _STATE_BYTES:
+    if setup.optimizer == "adamw_torch":
+        per_element = FOREACH_ADAMW_PASSES * pb
+    elif setup.optimizer in _STATE_BYTES:
         state = _STATE_BYTES[setup.optimizer] or pb
         per_element = 3 * pb + 4 * state
     elif setup.optimizer == "sgd":

@@ -14,7 +14,11 @@ backward, and the recompute under checkpointing) removes the fixed part (embeddi
 Median of ``--repeats`` steps after warm-up. The Hugging Face Trainer's step on the same model,
 less its bare forward and backward, is what the loop adds once per optimizer step.
 
-    python scripts/bench_host_overhead.py [--repeats 30] [--json]
+``--compile`` measures each case again under ``torch.compile`` (inductor; gcc builds its CPU
+kernels, about 15 s a model): the compiled graph issues fewer, fused kernels from one call, so
+``--kernels compile`` plans pay less host time per layer.
+
+    python scripts/bench_host_overhead.py [--repeats 30] [--compile] [--json]
 """
 
 from __future__ import annotations
@@ -53,10 +57,12 @@ def _model(layers: int, method: str, checkpointing: bool):
     return model
 
 
-def step_seconds(layers: int, method: str, checkpointing: bool, repeats: int) -> float:
+def step_seconds(layers: int, method: str, checkpointing: bool, repeats: int, compiled: bool = False) -> float:
     import torch
 
     model = _model(layers, method, checkpointing)
+    if compiled:
+        model = torch.compile(model)
     ids = torch.randint(0, 256, (1, 8))
 
     def step() -> None:
@@ -103,11 +109,13 @@ def trainer_step_seconds(layers: int, steps: int) -> float:
             return (time.perf_counter() - start) / (2 * steps)
 
 
-def measure(repeats: int) -> dict[str, float]:
+def measure(repeats: int, compiled: bool = False) -> dict[str, float]:
     out = {}
-    for method, ckpt in CASES:
-        few, many = (step_seconds(n, method, ckpt, repeats) for n in LAYERS)
-        out[f"{method}, checkpointing {'on' if ckpt else 'off'}"] = (many - few) / (LAYERS[1] - LAYERS[0])
+    for kind in (False, True) if compiled else (False,):
+        for method, ckpt in CASES:
+            few, many = (step_seconds(n, method, ckpt, repeats, kind) for n in LAYERS)
+            name = f"{method}, checkpointing {'on' if ckpt else 'off'}{', compiled' if kind else ''}"
+            out[name] = (many - few) / (LAYERS[1] - LAYERS[0])
     # the loop's own share: a Trainer step less the bare forward and backward of the same model
     layers = LAYERS[0]
     out["trainer loop, per optimizer step"] = (trainer_step_seconds(layers, 5 * repeats)
@@ -118,6 +126,7 @@ def measure(repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help="also measure each case under torch.compile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     logging.set_verbosity_error()
-    rows = measure(args.repeats)
+    rows = measure(args.repeats, args.compile)
     if args.json:
         print(json.dumps(rows))
         return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Predicted vs published training throughput (tokens/s), row by row.
 
-    python scripts/validate_cost.py [--csv PATH] [--fit] [--markdown] [--summary]
+    python scripts/validate_cost.py [--csv PATH] [--fit] [--markdown] [--summary] [--check]
 
 Then the leave-one-out errors by GPU generation, method, model size and tokens per optimizer step.
 
@@ -10,7 +10,9 @@ from each row's own text; "same" repeats the row above; torchtune's rows take it
 rest. ``--fit`` prints the one matmul utilization the rows imply (the median of the utilizations
 that reproduce each row), for planner/calibration.py. Besides the in-sample error, each row is
 also predicted with the utilization fitted on the *other* rows only (leave-one-out), which is
-the honest measure for a table this small.
+the honest measure for a table this small. ``--check`` predicts rows reserved for independent
+checking (resources/reference/independent_throughput.csv) with the calibrated constant and fits
+nothing on them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,14 @@ def _setup(method: str, setting: str, gpus: int, source: str) -> TrainSetup:
               "gradient_accumulation_steps": accumulation,
               "kernels": "compile" if "compile" in setting else "eager",
               "attention": "flash_attention_2" if re.search(r"\bFA2\b|FlashAttention-2", setting) else "sdpa"}
+    if m := re.search(r"\bpeft (\w+)", setting):
+        stated["peft"] = m.group(1)
+    if m := re.search(r"\bvirtual (\d+)", setting):
+        stated["virtual_tokens"] = int(m.group(1))
+    if m := re.search(r"\btargets ([\w,]+)", setting):
+        stated["lora_targets"] = tuple(m.group(1).split(","))
+    if "DoRA" in setting:
+        stated["use_dora"] = True
     setup = TrainSetup(**stated, explicit=frozenset(stated))
     # torchtune's rows ran its recipes: its preset fills what the row does not say (bf16 adapters,
     # no dropout, its chunked loss)
@@ -107,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--summary", action="store_true", help="only the medians and the breakdown, not every row")
+    ap.add_argument("--check", action="store_true",
+                    help="rows reserved for checking: predict them with the calibrated constant, fit nothing")
     args = ap.parse_args(argv)
     if not args.csv.is_file():
         print(f"error: {args.csv} not found; pass --csv PATH to throughput.csv", file=sys.stderr)
         return 2
     rows = load_rows(args.csv)
+    if args.check:
+        return check(rows)
     implied = [implied_utilization(row) for row in rows]
     if args.fit:
         print(f"MATMUL_UTILIZATION = {fit(implied)}")
@@ -140,6 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} rows: median |error| {statistics.median(errors):.1%} (max {max(errors):.1%}); "
           f"leave-one-out median {statistics.median(loo_errors):.1%} (max {max(loo_errors):.1%})")
     print(groups_table(rows, loo_errors, args.markdown))
+    return 0
+
+
+def check(rows: list[Row]) -> int:
+    """Independent rows (never fitted): each predicted with the calibrated utilization, and where
+    its step's time goes."""
+    errors = []
+    print("| model | method | GPU | setting | published tok/s | predicted | error | the step's time |")
+    print("|---|---|---|---|---:|---:|---:|---|")
+    for row in rows:
+        cost = run_cost(resolve_model(row.model).arch, row.setup, row.gpu)
+        err = cost.tokens_per_second / row.measured - 1
+        errors.append(abs(err))
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in cost.step.shares().items() if share >= 0.05)
+        print(f"| {row.model} | {row.setup.method} | {row.setup.num_gpus}x {row.gpu.name} | {row.setting} | "
+              f"{row.measured:.0f} | {cost.tokens_per_second:.0f} | {err:+.1%} | {shares} |")
+    print(f"\n{len(rows)} rows, nothing fitted on them: median |error| {statistics.median(errors):.1%} "
+          f"(max {max(errors):.1%})")
     return 0
 
 
