@@ -67,8 +67,8 @@ class StepTime:
     then one update)."""
 
     matmul: float
-    """Every micro-batch's training FLOPs (planner.cost.flops_per_token) at the achieved rate, but
-    LoRA's low-rank ones, which are memory-bound (``traffic``)."""
+    """Every micro-batch's weight GEMMs on the roofline and attention's FLOPs at the achieved rate
+    (``matmul_seconds``); LoRA's low-rank products are memory-bound (``traffic``)."""
     traffic: float
     """The memory-bound kernels' bytes (planner.traffic.traffic_per_token) over memory bandwidth."""
     dequant: float
@@ -203,8 +203,9 @@ def matmul_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved
             m = tokens * block.experts_per_token / lin.copies if lin.role == "expert" else tokens
             seconds += block.count * lin.copies * passes * gemm(m, lin.d_in, lin.d_out)
     head = gemm(tokens, arch.hidden_size, arch.vocab_size) * (3 if setup.method == "full" else 2)
-    return seconds + head + tokens * flops_per_token(arch, setup).attention / achieved_flops * (
-        1 + setup.grad_checkpointing / 3)
+    attention = flops_per_token(arch, setup).attention  # forward and backward: a third more recomputed
+    attention *= 4 / 3 if setup.grad_checkpointing else 1
+    return seconds + head + tokens * attention / achieved_flops
 
 
 def _power_watts(gpu: GpuSpec, util: float) -> float:

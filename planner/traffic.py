@@ -61,9 +61,9 @@ class Traffic:
                 + self.adapters + self.loss)
 
 
-def _fuses(setup: TrainSetup, block: Block | None = None) -> bool:
-    """Whether the pointwise chains run fused: compiled, or Unsloth's kernels on this layer."""
-    return setup.kernels == "compile" or (block is not None and fused(block, setup))
+def _fuses(setup: TrainSetup, block: Block) -> bool:
+    """Whether the layer's pointwise chains run fused: compiled, or Unsloth's kernels on it."""
+    return setup.kernels == "compile" or fused(block, setup)
 
 
 def _norm(arch: Architecture, setup: TrainSetup, fuses: bool) -> float:
@@ -92,7 +92,10 @@ def _adapter(lin: Linear, setup: TrainSetup, fuses: bool, unsloth: bool) -> floa
     if fuses:  # one pass before A (casts and dropout, its mask regenerated from the seed), one after B
         return (2 * c if cast or dropout else 0) * lin.d_in + low_rank + 3 * c * lin.d_out
     before = (2 * (c + a) if cast else 0) + ((2 * a + 1) if dropout else 0)  # dropout writes a 1-byte mask
-    return before * lin.d_in + low_rank + (2 * c + 3 * c) * lin.d_out  # scaled, then added
+    # scaled, then added; DoRA (peft lora/dora.py) scales the base output by m - 1 and the product by
+    # m and by the scaling, sums them, then adds that: 12 passes of c bytes where LoRA has 5
+    after = 12 * c if setup.use_dora else 2 * c + 3 * c
+    return before * lin.d_in + low_rank + after * lin.d_out
 
 
 def traffic_per_token(arch: Architecture, setup: TrainSetup) -> Traffic:
