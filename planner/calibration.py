@@ -42,6 +42,12 @@ of width 64 and 8 tokens on the CPU, where the arithmetic is negligible
 thread of this project's 2-core machine; the compiled ones the mean of two runs). Not fitted. A
 GPU host adds CUDA's own launch per kernel, so this is the floor of its cost."""
 
+HOST_SECONDS_ADALORA_PER_MODULE = 0.28e-3
+"""Host seconds AdaLoRA adds per adapted linear and optimizer step: its orthogonality penalty in
+forward and its rank allocator after the update (``update_and_allocate``), measured as
+``HOST_SECONDS_PER_LAYER`` (``adalora`` less ``lora``, checkpointing off: 1.99 and 1.98 ms per
+layer of seven adapted linears in two runs). Not fitted."""
+
 HOST_SECONDS_PER_STEP = 3.94e-3
 """What the Hugging Face Trainer's loop adds on the host once per optimizer step (the data loader
 and collator, AdamW, clipping, the schedule, zeroing, logging): a Trainer step less the bare

@@ -6,7 +6,9 @@ A GPU runs a step's kernels only as fast as the host launches them. Eager PyTorc
 microseconds per operation before any kernel starts (Python, the dispatcher, autograd's graph,
 peft's and transformers' module code), and LoRA adds several small operations to every adapted
 layer. When a micro-batch's kernels finish sooner than the host can issue them (small steps, fast
-GPUs), the step takes the host's time.
+GPUs), the step takes the host's time. AdaLoRA adds, per adapted layer and step, its
+orthogonality penalty in forward and its rank allocator after the update (``adalora``: the
+trainer's config, LoRA's targets).
 
 Measured here on the CPU with a Llama of width 64 and 8 tokens, one torch thread: the arithmetic
 is negligible, so a layer's time is its host cost. The slope between 2 and 6 layers (forward,
@@ -33,7 +35,7 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-CASES = [("full", False), ("full", True), ("lora", False), ("lora", True)]
+CASES = [("full", False), ("full", True), ("lora", False), ("lora", True), ("adalora", False)]
 LAYERS = (2, 6)
 
 
@@ -51,8 +53,14 @@ def _model(layers: int, method: str, checkpointing: bool):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-        if checkpointing:
-            model.enable_input_require_grads()
+    elif method == "adalora":  # the trainer's own config and peft workaround
+        from planner.options import TrainSetup
+        from planner.simulate.adapters import freeze_rank_counts, peft_config
+
+        model = get_peft_model(model, peft_config(TrainSetup(peft="adalora", lora_r=16, lora_alpha=32), 1000))
+        freeze_rank_counts(model)
+    if method != "full" and checkpointing:
+        model.enable_input_require_grads()
     model.train()
     return model
 
@@ -66,8 +74,10 @@ def step_seconds(layers: int, method: str, checkpointing: bool, repeats: int, co
     ids = torch.randint(0, 256, (1, 8))
 
     def step() -> None:
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=ids).loss  # AdaLoRA's adds its orthogonality penalty
         loss.backward()
+        if method == "adalora":  # its rank allocator, mid-schedule, as trainer/callbacks.py runs it
+            model.base_model.update_and_allocate(500)
         model.zero_grad(set_to_none=True)
 
     for _ in range(5):

@@ -31,10 +31,10 @@ def test_more_gpus_more_throughput(sharding, method):
 
 
 def test_collectives_by_hand_and_what_compute_does_not_hide():
-    """Ring collectives (planner.cost.communication_seconds): DDP all-reduces the gradients once a
+    """Ring collectives (planner.communication.communication_seconds): DDP all-reduces the gradients once a
     step, 2 (n-1)/n of their bytes through each link; FSDP all-gathers every layer for forward and
     for backward and reduce-scatters the gradients, every micro-batch."""
-    from planner.cost import communication_seconds
+    from planner.communication import communication_seconds
     from planner.gathering import layer_bytes
     from planner.params import params
 

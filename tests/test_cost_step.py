@@ -129,3 +129,16 @@ def test_a_compiled_step_issues_its_kernels_in_less_host_time():
     eager, compiled = step("eager"), step("compile")
     assert compiled.host_wait < eager.host_wait / 3
     assert compiled.total < 0.6 * eager.total
+
+
+def test_adalora_pays_its_allocator_and_penalty_on_the_host_every_step():
+    """scripts/bench_host_overhead.py: AdaLoRA's orthogonality penalty and rank allocator add about
+    2 ms of host time per layer of seven adapted linears and step (HOST_SECONDS_ADALORA_PER_MODULE);
+    on 32 layers that outweighs the allocator's own bytes on any GPU."""
+    from planner.calibration import HOST_SECONDS_ADALORA_PER_MODULE
+
+    g = find_gpu("H100 SXM")
+    lora = run_cost(LLAMA8.arch, TrainSetup(method="lora"), g).step
+    ada = run_cost(LLAMA8.arch, TrainSetup(method="lora", peft="adalora"), g).step
+    assert ada.adapter == pytest.approx(32 * 7 * HOST_SECONDS_ADALORA_PER_MODULE)
+    assert lora.adapter == 0

@@ -15,10 +15,12 @@ def test_it_measures_every_case_and_adapters_and_recompute_cost_host_time():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout)
     assert set(rows) == {"full, checkpointing off", "full, checkpointing on", "lora, checkpointing off",
-                         "lora, checkpointing on", "trainer loop, per optimizer step"}
+                         "lora, checkpointing on", "adalora, checkpointing off", "trainer loop, per optimizer step"}
     assert all(0 < s < 0.05 for s in rows.values()), rows  # milliseconds, not the arithmetic
     # checkpointing runs the forward twice; LoRA adds its casts, matmuls, scaling and add per layer
     assert rows["lora, checkpointing on"] > rows["lora, checkpointing off"] > rows["full, checkpointing off"]
+    # AdaLoRA adds its orthogonality penalty and its rank allocator to every step
+    assert rows["adalora, checkpointing off"] > 1.5 * rows["lora, checkpointing off"]
 
 
 def test_a_bad_count_is_one_line_and_exit_2():
