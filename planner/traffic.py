@@ -52,13 +52,16 @@ class Traffic:
     adapters: float
     """LoRA's low-rank matmuls and the passes around them (input cast, dropout, scaling, the add
     into the base output); IA3's scaling."""
+    casts: float
+    """bitsandbytes' 4-bit linears cast an fp32 input (QLoRA's upcast residual stream) to the
+    compute dtype and their output back to fp32 (``Linear4bit.forward``, bitsandbytes 0.50)."""
     loss: float
     """The cross-entropy over the vocabulary: the fp32 logits, the log-softmax."""
 
     @property
     def total(self) -> float:
         return (self.norms + self.rope + self.attention_copy + self.activation + self.residual + self.experts
-                + self.adapters + self.loss)
+                + self.adapters + self.casts + self.loss)
 
 
 def _fuses(setup: TrainSetup, block: Block) -> bool:
@@ -103,22 +106,31 @@ def traffic_per_token(arch: Architecture, setup: TrainSetup) -> Traffic:
     c, r, h = setup.compute_bytes, residual_bytes(setup), arch.hidden_size
     q_w, kv_w = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
     layer_passes = 3 + (1 if setup.grad_checkpointing else 0)  # forward, backward (2x), recompute
-    terms = dict.fromkeys(("norms", "rope", "attention_copy", "activation", "residual", "experts", "adapters"), 0.0)
+    # QLoRA's fp32 residual stream reaches 4-bit linears whose outputs come back in fp32: RoPE and the
+    # MLP's activation then run in fp32 too
+    four_bit = setup.method == "qlora" and (setup.quant or "nf4") in ("nf4", "fp4") and r != c
+    terms = dict.fromkeys(("norms", "rope", "attention_copy", "activation", "residual", "experts", "adapters",
+                           "casts"), 0.0)
     for block in arch.blocks:
         fuses = _fuses(setup, block)
         unsloth = fused(block, setup)
+        o = r if four_bit and not fuses else c  # the linears' outputs
         per_layer = {
             "norms": block.norms * h * _norm(arch, setup, fuses),
-            # q*cos, rotate_half's negation and concatenation, *sin, the sum: ten 16-bit passes
-            "rope": (q_w + kv_w) * (2 * c if fuses else 10 * c),
+            # q*cos, rotate_half's negation and concatenation, *sin, the sum: ten passes
+            "rope": (q_w + kv_w) * (2 * c if fuses else 10 * o),
             "attention_copy": 2 * c * arch.num_heads * arch.v_head_dim,
-            "activation": block.ffn_width * ((3 * c if fuses else 5 * c) if block.gated else 2 * c),
+            "activation": block.ffn_width * ((3 * c if fuses else 5 * o) if block.gated else 2 * o),
             "residual": 2 * 3 * r * h,
             "experts": 6 * c * h * block.experts_per_token if block.experts else 0.0,
             # a token passes through top_k of an expert linear's copies, through every other's
             "adapters": sum(_adapter(lin, setup, fuses, unsloth)
                             * (block.experts_per_token if lin.role == "expert" else lin.copies)
                             for lin in block.linears if adapted(lin, setup)),
+            # each cast reads one dtype and writes the other (compiled, it fuses into its neighbours)
+            "casts": sum((r + c) * (lin.d_in + lin.d_out) * (block.experts_per_token if lin.role == "expert"
+                                                             else lin.copies)
+                         for lin in block.linears if lin.role != "router") if o != c else 0.0,
         }
         for name, value in per_layer.items():
             terms[name] += block.count * layer_passes * value

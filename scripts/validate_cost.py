@@ -70,6 +70,8 @@ def _setup(method: str, setting: str, gpus: int, source: str) -> TrainSetup:
         stated["lora_targets"] = tuple(m.group(1).split(","))
     if "DoRA" in setting:
         stated["use_dora"] = True
+    if m := re.search(r"\bdropout (0\.\d+)", setting):
+        stated["lora_dropout"] = float(m.group(1))
     setup = TrainSetup(**stated, explicit=frozenset(stated))
     # torchtune's rows ran its recipes: its preset fills what the row does not say (bf16 adapters,
     # no dropout, its chunked loss)

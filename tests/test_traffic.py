@@ -110,3 +110,16 @@ def test_dora_scales_both_outputs_by_the_magnitude():
     base = TrainSetup(method="lora", grad_checkpointing=False, adapter_dtype="bf16")
     lora, dora = (traffic_per_token(LLAMA2, replace(base, use_dora=d)).adapters for d in (False, True))
     assert dora - lora == L * 3 * D_OUT * 14
+
+
+def test_qloras_fp32_residual_is_cast_at_every_4bit_linear():
+    """prepare_model_for_kbit_training upcasts the norms and embeddings: the residual stream is fp32,
+    and bitsandbytes' Linear4bit casts each input to bf16 and its output back to fp32, so RoPE and
+    the MLP's activation run in fp32 too. Sharded, or compiled, nothing is cast."""
+    q = TrainSetup(method="qlora", grad_checkpointing=False)
+    t = traffic_per_token(LLAMA2, q)
+    assert t.casts == L * 3 * sum((4 + 2) * (i + o) for i, o in LINEARS)
+    assert t.rope == L * 3 * (H + H) * 40 and t.activation == L * 3 * FF * 20
+    assert traffic_per_token(LLAMA2, replace(q, kbit_prepare=False)).casts == 0
+    assert traffic_per_token(LLAMA2, replace(q, kernels="compile")).casts == 0
+    assert traffic_per_token(LLAMA2, TrainSetup(method="lora", grad_checkpointing=False)).casts == 0

@@ -80,7 +80,10 @@ def test_cost_rows_start_with_the_gpu_planned_for(page):
     # no GPU NVML sees: the default catalog GPU is planned for, never called "this GPU" (issue 13.12)
     assert page.costs.item(0, 0).text() == "planned: RTX 4090"
     assert page.costs.rowCount() > 5
-    assert all(page.costs.item(r, 4).text() for r in range(page.costs.rowCount()))
+    assert all(page.costs.item(r, 5).text() for r in range(page.costs.rowCount()))  # hours
+    # where each GPU's step time goes: its largest term, every term in the tooltip
+    goes = page.costs.item(0, 4)
+    assert goes.text().startswith("matmuls ") and "memory-bound kernels" in goes.toolTip()
 
 
 def test_gpu_from_the_hardware_page_moves_the_line(page, qtbot, state):

@@ -60,6 +60,8 @@ class CostRow:
     energy_kwh: float
     cost_usd: float | None
     price_note: str
+    time_shares: tuple[tuple[str, float], ...] = ()
+    """Where a step's time goes, largest first (planner.cost.StepTime.shares)."""
 
 
 def cost_rows(values: FormValues, model: ModelSpec, this_gpu: GpuSpec | None, this_memory: int,
@@ -90,7 +92,8 @@ def cost_rows(values: FormValues, model: ModelSpec, this_gpu: GpuSpec | None, th
         if mine and usd_per_kwh is None and price is None:
             note = "your GPU: set an electricity price for its cost"
         rows.append(CostRow(_label(spec, memory, planned, mine), setup.num_gpus, used <= memory, used / GiB,
-                            cost.tokens_per_second, cost.hours or 0.0, cost.energy_kwh or 0.0, cost.cost_usd, note))
+                            cost.tokens_per_second, cost.hours or 0.0, cost.energy_kwh or 0.0, cost.cost_usd, note,
+                            tuple(cost.step.shares().items())))
     first, cloud = (rows[:1], rows[1:]) if this_gpu is not None else ([], rows)
     cloud.sort(key=lambda r: (not r.fits, r.cost_usd if r.cost_usd is not None else float("inf")))
     return tuple(first + cloud)

@@ -141,7 +141,7 @@ class SizesPanel(QTableWidget):
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
 
 
-COST_HEADERS = ("GPU", "fits", "GiB", "tokens/s", "hours", "kWh", "$", "price")
+COST_HEADERS = ("GPU", "fits", "GiB", "tokens/s", "most time", "hours", "kWh", "$", "price")
 
 
 class CostPanel(QTableWidget):
@@ -152,11 +152,13 @@ class CostPanel(QTableWidget):
         self.verticalHeader().hide()
         for r, row in enumerate(rows):
             name = f"{row.count} x {row.gpu}" if row.count > 1 else row.gpu
+            shares = ", ".join(f"{term} {share:.0%}" for term, share in row.time_shares[:1])
             values = (name, "yes" if row.fits else "no", f"{row.device_used_gib:.1f}", f"{row.tokens_per_second:,.0f}",
-                      f"{row.hours:,.1f}", f"{row.energy_kwh:,.1f}",
+                      shares, f"{row.hours:,.1f}", f"{row.energy_kwh:,.1f}",
                       "-" if row.cost_usd is None else f"{row.cost_usd:,.2f}", row.price_note)
+            every_term = "\n".join(f"{term}: {share:.1%}" for term, share in row.time_shares)
             for c, text in enumerate(values):
-                item = _item(text, row.price_note)
+                item = _item(text, every_term if c == 4 else row.price_note)
                 if c == 1:
                     item.setBackground(QBrush(FITS if row.fits else MISSES))
                 self.setItem(r, c, item)
