@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.activations import activation_peak
@@ -102,13 +103,20 @@ class StepTime:
 
     def shares(self) -> dict[str, float]:
         """Each term's share of the step (by ``TERM_NAMES``), largest first; terms taking no time left out."""
-        parts = {name: getattr(self, term) / self.total for term, name in TERM_NAMES.items() if getattr(self, term) > 0}
+        total = self.total
+        parts = {name: getattr(self, term) / total for term, name in TERM_NAMES.items() if getattr(self, term) > 0}
         return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
 
     @property
     def total(self) -> float:
         return (self.matmul + self.traffic + self.dequant + self.offload + self.adapter + self.attention_scores
                 + self.communication + self.host_wait + self.optimizer + self.clipping)
+
+
+def fmt_shares(shares: Mapping[str, float], at_least: float = 0.05, most: int | None = None) -> str:
+    """``shares`` (``StepTime.shares``) in words, each term taking at least ``at_least`` of the step:
+    "matmuls 65%, memory-bound kernels 35%"."""
+    return ", ".join([f"{name} {share:.0%}" for name, share in shares.items() if share >= at_least][:most])
 
 
 TERM_NAMES = {"matmul": "matmuls", "traffic": "memory-bound kernels", "dequant": "dequantization",
@@ -127,7 +135,7 @@ class RunCost:
     energy_kwh: float | None
     cost_usd: float | None
     utilization: float
-    """Achieved / peak FLOP/s assumed for this GPU class and method."""
+    """The matmuls' achieved fraction of the card's peak FLOP/s (planner.calibration.MATMUL_UTILIZATION)."""
     flops_per_token: FlopsPerToken
     step: StepTime
     """The optimizer step's seconds by term."""
@@ -188,13 +196,14 @@ def flops_per_token(arch: Architecture, setup: TrainSetup) -> FlopsPerToken:
     return FlopsPerToken(forward, backward_activations, weight_gradients, attention, recompute, adapters)
 
 
-def matmul_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:
+def matmul_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float,
+                   fpt: FlopsPerToken) -> float:
     """One micro-batch's weight matmuls and attention products. Each weight's GEMM (M tokens x K in x
     N out; an expert's M is the tokens routed to it) runs in forward, for the input's gradient, for
     the weight's gradient when it trains, and again in the recompute; it takes the longer of its
     2MKN FLOPs at the achieved rate and its operands' and product's bytes over memory bandwidth
-    (the roofline: short steps and narrow models turn memory-bound). Attention's FLOPs
-    (``flops_per_token``) run at the achieved rate; LoRA's low-rank products are memory traffic
+    (the roofline: short steps and narrow models turn memory-bound). Attention's FLOPs (``fpt``,
+    ``flops_per_token``'s) run at the achieved rate; LoRA's low-rank products are memory traffic
     (planner/traffic.py)."""
     c, tokens = setup.compute_bytes, setup.model_tokens
     passes = 2 + (setup.method == "full") + setup.grad_checkpointing
@@ -209,8 +218,8 @@ def matmul_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved
             m = tokens * block.experts_per_token / lin.copies if lin.role == "expert" else tokens
             seconds += block.count * lin.copies * passes * gemm(m, lin.d_in, lin.d_out)
     head = gemm(tokens, arch.hidden_size, arch.vocab_size) * (3 if setup.method == "full" else 2)
-    attention = flops_per_token(arch, setup).attention  # forward and backward: a third more recomputed
-    attention *= 4 / 3 if setup.grad_checkpointing else 1
+    # forward and backward: a third more recomputed
+    attention = fpt.attention * (4 / 3 if setup.grad_checkpointing else 1)
     return seconds + head + tokens * attention / achieved_flops
 
 
@@ -240,7 +249,7 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         dequant_s = (passes * arch.linear_weight_params * _DEQUANT_BYTES[setup.quant or "nf4"]
                      / gpu.bandwidth_bytes_per_s)
     update, clip = update_seconds(arch, setup, gpu)
-    matmul, offload = matmul_seconds(arch, setup, gpu, achieved), offload_seconds(arch, setup)
+    matmul, offload = matmul_seconds(arch, setup, gpu, achieved, fpt), offload_seconds(arch, setup)
     traffic = setup.model_tokens * traffic_per_token(arch, setup).total / gpu.bandwidth_bytes_per_s
     dora = dora_seconds(arch, setup, gpu, achieved)
     compiled = setup.kernels == "compile"
@@ -297,9 +306,8 @@ def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_f
     return passes * (flops / achieved_flops + moved / gpu.bandwidth_bytes_per_s)
 
 
-_STATE_BYTES = {"adamw_torch": None, "adamw_torch_fused": None, "adamw_8bit": 1, "paged_adamw_8bit": 1,
-                "paged_adamw_32bit": 4}
-"""Bytes per element of each of AdamW's two moments (None: the parameter's own dtype)."""
+_STATE_BYTES = {"adamw_torch_fused": None, "adamw_8bit": 1, "paged_adamw_8bit": 1, "paged_adamw_32bit": 4}
+"""Bytes per element of each fused AdamW's two moments (None: the parameter's own dtype)."""
 
 FOREACH_ADAMW_PASSES = 18
 """Element passes of torch.optim.AdamW's default multi-tensor path (``adamw_torch``; torch 2.13

@@ -21,7 +21,7 @@ from typing import Any
 from planner.alternatives import Alternative, what_would_fit
 from planner.calibration import HOST_LINK_BYTES_PER_S
 from planner.catalog import ModelSpec
-from planner.cost import run_cost
+from planner.cost import fmt_shares, run_cost
 from planner.errors import PlannerError
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
@@ -323,9 +323,8 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
     text = (f"{_label(s)}. On {where} it needs {o.device_used_bytes / GiB:.1f} GiB of {fmt_gib(mem)} per GPU "
             f"({o.headroom_bytes / GiB:.1f} GiB, {o.headroom_bytes / gpu.memory_bytes:.0%} free), "
             f"~{o.tokens_per_second:,.0f} tokens/s")
-    major = [f"{name} {share:.0%}" for name, share in o.time_shares.items() if share >= 0.05][:3]
-    if major:
-        text += f" ({', '.join(major)} of a step)"
+    if major := fmt_shares(o.time_shares, most=3):
+        text += f" ({major} of a step)"
     if o.hours is not None:
         text += f", {o.hours:.1f} h"
         if o.cost_usd is not None:

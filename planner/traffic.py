@@ -22,7 +22,7 @@ they are timed here by their bytes rather than by their FLOPs (planner/cost.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from planner.activations import residual_bytes
 from planner.adapted import adapted, is_feedforward
@@ -62,6 +62,11 @@ class Traffic:
     def total(self) -> float:
         return (self.norms + self.rope + self.attention_copy + self.activation + self.residual + self.experts
                 + self.adapters + self.casts + self.loss)
+
+
+def _visits(block: Block, lin: Linear) -> int:
+    """How many of a linear's copies each token runs through: top_k of an expert's, all of another's."""
+    return block.experts_per_token if lin.role == "expert" else lin.copies
 
 
 def _fuses(setup: TrainSetup, block: Block) -> bool:
@@ -109,8 +114,7 @@ def traffic_per_token(arch: Architecture, setup: TrainSetup) -> Traffic:
     # QLoRA's fp32 residual stream reaches 4-bit linears whose outputs come back in fp32: RoPE and the
     # MLP's activation then run in fp32 too
     four_bit = setup.method == "qlora" and (setup.quant or "nf4") in ("nf4", "fp4") and r != c
-    terms = dict.fromkeys(("norms", "rope", "attention_copy", "activation", "residual", "experts", "adapters",
-                           "casts"), 0.0)
+    terms = {f.name: 0.0 for f in fields(Traffic) if f.name != "loss"}
     for block in arch.blocks:
         fuses = _fuses(setup, block)
         unsloth = fused(block, setup)
@@ -123,13 +127,10 @@ def traffic_per_token(arch: Architecture, setup: TrainSetup) -> Traffic:
             "activation": block.ffn_width * ((3 * c if fuses else 5 * o) if block.gated else 2 * o),
             "residual": 2 * 3 * r * h,
             "experts": 6 * c * h * block.experts_per_token if block.experts else 0.0,
-            # a token passes through top_k of an expert linear's copies, through every other's
-            "adapters": sum(_adapter(lin, setup, fuses, unsloth)
-                            * (block.experts_per_token if lin.role == "expert" else lin.copies)
+            "adapters": sum(_adapter(lin, setup, fuses, unsloth) * _visits(block, lin)
                             for lin in block.linears if adapted(lin, setup)),
             # each cast reads one dtype and writes the other (compiled, it fuses into its neighbours)
-            "casts": sum((r + c) * (lin.d_in + lin.d_out) * (block.experts_per_token if lin.role == "expert"
-                                                             else lin.copies)
+            "casts": sum((r + c) * (lin.d_in + lin.d_out) * _visits(block, lin)
                          for lin in block.linears if lin.role != "router") if o != c else 0.0,
         }
         for name, value in per_layer.items():

@@ -122,7 +122,8 @@ def trainer_step_seconds(layers: int, steps: int) -> float:
 def measure(repeats: int, compiled: bool = False) -> dict[str, float]:
     out = {}
     for kind in (False, True) if compiled else (False,):
-        for method, ckpt in CASES if not kind else [c for c in CASES if c[0] != "adalora"]:
+        cases = [case for case in CASES if case[0] != "adalora"] if kind else CASES  # compiled: full and LoRA
+        for method, ckpt in cases:
             few, many = (step_seconds(n, method, ckpt, repeats, kind) for n in LAYERS)
             name = f"{method}, checkpointing {'on' if ckpt else 'off'}{', compiled' if kind else ''}"
             out[name] = (many - few) / (LAYERS[1] - LAYERS[0])

@@ -45,7 +45,7 @@ def main() -> int:
         tps = run_cost(arch, TrainSetup(method="lora", seq_len=2048), find_gpu(name)).tokens_per_second
         print(f"| {name} | {find_gpu(name).generation} | {tps:,.0f} |")
 
-    setup = load_stack("unsloth").apply(TrainSetup(**RECIPE, explicit=frozenset(RECIPE)))
+    setup = load_stack("unsloth").apply(TrainSetup(), **RECIPE)
     recipe_arch = resolve_model(RECIPE_MODEL).arch
     speeds = {name: run_cost(recipe_arch, setup, find_gpu(name)).tokens_per_second for name in PUBLISHED}
     print(f"\n| GPU | {RECIPE_MODEL} LoRA under Unsloth: published tokens/s | predicted | error |")

@@ -28,7 +28,7 @@ from pathlib import Path
 from planner import calibration
 from planner.catalog import resolve_model
 from planner.catalog.gpus import GpuSpec, find_gpu
-from planner.cost import run_cost
+from planner.cost import fmt_shares, run_cost
 from planner.options import TrainSetup
 from planner.stacks import load_stack
 
@@ -72,10 +72,9 @@ def _setup(method: str, setting: str, gpus: int, source: str) -> TrainSetup:
         stated["use_dora"] = True
     if m := re.search(r"\bdropout (0\.\d+)", setting):
         stated["lora_dropout"] = float(m.group(1))
-    setup = TrainSetup(**stated, explicit=frozenset(stated))
     # torchtune's rows ran its recipes: its preset fills what the row does not say (bf16 adapters,
     # no dropout, its chunked loss)
-    return load_stack("torchtune").apply(setup) if "torchtune" in source else setup
+    return load_stack("torchtune").apply(TrainSetup(), **stated) if "torchtune" in source else TrainSetup(**stated)
 
 
 def load_rows(path: Path) -> list[Row]:
@@ -169,7 +168,7 @@ def check(rows: list[Row]) -> int:
         cost = run_cost(resolve_model(row.model).arch, row.setup, row.gpu)
         err = cost.tokens_per_second / row.measured - 1
         errors.append(abs(err))
-        shares = ", ".join(f"{name} {share:.0%}" for name, share in cost.step.shares().items() if share >= 0.05)
+        shares = fmt_shares(cost.step.shares())
         print(f"| {row.model} | {row.setup.method} | {row.setup.num_gpus}x {row.gpu.name} | {row.setting} | "
               f"{row.measured:.0f} | {cost.tokens_per_second:.0f} | {err:+.1%} | {shares} |")
     print(f"\n{len(rows)} rows, nothing fitted on them: median |error| {statistics.median(errors):.1%} "

@@ -111,7 +111,7 @@ def test_narrow_models_on_short_steps_turn_their_matmuls_memory_bound():
     def ratio(arch, seq: int) -> float:
         setup = TrainSetup(method="full", seq_len=seq, grad_checkpointing=False)
         f = flops_per_token(arch, setup)
-        return matmul_seconds(arch, setup, g, achieved) / (seq * f.total / achieved)
+        return matmul_seconds(arch, setup, g, achieved, f) / (seq * f.total / achieved)
 
     assert ratio(LLAMA8.arch, 2048) == pytest.approx(1.0)
     qwen = resolve_model("Qwen/Qwen2.5-0.5B").arch

@@ -30,9 +30,6 @@ GENERATIONS = ("Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell")
 """NVIDIA architectures, oldest first (the product family names each: RTX 30 and A-series are Ampere,
 RTX 40 and L-series Ada, H-series Hopper, RTX 50 and B-series Blackwell)."""
 PRICE_KINDS = ("on-demand", "spot", "community")
-PCIE4_X16 = 31.5e9
-"""PCIe 4.0 x16, bytes per second and direction (16 GT/s x 16 lanes, 128b/130b): the commonest
-link, ``GpuSpec``'s default (every catalog entry names its own)."""
 
 MEMORY_TOLERANCE = 0.08
 """How far NVML's total may sit from the catalog's and still be that card. The catalog holds the
@@ -76,7 +73,12 @@ class GpuSpec:
     tdp_watts: float
     bf16: bool
     segment: str
-    """``consumer``, ``workstation`` or ``datacenter``: decides the calibrated utilization."""
+    """``consumer``, ``workstation`` or ``datacenter``: the card's market (the time model treats every
+    segment alike: planner.calibration.MATMUL_UTILIZATION)."""
+    link_bytes_per_s: float
+    """GPU-to-GPU bandwidth per direction of the card's standard link (NVLink on SXM boards, else its
+    PCIe slot; optional NVLink bridges are not assumed), what collectives move bytes over."""
+    link: str
     generation: str = ""
     """NVIDIA's architecture (``GENERATIONS``): the time model's errors are reported per generation."""
     prices: tuple[Price, ...] = ()
@@ -90,10 +92,6 @@ class GpuSpec:
     """The memory size the vendor advertises (decimal-ish GB), shown beside ``memory_bytes``."""
     memory_source: str = ""
     """Where ``memory_bytes`` comes from: a published nvidia-smi output, cloud or vendor docs."""
-    link_bytes_per_s: float = PCIE4_X16
-    """GPU-to-GPU bandwidth per direction of the card's standard link (NVLink on SXM boards, else its
-    PCIe slot; optional NVLink bridges are not assumed), what collectives move bytes over."""
-    link: str = "PCIe 4.0 x16"
 
     @property
     def peak_flops(self) -> float:

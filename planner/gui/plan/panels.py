@@ -152,13 +152,14 @@ class CostPanel(QTableWidget):
         self.verticalHeader().hide()
         for r, row in enumerate(rows):
             name = f"{row.count} x {row.gpu}" if row.count > 1 else row.gpu
-            shares = ", ".join(f"{term} {share:.0%}" for term, share in row.time_shares[:1])
+            term, share = row.time_shares[0] if row.time_shares else ("", 0.0)
+            most = f"{term} {share:.0%}" if term else ""
             values = (name, "yes" if row.fits else "no", f"{row.device_used_gib:.1f}", f"{row.tokens_per_second:,.0f}",
-                      shares, f"{row.hours:,.1f}", f"{row.energy_kwh:,.1f}",
+                      most, f"{row.hours:,.1f}", f"{row.energy_kwh:,.1f}",
                       "-" if row.cost_usd is None else f"{row.cost_usd:,.2f}", row.price_note)
             every_term = "\n".join(f"{term}: {share:.1%}" for term, share in row.time_shares)
             for c, text in enumerate(values):
-                item = _item(text, every_term if c == 4 else row.price_note)
+                item = _item(text, every_term if COST_HEADERS[c] == "most time" else row.price_note)
                 if c == 1:
                     item.setBackground(QBrush(FITS if row.fits else MISSES))
                 self.setItem(r, c, item)
