@@ -49,7 +49,7 @@ def _describe(s: TrainSetup) -> str:
     return (f"{method} · {s.precision} · {s.optimizer} · batch {s.batch_size} x {s.seq_len} tokens{accumulated} · "
             f"checkpointing {s.checkpointing} · {s.attention}{' · chunked loss' if s.loss == 'chunked' else ''}"
             f"{' · optimizer in backward' if s.optimizer_in_backward else ''}{gpus}"
-            f"{f' · stack {s.stack}' if s.stack != 'hf' else ''}")
+            f"{' · packed' if s.packing else ''}{f' · stack {s.stack}' if s.stack != 'hf' else ''}")
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:
@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--gpu-memory-gib", type=float, default=None, help="a custom GPU's memory instead of --gpu")
     rec.add_argument("--host-ram-gib", type=float, default=None,
                      help="RAM for offloaded activations (default: this machine's with --gpu auto, else unchecked)")
+    rec.add_argument("--data", default=None, metavar="FILE",
+                     help="your training data: its examples' lengths set the padding each micro-batch computes "
+                          "and the data set's tokens (tokenized by --model's tokenizer, so --model is a folder)")
     rec.add_argument("--max-quality", action="store_true", help="prefer full fine-tuning when it fits")
     rec.add_argument("--price-per-hour", type=float, default=None, help="USD per GPU-hour (default: catalog snapshot)")
     rec.add_argument("--electricity-price", type=float, default=None, help="USD per kWh, for a local GPU")

@@ -114,6 +114,9 @@ def add_options(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--num-gpus", type=int, default=d.num_gpus)
     p.add_argument("--sharding", default=d.sharding, metavar=_alts(SHARDINGS))
     p.add_argument("--offload", default=d.offload, metavar=_alts(OFFLOADS))
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                   help="examples concatenated into blocks of exactly --seq-len tokens, not padded per micro-batch "
+                        f"({_on(d.packing)})")
     p.add_argument("--dataset-tokens", type=int, default=None, help="tokens in the dataset (time and cost)")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the dataset (time and cost)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -141,7 +144,8 @@ def setup_args(s: TrainSetup) -> list[str]:
             "--sharding", s.sharding, "--offload", s.offload,
             flag("double-quant", s.double_quant), flag("kbit-upcast", s.kbit_prepare),
             flag("grad-checkpointing", s.grad_checkpointing), flag("offload-activations", s.offload_activations),
-            flag("optimizer-in-backward", s.optimizer_in_backward), flag("use-dora", s.use_dora)]
+            flag("optimizer-in-backward", s.optimizer_in_backward), flag("use-dora", s.use_dora),
+            flag("packing", s.packing)]
     return args + (["--quant", s.quant] if s.quant else [])
 
 
@@ -150,7 +154,7 @@ STACK_OPTIONS = {"precision": "precision", "double_quant": "double_quant", "kbit
                  "gradient_accumulation_steps": "gradient_accumulation_steps",
                  "grad_checkpointing": "grad_checkpointing", "loss": "loss", "loss_chunk_mib": "loss_chunk_mib",
                  "optimizer_in_backward": "optimizer_in_backward", "offload_activations": "offload_activations",
-                 "lora_dropout": "lora_dropout", "kernels": "kernels"}
+                 "lora_dropout": "lora_dropout", "kernels": "kernels", "packing": "packing"}
 """Options a stack's preset may supply (argparse name -> TrainSetup field): None unless given."""
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from planner.cli_options import print_json, setup_from_args
 from planner.errors import PlannerError
+from planner.options import TrainSetup
 from planner.units import GiB
 
 PER_TOKENS = 1_000_000
@@ -33,10 +35,17 @@ def _gpu_target(a: argparse.Namespace, count: int, prices):
     return catalog_target(find_gpu(a.gpu), count, prices)
 
 
-def _recommend_kwargs(a: argparse.Namespace, prices) -> dict:
+def _dataset_tokens(a: argparse.Namespace, base: TrainSetup) -> int | None:
+    """--dataset-tokens, else what --data trains on at the planned length."""
+    if a.dataset_tokens is not None or base.lengths is None:
+        return a.dataset_tokens
+    return base.lengths.tokens(base.seq_len)
+
+
+def _recommend_kwargs(a: argparse.Namespace, prices, base: TrainSetup) -> dict:
     electricity = a.electricity_price if a.electricity_price is not None else prices.electricity_usd_per_kwh
     # Without a data set size, hours, energy and cost are given per million tokens: still numbers
-    return dict(dataset_tokens=a.dataset_tokens or PER_TOKENS, epochs=a.epochs, max_quality=a.max_quality,
+    return dict(dataset_tokens=_dataset_tokens(a, base) or PER_TOKENS, epochs=a.epochs, max_quality=a.max_quality,
                 usd_per_hour=a.price_per_hour, usd_per_kwh=electricity, host_memory=_host_memory(a))
 
 
@@ -61,6 +70,10 @@ def cmd_recommend(a: argparse.Namespace) -> int:
         raise PlannerError("give one of --gpu NAME|auto|any or --gpu-memory-gib X")
     base = setup_from_args(a)
     model = resolve_model(a.model)
+    if a.data is not None:
+        from planner.lengths import measure_lengths
+
+        base = replace(base, lengths=measure_lengths(a.model, a.data))
     prices = load_prices()  # once per command: a bad settings file warns once
     if a.gpu == "any":
         return _recommend_any(a, model, base, prices)
@@ -72,10 +85,8 @@ def cmd_recommend(a: argparse.Namespace) -> int:
             raise PlannerError(f"recommend compares --method {base.method} with --quant {offered}, not "
                                f"{base.quant}; use `python -m planner estimate` for a {base.quant} base")
     rec = recommend(model, base, _gpu_target(a, base.num_gpus, prices), methods=methods,
-                    **_recommend_kwargs(a, prices))
-    if a.dataset_tokens is None and rec.best is not None:
-        from dataclasses import replace
-
+                    **_recommend_kwargs(a, prices, base))
+    if _dataset_tokens(a, base) is None and rec.best is not None:
         rec = replace(rec, explanation=rec.explanation + f" Hours, kWh and $ are per {PER_TOKENS:,} tokens "
                       "(give --dataset-tokens for your data set).")
     if a.json:
@@ -93,7 +104,7 @@ def _recommend_any(a: argparse.Namespace, model, base, prices) -> int:
     from planner.recommend_text import ranking_lines
     from planner.targets import catalog_target
 
-    kwargs = _recommend_kwargs(a, prices)
+    kwargs = _recommend_kwargs(a, prices, base)
     ranked = []  # (recommendation, its best option): only GPUs something fits on
     for spec in gpu_catalog().values():
         rec = recommend(model, base, catalog_target(spec, base.num_gpus, prices), alternatives=False, **kwargs)

@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.activations import activation_peak
 from planner.adapted import adapted
@@ -235,8 +235,10 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
 
     Cost is the cloud price per GPU-hour when given (or the catalog's snapshot), else local
     electricity at ``usd_per_kwh``; None when neither is known. ``utilization``: the matmuls'
-    achieved fraction of peak (the calibration's, unless a fit tries another).
+    achieved fraction of peak (the calibration's, unless a fit tries another). Throughput counts
+    the examples' own tokens, not padding (``as_run``).
     """
+    setup, data_share = as_run(setup)
     fpt = flops_per_token(arch, setup)
     util = min(utilization, 1.0)  # never above the hardware peak
     achieved = gpu.peak_flops * util
@@ -269,7 +271,7 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
                     host_wait=micro * max(0.0, host - compute) + max(0.0, HOST_SECONDS_PER_STEP - update - clip),
                     optimizer=update, clipping=clip)
     n = setup.num_gpus
-    tps = tokens_per_step / step.total * n
+    tps = tokens_per_step * data_share / step.total * n
 
     seconds = energy = cost = None
     if dataset_tokens:
@@ -284,6 +286,20 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         elif usd_per_kwh is not None:
             cost = energy * usd_per_kwh
     return RunCost(tps, seconds, energy, cost, util, fpt, step, micro)
+
+
+def as_run(setup: TrainSetup) -> tuple[TrainSetup, float]:
+    """(``setup`` at the length the GPU computes, the share of those positions that are data).
+
+    Packed, or the data's lengths unknown: every position is data, at ``seq_len``. Unpacked: each
+    micro-batch at its expected padded length, of which the examples' own tokens are the mean
+    (planner/samples.py).
+    """
+    lengths = setup.lengths
+    if lengths is None or setup.packing:
+        return setup, 1.0
+    ran = replace(setup, seq_len=max(1, round(lengths.padded(setup.batch_size, setup.seq_len))))
+    return ran, lengths.mean(setup.seq_len) / ran.seq_len
 
 
 def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:

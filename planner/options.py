@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from planner.errors import PlannerError, shown
 from planner.loss import LOSSES
+from planner.samples import SampleLengths
 
 METHODS = ("full", "lora", "qlora")
 QUANTS = ("nf4", "fp4", "int8")
@@ -185,6 +186,14 @@ class TrainSetup:
     """Which kernels a layer runs (``KERNELS``): fused ones move fewer bytes (planner/traffic.py), and
     Unsloth's fused LoRA kernels keep fewer activations. The activation memory of compiled modules
     is counted as eager's (inductor may recompute some pointwise results instead of saving them)."""
+    packing: bool = False
+    """Examples concatenated into blocks of exactly ``seq_len`` (the trainer's ``packing``), not each
+    micro-batch padded to its longest example. Memory is planned at ``seq_len`` either way (the
+    longest micro-batch); the time, given the data's ``lengths``, at what is computed."""
+    lengths: SampleLengths | None = None
+    """The data's tokens per example, when measured (planner/samples.py): the time model then runs
+    an unpacked micro-batch at its expected padded length and counts only the examples' own tokens.
+    None: every example fills ``seq_len``. Data, not a knob: no stack sets it, no config stores it."""
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)

@@ -27,6 +27,7 @@ from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
 from planner.memory import estimate, memory_savers
 from planner.options import PREFIX_CHECKPOINTING, TrainSetup, at_micro_batch
+from planner.padding import padding_note
 from planner.stacks import planned
 from planner.targets import GpuTarget
 from planner.units import GiB, fmt_count, fmt_gib
@@ -329,7 +330,7 @@ def _explain(model: ModelSpec, gpu: GpuTarget, options: tuple[Option, ...], chos
         text += f", {o.hours:.1f} h"
         if o.cost_usd is not None:
             text += f", ${o.cost_usd:,.2f}"
-    text += "."
+    text += "." + padding_note(model.arch, s, gpu.spec, o.tokens_per_second)
     if not fits_comfortably(o.device_used_bytes, gpu.memory_bytes):
         text += f" Less than {HEADROOM:.0%} headroom: a longer sample or a memory spike can run out of memory."
     if s.method == "full":

@@ -105,7 +105,7 @@ def _shown(value: Any) -> str:
     return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
 
 
-_KNOBS = frozenset(f.name for f in fields(TrainSetup)) - {"stack", "explicit"}
+_KNOBS = frozenset(f.name for f in fields(TrainSetup)) - {"stack", "explicit", "lengths"}
 _APPLIES = {"kbit_prepare": ("qlora",), "double_quant": ("qlora",), "adapter_dtype": ("lora", "qlora"),
             "lora_dropout": ("lora", "qlora"), "optimizer_in_backward": ("full",)}
 """The methods a knob means something for (the others ignore it)."""

@@ -1,10 +1,11 @@
-"""``python -m trainer``: run, export, make-demo, generate (DESIGN.md, "CLI contract")."""
+"""``python -m trainer``: run, export, make-demo, generate, lengths (DESIGN.md, "CLI contract")."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from trainer.config import FORMATS
 from trainer.demo import ARCHS, SIZES
 
 
@@ -40,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="a peft adapter folder to load on the same base (repeatable)")
     gen.add_argument("--model", metavar="DIR", help="the base for --adapter (default: the adapter's own base)")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    lengths = sub.add_parser("lengths", help="tokens per example of a data set, as a run tokenizes it (JSON)")
+    lengths.add_argument("--model", required=True, metavar="DIR", help="the model folder whose tokenizer runs")
+    lengths.add_argument("--data", required=True, metavar="FILE", help="training data (.jsonl, .json, .csv, .parquet)")
+    lengths.add_argument("--data-format", default="auto", choices=FORMATS)
+    lengths.add_argument("--assistant-only-loss", action=argparse.BooleanOptionalAction, default=True,
+                         help="chat data: examples without an assistant reply are skipped, as the run skips them")
+    lengths.add_argument("--trust-remote-code", action="store_true", help="run the tokenizer's own code")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -50,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.generate import main as generate_main
 
         return generate_main(args.run, args.adapter, args.model, args.device)
+    if args.command == "lengths":
+        from trainer.lengths import main as lengths_main
+
+        return lengths_main(args.model, args.data, args.data_format, args.assistant_only_loss, args.trust_remote_code)
     if args.command == "export":
         from trainer.export import main as export_main
 

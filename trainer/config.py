@@ -132,7 +132,7 @@ class TrainConfig:
             if value not in allowed:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"{name}: '{value}' is not one of {', '.join(allowed)}{hint}", name)
+                raise ConfigError(f"{name}: {shown(value)} is not one of {', '.join(allowed)}{hint}", name)
         for name, what in (("model", "a local model folder or a Hub id"),
                            ("dataset", "a .jsonl, .json, .csv or .parquet file"),
                            ("output_dir", "a new or empty folder for the run")):
@@ -293,7 +293,7 @@ SETUP_FIELDS = ("method", "quant", "double_quant", "kbit_upcast", "precision", "
                 "optimizer_in_backward", "gradient_accumulation_steps", "batch_size", "max_seq_len",
                 "grad_checkpointing", "offload_activations", "attention", "loss", "loss_chunk_mib", "lora_r",
                 "lora_alpha", "lora_dropout", "lora_targets", "modules_to_save", "use_dora", "peft", "adalora_init_r",
-                "virtual_tokens", "num_processes", "sharding")
+                "virtual_tokens", "num_processes", "sharding", "packing")
 """The TrainConfig fields a TrainSetup decides (the rest, data and schedule, no plan says; but a
 plan with the optimizer in backward also turns gradient clipping off, which that needs)."""
 
@@ -338,7 +338,7 @@ def fields_of(setup: TrainSetup) -> dict[str, Any]:
         "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_dropout": s.lora_dropout,
         "lora_targets": list(s.lora_targets), "modules_to_save": list(s.modules_to_save), "use_dora": s.use_dora,
         "peft": s.peft, "adalora_init_r": s.adalora_init_r, "virtual_tokens": s.virtual_tokens,
-        "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding],
+        "num_processes": s.num_gpus, "sharding": SHARDING_OF_PLAN[s.sharding], "packing": s.packing,
     }
 
 
@@ -364,7 +364,7 @@ def setup_of(cfg: TrainConfig, precision: str) -> TrainSetup:
         modules_to_save=cfg.modules_to_save, use_dora=cfg.use_dora, num_gpus=cfg.num_processes,
         peft=cfg.peft, adalora_init_r=cfg.adalora_init_r,
         virtual_tokens=cfg.virtual_tokens,
-        sharding="none" if cfg.num_processes == 1 else cfg.sharding,
+        sharding="none" if cfg.num_processes == 1 else cfg.sharding, packing=cfg.packing,
     )
 
 

@@ -66,7 +66,8 @@ from trainer.formats import DataError, Example, detect_format, load_examples
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["DataError", "PreparedData", "collate", "detect_format", "held_out", "prepare_data", "prompt_text"]
+__all__ = ["DataError", "PreparedData", "collate", "detect_format", "held_out", "prepare_data", "prompt_text",
+           "usable_rows"]
 
 IGNORE = -100
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -131,6 +132,12 @@ def _usable(config: TrainConfig, tokenizer: Any) -> _Usable:
         raise DataError(path, f"no example has tokens to learn from ({n_skipped} of {n_rows} rows skipped: "
                               f"no assistant reply or empty text{cut})")
     return _Usable(fmt, mode, kept, rows, n_rows, n_truncated, n_skipped)
+
+
+def usable_rows(config: TrainConfig, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of every example with tokens to learn from, truncated at max_seq_len,
+    before the validation split and packing."""
+    return _usable(config, tokenizer).rows
 
 
 def held_out(config: TrainConfig, tokenizer: Any) -> tuple[str, list[tuple[Example, list[int], list[int]]]]:
