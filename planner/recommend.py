@@ -21,7 +21,7 @@ from typing import Any
 from planner.alternatives import Alternative, what_would_fit
 from planner.calibration import HOST_LINK_BYTES_PER_S
 from planner.catalog import ModelSpec
-from planner.cost import fmt_shares, run_cost
+from planner.cost import as_run, fmt_shares, run_cost
 from planner.errors import PlannerError
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
@@ -68,6 +68,7 @@ class Option:
 
     def to_json(self) -> dict:
         s = self.setup
+        computed, data_share = as_run(s)
         return {
             "method": s.method, "quant": s.quant, "optimizer": s.optimizer, "batch_size": s.batch_size,
             "gradient_accumulation_steps": s.gradient_accumulation_steps,
@@ -78,6 +79,7 @@ class Option:
             "max_seq_len": self.max_seq_len, "tokens_per_second": round(self.tokens_per_second, 1),
             "hours": self.hours, "energy_kwh": self.energy_kwh, "cost_usd": self.cost_usd,
             "step_time_shares": {name: round(share, 4) for name, share in self.time_shares.items()},
+            "packing": s.packing, "computed_seq_len": computed.seq_len, "data_share": round(data_share, 4),
         }
 
 

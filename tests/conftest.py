@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 _PROBE = "import torch; print(torch.cuda.is_available())"
 
 
@@ -37,14 +38,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished demo run (QLoRA, 60 steps, a held-out split), trained once for every test that
-    reads one (GUI pages, the Try and export benchmarks) by the real trainer in a subprocess: the
-    test process stays torch-free."""
-    root, repo = tmp_path_factory.mktemp("demo-run"), Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(root / "demo")], cwd=repo, check=True,
+def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline demo (tiny Llama, its tokenizer, data and run config), made once by the trainer
+    in a subprocess: the test process stays torch-free."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(out)], cwd=REPO, check=True,
                    capture_output=True)
-    config = json.loads((root / "demo" / "run.json").read_text())
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, demo_folder: Path) -> Path:
+    """A finished demo run (QLoRA, 60 steps, a held-out split), trained once for every test that
+    reads one (GUI pages, the Try and export benchmarks) by the real trainer in a subprocess."""
+    root, repo = tmp_path_factory.mktemp("demo-run"), REPO
+    config = json.loads((demo_folder / "run.json").read_text())
     config.update(output_dir=str(root / "run"), max_steps=60, val_split=0.1, save_steps=60)
     (root / "run.json").write_text(json.dumps(config))
     subprocess.run([sys.executable, "-m", "trainer", "run", "--config", str(root / "run.json")], cwd=repo, check=True,

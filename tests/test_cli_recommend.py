@@ -28,6 +28,9 @@ OPTION_KEYS = {
     "gradient_accumulation_steps": int,
     # and where an optimizer step's time goes, each term's share (issue 19)
     "step_time_shares": dict,
+    # and what the micro-batch computes: packed, or padded to its longest example (--data), and
+    # the share of the computed positions that are the data's own tokens
+    "packing": bool, "computed_seq_len": int, "data_share": float,
 }
 TOP_KEYS = {"gpu", "options", "recommended", "explanation", "alternatives"}
 
@@ -264,3 +267,43 @@ def test_unknown_model(capsys):
 def test_negative_prices(capsys, flag):
     line = run_error(capsys, "recommend", "--model", MODEL, "--gpu", "RTX 4090", flag, "-1")
     assert flag in line
+
+
+def _varied(path, n=400, seed=3):
+    """Text examples of 1 to ~400 words, spread like instruction data (a long tail to pad to)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            words = min(400, max(1, int(rng.lognormvariate(3.0, 1.0))))
+            f.write(json.dumps({"text": " ".join(rng.choice(["one", "two", "cat", "sat"]) for _ in range(words))}) + "\n")
+    return path
+
+
+def test_data_sets_the_padding_and_the_data_set_size(capsys, demo_folder, tmp_path):
+    data = _varied(tmp_path / "varied.jsonl")
+    model = str(demo_folder / "model")
+    args = ("recommend", "--model", model, "--gpu", "RTX 4090", "--method", "lora", "--seq-len", "512", "--data", str(data))
+    doc = run_json(capsys, *args)
+    by_batch = {o["batch_size"]: o for o in doc["options"] if o["optimizer"] == "adamw_torch" and o["grad_checkpointing"]}
+    assert by_batch[1]["data_share"] > 0.99 and by_batch[16]["data_share"] < 0.5  # 16 examples pad to the longest
+    assert by_batch[1]["computed_seq_len"] < by_batch[16]["computed_seq_len"] <= 512
+    packed = run_json(capsys, *args, "--packing")
+    assert all(o["packing"] and o["data_share"] == 1.0 and o["computed_seq_len"] == 512 for o in packed["options"])
+    # hours for the data set's own tokens (cut at 512), not "per 1,000,000 tokens"
+    assert "per 1,000,000 tokens" not in doc["explanation"]
+    # the tiny model is host-bound: its fastest micro-batch is the largest, 72% of it padding
+    picked = doc["options"][doc["recommended"]]
+    assert picked["batch_size"] == 16 and picked["data_share"] < 0.5
+    assert "% padding); packing would train" in doc["explanation"]
+
+
+def test_bad_data_is_one_line(capsys, demo_folder, tmp_path):
+    model = str(demo_folder / "model")
+    err = run_error(capsys, "recommend", "--model", model, "--gpu", "RTX 4090", "--data", str(tmp_path / "none.jsonl"))
+    assert "--data" in err and "no such file" in err
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    err = run_error(capsys, "recommend", "--model", model, "--gpu", "RTX 4090", "--data", str(tmp_path / "bad.jsonl"))
+    assert err.startswith("error: --data: ") and "bad.jsonl" in err
