@@ -8,7 +8,6 @@ same data again, in the app or a script, costs nothing.
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -21,18 +20,38 @@ TIMEOUT_S = 600.0
 """Longest the tokenization may take: about a million chat examples on one core."""
 
 
+_MEASURED: dict[tuple[str, str, int, int], SampleLengths] = {}
+"""Lengths measured so far, by (model, file, its modification time and size)."""
+
+
 def measure_lengths(model: str, data: str) -> SampleLengths:
-    """Tokens per example of ``data`` under ``model``'s tokenizer (planner/samples.py)."""
+    """Tokens per example of ``data`` under ``model``'s tokenizer (planner/samples.py); blocks
+    while the trainer tokenizes a file not measured before (run it off the GUI thread)."""
+    key = _key(model, data)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure(model, key[1])
+    return _MEASURED[key]
+
+
+def measured_lengths(model: str, data: str) -> SampleLengths | None:
+    """The lengths :func:`measure_lengths` already has for this file as it is now, else None:
+    never tokenizes, so the GUI thread may ask."""
+    try:
+        return _MEASURED.get(_key(model, data))
+    except PlannerError:
+        return None
+
+
+def _key(model: str, data: str) -> tuple[str, str, int, int]:
     path = Path(data).expanduser()
     if not path.is_file():
         raise PlannerError(f"--data {data}: no such file; give the training data (.jsonl, .json, .csv or .parquet)",
                            "data")
     stat = path.stat()
-    return _measured(model, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return model, str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
-@functools.lru_cache(maxsize=16)
-def _measured(model: str, data: str, mtime_ns: int, size: int) -> SampleLengths:
+def _measure(model: str, data: str) -> SampleLengths:
     command = [sys.executable, "-m", "trainer", "lengths", "--model", model, "--data", data]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,20 @@ def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(out)], cwd=REPO, check=True,
                    capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def varied_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 text examples of 1 to 400 words, log-normally spread like instruction data: a long tail
+    that a micro-batch pads to (the time model's padding, planner/samples.py)."""
+    rng = random.Random(7)
+    path = tmp_path_factory.mktemp("varied") / "varied.jsonl"
+    words = "the cat sat on a mat while dogs ran far away over green hills".split()
+    with path.open("w") as f:
+        for _ in range(600):
+            n = min(400, max(1, int(rng.lognormvariate(3.2, 0.9))))
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n))}) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -269,25 +269,12 @@ def test_negative_prices(capsys, flag):
     assert flag in line
 
 
-def _varied(path, n=400, seed=3):
-    """Text examples of 1 to ~400 words, spread like instruction data (a long tail to pad to)."""
-    import json
-    import random
-
-    rng = random.Random(seed)
-    with path.open("w") as f:
-        for _ in range(n):
-            words = min(400, max(1, int(rng.lognormvariate(3.0, 1.0))))
-            f.write(json.dumps({"text": " ".join(rng.choice(["one", "two", "cat", "sat"]) for _ in range(words))}) + "\n")
-    return path
-
-
-def test_data_sets_the_padding_and_the_data_set_size(capsys, demo_folder, tmp_path):
-    data = _varied(tmp_path / "varied.jsonl")
-    model = str(demo_folder / "model")
-    args = ("recommend", "--model", model, "--gpu", "RTX 4090", "--method", "lora", "--seq-len", "512", "--data", str(data))
+def test_data_sets_the_padding_and_the_data_set_size(capsys, demo_folder, varied_data):
+    args = ("recommend", "--model", str(demo_folder / "model"), "--gpu", "RTX 4090", "--method", "lora",
+            "--seq-len", "512", "--data", str(varied_data))
     doc = run_json(capsys, *args)
-    by_batch = {o["batch_size"]: o for o in doc["options"] if o["optimizer"] == "adamw_torch" and o["grad_checkpointing"]}
+    by_batch = {o["batch_size"]: o for o in doc["options"]
+                if o["optimizer"] == "adamw_torch" and o["grad_checkpointing"]}
     assert by_batch[1]["data_share"] > 0.99 and by_batch[16]["data_share"] < 0.5  # 16 examples pad to the longest
     assert by_batch[1]["computed_seq_len"] < by_batch[16]["computed_seq_len"] <= 512
     packed = run_json(capsys, *args, "--packing")

@@ -21,7 +21,7 @@ OTHER = FormValues(model="mistralai/Mistral-7B-v0.1", stack="axolotl", method="q
                    modules_to_save="lm_head", num_gpus=4, sharding="zero3", offload="params",
                    dataset_tokens=123_000_000, epochs=2.5, max_quality=True, loss="chunked", kbit_upcast=False,
                    offload_activations=True, optimizer_in_backward=True, gradient_accumulation_steps=4, use_dora=True,
-                   peft="prompt", virtual_tokens=32, kernels="unsloth")
+                   peft="prompt", virtual_tokens=32, kernels="unsloth", packing=True, data="~/train.jsonl")
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@ the trainer's data preparation and collator behind a shuffled sampler, as the Tr
 from __future__ import annotations
 
 import json
-import random
 import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
-from conftest import trainer_cmd
 
 from planner.errors import PlannerError
 from planner.lengths import measure_lengths
@@ -20,25 +19,16 @@ from trainer.data import collate, prepare_data, usable_rows
 from trainer.lengths import lengths_of
 from trainer.loading import load_tokenizer
 
-WORDS = "the cat sat on a mat while dogs ran far away over green hills".split()
-
 
 @pytest.fixture(scope="module")
-def varied(demo_dir, tmp_path_factory):
-    """Text examples of 1 to ~300 words, log-normally spread like real instruction data."""
-    rng = random.Random(7)
-    path = tmp_path_factory.mktemp("lengths") / "varied.jsonl"
-    with path.open("w") as f:
-        for _ in range(600):
-            words = min(300, max(1, int(rng.lognormvariate(3.2, 0.9))))
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(words))}) + "\n")
-    cfg = TrainConfig(model=str(demo_dir / "model"), dataset=str(path), max_seq_len=4096)
+def varied(demo_dir, varied_data):
+    cfg = TrainConfig(model=str(demo_dir / "model"), dataset=str(varied_data), max_seq_len=4096)
     return cfg, load_tokenizer(cfg)
 
 
 def test_the_command_prints_the_lengths_the_run_tokenizes(varied):
     cfg, tok = varied
-    done = subprocess.run(trainer_cmd("lengths", "--model", cfg.model, "--data", cfg.dataset),
+    done = subprocess.run([sys.executable, "-m", "trainer", "lengths", "--model", cfg.model, "--data", cfg.dataset],
                           capture_output=True, text=True, timeout=300, check=True)
     printed = SampleLengths(**{k: tuple(v) if k == "quantiles" else v for k, v in json.loads(done.stdout).items()})
     assert printed == SampleLengths.of([len(ids) for ids, _ in usable_rows(cfg, tok)]) == lengths_of(cfg, tok)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 from planner.catalog import ModelSpec
 from planner.catalog.gpus import GpuSpec, gpu_catalog
 from planner.cost import run_cost
-from planner.gui.plan.model import FormValues, my_setup, setup_for
+from planner.gui.plan.model import FormValues, my_setup, setup_for, with_data
 from planner.memory import estimate
+from planner.samples import SampleLengths
 from planner.table import ADAPTER_NOTE, COLUMNS, MOE_LAYOUT, classic_table, moe_columns
 from planner.units import GiB
 
@@ -65,14 +66,16 @@ class CostRow:
 
 
 def cost_rows(values: FormValues, model: ModelSpec, this_gpu: GpuSpec | None, this_memory: int,
-              usd_per_kwh: float | None = None, *, local: bool = False) -> tuple[CostRow, ...]:
+              usd_per_kwh: float | None = None, *, local: bool = False,
+              lengths: SampleLengths | None = None) -> tuple[CostRow, ...]:
     """Hours, kWh and $ of the user's setup on the GPU planned for, then on every catalog GPU with a price.
 
     ``this_gpu`` (with ``this_memory``, the memory planned against) is the planned GPU's spec;
     ``local`` says NVML sees that GPU on this machine (a ``GpuTarget`` from NVML). Only then is it
     "this GPU", costed in electricity; otherwise it is the GPU planned for, costed at its price.
+    ``lengths``: the data file's, once measured (model.with_data).
     """
-    setup = my_setup(values)
+    setup, tokens = with_data(my_setup(values), values, lengths)
     used = estimate(model, setup).device_used_bytes
     rows = []
     candidates: list[tuple[GpuSpec, int, bool]] = []
@@ -85,7 +88,7 @@ def cost_rows(values: FormValues, model: ModelSpec, this_gpu: GpuSpec | None, th
         # your own card costs electricity; a catalog card costs its rental price
         own_power = mine and usd_per_kwh is not None
         cost = run_cost(model.arch, setup, replace(spec, prices=()) if own_power else spec,
-                        values.dataset_tokens, values.epochs, usd_per_kwh=usd_per_kwh if own_power else None)
+                        tokens, values.epochs, usd_per_kwh=usd_per_kwh if own_power else None)
         price = spec.price()
         note = (f"your GPU: electricity at {usd_per_kwh:.2f} $/kWh" if own_power else
                 f"{price.usd_per_hour:.2f} $/h, {price.source}, {price.date}" if price else "no price")

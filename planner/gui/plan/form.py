@@ -175,7 +175,20 @@ class PlanForm(QWidget):
         self.gpu_spin.setSuffix(" GiB")
         self.gpu_spin.setToolTip("Memory per GPU (as nvidia-smi shows it): the dashed line. Set by the "
                                  "Hardware page; edit it to plan for another card.")
-        self.tokens_spin = _spin(1, 2_000_000_000, "Tokens in your data set (time and cost).", step=1_000_000)
+        self.packing_box = _check("pack examples", "Concatenate examples into blocks of exactly the sequence "
+                                  "length (the trainer's packing) instead of padding each micro-batch to its "
+                                  "longest example: with a data file below, the time counts the padding it saves.")
+        self.data_edit = _edit("Your training data (.jsonl, .json, .csv, .parquet), tokenized by the model "
+                               "folder's tokenizer as a run would: its examples' lengths set how much of each "
+                               "micro-batch is padding, and its tokens the data set's size (time and cost). "
+                               "Empty: every example fills the sequence length.")
+        self.data_button = QPushButton("Browse...")
+        self.data_button.clicked.connect(self._open_data)
+        data_row = QHBoxLayout()
+        data_row.addWidget(self.data_edit, 1)
+        data_row.addWidget(self.data_button)
+        self.tokens_spin = _spin(1, 2_000_000_000, "Tokens in your data set (time and cost), when no data file "
+                                 "is given.", step=1_000_000)
         self.epochs_spin = StrictDoubleSpinBox()
         self.epochs_spin.setRange(0.01, 1000)
         self.epochs_spin.setToolTip("Passes over the data set (time and cost).")
@@ -214,6 +227,8 @@ class PlanForm(QWidget):
             Field("offload", "Offload", self.offload_box, CHOICE),
             Row("GPU", self.gpu_label),
             Field("gpu_gib", "GPU memory", self.gpu_spin, DECIMAL, option="gpu-memory-gib"),
+            Field("packing", "", self.packing_box, FLAG),
+            Field("data", "Data set file", self.data_edit, TEXT, shown=data_row),
             Field("dataset_tokens", "Data set tokens", self.tokens_spin, WHOLE),
             Field("epochs", "Epochs", self.epochs_spin, DECIMAL),
             Field("max_quality", "", self.quality_box, FLAG),
@@ -258,6 +273,12 @@ class PlanForm(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "A model's config.json", "", "config (*.json);;All files (*)")
         if path:
             self.model_box.setCurrentText(path)
+
+    def _open_data(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Training data", "",
+                                              "data (*.jsonl *.json *.csv *.parquet);;All files (*)")
+        if path:
+            self.data_edit.setText(path)
 
     def _stack_chosen(self, name: str, recipe_only: bool = False) -> None:
         """Write the chosen stack's defaults, with its recipe for the form's method, into the fields

@@ -6,7 +6,7 @@ Kept Qt-free so it is tested without widgets; the page only reads widgets into a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from planner.catalog import resolve_model
@@ -15,6 +15,7 @@ from planner.cli_options import STACK_OPTIONS
 from planner.launch import why_not_trainable
 from planner.memory import Breakdown, Estimate, estimate
 from planner.options import PREFIX_CHECKPOINTING, STACKS, TrainSetup
+from planner.samples import SampleLengths
 from planner.stacks import load_stack
 from planner.targets import DEFAULT_CATALOG_GPU
 from planner.units import GiB, fmt_gib
@@ -84,7 +85,12 @@ class FormValues:
     num_gpus: int = _D.num_gpus
     sharding: str = _D.sharding
     offload: str = _D.offload
+    packing: bool = _D.packing
+    data: str = ""
+    """The user's training data file: its examples' lengths (planner/lengths.py) set the padding
+    and the data set's tokens; empty: every example fills the sequence length."""
     dataset_tokens: int = 10_000_000
+    """Used when no data file is given (a file counts its own tokens)."""
     epochs: float = 1.0
     max_quality: bool = False
 
@@ -168,6 +174,14 @@ def setup_for(values: FormValues, method: str, quant: str | None) -> TrainSetup:
 def my_setup(values: FormValues) -> TrainSetup:
     """The user's own configuration (their method and QLoRA base)."""
     return setup_for(values, values.method, values.quant if values.method == "qlora" else None)
+
+
+def with_data(setup: TrainSetup, values: FormValues, lengths: SampleLengths | None) -> tuple[TrainSetup, int]:
+    """``setup`` with the data file's example lengths, and the data set's tokens: the file's own,
+    cut at the sequence length as the trainer cuts them, else the form's Data set tokens."""
+    if lengths is None:
+        return setup, values.dataset_tokens
+    return replace(setup, lengths=lengths), lengths.tokens(setup.seq_len)
 
 
 def variants_for(values: FormValues) -> tuple[Variant, ...]:

@@ -30,14 +30,16 @@ from planner.gui.common.worker import LatestOnly
 from planner.gui.plan.chart import PlanChart
 from planner.gui.plan.extras import cost_rows, sizes_table
 from planner.gui.plan.form import PlanForm
-from planner.gui.plan.model import Plan, compute_plan, my_setup, summary_lines
+from planner.gui.plan.model import Plan, compute_plan, my_setup, summary_lines, with_data
 from planner.gui.plan.panels import CostPanel, RecommendationPanel, SizesPanel
 from planner.gui.plan.precise import PrecisePanel
 from planner.gui.state import AppState
 from planner.hardware import ram_total
 from planner.launch import train_config_fields, why_not_trainable
+from planner.lengths import measure_lengths, measured_lengths
 from planner.options import TrainSetup
-from planner.recommend import recommend
+from planner.recommend import Recommendation, recommend
+from planner.samples import SampleLengths
 from planner.settings import load_prices
 from planner.targets import DEFAULT_CATALOG_GPU, GpuTarget, catalog_target, custom_target
 from planner.units import GiB, fmt_count, fmt_gib
@@ -112,8 +114,8 @@ class PlanPage(QWidget):
         layout.addWidget(split, 1)
 
         self.recommender = LatestOnly(self)
-        self.recommender.done.connect(self.recommendation.show_recommendation)
-        self.recommender.failed.connect(lambda exc: self.recommendation.text.setHtml(html.escape(str(exc))))
+        self.recommender.done.connect(self._recommended)
+        self.recommender.failed.connect(self._recommend_failed)
         self.recommendation.use_recommended.connect(self.use_plan)
         self.recommendation.use_alternative.connect(self.use_alternative)
         self.recommendation.use_mine.connect(self.use_my_settings)
@@ -122,6 +124,7 @@ class PlanPage(QWidget):
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.recompute)
         self._pending = None
+        self._costs_later = None
         self._recommend_timer = QTimer(self)
         self._recommend_timer.setSingleShot(True)
         self._recommend_timer.setInterval(RECOMMEND_AFTER_MS)
@@ -181,14 +184,19 @@ class PlanPage(QWidget):
             plan = compute_plan(values)
             spec = resolve_model(values.model)
             table = sizes_table(values, self._target.memory_bytes)
-            rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
-                             self._prices.electricity_usd_per_kwh,
-                             local=self._target.source == "nvml")
+            data = values.data.strip()
+            known = measured_lengths(values.model, data) if data else None  # never tokenizes here
+
+            def costs(lengths: SampleLengths | None) -> tuple:
+                return cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
+                                 self._prices.electricity_usd_per_kwh, local=self._target.source == "nvml",
+                                 lengths=lengths)
+            rows = costs(known)
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
             self.form.show_error(str(exc), exc.field, as_is=isinstance(exc, _FieldProblem))
             self.stale_label.setVisible(self.plan is not None)
-            self._pending = None  # no recommendation for a form that does not hold a setup
+            self._pending = self._costs_later = None  # no recommendation for a form that does not hold a setup
             self.recommendation.computing()
             self.recommendation.set_mine("the form holds an error")
             return
@@ -211,13 +219,31 @@ class PlanPage(QWidget):
         # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it
         # would compete with the GUI thread for the GIL.
         host = ram_total() if gpu.source == "nvml" else None  # this machine's RAM for its own GPU
-        self._pending = lambda: recommend(spec, mine, gpu, values.dataset_tokens, values.epochs,
-                                          values.max_quality, host_memory=host)
+
+        def pending() -> Recommendation:
+            # the data file is tokenized here, on the worker, once per file as it is
+            setup, tokens = with_data(mine, values, measure_lengths(values.model, data) if data else None)
+            return recommend(spec, setup, gpu, tokens, values.epochs, values.max_quality, host_memory=host)
+        self._pending = pending
+        # the Time and cost tab catches up once the worker has measured the file
+        self._costs_later = (lambda: self.costs.show_rows(costs(measured_lengths(values.model, data)))
+                             ) if data and known is None else None
         self.recommendation.computing()
         self.recommendation.set_mine(why_not_trainable(mine))
         self._recommend_timer.start()
         if self.state is not None:
             self.form.save(self.state.settings)
+
+    def _recommended(self, rec: Recommendation) -> None:
+        self.recommendation.show_recommendation(rec)
+        if self._costs_later is not None:
+            self._costs_later()
+            self._costs_later = None
+
+    def _recommend_failed(self, exc: BaseException) -> None:
+        self.recommendation.text.setHtml(html.escape(str(exc)))
+        if isinstance(exc, PlannerError) and exc.field == "data":  # the file, beside its field
+            self.form.show_error(str(exc), "data")
 
     def use_plan(self) -> None:
         """The recommended option, exactly, to the Train page."""
