@@ -15,6 +15,7 @@ example is never padded.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,7 +68,16 @@ class SampleLengths:
     def padded(self, batch: int, cap: int) -> float:
         """Expected length of a shuffled micro-batch of ``batch`` examples cut to ``cap``: the
         longest of them (order statistics, in the module's docstring), integrated over the
-        quantiles by the trapezoid rule."""
+        quantiles by the trapezoid rule; remembered, as a recommendation asks for each option."""
+        if (batch, cap) not in self._padded:
+            self._padded[batch, cap] = self._integral(batch, cap)
+        return self._padded[batch, cap]
+
+    @functools.cached_property
+    def _padded(self) -> dict[tuple[int, int], float]:
+        return {}
+
+    def _integral(self, batch: int, cap: int) -> float:
         q = [min(x, cap) for x in self.quantiles]
         step = 1 / (len(q) - 1)
         weights = [(i * step) ** batch for i in range(len(q))]
