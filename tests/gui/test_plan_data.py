@@ -38,7 +38,8 @@ def _plan(page, qtbot, **fields):
                     timeout=60_000)
 
 
-def test_a_data_file_sets_the_padding_in_the_recommendation_and_the_costs(page, qtbot, demo_folder, varied_data):
+def test_a_data_file_sets_the_padding_in_the_recommendation_and_the_costs(window, page, qtbot, demo_folder,
+                                                                          varied_data):
     model = str(demo_folder / "model")
     _plan(page, qtbot, model=model, method="lora", batch_size=16, seq_len=512, data=str(varied_data))
     rec = page.recommendation.rec
@@ -55,6 +56,12 @@ def test_a_data_file_sets_the_padding_in_the_recommendation_and_the_costs(page, 
     best = page.recommendation.rec.best.setup
     assert best.packing and train_config_fields(best, model, 1.0)["packing"] is True
     assert "packing would train" not in page.recommendation.rec.explanation
+    sent = []
+    window.state.plan_to_train.connect(sent.append)
+    page.use_plan()
+    assert sent[-1]["packing"] is True and sent[-1]["dataset"] == str(varied_data)  # the data planned with
+    train = window.pages["train"].form
+    assert train.dataset_edit.text() == str(varied_data) and train.base["packing"] is True
 
 
 def test_a_missing_data_file_is_said_beside_its_field(page, qtbot, demo_folder, tmp_path):

@@ -269,7 +269,9 @@ class PlanPage(QWidget):
     def _to_train(self, setup: TrainSetup, model: str) -> None:
         if self.state is None:
             return
-        self.state.plan_to_train.emit(train_config_fields(setup, model, self.form.values().epochs))
+        values = self.form.values()
+        data = {"dataset": values.data.strip()} if values.data.strip() else {}  # the data planned with
+        self.state.plan_to_train.emit({**train_config_fields(setup, model, values.epochs), **data})
         self.state.page_requested.emit("train")
 
     @staticmethod
