@@ -119,10 +119,15 @@ def catalog_gpu(name: str, memory_bytes: int | None) -> tuple[Any, str]:
 
 
 def predicted_tokens_per_s(config: dict[str, Any], precision: str, gpu: Gpu) -> tuple[float | None, str]:
-    """The time model's tokens/s for ``config`` on ``gpu`` (planner/cost.py run_cost), with a note."""
+    """The time model's tokens/s for ``config`` on ``gpu`` (planner/cost.py run_cost), with a note:
+    with the data's own lengths, as the trainer pads them (or packs), since the run's tokens/s
+    counts only the examples' tokens."""
+    from dataclasses import replace
+
     from planner.catalog import resolve_model
     from planner.cost import run_cost
     from planner.errors import PlannerError
+    from planner.lengths import measure_lengths
     from trainer.config import TrainConfig, setup_of
 
     spec, note = catalog_gpu(gpu.name, gpu.memory_bytes)
@@ -131,7 +136,8 @@ def predicted_tokens_per_s(config: dict[str, Any], precision: str, gpu: Gpu) -> 
     try:
         cfg = TrainConfig.from_dict(config)
         model = resolve_model(cfg.model)
-        return run_cost(model.arch, setup_of(cfg, precision), spec).tokens_per_second, spec.name
+        setup = replace(setup_of(cfg, precision), lengths=measure_lengths(cfg.model, cfg.dataset))
+        return run_cost(model.arch, setup, spec).tokens_per_second, spec.name
     except (PlannerError, TypeError, ValueError) as exc:
         return None, f"no tokens/s prediction: {exc}"
 

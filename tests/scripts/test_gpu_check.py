@@ -146,3 +146,26 @@ def test_the_small_demo_on_a_gpu_matches_the_prediction(tmp_path):
         assert abs(predicted - float(row["value"])) <= 0.10 * float(row["value"]), row
     speed = (out.parent / "check-throughput.csv").read_text()
     assert "tokens/s" in speed or "no prediction" in speed or "not in the GPU catalog" in speed
+
+
+def test_the_prediction_pads_the_demo_s_data_as_the_run_does(demo_folder):
+    """The run's tokens/s counts the examples' own tokens: the prediction times each micro-batch at
+    its padded length (the data's lengths, tokenized as the run tokenizes them), or packed blocks."""
+    from dataclasses import replace
+
+    from planner.catalog import resolve_model
+    from planner.cost import run_cost
+    from planner.lengths import measure_lengths
+    from trainer.config import TrainConfig, setup_of
+
+    config = json.loads((demo_folder / "run.json").read_text())
+    cfg = TrainConfig.from_dict(config)
+    tps, name = gpu_check.predicted_tokens_per_s(config, "bf16", A100)
+    setup = setup_of(cfg, "bf16")
+    lengths = measure_lengths(cfg.model, cfg.dataset)
+    arch, spec = resolve_model(cfg.model).arch, gpu_check.catalog_gpu(A100.name, A100.memory_bytes)[0]
+    assert name == spec.name and tps == run_cost(arch, replace(setup, lengths=lengths), spec).tokens_per_second
+    assert lengths.longest < cfg.max_seq_len  # the demo's examples are shorter than its cut: every row is padded
+    assert tps < run_cost(arch, setup, spec).tokens_per_second  # fewer tokens a micro-batch than max_seq_len
+    packed, _ = gpu_check.predicted_tokens_per_s({**config, "packing": True}, "bf16", A100)
+    assert packed == run_cost(arch, replace(setup, packing=True), spec).tokens_per_second
