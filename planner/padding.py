@@ -16,13 +16,10 @@ WORTH_SAYING = 0.10
 def padding_note(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, tokens_per_second: float) -> str:
     """How much of an unpacked plan's micro-batch is padding, and how fast packing would train;
     empty when the data's lengths are unknown, the plan packs, or padding is under 10%."""
-    lengths = setup.lengths
-    if lengths is None or setup.packing:
-        return ""
-    ran, data_share = as_run(setup)
-    if 1 - data_share < WORTH_SAYING:
+    ran, data_share = as_run(setup)  # all data (a share of 1) when packed or the lengths are unknown
+    if setup.lengths is None or 1 - data_share < WORTH_SAYING:
         return ""
     packed = run_cost(arch, replace(setup, packing=True), gpu).tokens_per_second
     return (f" Unpacked, a micro-batch of {setup.batch_size} examples is padded to ~{ran.seq_len:,} tokens, "
-            f"{lengths.mean(setup.seq_len):,.0f} of them data on average ({1 - data_share:.0%} padding); "
+            f"{setup.lengths.mean(setup.seq_len):,.0f} of them data on average ({1 - data_share:.0%} padding); "
             f"packing would train {packed / tokens_per_second:.1f}x as fast.")
