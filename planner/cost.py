@@ -29,10 +29,11 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from planner.activations import activation_peak
 from planner.adapted import adapted
+from planner.batch_shape import as_run
 from planner.calibration import (
     HOST_LINK_BYTES_PER_S,
     HOST_SECONDS_ADALORA_PER_MODULE,
@@ -236,7 +237,7 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
     Cost is the cloud price per GPU-hour when given (or the catalog's snapshot), else local
     electricity at ``usd_per_kwh``; None when neither is known. ``utilization``: the matmuls'
     achieved fraction of peak (the calibration's, unless a fit tries another). Throughput counts
-    the examples' own tokens, not padding (``as_run``).
+    the examples' own tokens, not padding (planner/batch_shape.py ``as_run``).
     """
     setup, data_share = as_run(setup)
     fpt = flops_per_token(arch, setup)
@@ -286,20 +287,6 @@ def run_cost(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, dataset_tokens
         elif usd_per_kwh is not None:
             cost = energy * usd_per_kwh
     return RunCost(tps, seconds, energy, cost, util, fpt, step, micro)
-
-
-def as_run(setup: TrainSetup) -> tuple[TrainSetup, float]:
-    """(``setup`` at the length the GPU computes, the share of those positions that are data).
-
-    Packed, or the data's lengths unknown: every position is data, at ``seq_len``. Unpacked: each
-    micro-batch at its expected padded length, of which the examples' own tokens are the mean
-    (planner/samples.py).
-    """
-    lengths = setup.lengths
-    if lengths is None or setup.packing:
-        return setup, 1.0
-    ran = replace(setup, seq_len=max(1, round(lengths.padded(setup.batch_size, setup.seq_len))))
-    return ran, lengths.mean(setup.seq_len) / ran.seq_len
 
 
 def dora_seconds(arch: Architecture, setup: TrainSetup, gpu: GpuSpec, achieved_flops: float) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from planner.activations import FP32, ActivationPeak, activation_peak, trainable_head_bytes
+from planner.batch_shape import longest_run
 from planner.calibration import ALLOCATOR_SLACK, CUBLAS_WORKSPACE, CUDA_CONTEXT
 from planner.catalog import Architecture, ModelSpec
 from planner.errors import PlannerError
@@ -127,6 +128,10 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     arch = model.arch
     check_setup(arch, setup)
     notes: list[str] = list(model.assumptions)
+    if (longest := longest_run(setup)) is not setup:
+        notes.append(f"the data's longest example is {longest.seq_len:,} tokens: unpacked, no micro-batch is "
+                     f"padded beyond it (planned there, not at --seq-len {setup.seq_len:,})")
+        setup = longest
     total = model.total_params
     p = params(arch, setup, total)
     gradients = p.trainable_bytes

@@ -188,11 +188,12 @@ class TrainSetup:
     is counted as eager's (inductor may recompute some pointwise results instead of saving them)."""
     packing: bool = False
     """Examples concatenated into blocks of exactly ``seq_len`` (the trainer's ``packing``), not each
-    micro-batch padded to its longest example. Memory is planned at ``seq_len`` either way (the
-    longest micro-batch); the time, given the data's ``lengths``, at what is computed."""
+    micro-batch padded to its longest example: with the data's ``lengths``, what a micro-batch
+    computes (planner/batch_shape.py)."""
     lengths: SampleLengths | None = None
-    """The data's tokens per example, when measured (planner/samples.py): the time model then runs
-    an unpacked micro-batch at its expected padded length and counts only the examples' own tokens.
+    """The data's tokens per example, when measured (planner/samples.py). Unpacked, the time model
+    then runs a micro-batch at its expected padded length and counts only the examples' own tokens,
+    and memory is planned at the data's longest example when it is shorter than ``seq_len``.
     None: every example fills ``seq_len``. Data, not a knob: no stack sets it, no config stores it."""
 
     def __post_init__(self) -> None:

@@ -1,12 +1,13 @@
-"""What padding costs a plan, in the words of the recommendation (planner/samples.py, cost.as_run)."""
+"""What padding costs a plan, in the words of the recommendation (planner/batch_shape.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from planner.batch_shape import as_run
 from planner.catalog import Architecture
 from planner.catalog.gpus import GpuSpec
-from planner.cost import as_run, run_cost
+from planner.cost import run_cost
 from planner.options import TrainSetup
 
 WORTH_SAYING = 0.10

@@ -19,9 +19,10 @@ from itertools import product
 from typing import Any
 
 from planner.alternatives import Alternative, what_would_fit
+from planner.batch_shape import as_run
 from planner.calibration import HOST_LINK_BYTES_PER_S
 from planner.catalog import ModelSpec
-from planner.cost import as_run, fmt_shares, run_cost
+from planner.cost import fmt_shares, run_cost
 from planner.errors import PlannerError
 from planner.headroom import HEADROOM, fits, fits_comfortably, fits_host
 from planner.launch import why_not_trainable
@@ -150,7 +151,8 @@ def _option(model: ModelSpec, setup: TrainSetup, gpu: GpuTarget, max_batch: int,
         host_bytes=est.host_bytes,
         fits=fits(est.device_used_bytes, gpu.memory_bytes) and fits_host(est.host_bytes, host_memory),
         headroom_bytes=gpu.memory_bytes - est.device_used_bytes, max_batch_size=max_batch,
-        max_seq_len=_largest(model, setup, "seq_len", gpu.memory_bytes, seq_limit, host_memory),
+        # the longest examples that fit, whatever the data's own (with them, any cut above its longest would)
+        max_seq_len=_largest(model, replace(setup, lengths=None), "seq_len", gpu.memory_bytes, seq_limit, host_memory),
         tokens_per_second=cost.tokens_per_second, hours=cost.hours, energy_kwh=cost.energy_kwh,
         cost_usd=cost.cost_usd, warnings=est.warnings, time_shares=cost.step.shares())
 

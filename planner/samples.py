@@ -10,7 +10,7 @@ The data loader shuffles, so a micro-batch of B examples is B draws from the dat
 padded length is the expected largest of B draws: with Q the quantile function of the lengths,
 E[max] = integral of Q(u) d(u^B) over [0, 1] (the distribution of the largest of B independent
 draws is F^B; David & Nagaraja 2003, "Order Statistics", 2.1). At B = 1 that is the mean: one
-example is never padded.
+example is never padded. What a plan makes of them: planner/batch_shape.py.
 """
 
 from __future__ import annotations

@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LLAMA = "meta-llama/Llama-3.1-8B"
 sys.path.insert(0, str(ROOT))
 
+from planner.batch_shape import as_run  # noqa: E402
 from planner.catalog import resolve_model  # noqa: E402
 from planner.catalog.gpus import find_gpu  # noqa: E402
-from planner.cost import as_run, run_cost  # noqa: E402
+from planner.cost import run_cost  # noqa: E402
 from planner.lengths import measure_lengths  # noqa: E402
 from planner.options import TrainSetup  # noqa: E402
 from planner.recommend import recommend  # noqa: E402

@@ -7,10 +7,12 @@ from dataclasses import replace
 
 import pytest
 
+from planner.batch_shape import as_run, longest_run
 from planner.catalog import resolve_model
 from planner.catalog.gpus import find_gpu
-from planner.cost import as_run, run_cost
+from planner.cost import run_cost
 from planner.errors import PlannerError
+from planner.memory import estimate
 from planner.options import TrainSetup
 from planner.padding import padding_note
 from planner.samples import SampleLengths
@@ -93,3 +95,38 @@ def test_the_recommendation_says_what_padding_costs_and_what_packing_would_give(
     assert f"packing would train {packed / speed:.1f}x as fast" in note
     assert padding_note(LLAMA8.arch, replace(setup, batch_size=1), A100, speed) == ""  # one example: no padding
     assert padding_note(LLAMA8.arch, replace(setup, packing=True), A100, speed) == ""
+
+
+def test_memory_is_planned_at_the_longest_micro_batch_the_data_makes():
+    """Unpacked, no micro-batch is padded beyond the data's longest example: memory is planned
+    there (cut at seq_len), and said; packed blocks are seq_len long whatever the data."""
+    short = SampleLengths.of([100, 300, 700] * 50)
+    setup = TrainSetup(batch_size=4, seq_len=2048, lengths=short)
+    assert longest_run(setup) == replace(setup, seq_len=700)
+    assert longest_run(replace(setup, packing=True)) == replace(setup, packing=True)
+    assert longest_run(replace(setup, seq_len=512)) == replace(setup, seq_len=512)  # cut below the longest
+    planned = estimate(LLAMA8, setup)
+    at_longest = estimate(LLAMA8, replace(setup, seq_len=700, lengths=None))
+    assert planned.peak_allocated_bytes == at_longest.peak_allocated_bytes < estimate(LLAMA8, replace(
+        setup, lengths=None)).peak_allocated_bytes
+    assert any("longest example is 700 tokens" in a and "--seq-len 2,048" in a for a in planned.assumptions)
+    assert estimate(LLAMA8, replace(setup, packing=True)).peak_allocated_bytes == estimate(
+        LLAMA8, replace(setup, lengths=None)).peak_allocated_bytes
+
+
+def test_the_recommendation_fits_more_with_short_data_and_keeps_the_longest_cut_that_fits():
+    from planner.recommend import recommend
+    from planner.targets import GpuTarget
+
+    gpu = find_gpu("RTX 4090")
+    target = GpuTarget(gpu.name, gpu.memory_bytes, 1, "catalog", gpu)
+    short = SampleLengths.of([200, 400, 600] * 100)
+    plain = recommend(LLAMA8, TrainSetup(seq_len=4096), target, alternatives=False)
+    data = recommend(LLAMA8, TrainSetup(seq_len=4096, lengths=short), target, alternatives=False)
+    # 4,096-token examples need the chunked loss for LoRA on 24 GiB; these, never longer than 600, do not
+    assert (plain.best.setup.method, plain.best.setup.loss) == ("lora", "chunked")
+    assert (data.best.setup.method, data.best.setup.loss) == ("lora", "standard")
+    lora = recommend(LLAMA8, TrainSetup(seq_len=2048), target, alternatives=False).best
+    assert lora.setup.loss == "standard" and data.best.max_seq_len == lora.max_seq_len  # the longest cut that fits
+    assert data.best.max_batch_size > lora.max_batch_size  # 600-token micro-batches, not 2,048
+    assert "longest example is 600 tokens" in " ".join(estimate(LLAMA8, data.best.setup).assumptions)

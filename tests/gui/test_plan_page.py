@@ -263,6 +263,18 @@ def test_a_data_file_sets_the_padding_in_the_recommendation_and_the_costs(window
     best = page.recommendation.rec.best.setup
     assert best.packing and train_config_fields(best, model, 1.0)["packing"] is True
     assert "packing would train" not in page.recommendation.rec.explanation
+    # unpacked, memory is planned at the data's longest example (882 tokens), the chart's bars and the
+    # precise check's simulation alike
+    _plan(page, qtbot, model=model, method="lora", batch_size=16, seq_len=2048, data=str(varied_data))
+    longest = page.recommendation.rec.best.setup.lengths.longest
+    analytic = page.plan.estimates[page.plan.mine]
+    assert 512 < longest < 2048 and analytic.setup.seq_len == longest
+    from planner.gui.plan.precise import simulate_args
+
+    args = simulate_args(page.precise.values, page.precise.analytic.setup)
+    assert args[args.index("--seq-len") + 1] == str(longest)
+    assert "longest example" in page.notes_label.text()
+    _plan(page, qtbot, model=model, method="lora", batch_size=16, seq_len=512, data=str(varied_data), packing=True)
     sent = []
     window.state.plan_to_train.connect(sent.append)
     page.use_plan()

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from planner.batch_shape import as_run
 from planner.errors import PlannerError
 from planner.lengths import measure_lengths
 from planner.options import TrainSetup
@@ -64,8 +65,6 @@ def test_the_loader_pads_each_micro_batch_as_planned(varied, batch, cap):
                 data.append(int(b["attention_mask"].sum()) / b["attention_mask"].numel())
     lengths = lengths_of(cfg, tok)
     assert lengths.padded(batch, cap) == pytest.approx(sum(widths) / len(widths), rel=0.04)
-    from planner.cost import as_run
-
     _, share = as_run(TrainSetup(batch_size=batch, seq_len=cap, lengths=lengths))
     measured = sum(w * d for w, d in zip(widths, data)) / sum(widths)  # data positions over computed ones
     assert share == pytest.approx(measured, rel=0.05)

@@ -268,10 +268,11 @@ class Plan:
         return tuple(e.device_used_bytes <= gpu_gib * GiB for e in self.estimates)
 
 
-def compute_plan(values: FormValues) -> Plan:
-    """Resolve the model and estimate every variant; raises PlannerError on bad input."""
+def compute_plan(values: FormValues, lengths: SampleLengths | None = None) -> Plan:
+    """Resolve the model and estimate every variant (with the data file's ``lengths``, once
+    measured: unpacked bars at the data's longest example); raises PlannerError on bad input."""
     spec = resolve_model(values.model.strip())
-    setups = build_setups(values)
+    setups = [with_data(s, values, lengths)[0] for s in build_setups(values)]
     estimates = tuple(estimate(spec, s) for s in setups)
     heights = stack_gib(estimates)
     return Plan(

@@ -39,7 +39,6 @@ from planner.launch import train_config_fields, why_not_trainable
 from planner.lengths import measure_lengths, measured_lengths
 from planner.options import TrainSetup
 from planner.recommend import Recommendation, recommend
-from planner.samples import SampleLengths
 from planner.settings import load_prices
 from planner.targets import DEFAULT_CATALOG_GPU, GpuTarget, catalog_target, custom_target
 from planner.units import GiB, fmt_count, fmt_gib
@@ -124,7 +123,7 @@ class PlanPage(QWidget):
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.recompute)
         self._pending = None
-        self._costs_later = None
+        self._measured_later = False
         self._recommend_timer = QTimer(self)
         self._recommend_timer.setSingleShot(True)
         self._recommend_timer.setInterval(RECOMMEND_AFTER_MS)
@@ -181,22 +180,19 @@ class PlanPage(QWidget):
         try:
             if (refused := self.form.input_problem()) is not None:
                 raise _FieldProblem(*refused)
-            plan = compute_plan(values)
-            spec = resolve_model(values.model)
-            table = sizes_table(values, self._target.memory_bytes)
             data = values.data.strip()
             known = measured_lengths(values.model, data) if data else None  # never tokenizes here
-
-            def costs(lengths: SampleLengths | None) -> tuple:
-                return cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
-                                 self._prices.electricity_usd_per_kwh, local=self._target.source == "nvml",
-                                 lengths=lengths)
-            rows = costs(known)
+            plan = compute_plan(values, known)
+            spec = resolve_model(values.model)
+            table = sizes_table(values, self._target.memory_bytes)
+            rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
+                             self._prices.electricity_usd_per_kwh, local=self._target.source == "nvml",
+                             lengths=known)
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
             self.form.show_error(str(exc), exc.field, as_is=isinstance(exc, _FieldProblem))
             self.stale_label.setVisible(self.plan is not None)
-            self._pending = self._costs_later = None  # no recommendation for a form that does not hold a setup
+            self._pending, self._measured_later = None, False  # no recommendation for a form without a setup
             self.recommendation.computing()
             self.recommendation.set_mine("the form holds an error")
             return
@@ -225,9 +221,8 @@ class PlanPage(QWidget):
             setup, tokens = with_data(mine, values, measure_lengths(values.model, data) if data else None)
             return recommend(spec, setup, gpu, tokens, values.epochs, values.max_quality, host_memory=host)
         self._pending = pending
-        # the Time and cost tab catches up once the worker has measured the file
-        self._costs_later = (lambda: self.costs.show_rows(costs(measured_lengths(values.model, data)))
-                             ) if data and known is None else None
+        # the chart and the Time and cost tab catch up once the worker has measured the file
+        self._measured_later = bool(data) and known is None
         self.recommendation.computing()
         self.recommendation.set_mine(why_not_trainable(mine))
         self._recommend_timer.start()
@@ -236,9 +231,9 @@ class PlanPage(QWidget):
 
     def _recommended(self, rec: Recommendation) -> None:
         self.recommendation.show_recommendation(rec)
-        if self._costs_later is not None:
-            self._costs_later()
-            self._costs_later = None
+        if self._measured_later:
+            self._measured_later = False
+            self.recompute()
 
     def _recommend_failed(self, exc: BaseException) -> None:
         self.recommendation.text.setHtml(html.escape(str(exc)))

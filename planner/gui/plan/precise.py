@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from planner.cli_options import setup_args
 from planner.gui.plan.model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup
 from planner.memory import Estimate
+from planner.options import TrainSetup
 from planner.units import GiB
 
 COLUMNS = ("simulated GiB", "analytic GiB", "difference GiB", "difference %")
@@ -39,9 +40,10 @@ ROW_TIPS = {
 }
 
 
-def simulate_args(values: FormValues) -> list[str]:
-    """The form as ``python -m planner simulate`` options."""
-    return ["-m", "planner", "simulate", "--model", values.model, *setup_args(my_setup(values)), "--json"]
+def simulate_args(values: FormValues, setup: TrainSetup | None = None) -> list[str]:
+    """The form as ``python -m planner simulate`` options: ``setup``, the very one the analytic
+    estimate planned (at the data's longest example when a data file says so), else the form's."""
+    return ["-m", "planner", "simulate", "--model", values.model, *setup_args(setup or my_setup(values)), "--json"]
 
 
 class PrecisePanel(QWidget):
@@ -101,7 +103,7 @@ class PrecisePanel(QWidget):
         self.ticker.start()
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.process.start(sys.executable, simulate_args(self.values))
+        self.process.start(sys.executable, simulate_args(self.values, self.analytic.setup))
 
     def cancel(self) -> None:
         if self.process.state() != QProcess.ProcessState.NotRunning:
