@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from planner.cli_options import add_options, print_json, setup_from_args
+from planner.cli_options import add_data_option, add_options, print_json, setup_from_args, with_data
 from planner.cli_recommend import cmd_recommend
 from planner.cli_runs import add_runs_parser
 from planner.errors import PlannerError
@@ -56,7 +56,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     from planner.catalog import resolve_model
     from planner.memory import estimate
 
-    setup = setup_from_args(a)
+    setup = with_data(a, setup_from_args(a))
     est = estimate(resolve_model(a.model), setup)
     if a.json:
         print_json(est.to_json())
@@ -183,19 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.set_defaults(func=cmd_gpus)
     est = sub.add_parser("estimate", help="peak GPU memory of one configuration, term by term")
     add_options(est)
+    add_data_option(est)
     est.set_defaults(func=cmd_estimate)
     sim = sub.add_parser("simulate", help="precise mode: one real training step on the meta device (needs torch)")
     add_options(sim)
     sim.set_defaults(func=cmd_simulate)
     rec = sub.add_parser("recommend", help="the method, optimizer and batch to use on a GPU, time and cost")
     add_options(rec)
+    add_data_option(rec)
     rec.add_argument("--gpu", default=None, help="catalog name (e.g. 'RTX 4090'), auto (NVML) or any (rank all)")
     rec.add_argument("--gpu-memory-gib", type=float, default=None, help="a custom GPU's memory instead of --gpu")
     rec.add_argument("--host-ram-gib", type=float, default=None,
                      help="RAM for offloaded activations (default: this machine's with --gpu auto, else unchecked)")
-    rec.add_argument("--data", default=None, metavar="FILE",
-                     help="your training data: its examples' lengths set the padding each micro-batch computes "
-                          "and the data set's tokens (tokenized by --model's tokenizer, so --model is a folder)")
     rec.add_argument("--max-quality", action="store_true", help="prefer full fine-tuning when it fits")
     rec.add_argument("--price-per-hour", type=float, default=None, help="USD per GPU-hour (default: catalog snapshot)")
     rec.add_argument("--electricity-price", type=float, default=None, help="USD per kWh, for a local GPU")

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from planner.loss import LOSSES
@@ -181,3 +182,19 @@ def setup_from_args(a: argparse.Namespace) -> TrainSetup:
         # what the user chose, checked beside each other once the stack has filled the rest
         explicit=frozenset(given))
     return load_stack(a.stack).apply(setup, **given)
+
+
+def add_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="your training data: unpacked, its examples' lengths set the padding each micro-batch "
+                        "computes, the longest micro-batch memory must hold and the data set's tokens "
+                        "(tokenized by --model's tokenizer, so --model is a folder)")
+
+
+def with_data(a: argparse.Namespace, setup: TrainSetup) -> TrainSetup:
+    """``setup`` with --data's example lengths (measured by the trainer's tokenization), if given."""
+    if a.data is None:
+        return setup
+    from planner.lengths import measure_lengths
+
+    return replace(setup, lengths=measure_lengths(a.model, a.data))

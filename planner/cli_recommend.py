@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from planner.cli_options import print_json, setup_from_args
+from planner.cli_options import print_json, setup_from_args, with_data
 from planner.errors import PlannerError
 from planner.options import TrainSetup
 from planner.units import GiB
@@ -68,12 +68,8 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
     if (a.gpu is None) == (a.gpu_memory_gib is None):
         raise PlannerError("give one of --gpu NAME|auto|any or --gpu-memory-gib X")
-    base = setup_from_args(a)
+    base = with_data(a, setup_from_args(a))
     model = resolve_model(a.model)
-    if a.data is not None:
-        from planner.lengths import measure_lengths
-
-        base = replace(base, lengths=measure_lengths(a.model, a.data))
     prices = load_prices()  # once per command: a bad settings file warns once
     if a.gpu == "any":
         return _recommend_any(a, model, base, prices)

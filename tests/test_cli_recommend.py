@@ -294,3 +294,13 @@ def test_bad_data_is_one_line(capsys, demo_folder, tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     err = run_error(capsys, "recommend", "--model", model, "--gpu", "RTX 4090", "--data", str(tmp_path / "bad.jsonl"))
     assert err.startswith("error: --data: ") and "bad.jsonl" in err
+
+
+def test_estimate_plans_memory_at_the_data_s_longest_example(capsys, demo_folder, varied_data):
+    args = ("estimate", "--model", str(demo_folder / "model"), "--method", "lora", "--seq-len", "4096")
+    plain = run_json(capsys, *args)
+    data = run_json(capsys, *args, "--data", str(varied_data))
+    assert data["peak_allocated_bytes"] < plain["peak_allocated_bytes"]
+    assert any("longest example is" in a for a in data["assumptions"])
+    packed = run_json(capsys, *args, "--data", str(varied_data), "--packing")
+    assert packed["peak_allocated_bytes"] == plain["peak_allocated_bytes"]  # blocks of exactly --seq-len
