@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from planner.samples import SampleLengths
 from trainer.config import TrainConfig
 from trainer.formats import DataError, Example, detect_format, load_examples
 
@@ -90,6 +91,9 @@ class PreparedData:
     """Rows with nothing to learn."""
     masking: str = "none"
     """How assistant tokens were found: ``generation``, ``prefix``, ``fallback`` or ``none``."""
+    lengths: SampleLengths | None = None
+    """The training split's tokens per example, unpacked (padded per micro-batch: what the planner
+    predicts the run's memory and time with); None when packed, every block ``max_seq_len`` long."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
     limit, eos_id = config.max_seq_len, tokenizer.eos_token_id
     train, held = _split(rows, config.val_split, config.seed, path)
     pad_id = _pad_id(tokenizer)
+    lengths = None if config.packing else SampleLengths.of([len(ids) for ids, _ in train])
     if config.packing:
         train = _pack(train, limit, eos_id, pad_id)
         held = _pack(held, limit, eos_id, pad_id) if held is not None else None
@@ -169,7 +174,8 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
         held = [(ids, labels, [1] * len(ids)) for ids, labels in held] if held is not None else None
     return PreparedData(train=_to_dataset(train), eval=_to_dataset(held) if held else None, format=fmt,
                         template={"none": "none", "fallback": "fallback"}.get(mode, "chat_template"),
-                        n_examples=n_rows, n_truncated=n_truncated, n_skipped=n_skipped, masking=mode)
+                        n_examples=n_rows, n_truncated=n_truncated, n_skipped=n_skipped, masking=mode,
+                        lengths=lengths)
 
 
 def collate(tokenizer: Any) -> _Collator:

@@ -13,15 +13,18 @@ from planner.errors import PlannerError
 from planner.fit import Fix, nearest_fit
 from planner.memory import Estimate, estimate
 from planner.options import TrainSetup
+from planner.samples import SampleLengths
 from trainer.config import TrainConfig, fields_of, setup_of
 
 
-def predict(cfg: TrainConfig, precision: str, device: str = "cuda") -> tuple[ModelSpec, TrainSetup, Estimate] | None:
+def predict(cfg: TrainConfig, precision: str, device: str = "cuda",
+            lengths: SampleLengths | None = None) -> tuple[ModelSpec, TrainSetup, Estimate] | None:
     """The planner's estimate for this run on ``device`` (a CPU run: its live tensor bytes), or
-    None when the planner cannot model it."""
+    None when the planner cannot model it. ``lengths``: the run's own examples (unpacked), whose
+    longest is the longest micro-batch, as the Plan page planned it with the same data."""
     try:
         spec = resolve_model(cfg.model)
-        setup = setup_of(cfg, precision)
+        setup = replace(setup_of(cfg, precision), lengths=lengths)
         return spec, setup, estimate(spec, setup, device)
     except PlannerError:
         return None

@@ -106,7 +106,7 @@ class Run:
         steps_per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.gradient_accumulation_steps))
         max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
         model = load_model(cfg, self.runtime, max_steps)
-        predicted = predict(cfg, self.runtime.precision, self.runtime.device)
+        predicted = predict(cfg, self.runtime.precision, self.runtime.device, data.lengths)
         self.predicted = predicted[2].peak_allocated_bytes if predicted else None
         if predicted:
             self.predicted_more = {"predicted_reserved_bytes": predicted[2].peak_reserved_bytes,
