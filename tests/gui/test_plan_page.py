@@ -280,7 +280,7 @@ def test_a_data_file_sets_the_padding_in_the_recommendation_and_the_costs(window
     page.use_plan()
     assert sent[-1]["packing"] is True and sent[-1]["dataset"] == str(varied_data)  # the data planned with
     train = window.pages["train"].form
-    assert train.dataset_edit.text() == str(varied_data) and train.base["packing"] is True
+    assert train.dataset_edit.text() == str(varied_data) and train.packing_box.isChecked()
 
 
 def test_a_missing_data_file_is_said_beside_its_field(page, qtbot, demo_folder, tmp_path):

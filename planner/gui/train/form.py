@@ -48,7 +48,7 @@ DEMO_ARCHS = (("Llama (dense)", "llama"), ("Mixtral (MoE)", "mixtral"))
 DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(TrainConfig)
     if f.name in ("method", "quant", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps",
-                  "epochs", "max_seq_len", "lora_r", "grad_checkpointing", "sharding")
+                  "epochs", "max_seq_len", "lora_r", "grad_checkpointing", "packing", "sharding")
 }
 """TrainConfig's own defaults for the fields on the form (not num_processes: every GPU starts checked)."""
 LEADING = ("model", "dataset", "output_dir")
@@ -143,6 +143,10 @@ class TrainForm(QWidget):
         self.seq_spin = _spin(1, 1_048_576, "Longest sample in tokens; longer ones are truncated.")
         self.seq_spin.setSingleStep(256)
         self.lora_r_spin = _spin(1, 1024, "LoRA rank r (lora and qlora).")
+        self.packing_box = QCheckBox("pack examples")
+        self.packing_box.setToolTip("Concatenate examples into blocks of exactly the max seq len instead of padding "
+                                    "each batch to its longest example: no padding computed; packed examples attend "
+                                    "to each other within a block.")
         self.ckpt_box = QCheckBox("gradient checkpointing")
         self.ckpt_box.setToolTip("Recompute activations in the backward pass: far less memory, ~30% slower.")
 
@@ -165,6 +169,7 @@ class TrainForm(QWidget):
             Field("max_steps", "Max steps", self.steps_spin, WHOLE),
             Field("epochs", "Epochs", self.epochs_edit, NUMBER_TEXT),
             Field("max_seq_len", "Max seq len", self.seq_spin, WHOLE),
+            Field("packing", "", self.packing_box, FLAG),
             Field("lora_r", "LoRA r", self.lora_r_spin, WHOLE),
             Field("grad_checkpointing", "", self.ckpt_box, FLAG),
         )
