@@ -128,6 +128,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     arch = model.arch
     check_setup(arch, setup)
     notes: list[str] = list(model.assumptions)
+    asked = setup  # what the estimate is of: its cut stays the user's, even where memory is planned shorter
     if (longest := longest_run(setup)) is not setup:
         notes.append(f"the data's longest example is {longest.seq_len:,} tokens: unpacked, no micro-batch is "
                      f"padded beyond it (planned there, not at --seq-len {setup.seq_len:,})")
@@ -241,7 +242,7 @@ def estimate(model: ModelSpec, setup: TrainSetup, device: str = "cuda") -> Estim
     notes += _assumptions(arch, setup) + load_stack(setup.stack).assumptions(setup)
     return Estimate(
         model=model.name,
-        setup=setup,
+        setup=asked,
         params_total=total,
         params_trainable=p.trainable,
         breakdown=breakdown,

@@ -268,7 +268,9 @@ def test_a_data_file_sets_the_padding_in_the_recommendation_and_the_costs(window
     _plan(page, qtbot, model=model, method="lora", batch_size=16, seq_len=2048, data=str(varied_data))
     longest = page.recommendation.rec.best.setup.lengths.longest
     analytic = page.plan.estimates[page.plan.mine]
-    assert 512 < longest < 2048 and analytic.setup.seq_len == longest
+    assert 512 < longest < 2048 and any(f"longest example is {longest:,}" in a for a in analytic.assumptions)
+    # the cut stays the form's: the recommendation and "Use this plan" say --seq-len 2048
+    assert analytic.setup.seq_len == page.recommendation.rec.best.setup.seq_len == 2048
     from planner.gui.plan.precise import simulate_args
 
     args = simulate_args(page.precise.values, page.precise.analytic.setup)

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from planner.batch_shape import longest_run
 from planner.cli_options import setup_args
 from planner.gui.plan.model import CategoryRow, FormValues, compare_categories, largest_difference, my_setup
 from planner.memory import Estimate
@@ -42,8 +43,10 @@ ROW_TIPS = {
 
 def simulate_args(values: FormValues, setup: TrainSetup | None = None) -> list[str]:
     """The form as ``python -m planner simulate`` options: ``setup``, the very one the analytic
-    estimate planned (at the data's longest example when a data file says so), else the form's."""
-    return ["-m", "planner", "simulate", "--model", values.model, *setup_args(setup or my_setup(values)), "--json"]
+    estimate planned, else the form's; at its longest micro-batch, as the estimate plans memory
+    (the data's longest example when a data file says it is shorter)."""
+    return ["-m", "planner", "simulate", "--model", values.model,
+            *setup_args(longest_run(setup or my_setup(values))), "--json"]
 
 
 class PrecisePanel(QWidget):
