@@ -23,14 +23,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from planner.catalog import resolve_model
+from planner.catalog import ModelSpec, resolve_model
 from planner.catalog.gpus import find_gpu, memory_text
 from planner.errors import PlannerError
 from planner.gui.common.worker import LatestOnly
 from planner.gui.plan.chart import PlanChart
 from planner.gui.plan.extras import cost_rows, sizes_table
 from planner.gui.plan.form import PlanForm
-from planner.gui.plan.model import Plan, compute_plan, my_setup, summary_lines, with_data
+from planner.gui.plan.model import FormValues, Plan, compute_plan, my_setup, summary_lines, with_data
 from planner.gui.plan.panels import CostPanel, RecommendationPanel, SizesPanel
 from planner.gui.plan.precise import PrecisePanel
 from planner.gui.state import AppState
@@ -39,6 +39,7 @@ from planner.launch import train_config_fields, why_not_trainable
 from planner.lengths import measure_lengths, measured_lengths
 from planner.options import TrainSetup
 from planner.recommend import Recommendation, recommend
+from planner.samples import SampleLengths
 from planner.settings import load_prices
 from planner.targets import DEFAULT_CATALOG_GPU, GpuTarget, catalog_target, custom_target
 from planner.units import GiB, fmt_count, fmt_gib
@@ -123,7 +124,8 @@ class PlanPage(QWidget):
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.recompute)
         self._pending = None
-        self._measured_later = False
+        self._measured_later: FormValues | None = None
+        """The form whose data file the pending recommendation measures; the rest is redrawn with it."""
         self._recommend_timer = QTimer(self)
         self._recommend_timer.setSingleShot(True)
         self._recommend_timer.setInterval(RECOMMEND_AFTER_MS)
@@ -177,40 +179,21 @@ class PlanPage(QWidget):
     def recompute(self) -> None:
         # the exact bytes the driver reports, not the spin box's rounded GiB
         values = replace(self.form.values(), gpu_gib=self._target.memory_bytes / GiB)
+        data = values.data.strip()
         try:
             if (refused := self.form.input_problem()) is not None:
                 raise _FieldProblem(*refused)
-            data = values.data.strip()
             known = measured_lengths(values.model, data) if data else None  # never tokenizes here
-            plan = compute_plan(values, known)
-            spec = resolve_model(values.model)
-            table = sizes_table(values, self._target.memory_bytes)
-            rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
-                             self._prices.electricity_usd_per_kwh, local=self._target.source == "nvml",
-                             lengths=known)
+            plan, spec = self._show(values, known)
         except (PlannerError, _FieldProblem) as exc:
             # Bad input is the user's to fix: say so beside the field and keep the last valid chart.
             self.form.show_error(str(exc), exc.field, as_is=isinstance(exc, _FieldProblem))
             self.stale_label.setVisible(self.plan is not None)
-            self._pending, self._measured_later = None, False  # no recommendation for a form without a setup
+            self._pending, self._measured_later = None, None  # no recommendation for a form without a setup
             self.recommendation.computing()
             self.recommendation.set_mine("the form holds an error")
             return
-        self.form.show_error(None)
-        self.stale_label.hide()
-        self.plan = plan
         mine = plan.estimates[plan.mine].setup
-        highlight = plan.highlight
-        # the accumulation is in the form and the notes: in the title it would elide the model's name
-        title = (f"{plan.model} · {fmt_count(plan.params_total)} params · "
-                 f"batch {values.batch_size} × {values.seq_len:,} tokens")
-        self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
-        self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
-        self.notes_label.setText(_notes_html(*plan.notes()))
-        self.notes_label.setToolTip("\n".join(plan.stack_notes()))  # the stack's knobs with their sources
-        self.sizes.show_table(table, values.gpu_gib)
-        self.precise.set_plan(values, plan.estimates[plan.mine])  # like with like: the very setup simulated
-        self.costs.show_rows(rows)
         gpu = self.gpu_target()
         # The recommendation (~60 ms of Python) waits for a pause in the edits: run during typing it
         # would compete with the GUI thread for the GIL.
@@ -222,18 +205,47 @@ class PlanPage(QWidget):
             return recommend(spec, setup, gpu, tokens, values.epochs, values.max_quality, host_memory=host)
         self._pending = pending
         # the chart and the Time and cost tab catch up once the worker has measured the file
-        self._measured_later = bool(data) and known is None
+        self._measured_later = values if data and known is None else None
         self.recommendation.computing()
         self.recommendation.set_mine(why_not_trainable(mine))
         self._recommend_timer.start()
         if self.state is not None:
             self.form.save(self.state.settings)
 
+    def _show(self, values: FormValues, lengths: SampleLengths | None) -> tuple[Plan, ModelSpec]:
+        """Compute and draw everything but the recommendation for ``values`` (with the data file's
+        ``lengths`` once measured); raises PlannerError on bad input, drawing nothing."""
+        plan = compute_plan(values, lengths)
+        spec = resolve_model(values.model)
+        table = sizes_table(values, self._target.memory_bytes)
+        rows = cost_rows(values, spec, self._target.spec, self._target.memory_bytes,
+                         self._prices.electricity_usd_per_kwh, local=self._target.source == "nvml", lengths=lengths)
+        self.form.show_error(None)
+        self.stale_label.hide()
+        self.plan = plan
+        highlight = plan.highlight
+        # the accumulation is in the form and the notes: in the title it would elide the model's name
+        title = (f"{plan.model} · {fmt_count(plan.params_total)} params · "
+                 f"batch {values.batch_size} × {values.seq_len:,} tokens")
+        self.chart.show_plan(plan, highlight, values.gpu_gib, html.escape(title))
+        self.summary_label.setText(self._summary_html(plan, highlight, values.gpu_gib))
+        self.notes_label.setText(_notes_html(*plan.notes()))
+        self.notes_label.setToolTip("\n".join(plan.stack_notes()))  # the stack's knobs with their sources
+        self.sizes.show_table(table, values.gpu_gib)
+        self.precise.set_plan(values, plan.estimates[plan.mine])  # like with like: the very setup simulated
+        self.costs.show_rows(rows)
+        return plan, spec
+
     def _recommended(self, rec: Recommendation) -> None:
         self.recommendation.show_recommendation(rec)
-        if self._measured_later:
-            self._measured_later = False
-            self.recompute()
+        values = self._measured_later
+        if values is None or (lengths := measured_lengths(values.model, values.data.strip())) is None:
+            return
+        self._measured_later = None  # the worker measured the data file: redraw with it, recommend nothing again
+        try:
+            self._show(values, lengths)
+        except PlannerError:
+            pass  # the model changed on disk meanwhile: the next recompute says what
 
     def _recommend_failed(self, exc: BaseException) -> None:
         self.recommendation.text.setHtml(html.escape(str(exc)))
