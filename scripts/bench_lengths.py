@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = "meta-llama/Llama-3.1-8B"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # bench_export's helpers, also when a test imports this file
+
+from bench_export import median_s, trainer  # noqa: E402
 
 from planner.batch_shape import as_run  # noqa: E402
 from planner.catalog import resolve_model  # noqa: E402
@@ -42,15 +43,6 @@ def _data(path: Path, n: int) -> None:
         for _ in range(n):
             count = min(2000, max(1, int(rng.lognormvariate(4.0, 1.0))))
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(count))}) + "\n")
-
-
-def _median_s(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def padding_table() -> list[str]:
@@ -77,23 +69,22 @@ def main() -> None:
     n = parser.parse_args().examples
     with tempfile.TemporaryDirectory() as tmp:
         demo, data = Path(tmp) / "demo", Path(tmp) / "data.jsonl"
-        subprocess.run([sys.executable, "-m", "trainer", "make-demo", "--out", str(demo)], cwd=ROOT, check=True,
-                       capture_output=True)
+        trainer("make-demo", "--out", str(demo))
         _data(data, n)
         model = str(demo / "model")
         t0 = time.perf_counter()
         lengths = measure_lengths(model, str(data))
         first = time.perf_counter() - t0
-        again = _median_s(lambda: measure_lengths(model, str(data)), 20)
-    arch = resolve_model(LLAMA).arch
-    gpu = find_gpu("RTX 4090")
+        again = median_s(lambda: measure_lengths(model, str(data)), 20)
+    model_spec, gpu = resolve_model(LLAMA), find_gpu("RTX 4090")
+    arch = model_spec.arch
     plain = TrainSetup(batch_size=8)
     with_lengths = replace(plain, lengths=lengths)
-    cost_plain = _median_s(lambda: run_cost(arch, plain, gpu), 200)
-    cost_lengths = _median_s(lambda: run_cost(arch, with_lengths, gpu), 200)
-    target, model_spec = GpuTarget(gpu.name, gpu.memory_bytes, 1, "catalog", gpu), resolve_model(LLAMA)
-    rec_plain = _median_s(lambda: recommend(model_spec, plain, target, alternatives=False), 5)
-    rec_lengths = _median_s(lambda: recommend(model_spec, with_lengths, target, alternatives=False), 5)
+    cost_plain = median_s(lambda: run_cost(arch, plain, gpu), 200)
+    cost_lengths = median_s(lambda: run_cost(arch, with_lengths, gpu), 200)
+    target = GpuTarget(gpu.name, gpu.memory_bytes, 1, "catalog", gpu)
+    rec_plain = median_s(lambda: recommend(model_spec, plain, target, alternatives=False), 5)
+    rec_lengths = median_s(lambda: recommend(model_spec, with_lengths, target, alternatives=False), 5)
     print(f"data: {lengths.count:,} examples, {lengths.total:,} tokens, median {lengths.quantiles[500]}, "
           f"longest {lengths.longest:,}")
     print(f"python -m trainer lengths (first ask):   {first:8.2f} s ({first / n * 1e6:.0f} us per example)")
