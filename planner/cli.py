@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from planner.cli_options import add_data_option, add_options, print_json, setup_from_args, with_data
+from planner.cli_options import add_data_option, add_options, print_json, setup_from_args, with_data_file
 from planner.cli_recommend import cmd_recommend
 from planner.cli_runs import add_runs_parser
 from planner.errors import PlannerError
@@ -56,7 +56,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     from planner.catalog import resolve_model
     from planner.memory import estimate
 
-    setup = with_data(a, setup_from_args(a))
+    setup = with_data_file(a, setup_from_args(a))
     est = estimate(resolve_model(a.model), setup)
     if a.json:
         print_json(est.to_json())

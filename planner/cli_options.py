@@ -191,7 +191,7 @@ def add_data_option(p: argparse.ArgumentParser) -> None:
                         "(tokenized by --model's tokenizer, so --model is a folder)")
 
 
-def with_data(a: argparse.Namespace, setup: TrainSetup) -> TrainSetup:
+def with_data_file(a: argparse.Namespace, setup: TrainSetup) -> TrainSetup:
     """``setup`` with --data's example lengths (measured by the trainer's tokenization), if given."""
     if a.data is None:
         return setup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from planner.cli_options import print_json, setup_from_args, with_data
+from planner.cli_options import print_json, setup_from_args, with_data_file
 from planner.errors import PlannerError
 from planner.options import TrainSetup
 from planner.units import GiB
@@ -68,7 +68,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
     if (a.gpu is None) == (a.gpu_memory_gib is None):
         raise PlannerError("give one of --gpu NAME|auto|any or --gpu-memory-gib X")
-    base = with_data(a, setup_from_args(a))
+    base = with_data_file(a, setup_from_args(a))
     model = resolve_model(a.model)
     prices = load_prices()  # once per command: a bad settings file warns once
     if a.gpu == "any":

@@ -272,7 +272,7 @@ def compute_plan(values: FormValues, lengths: SampleLengths | None = None) -> Pl
     """Resolve the model and estimate every variant (with the data file's ``lengths``, once
     measured: unpacked bars at the data's longest example); raises PlannerError on bad input."""
     spec = resolve_model(values.model.strip())
-    setups = [with_data(s, values, lengths)[0] for s in build_setups(values)]
+    setups = [replace(s, lengths=lengths) for s in build_setups(values)]
     estimates = tuple(estimate(spec, s) for s in setups)
     heights = stack_gib(estimates)
     return Plan(
